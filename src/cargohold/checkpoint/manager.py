@@ -1,0 +1,464 @@
+"""``CheckpointManager``: atomic saves, verified restores, retention, async saves, preemption.
+
+Standard library only: this runs inside training images. The on-disk format and the rules for a
+valid checkpoint live in ``_format.py``; the commit protocol in ``_atomic.py``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import secrets
+import shutil
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import FrameType
+from typing import Any, BinaryIO, Literal
+
+from cargohold.checkpoint import _format
+from cargohold.checkpoint._atomic import fsync_and_hash, fsync_dir, remove_atomically
+from cargohold.checkpoint.sources import FileSource, as_source
+from cargohold.checkpoint.storage import StorageReport, warn_if_ephemeral
+from cargohold.errors import CheckpointError
+
+__all__ = ["Checkpoint", "CheckpointManager", "CorruptCheckpointWarning"]
+
+
+class CorruptCheckpointWarning(UserWarning):
+    """A checkpoint was skipped because it is incomplete or its data does not match."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A finished checkpoint on disk."""
+
+    step: int
+    path: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    created: float = 0.0
+
+    def read_bytes(self, name: str) -> bytes:
+        return self.files[name].read_bytes()
+
+    def open(self, name: str) -> BinaryIO:
+        return open(self.files[name], "rb")
+
+
+def _checkpoint_from(folder: Path, manifest: dict[str, Any]) -> Checkpoint:
+    return Checkpoint(
+        step=int(manifest["step"]),
+        path=folder,
+        metrics={k: float(v) for k, v in (manifest.get("metrics") or {}).items()},
+        files={name: folder / name for name in manifest["files"]},
+        created=float(manifest.get("created", 0.0)),
+    )
+
+
+def _safe_name(name: str) -> str:
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or str(path) in (".", _format.MANIFEST):
+        raise CheckpointError(
+            f"Checkpoint file name {name!r} is not a plain relative name.",
+            hint=f"Use names like 'model.pt' or 'optim/state.pt' (not {_format.MANIFEST!r}).",
+        )
+    return str(path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CheckpointManager:
+    """Save and restore checkpoints in one folder.
+
+    Args:
+        directory: the checkpoint folder; default ``$CARGOHOLD_CHECKPOINT_DIR``.
+        keep_last: keep the newest N checkpoints (0: keep all).
+        keep_best: also keep the best K by ``metric``.
+        keep_every: also keep every checkpoint whose step is a multiple of this.
+        metric: the metric that ranks checkpoints; the best one is never deleted.
+        mode: ``"min"`` or ``"max"``: which way the metric improves.
+        warn_ephemeral: warn once when the folder dies with the container.
+
+    Raises:
+        CheckpointError: no folder given and none in the environment, or bad settings.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        keep_last: int = 3,
+        keep_best: int = 0,
+        keep_every: int | None = None,
+        metric: str | None = None,
+        mode: Literal["min", "max"] = "min",
+        warn_ephemeral: bool = True,
+    ) -> None:
+        if directory is None:
+            directory = os.environ.get("CARGOHOLD_CHECKPOINT_DIR")
+            if not directory:
+                raise CheckpointError(
+                    "No checkpoint folder: none given and CARGOHOLD_CHECKPOINT_DIR is not set.",
+                    hint="Pass CheckpointManager('/path') or run the job with `cargohold run`, "
+                    "which sets CARGOHOLD_CHECKPOINT_DIR to the checkpoints store.",
+                )
+        if mode not in ("min", "max"):
+            raise CheckpointError(
+                f"mode must be 'min' or 'max', not {mode!r}.",
+                hint="Use 'min' for a loss, 'max' for an accuracy.",
+            )
+        if keep_last < 0 or keep_best < 0 or (keep_every is not None and keep_every <= 0):
+            raise CheckpointError(
+                "keep_last and keep_best must be >= 0, keep_every > 0.",
+                hint="Use keep_last=0 to keep every checkpoint.",
+            )
+        if keep_best and metric is None:
+            raise CheckpointError(
+                "keep_best needs a metric to rank checkpoints by.",
+                hint="Pass metric='val_loss' (and mode='min') or similar.",
+            )
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.keep_best = keep_best
+        self.keep_every = keep_every
+        self.metric = metric
+        self.mode = mode
+        self.preempted = False
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(
+                f"Cannot create checkpoint folder {self.directory}: {exc.strerror}.",
+                hint="Check that the folder is on a writable mount owned by this user "
+                f"(uid {os.getuid()}).",
+            ) from None
+        self.storage: StorageReport | None = (
+            warn_if_ephemeral(self.directory) if warn_ephemeral else None
+        )
+        self._clean_debris()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def list(self) -> list[Checkpoint]:
+        """Finished checkpoints (manifest present and readable), oldest first. Not verified."""
+        found = []
+        for _, folder in reversed(_format.step_folders(self.directory)):
+            try:
+                manifest = _format.read_manifest(folder)
+            except ValueError:
+                continue
+            found.append(_checkpoint_from(folder, manifest))
+        return found
+
+    def get(self, step: int, *, verify: bool = True) -> Checkpoint:
+        """The checkpoint of one step.
+
+        Raises:
+            CheckpointError: it does not exist or fails verification.
+        """
+        folder = self.directory / _format.step_dir_name(step)
+        try:
+            manifest = _format.check_folder(folder, verify=verify)
+        except ValueError as exc:
+            raise CheckpointError(
+                f"Checkpoint of step {step} in {self.directory} cannot be used: {exc}.",
+                hint="`restore_latest()` falls back to the newest valid checkpoint.",
+            ) from None
+        return _checkpoint_from(folder, manifest)
+
+    def best(self) -> Checkpoint | None:
+        """The finished checkpoint with the best ``metric``, or None."""
+        if self.metric is None:
+            return None
+        ranked = [c for c in self.list() if self.metric in c.metrics]
+        if not ranked:
+            return None
+        pick = min if self.mode == "min" else max
+        return pick(ranked, key=lambda c: (c.metrics[str(self.metric)], -c.step))
+
+    def restore_latest(self, verify: bool = True) -> Checkpoint | None:
+        """The newest checkpoint whose manifest and checksums hold; None on a fresh start.
+
+        Corrupt or partial checkpoints are skipped with a ``CorruptCheckpointWarning``. Honours
+        ``cargohold run --resume``: ``CARGOHOLD_RESUME=never`` gives None, and
+        ``CARGOHOLD_RESUME=path`` gives the checkpoint in ``CARGOHOLD_RESUME_FROM``.
+
+        Raises:
+            CheckpointError: a checkpoint asked for by path is not valid.
+        """
+        self.wait()
+        policy = os.environ.get("CARGOHOLD_RESUME", "auto")
+        if policy == "never":
+            return None
+        if policy == "path":
+            wanted = Path(os.environ.get("CARGOHOLD_RESUME_FROM", ""))
+            try:
+                manifest = _format.check_folder(wanted, verify=verify)
+            except ValueError as exc:
+                raise CheckpointError(
+                    f"The checkpoint to resume from, {wanted}, cannot be used: {exc}.",
+                    hint="Pick another with --resume PATH, or use --resume auto.",
+                ) from None
+            return _checkpoint_from(wanted, manifest)
+        for step, folder in _format.step_folders(self.directory):
+            try:
+                manifest = _format.check_folder(folder, verify=verify)
+            except ValueError as exc:
+                warnings.warn(
+                    f"Skipping checkpoint of step {step} in {folder.parent}: {exc}.",
+                    CorruptCheckpointWarning,
+                    stacklevel=2,
+                )
+                continue
+            return _checkpoint_from(folder, manifest)
+        return None
+
+    # -- writing --------------------------------------------------------------------------
+
+    def save(
+        self,
+        step: int,
+        files: Mapping[str, object],
+        metrics: Mapping[str, float] | None = None,
+    ) -> Checkpoint:
+        """Write one checkpoint atomically, then apply retention.
+
+        Args:
+            step: the training step (or epoch); a later save of the same step replaces it.
+            files: relative names → bytes, a function writing to a binary file, or a helper
+                such as ``torch_file(model.state_dict())``.
+            metrics: numbers to record (and rank by, for ``keep_best``).
+
+        Raises:
+            CheckpointError: the save failed (nothing partial is left visible).
+        """
+        self.wait()
+        sources = self._prepare(step, files)
+        return self._save_now(step, sources, dict(metrics or {}))
+
+    def save_async(
+        self,
+        step: int,
+        files: Mapping[str, object],
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
+        """Capture the data now and write it in the background; return at once.
+
+        One save is in flight at a time: this waits for the previous one first, and raises its
+        error if it failed. Bytes are kept as they are, writer functions run now into memory,
+        framework helpers copy their tensors now; serialising and flushing happen later.
+
+        Raises:
+            CheckpointError: the previous asynchronous save failed.
+        """
+        self.wait()
+        captured = {name: src.capture() for name, src in self._prepare(step, files).items()}
+        frozen_metrics = dict(metrics or {})
+
+        def work() -> None:
+            try:
+                self._save_now(step, captured, frozen_metrics)
+            except BaseException as exc:  # surfaced by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, name=f"cargohold-save-{step}", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the in-flight asynchronous save is done.
+
+        Raises:
+            CheckpointError: it failed.
+        """
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            if isinstance(error, CheckpointError):
+                raise error
+            raise CheckpointError(
+                f"The background checkpoint save failed: {error}.",
+                hint="Check free space and permissions of the checkpoint folder.",
+            ) from error
+
+    def close(self) -> None:
+        """Finish the in-flight save; raise its error if it failed."""
+        self.wait()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _prepare(self, step: int, files: Mapping[str, object]) -> dict[str, FileSource]:
+        if not isinstance(step, int) or step < 0:
+            raise CheckpointError(
+                f"step must be a non-negative integer, not {step!r}.",
+                hint="Pass the epoch or global step as an int.",
+            )
+        if not files:
+            raise CheckpointError(
+                "A checkpoint needs at least one file.", hint='Pass files={"model.pt": ...}.'
+            )
+        try:
+            return {_safe_name(name): as_source(value) for name, value in files.items()}
+        except TypeError as exc:
+            raise CheckpointError(
+                str(exc) + ".", hint="See cargohold.checkpoint.sources."
+            ) from None
+
+    def _save_now(
+        self, step: int, sources: dict[str, FileSource], metrics: dict[str, float]
+    ) -> Checkpoint:
+        with self._lock:
+            final = self.directory / _format.step_dir_name(step)
+            tmp = self.directory / (
+                f"{_format.TMP_PREFIX}{final.name}-{os.getpid()}-{secrets.token_hex(4)}"
+            )
+            try:
+                tmp.mkdir()
+                paths: dict[str, Path] = {}
+                for name, source in sources.items():
+                    path = tmp / name
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path, "wb") as f:
+                        source.write(f)
+                    paths[name] = path
+                digests = fsync_and_hash(paths.values())
+                manifest = {
+                    "format": _format.FORMAT_NAME,
+                    "version": _format.FORMAT_VERSION,
+                    "step": step,
+                    "created": time.time(),
+                    "metrics": metrics,
+                    "files": {
+                        name: {"size": path.stat().st_size, "sha256": digests[path]}
+                        for name, path in paths.items()
+                    },
+                }
+                manifest_path = tmp / _format.MANIFEST
+                with open(manifest_path, "w", encoding="utf-8") as f:
+                    json.dump(manifest, f, indent=1, sort_keys=True)
+                    f.flush()
+                    os.fsync(f.fileno())
+                for folder in {p.parent for p in paths.values()} | {tmp}:
+                    fsync_dir(folder)
+                self._publish(tmp, final)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise CheckpointError(
+                    f"Saving the checkpoint of step {step} into {self.directory} failed: "
+                    f"{exc.strerror or exc}. The previous checkpoints are untouched.",
+                    hint="Free space on that volume (`cargohold volume du`) or lower keep_last.",
+                ) from None
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            checkpoint = _checkpoint_from(final, manifest)
+            self._apply_retention()
+            return checkpoint
+
+    def _publish(self, tmp: Path, final: Path) -> None:
+        if final.exists():
+            # Saving a step again: move the old copy aside first; the debris cleaner puts it
+            # back if we die before the new one is in place.
+            aside = final.with_name(f"{_format.REPLACED_PREFIX}{secrets.token_hex(4)}-{final.name}")
+            os.rename(final, aside)
+            os.rename(tmp, final)
+            fsync_dir(self.directory)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+            fsync_dir(self.directory)
+
+    # -- retention and debris -------------------------------------------------------------
+
+    def _keep(self, checkpoints: builtins.list[Checkpoint]) -> set[int]:
+        steps = [c.step for c in checkpoints]
+        keep = set(steps if self.keep_last == 0 else steps[-self.keep_last :])
+        if self.keep_every:
+            keep |= {s for s in steps if s % self.keep_every == 0}
+        if self.metric is not None:
+            ranked = sorted(
+                (c for c in checkpoints if self.metric in c.metrics),
+                key=lambda c: c.metrics[str(self.metric)],
+                reverse=self.mode == "max",
+            )
+            keep |= {c.step for c in ranked[: max(self.keep_best, 1)]}  # never lose the best
+        return keep
+
+    def _apply_retention(self) -> None:
+        checkpoints = self.list()
+        keep = self._keep(checkpoints)
+        for checkpoint in checkpoints:
+            if checkpoint.step not in keep:
+                remove_atomically(checkpoint.path)
+
+    def _clean_debris(self) -> None:
+        """Remove what killed writers left behind, and only that."""
+        try:
+            entries = list(os.scandir(self.directory))
+        except OSError:
+            return
+        for entry in entries:
+            name = entry.name
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if name.startswith(_format.TMP_PREFIX):
+                pid = name.rsplit("-", 2)[-2]
+                if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+                    continue  # another live process is writing it
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif name.startswith(_format.TRASH_PREFIX):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif name.startswith(_format.REPLACED_PREFIX):
+                original = self.directory / name.split("-", 2)[-1]
+                if original.exists():
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.rename(entry.path, original)
+        fsync_dir(self.directory)
+
+    # -- preemption -----------------------------------------------------------------------
+
+    def handle_sigterm(
+        self, final_save: Callable[[], object] | None = None, *, exit_code: int = 143
+    ) -> None:
+        """Opt in: on SIGTERM, finish the in-flight save, call ``final_save``, then exit.
+
+        ``docker stop`` sends SIGTERM and kills after a grace period (10 s by default, set with
+        ``--stop-timeout``); keep ``final_save`` well inside it. ``self.preempted`` turns True
+        first, for training loops that prefer to poll.
+        """
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            self.preempted = True
+            try:
+                self.wait()
+                if final_save is not None:
+                    final_save()
+                self.wait()
+            finally:
+                raise SystemExit(exit_code)
+
+        signal.signal(signal.SIGTERM, on_sigterm)

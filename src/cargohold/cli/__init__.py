@@ -1,0 +1,68 @@
+"""The ``cargohold`` command. Each command parses, calls one library function, and renders.
+
+Errors become exit codes here and only here: 0 ok, 1 findings, 2 usage or spec error, 3 engine
+error, 130 interrupted. No traceback reaches the user; ``CARGOHOLD_DEBUG=1`` shows one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+from rich.console import Console
+
+from cargohold.cli import _commands
+from cargohold.errors import CargoholdError
+
+__all__ = ["main"]
+
+_stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    _stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    if hint:
+        _stderr.print(f"[yellow]hint:[/] {hint}", markup=True, highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script. Returns the exit code (and exits with it when run as
+    the script)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `cargohold run [JOB] -- CMD…`: everything after `--` is the job's command, whatever it
+    # looks like, so split it off before click sees it.
+    if "--" in args:
+        cut = args.index("--")
+        args, _commands.TRAILING_COMMAND[:] = args[:cut], args[cut + 1 :]
+    else:
+        _commands.TRAILING_COMMAND.clear()
+    logging.basicConfig(
+        level=logging.DEBUG if os.environ.get("CARGOHOLD_DEBUG") else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = _commands.app(args=args, prog_name="cargohold", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except CargoholdError as exc:
+        if os.environ.get("CARGOHOLD_DEBUG"):
+            raise
+        _print_error(exc.message, exc.hint)
+        code = exc.exit_code
+    except click.exceptions.UsageError as exc:
+        _print_error(
+            exc.format_message(),
+            f"`cargohold {exc.ctx.command_path.partition(' ')[2] if exc.ctx else ''} "
+            "--help` lists the options.".replace("  ", " "),
+        )
+        code = 2
+    except click.exceptions.ClickException as exc:
+        _print_error(exc.format_message(), None)
+        code = exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _print_error("interrupted", None)
+        code = 130
+    if argv is None:
+        sys.exit(code)
+    return code

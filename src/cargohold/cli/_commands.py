@@ -1,0 +1,214 @@
+"""The commands themselves: thin wrappers that call the library and render its results."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from cargohold import baseimage, jobs
+from cargohold._atomic import write_text_atomic
+from cargohold.engine import connect
+from cargohold.errors import UsageError
+from cargohold.init_template import init_spec_text
+from cargohold.plan import Plan, make_plan
+from cargohold.render import render_compose, render_docker_run
+from cargohold.spec import SPEC_FILENAME, Spec, load_spec
+
+# Filled by main() with what followed `--` on the command line.
+TRAILING_COMMAND: list[str] = []
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+app = typer.Typer(
+    name="cargohold",
+    help="Persistent data for containerized machine learning: datasets, checkpoints and models "
+    "that outlive their containers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+render_app = typer.Typer(
+    help="Render a job as a docker run line or a compose file.", no_args_is_help=True
+)
+app.add_typer(render_app, name="render")
+
+SpecOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--file",
+        "-f",
+        help=f"The spec file (default: the nearest {SPEC_FILENAME}).",
+        show_default=False,
+    ),
+]
+JobArgument = Annotated[
+    str | None,
+    typer.Argument(help="The job (default: the only job, or 'train').", show_default=False),
+]
+
+
+def _host_user() -> tuple[int, int]:
+    return os.getuid(), os.getgid()
+
+
+def _plan(file: Path | None, job: str | None) -> tuple[Spec, Plan]:
+    spec = load_spec(file)
+    return spec, make_plan(spec, job, host_user=_host_user())
+
+
+def _say(message: str) -> None:
+    err.print(f"[dim]cargohold:[/] {message}", markup=True, highlight=False)
+
+
+@app.command()
+def init(
+    force: Annotated[bool, typer.Option(help="Overwrite an existing spec.")] = False,
+) -> None:
+    """Write a commented cargohold.toml for the current folder."""
+    path = Path.cwd() / SPEC_FILENAME
+    if path.exists() and not force:
+        raise UsageError(
+            f"{path} already exists.",
+            hint="Edit it, or pass --force to replace it with the template.",
+        )
+    write_text_atomic(path, init_spec_text(Path.cwd().name))
+    _say(f"wrote {path}; `cargohold plan` shows what it means")
+
+
+@app.command()
+def plan(
+    job: JobArgument = None,
+    file: SpecOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Each store of a job: backing, source, target, mode, and why."""
+    _, the_plan = _plan(file, job)
+    if as_json:
+        data: dict[str, Any] = {
+            "project": the_plan.project,
+            "job": the_plan.job,
+            "image": the_plan.image,
+            "user": the_plan.user,
+            "shm_size": the_plan.shm_size,
+            "restart_max": the_plan.restart_max,
+            "stores": [
+                {
+                    "store": m.store,
+                    "kind": m.kind.value,
+                    "backing": m.backing.value,
+                    "source": m.source,
+                    "target": m.target,
+                    "mode": m.mode,
+                    "reason": m.reason,
+                    **({"tmpfs_size": m.tmpfs_size} if m.tmpfs_size is not None else {}),
+                }
+                for m in the_plan.mounts
+            ],
+            "env": dict(the_plan.env),
+        }
+        out.print_json(json.dumps(data))
+        return
+    table = Table(
+        title=f"{the_plan.project} / {the_plan.job}  (user {the_plan.user})", title_justify="left"
+    )
+    for column in ("store", "kind", "backing", "source", "target", "mode", "why"):
+        table.add_column(column, overflow="fold")
+    for m in the_plan.mounts:
+        table.add_row(
+            m.store, m.kind.value, m.backing.value, m.source or "-", m.target, m.mode, m.reason
+        )
+    out.print(table)
+
+
+@render_app.command("docker-run")
+def render_docker_run_command(job: JobArgument = None, file: SpecOption = None) -> None:
+    """The equivalent docker run line, shell-quoted (volume set-up included)."""
+    _, the_plan = _plan(file, job)
+    sys.stdout.write(render_docker_run(the_plan) + "\n")
+
+
+@render_app.command("compose")
+def render_compose_command(
+    file: SpecOption = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """A docker-compose.yml (Compose Specification) running every job."""
+    spec = load_spec(file)
+    plans = [make_plan(spec, name, host_user=_host_user()) for name in spec.jobs]
+    if not plans:
+        raise UsageError("The spec declares no jobs to render.", hint="Add a [jobs.train] table.")
+    folders = sorted({m.source for p in plans for m in p.mounts if m.create_source and m.source})
+    header = "# Generated by `cargohold render compose`; edit cargohold.toml instead.\n"
+    if folders:
+        header += "# Before `docker compose up`: mkdir -p " + " ".join(folders) + "\n"
+    text = header + yaml.safe_dump(render_compose(plans), sort_keys=False)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_text_atomic(output, text)
+        _say(f"wrote {output}")
+
+
+@app.command(context_settings={"ignore_unknown_options": False})
+def run(
+    job: JobArgument = None,
+    file: SpecOption = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Start and return.")] = False,
+    resume: Annotated[
+        str, typer.Option(help="auto: newest valid checkpoint; never; or a checkpoint path.")
+    ] = "auto",
+) -> int:
+    """Run a job with its stores, stream its logs, restart and resume it. `-- CMD…` replaces
+    the job's command."""
+    _, the_plan = _plan(file, job)
+    how = jobs.Resume.parse(resume)
+    engine = connect()
+    command = tuple(TRAILING_COMMAND) if TRAILING_COMMAND else None
+
+    def on_log(chunk: bytes) -> None:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+    result = jobs.run_job(
+        engine, the_plan, resume=how, command=command, detach=detach, say=_say, on_log=on_log
+    )
+    if detach:
+        out.print(result.container)
+    elif result.exit_code != 0:
+        _say(
+            f"{result.container} exited with {result.exit_code} after {result.attempts} "
+            f"attempt(s); its checkpoints are kept"
+        )
+    return result.exit_code
+
+
+@app.command("base-image")
+def base_image(
+    rebuild: Annotated[bool, typer.Option(help="Build it again even if it exists.")] = False,
+) -> None:
+    """Make sure a Python base image exists, building one from Debian packages when no registry
+    can be reached."""
+    engine = connect()
+    if rebuild:
+        engine.remove_image(baseimage.LOCAL_BASE)
+    name = baseimage.ensure_base_image(engine, on_output=_say)
+    out.print(name)
+
+
+@app.command()
+def version() -> None:
+    """Print cargohold's version."""
+    from cargohold import __version__
+
+    out.print(__version__)

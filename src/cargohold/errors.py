@@ -1,0 +1,100 @@
+"""Every error cargohold raises, in one tree.
+
+    CargoholdError                  base; carries a ``hint`` that says what to do next
+    ├── SpecError                   cargohold.toml is malformed or inconsistent (exit 2)
+    ├── UsageError                  a command was called with arguments that cannot work (exit 2)
+    ├── EngineError                 the Docker engine refused or failed (exit 3)
+    │   ├── EngineUnavailable       no daemon could be reached
+    │   ├── ImageNotFound           an image is neither local nor pullable
+    │   ├── BuildFailed             ``docker build`` of a job's image failed
+    │   └── VolumeNotFound          a named volume does not exist
+    ├── TransferError               moving data in or out of a volume failed
+    │   ├── UnsafeArchive           an archive member would escape its target
+    │   └── ChecksumMismatch        data changed on the way
+    └── CheckpointError             the in-container checkpoint library failed
+
+The CLI maps the tree to exit codes in one place (``cli/_app.py``); library code raises and
+never prints. This module imports nothing outside the standard library, because
+``cargohold.checkpoint`` runs inside training images where only the stdlib can be assumed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BuildFailed",
+    "CargoholdError",
+    "CheckpointError",
+    "ChecksumMismatch",
+    "EngineError",
+    "EngineUnavailable",
+    "ImageNotFound",
+    "SpecError",
+    "TransferError",
+    "UnsafeArchive",
+    "UsageError",
+    "VolumeNotFound",
+]
+
+
+class CargoholdError(Exception):
+    """Base of every cargohold error. ``hint`` tells the user what to do next."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SpecError(CargoholdError):
+    """The spec file cannot be used as written. ``key`` names the offending key, if one does."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None, key: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.key = key
+
+
+class UsageError(CargoholdError):
+    exit_code = 2
+
+
+class EngineError(CargoholdError):
+    exit_code = 3
+
+
+class EngineUnavailable(EngineError):
+    pass
+
+
+class ImageNotFound(EngineError):
+    pass
+
+
+class BuildFailed(EngineError):
+    pass
+
+
+class VolumeNotFound(EngineError):
+    pass
+
+
+class TransferError(CargoholdError):
+    pass
+
+
+class UnsafeArchive(TransferError):
+    pass
+
+
+class ChecksumMismatch(TransferError):
+    pass
+
+
+class CheckpointError(CargoholdError):
+    pass

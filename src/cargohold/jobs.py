@@ -1,0 +1,310 @@
+"""Run a job: build its image, prepare its stores, start it, follow it, restart and resume it.
+
+The order matters for data safety:
+
+1. The image is built (if the job has ``build``), with the base image resolved for air-gapped
+   machines (``baseimage.py``).
+2. Named volumes are created with cargohold's labels; artifacts folders are created on the host
+   and handed to the job's user; fresh volumes are handed to the job's user by a short root
+   helper, because Docker creates them owned by root.
+3. The latest *valid* checkpoint is found (by the same rules the in-container library uses) and
+   passed as ``CARGOHOLD_RESUME_FROM``.
+4. The container runs; on failure it is replaced and started again, up to ``restart.max`` times,
+   each time resuming from the newest valid checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cargohold import baseimage
+from cargohold.checkpoint import _format
+from cargohold.engine import Engine
+from cargohold.errors import EngineError, ImageNotFound, UsageError
+from cargohold.plan import LABEL_PROJECT, Plan
+from cargohold.render._prepare import volumes_to_chown
+from cargohold.spec import Backing
+
+__all__ = ["Resume", "RunResult", "prepare_stores", "resolve_resume", "run_job"]
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """How a run resumes: ``auto`` (newest valid checkpoint), ``never``, or a given path."""
+
+    policy: str  # auto | never | path
+    path: str | None = None
+
+    @classmethod
+    def parse(cls, value: str) -> Resume:
+        if value in ("auto", "never"):
+            return cls(value)
+        if not value:
+            raise UsageError(
+                "--resume needs auto, never or a checkpoint path.",
+                hint="For example --resume step-0000000012.",
+            )
+        return cls("path", value)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    container: str
+    exit_code: int
+    attempts: int
+    resumed_from: str | None
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def ensure_image(engine: Engine, plan: Plan, say: Say = _quiet) -> None:
+    """Build the job's image when it has ``build``; else make sure it is present.
+
+    Raises:
+        ImageNotFound: no build and the image is neither local nor pullable.
+        BuildFailed: the build failed.
+    """
+    if plan.build is None:
+        if engine.image_exists(plan.image):
+            return
+        if plan.image == baseimage.DEFAULT_BASE:
+            raise ImageNotFound(
+                f"Image {plan.image} is not available.",
+                hint=f'Use image = "{baseimage.LOCAL_BASE}" (built by `cargohold base-image`).',
+            )
+        say(f"Pulling {plan.image} …")
+        if not engine.pull(plan.image):
+            raise ImageNotFound(
+                f"Image {plan.image} is neither on this machine nor pullable.",
+                hint='Add `build = "."` to the job to build it from a Dockerfile, or '
+                "`docker load` it.",
+            )
+        return
+    context = Path(plan.build.context)
+    dockerfile = context / (plan.build.dockerfile or "Dockerfile")
+    if not dockerfile.is_file():
+        raise UsageError(
+            f"Job {plan.job!r} builds from {dockerfile}, which does not exist.",
+            hint="Write a Dockerfile there, or set build.dockerfile to its path.",
+        )
+    args = dict(plan.build.args)
+    default_base = baseimage.dockerfile_base_default(dockerfile)
+    if default_base is not None and baseimage.BASE_ARG not in args:
+        args[baseimage.BASE_ARG] = baseimage.ensure_base_image(engine, default_base, on_output=say)
+    say(f"Building {plan.image} from {context}")
+    engine.build(
+        context=str(context),
+        tag=plan.image,
+        dockerfile=plan.build.dockerfile,
+        buildargs=args,
+        labels={LABEL_PROJECT: plan.project},
+        on_output=None,
+    )
+
+
+def _make_owned_dirs(path: Path, uid: int, gid: int) -> None:
+    """mkdir -p, handing every folder it creates to uid:gid (when we may)."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        folder.mkdir()
+        if os.geteuid() == 0 and (uid, gid) != (0, 0):
+            os.chown(folder, uid, gid)
+
+
+def prepare_stores(engine: Engine, plan: Plan, say: Say = _quiet) -> None:
+    """Create volumes and artifacts folders, and make writable stores writable by the job's user.
+
+    Raises:
+        VolumeNotFound: an external volume is missing.
+        EngineError: the ownership helper failed.
+    """
+    for mount in plan.volumes():
+        if engine.ensure_volume(mount, mount.volume_labels(plan.project)):
+            say(f"Created volume {mount.source} for store {mount.store!r}")
+    for mount in plan.mounts:
+        if mount.create_source and mount.source is not None:
+            path = Path(mount.source)
+            if not path.exists():
+                _make_owned_dirs(path, plan.uid, plan.gid)
+                say(f"Created {path} for store {mount.store!r}")
+            elif not path.is_dir():
+                raise UsageError(
+                    f"Store {mount.store!r}: {path} exists and is not a folder.",
+                    hint="Move the file away or point source elsewhere.",
+                )
+    to_chown = volumes_to_chown(plan)
+    if to_chown:
+        code, output = engine.run_helper(
+            plan.image,
+            [plan.user, *(m.target for m in to_chown)],
+            to_chown,
+            entrypoint=["chown"],
+        )
+        if code != 0:
+            raise EngineError(
+                f"Could not hand the volumes of {plan.job!r} to user {plan.user}: "
+                f"{output.strip()[-500:]}",
+                hint="The image needs a `chown` binary (coreutils or busybox).",
+            )
+
+
+def resolve_resume(engine: Engine, plan: Plan, resume: Resume) -> dict[str, str]:
+    """The resume environment for the job: ``CARGOHOLD_RESUME`` and ``CARGOHOLD_RESUME_FROM``."""
+    mount = plan.checkpoint_mount
+    if resume.policy == "never":
+        return {"CARGOHOLD_RESUME": "never"}
+    if resume.policy == "path":
+        assert resume.path is not None
+        path = resume.path
+        if not path.startswith("/"):
+            if mount is None:
+                raise UsageError(
+                    f"--resume {path}: the job has no checkpoints store.",
+                    hint="Give an absolute path inside the container.",
+                )
+            path = f"{mount.target}/{path}"
+        return {"CARGOHOLD_RESUME": "path", "CARGOHOLD_RESUME_FROM": path}
+    if mount is None:
+        return {}
+    name = _latest_checkpoint_name(engine, plan)
+    if not name:
+        return {"CARGOHOLD_RESUME": "auto"}
+    return {"CARGOHOLD_RESUME": "auto", "CARGOHOLD_RESUME_FROM": f"{mount.target}/{name}"}
+
+
+def _latest_checkpoint_name(engine: Engine, plan: Plan) -> str | None:
+    mount = plan.checkpoint_mount
+    assert mount is not None
+    host_dir: str | None = None
+    if mount.backing is Backing.BIND:
+        host_dir = mount.source
+    elif mount.backing is Backing.VOLUME and mount.source is not None:
+        mountpoint = engine.volume_mountpoint(mount.source)
+        if mountpoint and os.access(mountpoint, os.R_OK | os.X_OK):
+            host_dir = mountpoint
+    if host_dir is not None:
+        found = _format.latest_valid(host_dir)
+        return found.name if found else None
+    if mount.backing is not Backing.VOLUME:
+        return None
+    # The volume is not readable from here (remote engine, rootless user): ask a helper
+    # container, with the very same rules as source.
+    source = Path(_format.__file__).read_text(encoding="utf-8")
+    code, output = engine.run_helper(
+        plan.image,
+        ["-c", source + "\n", mount.target],
+        [mount],
+        entrypoint=["python3"],
+        user=plan.user,
+    )
+    if code != 0:
+        log.warning("could not look for checkpoints in %s: %s", mount.source, output[-300:])
+        return None
+    lines = output.strip().splitlines()
+    return lines[-1].strip() if lines and lines[-1].startswith("step-") else None
+
+
+def _replace_old_container(engine: Engine, plan: Plan) -> None:
+    old = engine.container(plan.container_name)
+    if old is None:
+        return
+    if old.labels.get(LABEL_PROJECT) != plan.project:
+        raise EngineError(
+            f"A container named {plan.container_name} exists and is not cargohold's.",
+            hint=f"Rename or remove it (`docker rm {plan.container_name}`).",
+        )
+    if old.status in ("running", "restarting", "paused"):
+        raise EngineError(
+            f"Job {plan.job!r} is already running as container {plan.container_name}.",
+            hint=f"Follow it with `docker logs -f {plan.container_name}`, or stop it with "
+            f"`docker stop {plan.container_name}`.",
+        )
+    engine.remove_container(plan.container_name)
+
+
+def run_job(
+    engine: Engine,
+    plan: Plan,
+    *,
+    resume: Resume = Resume("auto"),
+    command: tuple[str, ...] | None = None,
+    detach: bool = False,
+    say: Say = _quiet,
+    on_log: Callable[[bytes], None] | None = None,
+) -> RunResult:
+    """Run the job to its end (or start it, with ``detach``).
+
+    Args:
+        engine: a connected engine.
+        plan: the job's plan.
+        resume: where to resume from.
+        command: replaces the job's command.
+        detach: start and return; Docker's ``on-failure`` policy does the restarts.
+        say: receives progress lines for the user.
+        on_log: receives the container's output as it comes.
+
+    Returns:
+        The container name, its final exit code, the attempts made and the resume point.
+
+    Raises:
+        EngineError: the engine failed; SpecError/UsageError for an impossible job.
+    """
+    ensure_image(engine, plan, say)
+    prepare_stores(engine, plan, say)
+    cmd = list(command) if command is not None else (list(plan.command) if plan.command else None)
+    attempts = 0
+    first_resume: str | None = None
+    while True:
+        attempts += 1
+        _replace_old_container(engine, plan)
+        resume_env = resolve_resume(engine, plan, resume)
+        resumed = resume_env.get("CARGOHOLD_RESUME_FROM")
+        if attempts == 1:
+            first_resume = resumed
+        if resumed:
+            say(f"Resuming from {resumed}")
+        env = {**dict(plan.env), **resume_env}
+        container_id = engine.create_container(
+            image=plan.image,
+            name=plan.container_name,
+            command=cmd,
+            user=plan.user,
+            mounts=list(plan.mounts),
+            env=env,
+            labels=dict(plan.labels),
+            shm_size=plan.shm_size,
+            workdir=plan.workdir,
+            restart_max=plan.restart_max if detach else 0,
+        )
+        engine.start(container_id)
+        if detach:
+            say(f"Started {plan.container_name} in the background")
+            return RunResult(plan.container_name, 0, attempts, first_resume)
+        try:
+            for chunk in engine.logs(container_id):
+                if on_log is not None:
+                    on_log(chunk)
+            code = engine.wait(container_id)
+        except KeyboardInterrupt:
+            say(f"Interrupted: stopping {plan.container_name} (it gets SIGTERM, then 30 s)")
+            engine.stop(container_id, timeout=30)
+            raise
+        if code == 0 or attempts > plan.restart_max:
+            return RunResult(plan.container_name, code, attempts, first_resume)
+        # A job that resumes after a failure keeps following its latest checkpoint.
+        resume = Resume("auto") if resume.policy == "path" else resume
+        say(f"Job exited with {code}; restart {attempts} of {plan.restart_max}")
