@@ -352,7 +352,9 @@ def _backing_guess(store: StoreSpec) -> Backing:
 
 def _error_from_validation(exc: ValidationError) -> SpecError:
     """One paragraph for the first problem pydantic found, naming its key."""
-    err = exc.errors()[0]
+    errors = exc.errors()
+    # A misspelt key also makes the intended one "missing": name the misspelling first.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [str(part) for part in err["loc"]]
     key = ".".join(loc) or "(top level)"
     kind = err["type"]

@@ -75,10 +75,7 @@ def storage_report(path: str | os.PathLike[str], *, mountinfo: str | None = None
     Returns:
         What holds the folder, whether it is ephemeral, and why.
     """
-    real = Path(os.path.abspath(path))
-    while not real.exists() and real != real.parent:
-        real = real.parent
-    real = real.resolve()
+    real = Path(os.path.abspath(path)).resolve()  # symlinks resolved as far as they exist
     if mountinfo is None:
         try:
             with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:

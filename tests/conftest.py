@@ -1,0 +1,120 @@
+"""Shared fixtures. Integration fixtures talk to the real Docker engine.
+
+Every Docker test gets its own project name; its teardown removes every container and volume
+labelled with that project (and the images it built), whether the test passed or not. In CI
+(``CI=true``) a missing engine fails the tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SRC = REPO / "src"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[object]:
+    import docker
+
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:  # any failure to reach the engine
+        message = f"no Docker engine: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI needs one: .ci/run starts dockerd)")
+        pytest.skip(message)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client: object) -> str:
+    from cargohold.baseimage import ensure_base_image
+    from cargohold.engine import connect
+
+    # A build cache like a pulled image: made once by `cargohold base-image` (.ci/run does it),
+    # reused by every run, never removed by a test.
+    return ensure_base_image(connect())
+
+
+@pytest.fixture(scope="session")
+def job_image(docker_client: object, base_image: str) -> Iterator[str]:
+    """A small image with Python, NumPy and cargohold's checkpoint library; removed at the end."""
+    from cargohold.engine import connect
+
+    tag = f"cargohold-test-job:{secrets.token_hex(4)}"
+    engine = connect()
+    engine.build(context=str(REPO), tag=tag, dockerfile="tests/integration/Dockerfile",
+                 buildargs={"BASE_IMAGE": base_image}, labels={"cargohold.test": "true"})
+    yield tag
+    engine.remove_image(tag)
+
+
+class Resources:
+    """What one test created in Docker, removed in teardown."""
+
+    def __init__(self, client: object, project: str) -> None:
+        self.client = client
+        self.project = project
+        self.volumes: list[str] = []
+        self.containers: list[str] = []
+        self.images: list[str] = []
+
+    def cleanup(self) -> None:
+        import docker.errors
+
+        client = self.client
+        label = f"cargohold.project={self.project}"
+        for c in client.containers.list(all=True, filters={"label": label}):  # type: ignore[attr-defined]
+            c.remove(force=True)
+        for name in self.containers:
+            try:
+                client.containers.get(name).remove(force=True)  # type: ignore[attr-defined]
+            except docker.errors.NotFound:
+                pass
+        for v in client.volumes.list(filters={"label": label}):  # type: ignore[attr-defined]
+            v.remove(force=True)
+        for name in self.volumes:
+            try:
+                client.volumes.get(name).remove(force=True)  # type: ignore[attr-defined]
+            except docker.errors.NotFound:
+                pass
+        for name in self.images:
+            try:
+                client.images.remove(name, force=True)  # type: ignore[attr-defined]
+            except docker.errors.ImageNotFound:
+                pass
+
+
+@pytest.fixture
+def docker_resources(docker_client: object) -> Iterator[Resources]:
+    resources = Resources(docker_client, f"cht-{secrets.token_hex(4)}")
+    try:
+        yield resources
+    finally:
+        resources.cleanup()
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real `cargohold` console entry point in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = str(SRC) + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run(
+        ["python3", "-m", "cargohold", *args], cwd=cwd, env=full_env, capture_output=True,
+        text=True, timeout=timeout, input=input,
+    )

@@ -1,0 +1,150 @@
+"""The spec: parsing, defaults, and one clear paragraph (exit 2) for each kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cargohold.errors import SpecError
+from cargohold.spec import StoreKind, load_spec, parse_size, parse_spec
+from tests.conftest import run_cli
+
+GOOD = """
+[project]
+name = "digits"
+
+[stores.dataset]
+kind = "dataset"
+source = "./data"
+target = "/data"
+
+[stores.checkpoints]
+kind = "checkpoints"
+target = "/ckpt"
+
+[jobs.train]
+image = "img"
+command = ["python3", "train.py"]
+env = { SEED = 0, DEBUG = true }
+"""
+
+
+def test_parses_a_good_spec() -> None:
+    spec = parse_spec(GOOD, base_dir=Path("/p"))
+    assert spec.project.name == "digits"
+    assert spec.stores["dataset"].kind is StoreKind.DATASET
+    assert spec.jobs["train"].env == {"SEED": "0", "DEBUG": "true"}
+    assert spec.host_path("./data") == Path("/p/data")
+    assert spec.job_name(None) == "train"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ("[project\nname='x'", None, "not valid TOML"),
+        (GOOD.replace('kind = "dataset"', 'kind = "datasets"'), "stores.dataset.kind",
+         "is not one of"),
+        (GOOD.replace('target = "/ckpt"', 'target = "ckpt"'), "stores.checkpoints.target",
+         "not an absolute path"),
+        (GOOD.replace('target = "/ckpt"', 'target = "/data"'), "stores.checkpoints.target",
+         "both mount at /data"),
+        (GOOD.replace('target = "/ckpt"', 'target = "/data/ckpt"'),
+         "stores.checkpoints.target", "lies inside"),
+        (GOOD.replace('name = "digits"', 'name = "Digits!"'), "project.name", "cannot prefix"),
+        (GOOD.replace("[project]\n", "[projct]\n"), "projct", "unknown key"),
+        (GOOD + '\n[jobs.eval]\nimage = "x"\nstores = ["nope"]\n', "jobs.eval.stores",
+         "not declared"),
+        (GOOD.replace('command = ["python3", "train.py"]', 'command = "python3 train.py"'),
+         "jobs.train.command", "list of arguments"),
+        (GOOD.replace('image = "img"', 'image = "img"\nuser = "bob"'), "jobs.train.user",
+         "numeric"),
+        (GOOD.replace('image = "img"\n', ""), "jobs.train.image", "required"),
+        (GOOD + '\n[stores.s]\nkind = "scratch"\ntarget = "/s"\nsize = "lots"\n',
+         "stores.s.size", "not a size"),
+        (GOOD + '\n[stores.c2]\nkind = "checkpoints"\ntarget = "/c2"\nbacking = "tmpfs"\n',
+         "stores.c2.backing", "die with the container"),
+        (GOOD + '\n[stores.b]\nkind = "cache"\ntarget = "/b"\nbacking = "bind"\n',
+         "stores.b.source", "no source"),
+    ],
+)
+def test_bad_spec_names_the_key(text: str, key: str | None, fragment: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, base_dir=Path("/p"))
+    assert fragment in info.value.message
+    assert info.value.key == key
+    assert info.value.hint
+
+
+def test_unknown_job() -> None:
+    spec = parse_spec(GOOD, base_dir=Path("/p"))
+    with pytest.raises(SpecError, match="No job named 'nope'") as info:
+        spec.job_name("nope")
+    assert "train" in (info.value.hint or "")
+
+
+def test_missing_dataset_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "cargohold.toml").write_text(GOOD)
+    with pytest.raises(SpecError, match="does not exist") as info:
+        load_spec(tmp_path)
+    assert info.value.key == "stores.dataset.source"
+    (tmp_path / "data").mkdir()
+    assert load_spec(tmp_path).base_dir == tmp_path
+
+
+def test_artifacts_folder_may_be_missing(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    text = GOOD + '\n[stores.out]\nkind = "artifacts"\nsource = "./out"\ntarget = "/out"\n'
+    (tmp_path / "cargohold.toml").write_text(text)
+    load_spec(tmp_path / "cargohold.toml")
+    assert not (tmp_path / "out").exists()  # created by the runner, not by reading the spec
+
+
+@pytest.mark.parametrize(("text", "size"), [("1g", 1 << 30), ("512m", 512 << 20),
+                                            ("64MiB", 64 << 20), ("1.5k", 1536), (10, 10)])
+def test_parse_size(text: str | int, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[project\nname='x'", "not valid TOML"),
+        (GOOD.replace('kind = "dataset"', 'kind = "datasets"'), "is not one of"),
+        (GOOD.replace('target = "/ckpt"', 'target = "ckpt"'), "not an absolute path"),
+        (GOOD.replace('target = "/ckpt"', 'target = "/data"'), "both mount at /data"),
+        (GOOD, "does not exist"),  # the dataset folder is missing
+    ],
+)
+def test_cli_reports_bad_spec_in_one_paragraph(tmp_path: Path, text: str, fragment: str) -> None:
+    (tmp_path / "cargohold.toml").write_text(text)
+    result = run_cli("plan", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr
+    assert "hint:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n\n") == 0  # one paragraph
+
+
+def test_cli_unknown_job(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "cargohold.toml").write_text(GOOD)
+    result = run_cli("plan", "nope", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "No job named 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_without_spec(tmp_path: Path) -> None:
+    result = run_cli("plan", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "cargohold init" in result.stderr
+
+
+def test_init_writes_a_valid_spec_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    folder = tmp_path / "My Project"
+    folder.mkdir()
+    assert run_cli("init", cwd=folder).returncode == 0
+    spec = parse_spec((folder / "cargohold.toml").read_text(), base_dir=folder)
+    assert spec.project.name == "my-project"
+    again = run_cli("init", cwd=folder)
+    assert again.returncode == 2 and "already exists" in again.stderr
