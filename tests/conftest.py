@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +116,6 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = str(SRC) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run(
-        ["python3", "-m", "cargohold", *args], cwd=cwd, env=full_env, capture_output=True,
+        [sys.executable, "-m", "cargohold", *args], cwd=cwd, env=full_env, capture_output=True,
         text=True, timeout=timeout, input=input,
     )

@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
-from rich.table import Table
 
 from cargohold import baseimage, jobs
 from cargohold._atomic import write_text_atomic
@@ -117,16 +116,18 @@ def plan(
         }
         out.print_json(json.dumps(data))
         return
-    table = Table(
-        title=f"{the_plan.project} / {the_plan.job}  (user {the_plan.user})", title_justify="left"
-    )
-    for column in ("store", "kind", "backing", "source", "target", "mode", "why"):
-        table.add_column(column, overflow="fold")
+    # One block per store rather than a table: the reasons are sentences, and a table
+    # squeezed into 80 columns (a pipe, CI logs) breaks them a word per line.
+    out.print(f"[bold]{the_plan.project} / {the_plan.job}[/]  image {the_plan.image}, "
+              f"runs as {the_plan.user}", markup=True)
+    width = max((len(m.store) for m in the_plan.mounts), default=0)
     for m in the_plan.mounts:
-        table.add_row(
-            m.store, m.kind.value, m.backing.value, m.source or "-", m.target, m.mode, m.reason
-        )
-    out.print(table)
+        where = f"{m.source} -> {m.target}" if m.source else m.target
+        out.print(f"  [bold]{m.store:<{width}}[/]  {m.kind.value:<11} {m.backing.value:<6} "
+                  f"{where}  ({m.mode})", markup=True)
+        out.print(f"  {'':<{width}}  [dim]{m.reason}[/]", markup=True)
+    if not the_plan.mounts:
+        out.print("  (no stores: nothing this job writes will outlive its container)")
 
 
 @render_app.command("docker-run")

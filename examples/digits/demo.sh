@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The main job, end to end: train the digits network in a container, delete the container with
+# `docker rm -f` in mid-training, show what died with it and what did not, run again, show it
+# resumed from the latest checkpoint, and keep the trained model on the host.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+CARGOHOLD=("$PYTHON" -m cargohold)
+CONTAINER=digits-train
+VOLUME=digits-checkpoints
+IMAGE=cargohold-example-digits
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+fail() { printf '\033[31mdemo failed: %s\033[0m\n' "$*" >&2; exit 1; }
+started=$(date +%s)
+
+step "1. The dataset: generated on the host into ./data (bound read-only into the job)"
+"$PYTHON" make_dataset.py
+
+step "2. A fresh start: no container, no checkpoint volume, no artifacts from an earlier demo"
+docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
+docker volume rm "$VOLUME" >/dev/null 2>&1 || true
+rm -rf artifacts
+"${CARGOHOLD[@]}" plan
+
+step "3. Train in the background: cargohold run -d"
+"${CARGOHOLD[@]}" run -d
+
+step "4. Wait for two checkpoints"
+for _ in $(seq 300); do
+  saved=$(docker logs "$CONTAINER" 2>/dev/null | grep -c "checkpoint saved" || true)
+  [ "$saved" -ge 2 ] && break
+  sleep 0.2
+done
+[ "$saved" -ge 2 ] || fail "the job did not save two checkpoints; docker logs $CONTAINER"
+docker logs "$CONTAINER" 2>&1 | tail -n 3
+echo "-- in the container's own writable layer: /tmp/run-log.txt"
+docker exec "$CONTAINER" cat /tmp/run-log.txt | tail -n 2
+
+step "5. Disaster: docker rm -f $CONTAINER, in mid-training"
+docker rm -f "$CONTAINER"
+if docker cp "$CONTAINER:/tmp/run-log.txt" - >/dev/null 2>&1; then
+  fail "the container's layer survived?"
+fi
+echo "-- the run log in the container's layer is gone with it: $(docker cp "$CONTAINER:/tmp/run-log.txt" - 2>&1 | head -n 1)"
+echo "-- the checkpoints in volume $VOLUME are not:"
+docker run --rm --network none -v "$VOLUME:/ckpt:ro" "$IMAGE" ls -l /ckpt
+
+step "6. Run again: cargohold run resumes from the latest valid checkpoint"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+"${CARGOHOLD[@]}" run 2>&1 | tee "$log"
+grep -q "^resumed from epoch" "$log" || fail "the second run did not resume"
+resumed=$(grep "^resumed from epoch" "$log" | awk '{print $4}')
+
+step "7. The trained model, on the host, owned by $(id -un)"
+ls -l artifacts/
+[ -f artifacts/model.npz ] || fail "no model in examples/digits/artifacts"
+[ "$(stat -c %u artifacts/model.npz)" = "$(id -u)" ] || fail "the model is not owned by $(id -un)"
+accuracy=$(sed 's/.*: \([0-9.]*\).*/\1/' artifacts/metrics.json)
+printf '\n\033[32mdemo ok\033[0m: resumed from epoch %s after docker rm -f; held-out accuracy %s; ' \
+  "$resumed" "$accuracy"
+printf 'model in examples/digits/artifacts/model.npz; %s s\n' "$(( $(date +%s) - started ))"
