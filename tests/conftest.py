@@ -7,12 +7,14 @@ labelled with that project (and the images it built), whether the test passed or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +29,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def docker_client() -> Iterator[object]:
+def docker_client() -> Iterator[Any]:
     import docker
 
     try:
@@ -68,7 +70,7 @@ def job_image(docker_client: object, base_image: str) -> Iterator[str]:
 class Resources:
     """What one test created in Docker, removed in teardown."""
 
-    def __init__(self, client: object, project: str) -> None:
+    def __init__(self, client: Any, project: str) -> None:
         self.client = client
         self.project = project
         self.volumes: list[str] = []
@@ -78,31 +80,22 @@ class Resources:
     def cleanup(self) -> None:
         import docker.errors
 
-        client = self.client
-        label = f"cargohold.project={self.project}"
-        for c in client.containers.list(all=True, filters={"label": label}):  # type: ignore[attr-defined]
-            c.remove(force=True)
-        for name in self.containers:
-            try:
-                client.containers.get(name).remove(force=True)  # type: ignore[attr-defined]
-            except docker.errors.NotFound:
-                pass
-        for v in client.volumes.list(filters={"label": label}):  # type: ignore[attr-defined]
-            v.remove(force=True)
-        for name in self.volumes:
-            try:
-                client.volumes.get(name).remove(force=True)  # type: ignore[attr-defined]
-            except docker.errors.NotFound:
-                pass
+        label = {"label": f"cargohold.project={self.project}"}
+        containers = [c.name for c in self.client.containers.list(all=True, filters=label)]
+        for name in [*containers, *self.containers]:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.containers.get(name).remove(force=True)
+        volumes = [v.name for v in self.client.volumes.list(filters=label)]
+        for name in [*volumes, *self.volumes]:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.client.volumes.get(name).remove(force=True)
         for name in self.images:
-            try:
-                client.images.remove(name, force=True)  # type: ignore[attr-defined]
-            except docker.errors.ImageNotFound:
-                pass
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                self.client.images.remove(name, force=True)
 
 
 @pytest.fixture
-def docker_resources(docker_client: object) -> Iterator[Resources]:
+def docker_resources(docker_client: Any) -> Iterator[Resources]:
     resources = Resources(docker_client, f"cht-{secrets.token_hex(4)}")
     try:
         yield resources

@@ -20,10 +20,10 @@ from cargohold.checkpoint import (
     CheckpointManager,
     CorruptCheckpointWarning,
     EphemeralStorageWarning,
+    _format,
     numpy_file,
     storage_report,
 )
-from cargohold.checkpoint import _format
 from tests.conftest import SRC
 
 

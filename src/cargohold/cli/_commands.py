@@ -118,13 +118,19 @@ def plan(
         return
     # One block per store rather than a table: the reasons are sentences, and a table
     # squeezed into 80 columns (a pipe, CI logs) breaks them a word per line.
-    out.print(f"[bold]{the_plan.project} / {the_plan.job}[/]  image {the_plan.image}, "
-              f"runs as {the_plan.user}", markup=True)
+    out.print(
+        f"[bold]{the_plan.project} / {the_plan.job}[/]  image {the_plan.image}, "
+        f"runs as {the_plan.user}",
+        markup=True,
+    )
     width = max((len(m.store) for m in the_plan.mounts), default=0)
     for m in the_plan.mounts:
         where = f"{m.source} -> {m.target}" if m.source else m.target
-        out.print(f"  [bold]{m.store:<{width}}[/]  {m.kind.value:<11} {m.backing.value:<6} "
-                  f"{where}  ({m.mode})", markup=True)
+        out.print(
+            f"  [bold]{m.store:<{width}}[/]  {m.kind.value:<11} {m.backing.value:<6} "
+            f"{where}  ({m.mode})",
+            markup=True,
+        )
         out.print(f"  {'':<{width}}  [dim]{m.reason}[/]", markup=True)
     if not the_plan.mounts:
         out.print("  (no stores: nothing this job writes will outlive its container)")
