@@ -16,8 +16,11 @@ if [ "$(id -u)" = 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi
-if ! "$PYTHON" -c "import cargohold, pytest, compose, check_jsonschema, numpy" 2>/dev/null \
-   || ! "$PYTHON" -m pip show -q cargohold >/dev/null 2>&1; then
+# Install (editable) unless this very checkout is what `import cargohold` already finds.
+here=$(pwd -P)/src/cargohold/__init__.py
+found=$(cd / && "$PYTHON" -c "import cargohold, pytest, compose, check_jsonschema, numpy, yaml
+print(cargohold.__file__)" 2>/dev/null || true)
+if [ "$found" != "$here" ]; then
   echo "setup: installing cargohold and its test tools" >&2
   "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[dev]"
 fi

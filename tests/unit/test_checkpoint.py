@@ -3,6 +3,7 @@ async saves, preemption, debris, and the ephemeral-storage report."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import pytest
@@ -43,8 +45,18 @@ def test_save_and_restore_round_trip(tmp_path: Path) -> None:
     assert latest.metrics == {"loss": 0.5}
     manifest = json.loads((latest.path / "manifest.json").read_text())
     assert manifest["files"]["model.bin"]["size"] == 3
-    assert len(manifest["files"]["model.bin"]["sha256"]) == 64
+    assert manifest["files"]["model.bin"]["crc32"] == f"{zlib.crc32(b'one'):08x}"
     assert manifest["version"] == 1 and manifest["created"] > 0
+
+
+def test_sha256_checksums_on_request(tmp_path: Path) -> None:
+    ckpt = _manager(tmp_path, checksum="sha256")
+    ckpt.save(1, {"model.bin": b"one"})
+    manifest = json.loads((tmp_path / "step-0000000001" / "manifest.json").read_text())
+    assert manifest["files"]["model.bin"]["sha256"] == hashlib.sha256(b"one").hexdigest()
+    (tmp_path / "step-0000000001" / "model.bin").write_bytes(b"two")
+    with pytest.warns(CorruptCheckpointWarning, match="sha256"):
+        assert ckpt.restore_latest() is None
 
 
 def test_numpy_helper(tmp_path: Path) -> None:
@@ -61,6 +73,7 @@ def test_saving_a_step_again_replaces_it(tmp_path: Path) -> None:
     ckpt.save(1, {"a": b"old"})
     ckpt.save(1, {"a": b"new"})
     assert ckpt.get(1).read_bytes("a") == b"new"
+    ckpt.close()  # the old copy is deleted in the background
     assert sorted(os.listdir(tmp_path)) == ["step-0000000001"]
 
 
@@ -213,7 +226,7 @@ def test_async_errors_surface_on_the_next_call(tmp_path: Path) -> None:
         def write(self, f: object) -> None:
             raise OSError(28, "No space left on device")
 
-        def capture(self) -> Exploding:
+        def capture(self, staging: object = None) -> Exploding:
             return self
 
     ckpt.save_async(1, {"a": Exploding()})
@@ -244,7 +257,7 @@ def test_sigterm_finishes_in_flight_save_then_final_save(tmp_path: Path) -> None
         from cargohold.checkpoint import CheckpointManager
         ckpt = CheckpointManager(sys.argv[1], keep_last=0, warn_ephemeral=False)
         class SlowInBackground:
-            def capture(self):
+            def capture(self, staging=None):
                 return self
             def write(self, f):
                 time.sleep(2.0)  # the background thread is still writing at SIGTERM

@@ -16,14 +16,20 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Any, BinaryIO, Literal
 
 from cargohold.checkpoint import _format
-from cargohold.checkpoint._atomic import fsync_and_hash, fsync_dir, remove_atomically
-from cargohold.checkpoint.sources import FileSource, as_source
+from cargohold.checkpoint._atomic import (
+    ChecksumWriter,
+    fsync_and_checksum,
+    fsync_dir,
+    remove_atomically,
+)
+from cargohold.checkpoint.sources import FileSource, StagingPool, as_source
 from cargohold.checkpoint.storage import StorageReport, warn_if_ephemeral
 from cargohold.errors import CheckpointError
 
@@ -91,6 +97,7 @@ class CheckpointManager:
         keep_every: also keep every checkpoint whose step is a multiple of this.
         metric: the metric that ranks checkpoints; the best one is never deleted.
         mode: ``"min"`` or ``"max"``: which way the metric improves.
+        checksum: ``"crc32"`` (fast; catches torn writes and bit rot) or ``"sha256"``.
         warn_ephemeral: warn once when the folder dies with the container.
 
     Raises:
@@ -106,6 +113,7 @@ class CheckpointManager:
         keep_every: int | None = None,
         metric: str | None = None,
         mode: Literal["min", "max"] = "min",
+        checksum: Literal["crc32", "sha256"] = "crc32",
         warn_ephemeral: bool = True,
     ) -> None:
         if directory is None:
@@ -126,6 +134,11 @@ class CheckpointManager:
                 "keep_last and keep_best must be >= 0, keep_every > 0.",
                 hint="Use keep_last=0 to keep every checkpoint.",
             )
+        if checksum not in _format.CHECKSUMS:
+            raise CheckpointError(
+                f"checksum must be one of {_format.CHECKSUMS}, not {checksum!r}.",
+                hint="Use 'crc32' (the default) or 'sha256'.",
+            )
         if keep_best and metric is None:
             raise CheckpointError(
                 "keep_best needs a metric to rank checkpoints by.",
@@ -137,10 +150,14 @@ class CheckpointManager:
         self.keep_every = keep_every
         self.metric = metric
         self.mode = mode
+        self.checksum = checksum
         self.preempted = False
+        self._staging = StagingPool()
+        self._checksummer = ThreadPoolExecutor(1, thread_name_prefix="cargohold-checksum")
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._removals: builtins.list[threading.Thread] = []
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -269,7 +286,9 @@ class CheckpointManager:
             CheckpointError: the previous asynchronous save failed.
         """
         self.wait()
-        captured = {name: src.capture() for name, src in self._prepare(step, files).items()}
+        sources = self._prepare(step, files)
+        # The previous save is finished (wait() above), so its staging buffers are free again.
+        captured = {name: src.capture(self._staging.area(name)) for name, src in sources.items()}
         frozen_metrics = dict(metrics or {})
 
         def work() -> None:
@@ -291,6 +310,10 @@ class CheckpointManager:
         if thread is not None:
             thread.join()
             self._thread = None
+        # Deletions of old checkpoints run in the background; by the next save they are done
+        # (or nearly), and afterwards the folder holds exactly what list() says.
+        while self._removals:
+            self._removals.pop().join()
         error, self._error = self._error, None
         if error is not None:
             if isinstance(error, CheckpointError):
@@ -338,13 +361,22 @@ class CheckpointManager:
             try:
                 tmp.mkdir()
                 paths: dict[str, Path] = {}
+                known: dict[Path, str] = {}
                 for name, source in sources.items():
                     path = tmp / name
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    with open(path, "wb") as f:
-                        source.write(f)
+                    if getattr(source, "stream_only", False):
+                        # Our own sources only call write(): checksum on the way to disk.
+                        with open(path, "wb", buffering=0) as raw:
+                            writer = ChecksumWriter(raw, self.checksum, self._checksummer)
+                            source.write(writer)  # type: ignore[arg-type]
+                        known[path] = writer.hexdigest()
+                    else:
+                        # A user's writer may want a real file (fileno, seek): read back later.
+                        with open(path, "wb") as f:
+                            source.write(f)
                     paths[name] = path
-                digests = fsync_and_hash(paths.values())
+                digests = fsync_and_checksum(paths.values(), self.checksum, known)
                 manifest = {
                     "format": _format.FORMAT_NAME,
                     "version": _format.FORMAT_VERSION,
@@ -352,7 +384,7 @@ class CheckpointManager:
                     "created": time.time(),
                     "metrics": metrics,
                     "files": {
-                        name: {"size": path.stat().st_size, "sha256": digests[path]}
+                        name: {"size": path.stat().st_size, self.checksum: digests[path]}
                         for name, path in paths.items()
                     },
                 }
@@ -386,7 +418,7 @@ class CheckpointManager:
             os.rename(final, aside)
             os.rename(tmp, final)
             fsync_dir(self.directory)
-            shutil.rmtree(aside, ignore_errors=True)
+            self._remove_in_background(aside)
         else:
             os.rename(tmp, final)
             fsync_dir(self.directory)
@@ -412,7 +444,12 @@ class CheckpointManager:
         keep = self._keep(checkpoints)
         for checkpoint in checkpoints:
             if checkpoint.step not in keep:
-                remove_atomically(checkpoint.path)
+                self._remove_in_background(checkpoint.path)
+
+    def _remove_in_background(self, folder: Path) -> None:
+        thread = remove_atomically(folder, background=True)
+        if thread is not None:
+            self._removals.append(thread)
 
     def _clean_debris(self) -> None:
         """Remove what killed writers left behind, and only that."""

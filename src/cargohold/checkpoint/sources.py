@@ -3,7 +3,9 @@
 ``save`` writes each source straight to disk. ``save_async`` must return before the training loop
 changes its tensors, so it first *captures* every source: bytes are kept, a writer function is
 run into memory, and the framework helpers copy their tensors (a fast memory copy) and leave the
-slow serialisation and fsync to the background thread.
+slow serialisation and fsync to the background thread. The copies go into staging buffers kept
+from the previous asynchronous save (it has finished by then), so that capturing a 500 MB state
+dict is a plain memory copy, without a page fault per page.
 
 The framework helpers import their framework only when called, so this package stays standard
 library only.
@@ -17,6 +19,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 __all__ = [
     "FileSource",
+    "StagingPool",
     "Writer",
     "as_source",
     "numpy_file",
@@ -32,18 +35,33 @@ class FileSource(Protocol):
     def write(self, f: BinaryIO) -> None:
         """Write the file's bytes to ``f``."""
 
-    def capture(self) -> FileSource:
-        """A copy that no later change of the caller's objects can alter."""
+    def capture(self, staging: dict[Any, Any] | None = None) -> FileSource:
+        """A copy that no later change of the caller's objects can alter.
+
+        ``staging`` holds buffers this source may reuse from its previous capture.
+        """
+
+
+class StagingPool:
+    """Per-file staging areas for captures, reused from one asynchronous save to the next."""
+
+    def __init__(self) -> None:
+        self._areas: dict[str, dict[Any, Any]] = {}
+
+    def area(self, name: str) -> dict[Any, Any]:
+        return self._areas.setdefault(name, {})
 
 
 class _Bytes:
+    stream_only = True  # write() only calls f.write: cargohold may checksum it on the way
+
     def __init__(self, data: bytes) -> None:
         self._data = data
 
     def write(self, f: BinaryIO) -> None:
         f.write(self._data)
 
-    def capture(self) -> FileSource:
+    def capture(self, staging: dict[Any, Any] | None = None) -> FileSource:
         return self
 
 
@@ -54,7 +72,7 @@ class _WriterFunction:
     def write(self, f: BinaryIO) -> None:
         self._writer(f)
 
-    def capture(self) -> FileSource:
+    def capture(self, staging: dict[Any, Any] | None = None) -> FileSource:
         buffer = io.BytesIO()
         self._writer(buffer)
         return _Bytes(buffer.getvalue())
@@ -80,21 +98,26 @@ def as_source(value: object) -> FileSource:
     )
 
 
-def _copy_tree(obj: Any, copy_leaf: Callable[[Any], Any]) -> Any:
+def _copy_tree(
+    obj: Any, copy_leaf: Callable[[Any, tuple[Any, ...]], Any], path: tuple[Any, ...] = ()
+) -> Any:
     if isinstance(obj, Mapping):
-        copied: Any = type(obj)((k, _copy_tree(v, copy_leaf)) for k, v in obj.items())  # type: ignore[call-arg]
+        copied: Any = type(obj)(
+            (k, _copy_tree(v, copy_leaf, (*path, k)))
+            for k, v in obj.items()  # type: ignore[call-arg]
+        )
         if hasattr(obj, "_metadata"):
             # PyTorch state dicts carry `_metadata`, which load_state_dict uses.
             copied._metadata = obj._metadata
         return copied
-    if isinstance(obj, list):
-        return [_copy_tree(v, copy_leaf) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_copy_tree(v, copy_leaf) for v in obj)
-    return copy_leaf(obj)
+    if isinstance(obj, list | tuple):
+        return type(obj)(_copy_tree(v, copy_leaf, (*path, i)) for i, v in enumerate(obj))
+    return copy_leaf(obj, path)
 
 
 class _Torch:
+    stream_only = True  # write() only calls f.write: cargohold may checksum it on the way
+
     def __init__(self, obj: Any) -> None:
         self._obj = obj
 
@@ -103,13 +126,25 @@ class _Torch:
 
         torch.save(self._obj, f)
 
-    def capture(self) -> FileSource:
+    def capture(self, staging: dict[Any, Any] | None = None) -> FileSource:
         import torch
 
-        def leaf(value: Any) -> Any:
-            if isinstance(value, torch.Tensor):
-                return value.detach().to("cpu", copy=True)
-            return value
+        pool = {} if staging is None else staging
+
+        def leaf(value: Any, path: tuple[Any, ...]) -> Any:
+            if not isinstance(value, torch.Tensor):
+                return value
+            buffer = pool.get(path)
+            if (
+                buffer is None
+                or buffer.shape != value.shape
+                or buffer.dtype != value.dtype
+                or value.layout != torch.strided
+            ):
+                buffer = torch.empty(value.shape, dtype=value.dtype, device="cpu")
+                pool[path] = buffer
+            buffer.copy_(value.detach())
+            return buffer
 
         return _Torch(_copy_tree(self._obj, leaf))
 
@@ -120,6 +155,8 @@ def torch_file(obj: Any) -> FileSource:
 
 
 class _Numpy:
+    stream_only = True  # write() only calls f.write: cargohold may checksum it on the way
+
     def __init__(self, arrays: Any) -> None:
         self._arrays = arrays
 
@@ -131,11 +168,20 @@ class _Numpy:
         else:
             np.save(f, self._arrays, allow_pickle=False)
 
-    def capture(self) -> FileSource:
+    def capture(self, staging: dict[Any, Any] | None = None) -> FileSource:
         import numpy as np
 
-        def leaf(value: Any) -> Any:
-            return np.array(value, copy=True) if isinstance(value, np.ndarray) else value
+        pool = {} if staging is None else staging
+
+        def leaf(value: Any, path: tuple[Any, ...]) -> Any:
+            if not isinstance(value, np.ndarray):
+                return value
+            buffer = pool.get(path)
+            if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+                buffer = np.empty_like(value)
+                pool[path] = buffer
+            np.copyto(buffer, value)
+            return buffer
 
         return _Numpy(_copy_tree(self._arrays, leaf))
 
@@ -146,6 +192,8 @@ def numpy_file(arrays: Any) -> FileSource:
 
 
 class _Safetensors:
+    stream_only = True  # write() only calls f.write: cargohold may checksum it on the way
+
     def __init__(self, tensors: Mapping[str, Any], metadata: dict[str, str] | None) -> None:
         self._tensors = tensors
         self._metadata = metadata
@@ -158,7 +206,7 @@ class _Safetensors:
             from safetensors.numpy import save
         f.write(save(dict(self._tensors), metadata=self._metadata))
 
-    def capture(self) -> FileSource:
+    def capture(self, staging: dict[Any, Any] | None = None) -> FileSource:
         buffer = io.BytesIO()
         self.write(buffer)
         return _Bytes(buffer.getvalue())
