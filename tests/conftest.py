@@ -67,6 +67,33 @@ def job_image(docker_client: object, base_image: str) -> Iterator[str]:
     engine.remove_image(tag)
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[dict[str, str]]:
+    """A real S3 server: radosgw on loopback, started for the session (about 15 s) unless
+    CARGOHOLD_TEST_S3_ENDPOINT names one already running. Its packages are cached in
+    /var/tmp/cargohold-radosgw between runs."""
+    keys = {"AWS_ACCESS_KEY_ID": os.environ.get("S3_ACCESS_KEY", "cargoholdtest"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("S3_SECRET_KEY", "cargoholdtestsecret")}
+    if os.environ.get("CARGOHOLD_TEST_S3_ENDPOINT"):
+        yield {**keys, "CARGOHOLD_S3_ENDPOINT": os.environ["CARGOHOLD_TEST_S3_ENDPOINT"]}
+        return
+    script = REPO / "tests" / "services" / "radosgw.sh"
+    folder = os.environ.get("CARGOHOLD_TEST_RADOSGW_DIR", "/var/tmp/cargohold-radosgw")
+    started = subprocess.run(["bash", str(script), "start", folder], capture_output=True,
+                             text=True, timeout=600)
+    if started.returncode != 0:
+        message = f"radosgw did not start: {started.stderr[-2000:]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    endpoint = next(w.split("=", 1)[1] for w in started.stdout.split()
+                    if w.startswith("S3_ENDPOINT="))
+    try:
+        yield {**keys, "CARGOHOLD_S3_ENDPOINT": endpoint}
+    finally:
+        subprocess.run(["bash", str(script), "stop", folder], capture_output=True, timeout=120)
+
+
 class Resources:
     """What one test created in Docker, removed in teardown."""
 

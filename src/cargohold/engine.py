@@ -29,7 +29,12 @@ from cargohold.errors import (
 from cargohold.plan import Mount
 from cargohold.spec import Backing
 
-__all__ = ["ContainerState", "Engine", "connect"]
+__all__ = ["ArchiveHelper", "ContainerState", "Engine", "VolumeInfo", "connect"]
+
+# A never-started container needs an image, but not a usable one: the engine's archive
+# endpoints work on created containers. This one holds nothing but the /v mount point.
+HELPER_IMAGE = "cargohold/volume-helper:1"
+HELPER_MOUNT = "/v"
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,68 @@ def _translate(what: str) -> Iterator[None]:
         ConnectionError,
     ) as exc:
         _fail(exc, what)
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    name: str
+    driver: str
+    labels: dict[str, str]
+    mountpoint: str
+    created: str
+    options: dict[str, str]
+
+
+class ArchiveHelper:
+    """A created, never started container with one volume at ``/v``: the Engine API's archive
+    endpoints stream the volume's files in and out without anything running in it."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+        self._open: list[Any] = []
+
+    def get_archive(self, path: str) -> Iterator[bytes]:
+        """A tar stream of ``/v/<path>`` (its first member is the path's own name).
+
+        The HTTP response is kept so that ``close()`` can end it: a reader that stops early
+        (is the volume empty?) must not leave the engine writing into an abandoned stream.
+        """
+        full = f"{HELPER_MOUNT}/{path}".rstrip("/") if path else HELPER_MOUNT
+        api = self._container.client.api
+        what = f"Reading {path or '/'} from the volume"
+        with _translate(what):
+            # docker-py's get_archive hides the response; this is the same request, kept open.
+            response = api._get(
+                api._url("/containers/{0}/archive", self._container.id),
+                params={"path": full},
+                stream=True,
+                headers={"Accept-Encoding": "identity"},
+            )
+            if response.status_code == 404:
+                response.close()
+                raise EngineError(
+                    f"{path or '/'} does not exist in the volume.",
+                    hint="`cargohold volume files VOLUME` lists what it holds.",
+                )
+            api._raise_for_status(response)
+        self._open.append(response)
+        return _translated_stream(response.iter_content(1 << 20), what)
+
+    def close(self) -> None:
+        for response in self._open:
+            with contextlib.suppress(Exception):
+                response.close()
+        self._open.clear()
+
+    def put_archive(self, data: Iterator[bytes]) -> None:
+        """Extract a tar stream at the helper's root: names must start with ``v/``."""
+        with _translate("Writing into the volume"):
+            self._container.put_archive("/", data)
+
+
+def _translated_stream(stream: Iterator[bytes], what: str) -> Iterator[bytes]:
+    with _translate(what):
+        yield from stream
 
 
 @dataclass(frozen=True)
@@ -196,13 +263,18 @@ class Engine:
                     if on_output is not None:
                         on_output(text.rstrip("\n"))
 
-    def import_image(self, stream: IO[bytes], name: str, changes: list[str]) -> None:
-        """Create an image from a root file system tarball read from ``stream``."""
+    def import_image(self, stream: IO[bytes] | bytes, name: str, changes: list[str]) -> None:
+        """Create an image from a root file system tarball: a pipe (streamed) or bytes."""
         repository, _, tag = name.partition(":")
         with _translate(f"Importing image {name}"):
-            self._client.api.import_image_from_stream(
-                stream, repository=repository, tag=tag or "latest", changes=changes
-            )
+            if isinstance(stream, bytes):
+                self._client.api.import_image_from_data(
+                    stream, repository=repository, tag=tag or "latest", changes=changes
+                )
+            else:
+                self._client.api.import_image_from_stream(
+                    stream, repository=repository, tag=tag or "latest", changes=changes
+                )
 
     def remove_image(self, name: str) -> None:
         with _translate(f"Removing image {name}"), contextlib.suppress(docker.errors.ImageNotFound):
@@ -245,6 +317,75 @@ class Engine:
     def remove_volume(self, name: str) -> None:
         with _translate(f"Removing volume {name}"), contextlib.suppress(docker.errors.NotFound):
             self._client.volumes.get(name).remove(force=True)
+
+    def create_volume(self, name: str, labels: dict[str, str]) -> None:
+        with _translate(f"Creating volume {name}"):
+            self._client.volumes.create(name=name, labels=labels)
+
+    def volume(self, name: str) -> VolumeInfo:
+        """Raises:
+        VolumeNotFound: no such volume."""
+        with _translate(f"Inspecting volume {name}"):
+            try:
+                attrs = self._client.volumes.get(name).attrs
+            except docker.errors.NotFound:
+                raise VolumeNotFound(
+                    f"Volume {name} does not exist.",
+                    hint="`cargohold volume ls` lists the volumes.",
+                ) from None
+        return _volume_info(attrs)
+
+    def volumes(self, label: str | None = None) -> list[VolumeInfo]:
+        with _translate("Listing volumes"):
+            found = self._client.api.volumes(filters={"label": label} if label else None)
+        return sorted((_volume_info(v) for v in found.get("Volumes") or []), key=lambda v: v.name)
+
+    def volume_users(self) -> dict[str, list[str]]:
+        """Volume name → names of the containers (running or not) that mount it."""
+        users: dict[str, list[str]] = {}
+        with _translate("Listing containers"):
+            for c in self._client.api.containers(all=True):
+                for m in c.get("Mounts") or []:
+                    if m.get("Type") == "volume" and m.get("Name"):
+                        users.setdefault(m["Name"], []).append(
+                            (c.get("Names") or ["?"])[0].lstrip("/")
+                        )
+        return users
+
+    @contextlib.contextmanager
+    def archive_helper(self, volume: str, *, readonly: bool) -> Iterator[ArchiveHelper]:
+        """A never-started container with ``volume`` at /v, removed afterwards."""
+        self._ensure_helper_image()
+        with _translate(f"Attaching volume {volume}"):
+            container = self._client.containers.create(
+                HELPER_IMAGE,
+                command=["/none"],
+                network_disabled=True,
+                mounts=[
+                    docker.types.Mount(HELPER_MOUNT, volume, type="volume", read_only=readonly)
+                ],
+                labels={"cargohold.helper": "true"},
+            )
+        helper = ArchiveHelper(container)
+        try:
+            yield helper
+        finally:
+            helper.close()
+            with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+                container.remove(force=True)
+
+    def _ensure_helper_image(self) -> None:
+        if self.image_exists(HELPER_IMAGE):
+            return
+        import io
+        import tarfile
+
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(HELPER_MOUNT.strip("/"))
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        self.import_image(buffer.getvalue(), HELPER_IMAGE, ["LABEL cargohold.helper=true"])
 
     def volume_mountpoint(self, name: str) -> str | None:
         """The host folder behind a local volume, or None when it is not local."""
@@ -366,6 +507,17 @@ class Engine:
                 with contextlib.suppress(docker.errors.APIError):
                     c.remove(force=True)
             return code, output
+
+
+def _volume_info(attrs: dict[str, Any]) -> VolumeInfo:
+    return VolumeInfo(
+        name=str(attrs["Name"]),
+        driver=str(attrs.get("Driver") or "local"),
+        labels=dict(attrs.get("Labels") or {}),
+        mountpoint=str(attrs.get("Mountpoint") or ""),
+        created=str(attrs.get("CreatedAt") or ""),
+        options=dict(attrs.get("Options") or {}),
+    )
 
 
 def _state(c: Any) -> ContainerState:

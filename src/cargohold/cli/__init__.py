@@ -13,7 +13,7 @@ import sys
 import click
 from rich.console import Console
 
-from cargohold.cli import _commands
+from cargohold.cli import _commands, _data  # noqa: F401 - _data registers its commands
 from cargohold.errors import CargoholdError
 
 __all__ = ["main"]

@@ -1,0 +1,353 @@
+"""Commands that move and inspect data: ingest, export, snapshot(s), restore, clone, volume …,
+prune."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+
+from cargohold.cli._commands import app, err, out
+from cargohold.engine import connect
+from cargohold.errors import UsageError
+from cargohold.inventory import prune_volumes, volume_summaries
+from cargohold.snapshots import (
+    list_snapshots,
+    open_repository,
+    restore_snapshot,
+    snapshot_volume,
+)
+from cargohold.transfer.operations import clone_volume, export_volume, ingest, tree_size
+from cargohold.volumes import open_volume, split_volume_path
+
+volume_app = typer.Typer(
+    help="Browse and size volumes without writing a helper container.", no_args_is_help=True
+)
+app.add_typer(volume_app, name="volume")
+
+RepoOption = Annotated[
+    str | None,
+    typer.Option(
+        "--repo",
+        help="Snapshot repository: a folder or an fsspec URL such as "
+        "s3://bucket/prefix (default: $CARGOHOLD_REPO, else a per-user folder).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+@contextlib.contextmanager
+def _progress(description: str) -> Iterator[Callable[[int], None]]:
+    """A byte counter with throughput on a terminal; silent when stderr is not one."""
+    if not err.is_terminal:
+        yield lambda _: None
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda n: bar.advance(task, n)
+
+
+@app.command("ingest")
+def ingest_command(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A host folder, a file, an archive (.tar, .tar.gz, .tar.zst, …) or an fsspec URL."
+        ),
+    ],
+    destination: Annotated[str, typer.Argument(help="VOLUME or VOLUME:PATH.")],
+    verify: Annotated[
+        bool, typer.Option(help="Compare every file's sha256 after the copy.")
+    ] = False,
+) -> None:
+    """Copy host data into a volume (created if missing)."""
+    engine = connect()
+    with _progress(f"ingest → {destination}") as progress:
+        result = ingest(engine, source, destination, verify=verify, progress=progress)
+    out.print(
+        f"{result.files} files, {_size(result.bytes)} into {destination}"
+        f"{' (new volume)' if result.created_volume else ''}"
+        f"{', verified' if result.verified else ''} (via {result.access} access)"
+    )
+
+
+@app.command("export")
+def export_command(
+    source: Annotated[str, typer.Argument(help="VOLUME or VOLUME:PATH.")],
+    destination: Annotated[
+        Path, typer.Argument(help="A folder, or an archive by extension (.tar, .tar.gz, .tar.zst).")
+    ],
+    force: Annotated[bool, typer.Option(help="Write into a folder that has content.")] = False,
+) -> None:
+    """Copy a volume (or a folder in it) to the host."""
+    engine = connect()
+    with _progress(f"export {source}") as progress:
+        result = export_volume(engine, source, destination, force=force, progress=progress)
+    out.print(
+        f"{result.files} files, {_size(result.bytes)} to {destination} (via {result.access} access)"
+    )
+
+
+@app.command("clone")
+def clone_command(
+    source: Annotated[str, typer.Argument(help="The volume to copy.")],
+    destination: Annotated[str, typer.Argument(help="A new (or empty) volume.")],
+) -> None:
+    """Copy a volume into a new one, labels included."""
+    engine = connect()
+    with _progress(f"clone {source} → {destination}") as progress:
+        result = clone_volume(engine, source, destination, progress=progress)
+    out.print(f"{result.files} files, {_size(result.bytes)} from {source} to {destination}")
+
+
+@app.command("snapshot")
+def snapshot_command(
+    volume: Annotated[str, typer.Argument(help="The volume to snapshot.")],
+    repo: RepoOption = None,
+    tag: Annotated[str | None, typer.Option(help="A name to find it by.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """An incremental, content-addressed snapshot: unchanged files cost nothing."""
+    engine = connect()
+    engine.volume(volume)  # a missing volume must not leave a new, empty repository behind
+    repository = open_repository(repo, create=True)
+    with _progress(f"snapshot {volume}") as progress:
+        info = snapshot_volume(engine, volume, repository, tag=tag, progress=progress)
+    if as_json:
+        out.print_json(json.dumps(asdict(info)))
+        return
+    out.print(
+        f"snapshot {info.id} of {volume}: {info.files} files, {_size(info.bytes)}; "
+        f"{info.new_objects} new objects ({_size(info.new_bytes_stored)} stored) in "
+        f"{info.seconds:.1f} s → {info.repo}"
+    )
+
+
+@app.command("snapshots")
+def snapshots_command(
+    volume: Annotated[str | None, typer.Argument(help="Only this volume's.")] = None,
+    repo: RepoOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the snapshots in a repository."""
+    snaps = list_snapshots(open_repository(repo), volume)
+    if as_json:
+        out.print_json(json.dumps([asdict(s) for s in snaps]))
+        return
+    if not snaps:
+        out.print("no snapshots")
+    for s in snaps:
+        out.print(
+            f"{s.id}  {s.created}  {s.volume:<24} {s.files:>8} files  {_size(s.bytes):>9}"
+            f"{'  tag ' + s.tag if s.tag else ''}"
+        )
+
+
+@app.command("restore")
+def restore_command(
+    snapshot: Annotated[
+        str, typer.Argument(help="A snapshot id (or unique prefix), a tag, or VOLUME@latest.")
+    ],
+    volume: Annotated[str, typer.Argument(help="A new or empty volume to restore into.")],
+    repo: RepoOption = None,
+    force: Annotated[
+        bool, typer.Option(help="Replace the content of a volume that has data.")
+    ] = False,
+) -> None:
+    """Restore a snapshot into a volume, verifying every file's checksum."""
+    engine = connect()
+    repository = open_repository(repo)
+    with _progress(f"restore → {volume}") as progress:
+        manifest, files = restore_snapshot(
+            engine, repository, snapshot, volume, force=force, progress=progress
+        )
+    out.print(
+        f"restored {manifest['id']} ({manifest['files']} files, "
+        f"{_size(manifest['bytes'])}) into {volume}, checksums verified "
+        f"(via {files.access} access)"
+    )
+
+
+@volume_app.command("ls")
+def volume_ls(
+    repo: RepoOption = None,
+    all_volumes: Annotated[
+        bool, typer.Option("--all", help="Not only cargohold's volumes.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Volumes with size, kind and project, users, and last snapshot."""
+    rows = volume_summaries(connect(), repo, only_cargohold=not all_volumes)
+    if as_json:
+        out.print_json(json.dumps([asdict(r) for r in rows]))
+        return
+    if not rows:
+        out.print("no volumes" + ("" if all_volumes else " labelled by cargohold (--all)"))
+    for r in rows:
+        users = ", ".join(r.used_by) or "-"
+        snap = r.last_snapshot or "never snapshotted"
+        out.print(
+            f"{r.name:<32} {_size(r.bytes):>9}  {r.kind or '-':<11} {r.project or '-':<14}"
+            f" used by: {users:<20} snapshot: {snap}{'  PROTECTED' if r.protected else ''}"
+        )
+
+
+@volume_app.command("inspect")
+def volume_inspect(volume: str, repo: RepoOption = None) -> None:
+    """Everything cargohold knows about one volume, as JSON."""
+    engine = connect()
+    rows = [r for r in volume_summaries(engine, repo, only_cargohold=False, names=[volume])]
+    if not rows:
+        engine.volume(volume)  # raises VolumeNotFound with a hint
+    out.print_json(json.dumps(asdict(rows[0])))
+
+
+@volume_app.command("du")
+def volume_du(
+    volume: str,
+    path: Annotated[str, typer.Argument(help="A folder inside the volume.")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Sizes of the top-level entries of a volume (or of a folder in it)."""
+    files = open_volume(connect(), volume)
+    sizes, count, _ = tree_size(files, split_volume_path(f"{volume}:{path}")[1])
+    if as_json:
+        out.print_json(json.dumps({"entries": sizes, "files": count, "bytes": sum(sizes.values())}))
+        return
+    for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]):
+        out.print(f"{_size(size):>10}  {name}")
+    out.print(f"{_size(sum(sizes.values())):>10}  total ({count} files)")
+
+
+@volume_app.command("files")
+def volume_files(
+    volume: str,
+    path: Annotated[str, typer.Argument(help="A folder inside the volume.")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """List the files in a volume (recursively), like ls -l."""
+    files = open_volume(connect(), volume)
+    rel = split_volume_path(f"{volume}:{path}")[1]
+    rows: list[dict[str, Any]] = []
+    with files.entries(rel) as entries:
+        for entry, _ in entries:
+            if not entry.path:
+                continue
+            rows.append(
+                {
+                    "path": entry.path,
+                    "kind": entry.kind,
+                    "mode": oct(entry.mode),
+                    "uid": entry.uid,
+                    "gid": entry.gid,
+                    "size": entry.size,
+                    "mtime_ns": entry.mtime_ns,
+                    "target": entry.target or None,
+                }
+            )
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    for r in rows:
+        link = f" -> {r['target']}" if r["target"] else ""
+        out.print(
+            f"{r['kind'][0]} {r['mode'][2:]:>4} {r['uid']:>5}:{r['gid']:<5} "
+            f"{r['size']:>12}  {r['path']}{link}",
+            markup=False,
+        )
+
+
+@volume_app.command("cat")
+def volume_cat(volume: str, path: str) -> None:
+    """Write one file of a volume to stdout."""
+    files = open_volume(connect(), volume)
+    rel = split_volume_path(f"{volume}:{path}")[1]
+    with files.open_file(rel) as f:
+        shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+    sys.stdout.buffer.flush()
+
+
+@volume_app.command("rm")
+def volume_rm(
+    volume: str,
+    repo: RepoOption = None,
+    force: Annotated[
+        bool, typer.Option(help="Remove even if never snapshotted or protected.")
+    ] = False,
+) -> None:
+    """Remove a volume; refuses while a container uses it, and (without --force) when its data
+    is not in a snapshot or it is protected."""
+    engine = connect()
+    row = volume_summaries(engine, repo, only_cargohold=False, names=[volume])
+    if not row:
+        engine.volume(volume)
+    summary = row[0]
+    if summary.used_by:
+        raise UsageError(
+            f"Volume {volume} is used by {', '.join(summary.used_by)}.",
+            hint="Remove those containers first (`docker rm`).",
+        )
+    if not force and (summary.protected or not summary.snapshot_current):
+        why = (
+            "protected (cargohold.protect=true)"
+            if summary.protected
+            else "its data is not in any snapshot"
+        )
+        raise UsageError(
+            f"Refusing to remove {volume}: {why}.",
+            hint=f"`cargohold snapshot {volume}` first, or pass --force.",
+        )
+    engine.remove_volume(volume)
+    out.print(f"removed {volume}")
+
+
+@app.command("prune")
+def prune_command(
+    repo: RepoOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would go; remove nothing.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove cargohold volumes that are unused, unprotected, and safely snapshotted."""
+    decisions = prune_volumes(connect(), repo, dry_run=dry_run)
+    if as_json:
+        out.print_json(json.dumps([asdict(d) for d in decisions]))
+        return
+    if not decisions:
+        out.print("no cargohold volumes")
+    for d in decisions:
+        verb = ("would remove" if dry_run else "removed") if d.remove else "kept"
+        out.print(f"{verb:<12} {d.volume:<32} {d.reason}")

@@ -1,0 +1,319 @@
+"""Host ↔ volume and volume ↔ volume moves: ingest, export, clone, plus sizes.
+
+Archives given to ``ingest`` are read twice when they are files on disk: a first pass checks
+every member (names, types, links) and hashes the data, so that a hostile archive is refused
+before a single byte is written; the second pass extracts. ``--verify`` then reads back what
+landed in the volume and compares every file's sha256 with the source's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cargohold.engine import Engine
+from cargohold.errors import (
+    ChecksumMismatch,
+    TransferError,
+    UnsafeArchive,
+    UsageError,
+    VolumeNotFound,
+)
+from cargohold.transfer.tree import (
+    CHUNK,
+    Entry,
+    FolderReader,
+    Opener,
+    Progress,
+    TarReader,
+    TarWriter,
+    TreeWriter,
+)
+from cargohold.volumes import VolumeFiles, open_volume, split_volume_path
+
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "TransferResult",
+    "clone_volume",
+    "export_volume",
+    "ingest",
+    "tree_size",
+]
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".tar.xz", ".tar.bz2")
+
+
+def _no_progress(_: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    files: int
+    bytes: int
+    access: str  # local | archive
+    verified: bool = False
+    created_volume: bool = False
+
+
+def _compression_of(path: str) -> str | None:
+    lower = path.lower()
+    if lower.endswith((".tar.zst", ".tzst")):
+        return "zst"
+    if lower.endswith((".tar.gz", ".tgz")):
+        return "gz"
+    if lower.endswith((".tar", ".tar.xz", ".tar.bz2")):
+        return ""
+    return None
+
+
+def _sha256(opener: Opener) -> str:
+    digest = hashlib.sha256()
+    with opener() as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _prescan_archive(path: Path) -> dict[str, str]:
+    """Check every member before anything is written; return each file's sha256.
+
+    Raises:
+        UnsafeArchive: naming the first hostile member.
+    """
+    hashes: dict[str, str] = {}
+    symlinks: set[str] = set()
+    regular: set[str] = set()
+    with open(path, "rb") as f:
+        for entry, data in TarReader(f):
+            parents = PurePosixPath(entry.path).parents
+            through = next((str(p) for p in parents if str(p) in symlinks), None)
+            if through is not None:
+                raise UnsafeArchive(
+                    f"Refused member {entry.path!r}: it passes through symlink {through!r}.",
+                    hint="Only extract archives you trust.",
+                )
+            if entry.kind == "symlink":
+                symlinks.add(entry.path)
+            elif entry.kind == "hardlink" and entry.target not in regular:
+                raise UnsafeArchive(
+                    f"Refused member {entry.path!r}: a hardlink to {entry.target!r}, which is "
+                    "not a file extracted before it.",
+                    hint="Only extract archives you trust.",
+                )
+            elif entry.kind == "file" and data is not None:
+                regular.add(entry.path)
+                hashes[entry.path] = _sha256(data)
+    return hashes
+
+
+@contextlib.contextmanager
+def _source_entries(source: str) -> Iterator[tuple[object, dict[str, str] | None]]:
+    """Entries of an ingest source, and the sha256 of each file when already known."""
+    if "://" in source and not source.startswith("file://"):
+        yield _fsspec_entries(source), None
+        return
+    path = Path(source.removeprefix("file://")).expanduser()
+    if not path.exists():
+        raise TransferError(f"{path} does not exist.", hint="Check the source path.")
+    if path.is_file() and _compression_of(path.name) is not None:
+        hashes = _prescan_archive(path)
+        with open(path, "rb") as f:
+            yield TarReader(f), hashes
+        return
+    yield FolderReader(path), None
+
+
+def _fsspec_entries(url: str) -> Iterator[tuple[Entry, Opener | None]]:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    uid, gid = os.getuid(), os.getgid()
+    now = int(os.path.getmtime(os.getcwd()) * 1e9)
+    found = fs.find(root, detail=True)
+    if not found:
+        raise TransferError(f"Nothing found at {url}.", hint="Check the URL.")
+    yield Entry("", "dir", 0o755, uid, gid, now), None
+    made: set[str] = set()
+    for full, info in sorted(found.items()):
+        rel = full[len(root) :].lstrip("/") or full.rsplit("/", 1)[-1]
+        rel = "/".join(p for p in rel.split("/") if p not in ("", ".", ".."))
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if folder not in made:
+                made.add(folder)
+                yield Entry(folder, "dir", 0o755, uid, gid, now), None
+        yield (
+            Entry(rel, "file", 0o644, uid, gid, now, int(info.get("size") or 0)),
+            _fsspec_opener(fs, full),
+        )
+
+
+def _fsspec_opener(fs: Any, path: str) -> Opener:
+    return lambda: fs.open(path, "rb")
+
+
+def _volume_for_writing(engine: Engine, name: str) -> tuple[VolumeFiles, bool]:
+    try:
+        return open_volume(engine, name), False
+    except VolumeNotFound:
+        engine.create_volume(name, {"cargohold.created-by": "ingest"})
+        return open_volume(engine, name), True
+
+
+def ingest(
+    engine: Engine,
+    source: str,
+    destination: str,
+    *,
+    verify: bool = False,
+    progress: Progress = _no_progress,
+) -> TransferResult:
+    """Copy a host folder, file, archive or fsspec URL into ``VOLUME[:PATH]``.
+
+    Raises:
+        UnsafeArchive: a hostile archive (nothing is written).
+        TransferError: the source is missing or unreadable.
+        ChecksumMismatch: ``verify`` found a difference.
+    """
+    volume, path = split_volume_path(destination)
+    with _source_entries(source) as (entries, known_hashes):
+        files, created = _volume_for_writing(engine, volume)
+        try:
+            count, size = files.write(entries, path, progress=progress)  # type: ignore[arg-type]
+        except BaseException:
+            if created:
+                engine.remove_volume(volume)
+            raise
+    if verify:
+        _verify_ingest(files, source, path, known_hashes)
+    return TransferResult(count, size, files.access, verify, created)
+
+
+def _verify_ingest(
+    files: VolumeFiles, source: str, path: str, known: dict[str, str] | None
+) -> None:
+    if known is None:
+        with _source_entries(source) as (entries, _):
+            known = {e.path: _sha256(d) for e, d in entries if e.kind == "file" and d}  # type: ignore[attr-defined]
+    landed: dict[str, str] = {}
+    with files.entries(path) as entries:
+        for entry, data in entries:
+            if entry.kind == "file" and data is not None:
+                landed[entry.path] = _sha256(data)
+    for name, digest in known.items():
+        if landed.get(name) != digest:
+            raise ChecksumMismatch(
+                f"{name}: the copy in volume {files.name} does not match the source"
+                + (" (missing)." if name not in landed else "."),
+                hint="Run the ingest again; check the disk if it happens twice.",
+            )
+
+
+def export_volume(
+    engine: Engine,
+    source: str,
+    destination: Path,
+    *,
+    force: bool = False,
+    progress: Progress = _no_progress,
+) -> TransferResult:
+    """Copy ``VOLUME[:PATH]`` to a host folder, or to an archive chosen by its extension.
+
+    Raises:
+        UsageError: the destination folder has content and ``force`` is not set.
+    """
+    volume, path = split_volume_path(source)
+    files = open_volume(engine, volume)
+    compression = _compression_of(destination.name)
+    if compression is not None:
+        if compression == "" and not destination.name.endswith(".tar"):
+            raise UsageError(
+                f"{destination.name}: export writes .tar, .tar.gz and .tar.zst.",
+                hint="Pick one of those extensions.",
+            )
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        tmp = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "wb") as sink, files.entries(path) as entries:
+                writer = TarWriter(sink, compression=compression, progress=progress)
+                writer.write_all(entries)
+                sink.flush()
+                os.fsync(sink.fileno())
+            os.replace(tmp, destination)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return TransferResult(writer.files, writer.bytes, files.access)
+    if destination.exists() and any(destination.iterdir()) and not force:
+        raise UsageError(
+            f"{destination} is not empty.",
+            hint="Export into a new folder, or pass --force to write into it.",
+        )
+    writer_tree = TreeWriter(destination, progress=progress)
+    with files.entries(path) as entries:
+        writer_tree.write_all(entries)
+    return TransferResult(writer_tree.files, writer_tree.bytes, files.access)
+
+
+def clone_volume(
+    engine: Engine, source: str, destination: str, *, progress: Progress = _no_progress
+) -> TransferResult:
+    """Copy every file of one volume into a new (or empty) volume, labels included.
+
+    Raises:
+        UsageError: the destination has data.
+    """
+    src = open_volume(engine, source)
+    try:
+        dst = open_volume(engine, destination)
+        created = False
+        if not dst.is_empty():
+            raise UsageError(
+                f"Volume {destination} is not empty.", hint="Clone into a new volume name."
+            )
+    except VolumeNotFound:
+        labels = {**src.info.labels, "cargohold.cloned-from": source}
+        engine.create_volume(destination, labels)
+        dst, created = open_volume(engine, destination), True
+    try:
+        with src.entries() as entries:
+            count, size = dst.write(entries, progress=progress)
+    except BaseException:
+        if created:
+            engine.remove_volume(destination)
+        raise
+    return TransferResult(count, size, f"{src.access}→{dst.access}", created_volume=created)
+
+
+def tree_size(files: VolumeFiles, path: str = "") -> tuple[dict[str, int], int, int]:
+    """(bytes per top-level entry, total files, data version) of a volume or a folder in it.
+
+    The data version is the newest mtime or ctime in the tree: it changes whenever anything in
+    the volume changes, and prune compares it with the last snapshot's.
+    """
+    sizes: dict[str, int] = {}
+    count = version = 0
+    with files.entries(path) as entries:
+        walk = (
+            entries.stats()
+            if isinstance(entries, FolderReader)
+            else ((e, None) for e, _ in entries)
+        )
+        for entry, st in walk:
+            stamp = entry.mtime_ns if st is None else max(st.st_mtime_ns, st.st_ctime_ns)
+            version = max(version, stamp)
+            top = entry.path.split("/", 1)[0]
+            if not top:
+                continue
+            sizes[top] = sizes.get(top, 0) + entry.size
+            count += entry.kind == "file"
+    return sizes, count, version
