@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import docker
 import docker.errors
@@ -26,8 +26,10 @@ from cargohold.errors import (
     ImageNotFound,
     VolumeNotFound,
 )
-from cargohold.plan import Mount
-from cargohold.spec import Backing
+from cargohold.kinds import Backing
+
+if TYPE_CHECKING:
+    from cargohold.plan import Mount
 
 __all__ = ["ArchiveHelper", "ContainerState", "Engine", "VolumeInfo", "connect"]
 

@@ -25,9 +25,9 @@ from cargohold import baseimage
 from cargohold.checkpoint import _format
 from cargohold.engine import Engine
 from cargohold.errors import EngineError, ImageNotFound, UsageError
+from cargohold.kinds import Backing
 from cargohold.plan import LABEL_PROJECT, Plan
 from cargohold.render._prepare import volumes_to_chown
-from cargohold.spec import Backing
 
 __all__ = ["Resume", "RunResult", "prepare_stores", "resolve_resume", "run_job"]
 

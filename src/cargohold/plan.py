@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cargohold.errors import SpecError
-from cargohold.spec import Backing, Spec, StoreKind, StoreSpec, parse_size
+from cargohold.kinds import Backing, StoreKind, parse_size
+
+if TYPE_CHECKING:
+    from cargohold.spec import Spec, StoreSpec
 
 __all__ = [
     "CACHE_ENV",

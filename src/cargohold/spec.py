@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cargohold.errors import SpecError
+from cargohold.kinds import Backing, StoreKind, parse_size
 
 __all__ = [
     "SPEC_FILENAME",
@@ -42,39 +42,6 @@ SPEC_FILENAME = "cargohold.toml"
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _USER_RE = re.compile(r"^\d+(:\d+)?$")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-
-
-class StoreKind(StrEnum):
-    DATASET = "dataset"
-    CHECKPOINTS = "checkpoints"
-    ARTIFACTS = "artifacts"
-    CACHE = "cache"
-    SCRATCH = "scratch"
-
-
-class Backing(StrEnum):
-    BIND = "bind"
-    VOLUME = "volume"
-    TMPFS = "tmpfs"
-
-
-def parse_size(value: str | int) -> int:
-    """Turn ``"1g"``, ``"512m"``, ``"64MiB"`` or a byte count into bytes (powers of 1024).
-
-    Raises:
-        ValueError: the text is not a size.
-    """
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    match = _SIZE_RE.match(value)
-    if not match:
-        raise ValueError(f'{value!r} is not a size; write it like "512m" or "2g"')
-    number, unit = match.groups()
-    scale = 1024 ** " kmgt".index(unit.lower() or " ")
-    return int(float(number) * scale)
 
 
 class _Model(BaseModel):

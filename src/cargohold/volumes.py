@@ -43,6 +43,7 @@ __all__ = ["ACCESS_ENV", "VolumeFiles", "open_volume", "split_volume_path"]
 log = logging.getLogger(__name__)
 
 ACCESS_ENV = "CARGOHOLD_VOLUME_ACCESS"
+WRITERS = 4  # files written at once: enough to overlap decompression, checksums and the disk
 
 Entries = Iterable[tuple[Entry, Opener | None]]
 
@@ -140,12 +141,23 @@ class VolumeFiles:
     # -- writing --------------------------------------------------------------------------
 
     def write(
-        self, entries: Entries, path: str = "", *, progress: Progress = _no_progress
+        self,
+        entries: Entries,
+        path: str = "",
+        *,
+        progress: Progress = _no_progress,
+        parallel: bool = False,
     ) -> tuple[int, int]:
-        """Write entries under ``path``; returns (files, bytes)."""
+        """Write entries under ``path``; returns (files, bytes).
+
+        ``parallel``: the entries' files may be opened in any order (not a tar stream), so
+        several can be written at once on the local path.
+        """
         if self.local_root is not None:
             writer = TreeWriter(
-                self.local_root / path if path else self.local_root, progress=progress
+                self.local_root / path if path else self.local_root,
+                progress=progress,
+                workers=WRITERS if parallel else 1,
             )
             writer.write_all(entries)
             return writer.files, writer.bytes

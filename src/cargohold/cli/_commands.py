@@ -6,20 +6,21 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
 
-from cargohold import baseimage, jobs
 from cargohold._atomic import write_text_atomic
-from cargohold.engine import connect
 from cargohold.errors import UsageError
-from cargohold.init_template import init_spec_text
-from cargohold.plan import Plan, make_plan
-from cargohold.render import render_compose, render_docker_run
-from cargohold.spec import SPEC_FILENAME, Spec, load_spec
+
+if TYPE_CHECKING:
+    from cargohold.plan import Plan
+    from cargohold.spec import Spec
+
+# Heavy modules (pydantic, the Docker SDK, YAML) are imported inside the commands that use
+# them: every command starts faster, and `cargohold snapshot` never loads the spec machinery.
+SPEC_FILENAME = "cargohold.toml"
 
 # Filled by main() with what followed `--` on the command line.
 TRAILING_COMMAND: list[str] = []
@@ -60,6 +61,9 @@ def _host_user() -> tuple[int, int]:
 
 
 def _plan(file: Path | None, job: str | None) -> tuple[Spec, Plan]:
+    from cargohold.plan import make_plan
+    from cargohold.spec import load_spec
+
     spec = load_spec(file)
     return spec, make_plan(spec, job, host_user=_host_user())
 
@@ -73,6 +77,8 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite an existing spec.")] = False,
 ) -> None:
     """Write a commented cargohold.toml for the current folder."""
+    from cargohold.init_template import init_spec_text
+
     path = Path.cwd() / SPEC_FILENAME
     if path.exists() and not force:
         raise UsageError(
@@ -139,6 +145,8 @@ def plan(
 @render_app.command("docker-run")
 def render_docker_run_command(job: JobArgument = None, file: SpecOption = None) -> None:
     """The equivalent docker run line, shell-quoted (volume set-up included)."""
+    from cargohold.render import render_docker_run
+
     _, the_plan = _plan(file, job)
     sys.stdout.write(render_docker_run(the_plan) + "\n")
 
@@ -151,6 +159,12 @@ def render_compose_command(
     ] = None,
 ) -> None:
     """A docker-compose.yml (Compose Specification) running every job."""
+    import yaml
+
+    from cargohold.plan import make_plan
+    from cargohold.render import render_compose
+    from cargohold.spec import load_spec
+
     spec = load_spec(file)
     plans = [make_plan(spec, name, host_user=_host_user()) for name in spec.jobs]
     if not plans:
@@ -178,6 +192,9 @@ def run(
 ) -> int:
     """Run a job with its stores, stream its logs, restart and resume it. `-- CMD…` replaces
     the job's command."""
+    from cargohold import jobs
+    from cargohold.engine import connect
+
     _, the_plan = _plan(file, job)
     how = jobs.Resume.parse(resume)
     engine = connect()
@@ -206,6 +223,9 @@ def base_image(
 ) -> None:
     """Make sure a Python base image exists, building one from Debian packages when no registry
     can be reached."""
+    from cargohold import baseimage
+    from cargohold.engine import connect
+
     engine = connect()
     if rebuild:
         engine.remove_image(baseimage.LOCAL_BASE)

@@ -25,14 +25,6 @@ from rich.progress import (
 from cargohold.cli._commands import app, err, out
 from cargohold.engine import connect
 from cargohold.errors import UsageError
-from cargohold.inventory import prune_volumes, volume_summaries
-from cargohold.snapshots import (
-    list_snapshots,
-    open_repository,
-    restore_snapshot,
-    snapshot_volume,
-)
-from cargohold.transfer.operations import clone_volume, export_volume, ingest, tree_size
 from cargohold.volumes import open_volume, split_volume_path
 
 volume_app = typer.Typer(
@@ -93,6 +85,8 @@ def ingest_command(
     ] = False,
 ) -> None:
     """Copy host data into a volume (created if missing)."""
+    from cargohold.transfer.operations import ingest
+
     engine = connect()
     with _progress(f"ingest → {destination}") as progress:
         result = ingest(engine, source, destination, verify=verify, progress=progress)
@@ -112,6 +106,8 @@ def export_command(
     force: Annotated[bool, typer.Option(help="Write into a folder that has content.")] = False,
 ) -> None:
     """Copy a volume (or a folder in it) to the host."""
+    from cargohold.transfer.operations import export_volume
+
     engine = connect()
     with _progress(f"export {source}") as progress:
         result = export_volume(engine, source, destination, force=force, progress=progress)
@@ -126,6 +122,8 @@ def clone_command(
     destination: Annotated[str, typer.Argument(help="A new (or empty) volume.")],
 ) -> None:
     """Copy a volume into a new one, labels included."""
+    from cargohold.transfer.operations import clone_volume
+
     engine = connect()
     with _progress(f"clone {source} → {destination}") as progress:
         result = clone_volume(engine, source, destination, progress=progress)
@@ -140,6 +138,8 @@ def snapshot_command(
     as_json: JsonOption = False,
 ) -> None:
     """An incremental, content-addressed snapshot: unchanged files cost nothing."""
+    from cargohold.snapshots import open_repository, snapshot_volume
+
     engine = connect()
     engine.volume(volume)  # a missing volume must not leave a new, empty repository behind
     repository = open_repository(repo, create=True)
@@ -162,6 +162,8 @@ def snapshots_command(
     as_json: JsonOption = False,
 ) -> None:
     """List the snapshots in a repository."""
+    from cargohold.snapshots import list_snapshots, open_repository
+
     snaps = list_snapshots(open_repository(repo), volume)
     if as_json:
         out.print_json(json.dumps([asdict(s) for s in snaps]))
@@ -187,6 +189,8 @@ def restore_command(
     ] = False,
 ) -> None:
     """Restore a snapshot into a volume, verifying every file's checksum."""
+    from cargohold.snapshots import open_repository, restore_snapshot
+
     engine = connect()
     repository = open_repository(repo)
     with _progress(f"restore → {volume}") as progress:
@@ -209,6 +213,8 @@ def volume_ls(
     as_json: JsonOption = False,
 ) -> None:
     """Volumes with size, kind and project, users, and last snapshot."""
+    from cargohold.inventory import volume_summaries
+
     rows = volume_summaries(connect(), repo, only_cargohold=not all_volumes)
     if as_json:
         out.print_json(json.dumps([asdict(r) for r in rows]))
@@ -227,6 +233,8 @@ def volume_ls(
 @volume_app.command("inspect")
 def volume_inspect(volume: str, repo: RepoOption = None) -> None:
     """Everything cargohold knows about one volume, as JSON."""
+    from cargohold.inventory import volume_summaries
+
     engine = connect()
     rows = [r for r in volume_summaries(engine, repo, only_cargohold=False, names=[volume])]
     if not rows:
@@ -241,6 +249,8 @@ def volume_du(
     as_json: JsonOption = False,
 ) -> None:
     """Sizes of the top-level entries of a volume (or of a folder in it)."""
+    from cargohold.transfer.operations import tree_size
+
     files = open_volume(connect(), volume)
     sizes, count, _ = tree_size(files, split_volume_path(f"{volume}:{path}")[1])
     if as_json:
@@ -309,6 +319,8 @@ def volume_rm(
 ) -> None:
     """Remove a volume; refuses while a container uses it, and (without --force) when its data
     is not in a snapshot or it is protected."""
+    from cargohold.inventory import volume_summaries
+
     engine = connect()
     row = volume_summaries(engine, repo, only_cargohold=False, names=[volume])
     if not row:
@@ -342,6 +354,8 @@ def prune_command(
     as_json: JsonOption = False,
 ) -> None:
     """Remove cargohold volumes that are unused, unprotected, and safely snapshotted."""
+    from cargohold.inventory import prune_volumes
+
     decisions = prune_volumes(connect(), repo, dry_run=dry_run)
     if as_json:
         out.print_json(json.dumps([asdict(d) for d in decisions]))

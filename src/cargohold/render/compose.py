@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from cargohold.kinds import Backing
 from cargohold.plan import Mount, Plan
 from cargohold.render._prepare import volumes_to_chown
-from cargohold.spec import Backing
 
 __all__ = ["render_compose"]
 

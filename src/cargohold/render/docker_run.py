@@ -12,9 +12,9 @@ import csv
 import io
 import shlex
 
+from cargohold.kinds import Backing
 from cargohold.plan import Mount, Plan
 from cargohold.render._prepare import volumes_to_chown
-from cargohold.spec import Backing
 
 __all__ = ["docker_run_argv", "mount_option", "render_docker_run"]
 

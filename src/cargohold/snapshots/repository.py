@@ -114,7 +114,12 @@ class LocalRepository(Repository):
                     hint="Take a snapshot first (`cargohold snapshot VOLUME --repo …`), or check "
                     "the --repo URL.",
                 )
-            if root.exists() and any(root.iterdir()):
+            # Another snapshot may be creating the repository right now: only foreign content
+            # makes the folder unusable.
+            ours = {"objects", "snapshots", "tmp", MARKER}
+            if root.exists() and any(
+                p.name not in ours and not p.name.startswith(f".{MARKER}.") for p in root.iterdir()
+            ):
                 raise RepositoryError(
                     f"{root} is not empty and is not a cargohold repository.",
                     hint="Pick an empty or new folder for --repo.",

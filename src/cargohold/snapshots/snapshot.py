@@ -418,7 +418,7 @@ def restore_snapshot(
         files.clear()
         files = open_volume(engine, volume)
     try:
-        files.write(manifest_entries(repo, manifest), progress=progress)
+        files.write(manifest_entries(repo, manifest), progress=progress, parallel=True)
         if files.local_root is not None:
             from cargohold.snapshots.repository import _syncfs
 

@@ -187,7 +187,12 @@ def ingest(
     with _source_entries(source) as (entries, known_hashes):
         files, created = _volume_for_writing(engine, volume)
         try:
-            count, size = files.write(entries, path, progress=progress)  # type: ignore[arg-type]
+            count, size = files.write(
+                entries,  # type: ignore[arg-type]
+                path,
+                progress=progress,
+                parallel=not isinstance(entries, TarReader),
+            )
         except BaseException:
             if created:
                 engine.remove_volume(volume)
@@ -286,7 +291,9 @@ def clone_volume(
         dst, created = open_volume(engine, destination), True
     try:
         with src.entries() as entries:
-            count, size = dst.write(entries, progress=progress)
+            count, size = dst.write(
+                entries, progress=progress, parallel=isinstance(entries, FolderReader)
+            )
     except BaseException:
         if created:
             engine.remove_volume(destination)

@@ -19,7 +19,9 @@ import io
 import os
 import stat
 import tarfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
@@ -317,15 +319,24 @@ class TreeWriter:
     what stops a member from passing through a symlink that an earlier member planted), and
     anything already at the entry's own path is removed rather than followed. Owners are kept
     when running as root; folder times are set last, after their content.
+
+    With ``workers`` > 1, file contents are written by a thread pool (for sources that can be
+    opened in any order: folders, snapshots -- not a tar stream); the checks above still run
+    in order, on the calling thread, before a file is handed to the pool.
     """
 
-    def __init__(self, root: Path, *, progress: Progress = _no_progress) -> None:
+    _MAX_PENDING = 64
+
+    def __init__(self, root: Path, *, progress: Progress = _no_progress, workers: int = 1) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
         self._real_root = os.path.realpath(root)
         self._as_root = os.geteuid() == 0
         self._dirs: list[tuple[str, Entry]] = []
         self._progress = progress
+        self._pool = ThreadPoolExecutor(workers, "cargohold-write") if workers > 1 else None
+        self._pending: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
         self.files = 0
         self.bytes = 0
 
@@ -365,8 +376,31 @@ class TreeWriter:
             os.chmod(target, entry.mode)
         os.utime(target, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=follow)
 
+    def _write_file(self, target: str, entry: Entry, data: Opener) -> None:
+        with data() as src, open(target, "wb") as dst:
+            while chunk := src.read(CHUNK):
+                dst.write(chunk)
+                with self._lock:
+                    self.bytes += len(chunk)
+                self._progress(len(chunk))
+        with self._lock:
+            self.files += 1
+        self._attrs(target, entry)
+
+    def _wait(self, target: str | None = None) -> None:
+        """Finish the pending write of ``target`` (None: of every file), raising its error."""
+        if target is None:
+            futures = list(self._pending.values())
+            self._pending.clear()
+        else:
+            pending = self._pending.pop(target, None)
+            futures = [pending] if pending is not None else []
+        for future in futures:
+            future.result()
+
     def add(self, entry: Entry, data: Opener | None) -> None:
         target = self._target(entry)
+        self._wait(target)
         if entry.kind == "dir":
             self._clear(target, keep_dir=True)
             os.makedirs(target, exist_ok=True)
@@ -375,18 +409,18 @@ class TreeWriter:
         self._clear(target, keep_dir=False)
         if entry.kind == "file":
             assert data is not None
-            with data() as src, open(target, "wb") as dst:
-                while chunk := src.read(CHUNK):
-                    dst.write(chunk)
-                    self.bytes += len(chunk)
-                    self._progress(len(chunk))
-            self.files += 1
-            self._attrs(target, entry)
+            if self._pool is None:
+                self._write_file(target, entry, data)
+                return
+            if len(self._pending) >= self._MAX_PENDING:
+                self._wait(next(iter(self._pending)))
+            self._pending[target] = self._pool.submit(self._write_file, target, entry, data)
         elif entry.kind == "symlink":
             os.symlink(entry.target, target)
             self._attrs(target, entry, follow=False)
         else:  # hardlink
             source = os.path.join(self.root, entry.target)
+            self._wait(source)  # its data may still be on the way
             if not self._inside(os.path.realpath(source)) or os.path.islink(source):
                 raise UnsafeArchive(
                     f"Refused {entry.path!r}: a hardlink to {entry.target!r}, which lies "
@@ -402,11 +436,16 @@ class TreeWriter:
             os.link(source, target)
 
     def write_all(self, entries: Iterable[tuple[Entry, Opener | None]]) -> None:
-        for entry, data in entries:
-            self.add(entry, data)
-        self.finish()
+        try:
+            for entry, data in entries:
+                self.add(entry, data)
+            self.finish()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
 
     def finish(self) -> None:
+        self._wait()
         # Deepest first, so that setting a folder's time is not undone by its children.
         for target, entry in sorted(self._dirs, key=lambda d: d[0].count(os.sep), reverse=True):
             self._attrs(target, entry)

@@ -1,0 +1,47 @@
+"""The words of the spec that every layer shares: store kinds, backings, sizes.
+
+Kept apart from ``spec.py`` (pydantic) so that the engine, the planner and the renderers can use
+them without loading the spec's validation machinery: ``cargohold snapshot`` should not pay for
+parsing a TOML schema it never reads.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+__all__ = ["Backing", "StoreKind", "parse_size"]
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+class StoreKind(StrEnum):
+    DATASET = "dataset"
+    CHECKPOINTS = "checkpoints"
+    ARTIFACTS = "artifacts"
+    CACHE = "cache"
+    SCRATCH = "scratch"
+
+
+class Backing(StrEnum):
+    BIND = "bind"
+    VOLUME = "volume"
+    TMPFS = "tmpfs"
+
+
+def parse_size(value: str | int) -> int:
+    """Turn ``"1g"``, ``"512m"``, ``"64MiB"`` or a byte count into bytes (powers of 1024).
+
+    Raises:
+        ValueError: the text is not a size.
+    """
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = _SIZE_RE.match(value)
+    if not match:
+        raise ValueError(f'{value!r} is not a size; write it like "512m" or "2g"')
+    number, unit = match.groups()
+    scale = 1024 ** " kmgt".index(unit.lower() or " ")
+    return int(float(number) * scale)
