@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,20 +44,26 @@ def run(*args: str, env: dict[str, str] | None = None) -> str:
 PEAK_RSS_MB: dict[str, float] = {}
 
 
+# A small process starts each measured command and reports its children's peak memory: read
+# from this process, ru_maxrss would include what this one held when it forked.
+_MEASURE = (
+    "import resource, subprocess, sys, time\n"
+    "t = time.perf_counter(); code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(code)\n"
+)
+
+
 def timed(*args: str, env: dict[str, str] | None = None, label: str = "") -> float:
-    """Wall time of a command; its own peak memory (from wait4) is kept under ``label``."""
-    began = time.perf_counter()
-    child = subprocess.Popen(args, env={**os.environ, **(env or {})},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    elapsed = time.perf_counter() - began
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        sys.exit(f"failed: {' '.join(args)}\n{child.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-    child.stderr.close()  # type: ignore[union-attr]
+    """Wall time of a command; its peak memory is kept under ``label``."""
+    result = subprocess.run([sys.executable, "-c", _MEASURE, *args], capture_output=True,
+                            text=True, env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        sys.exit(f"failed: {' '.join(args)}\n{result.stderr[-2000:]}")
+    seconds, max_rss_kb = result.stdout.split()
     if label:
-        PEAK_RSS_MB[label] = usage.ru_maxrss / 1024
-    return elapsed
+        PEAK_RSS_MB[label] = int(max_rss_kb) / 1024
+    return float(seconds)
 
 
 def cargohold(*args: str, env: dict[str, str] | None = None) -> float:
