@@ -476,9 +476,80 @@ class Engine:
         ):
             self._client.containers.get(container_id).stop(timeout=timeout)
 
+    def container_names(self) -> list[str]:
+        """Every container, running or not."""
+        with _translate("Listing containers"):
+            return [
+                str(c["Names"][0]).lstrip("/")
+                for c in self._client.api.containers(all=True)
+                if c.get("Names")
+            ]
+
+    def containers(self, label: str) -> list[dict[str, Any]]:
+        """The engine's summaries of the containers with a label (running or not)."""
+        with _translate("Listing containers"):
+            return list(self._client.api.containers(all=True, filters={"label": label}))
+
+    def container_changes(self, name: str) -> list[str]:
+        """Paths a container added or modified in its own layer (not in its mounts)."""
+        with _translate(f"Listing the changes of {name}"):
+            try:
+                changes = self._client.api.diff(name) or []
+            except docker.errors.NotFound:
+                raise EngineError(
+                    f"No container {name}.", hint="`docker ps -a` lists the containers."
+                ) from None
+        return sorted(str(c["Path"]) for c in changes if c.get("Kind") in (0, 1))
+
+    def container_archive_entries(self, name: str, path: str) -> Iterator[Any]:
+        """The entries under ``path`` in a container (running or stopped), as a tar stream
+        read member by member; paths are relative to ``path``."""
+        from cargohold.transfer.tree import TarReader
+
+        api = self._client.api
+        what = f"Reading {path} from container {name}"
+        with _translate(what):
+            response = api._get(
+                api._url("/containers/{0}/archive", name),
+                params={"path": path},
+                stream=True,
+                headers={"Accept-Encoding": "identity"},
+            )
+            if response.status_code == 404:
+                response.close()
+                raise EngineError(
+                    f"{path} is not in container {name} (any more).",
+                    hint="Scan it again: `cargohold scan`.",
+                )
+            api._raise_for_status(response)
+        try:
+            yield from TarReader(_translated_stream(response.iter_content(1 << 20), what), strip=1)
+        finally:
+            response.close()
+
+    def container_stops(self, until: float | None = None) -> Iterator[dict[str, str]]:
+        """Containers as they stop ("die" events), until a monotonic deadline (or forever)."""
+        import time as _time
+
+        kwargs: dict[str, Any] = {"decode": True, "filters": {"type": "container", "event": "die"}}
+        if until is not None:
+            kwargs["until"] = int(_time.time() + max(0.0, until - _time.monotonic())) + 1
+        with _translate("Following engine events"):
+            for event in self._client.events(**kwargs):
+                actor = event.get("Actor") or {}
+                yield {
+                    "id": str(event.get("id") or actor.get("ID")),
+                    "name": str((actor.get("Attributes") or {}).get("name", "")),
+                }
+
     def inspect_container(self, name: str) -> dict[str, Any]:
         with _translate(f"Inspecting container {name}"):
-            return dict(self._client.api.inspect_container(name))
+            try:
+                return dict(self._client.api.inspect_container(name))
+            except docker.errors.NotFound:
+                raise EngineError(
+                    f"No container {name}.", hint="`docker ps -a` lists the containers."
+                ) from None
 
     def run_helper(
         self,

@@ -13,7 +13,7 @@ import sys
 import click
 from rich.console import Console
 
-from cargohold.cli import _commands, _data  # noqa: F401 - _data registers its commands
+from cargohold.cli import _commands, _data, _guard  # noqa: F401 - they register commands
 from cargohold.errors import CargoholdError
 
 __all__ = ["main"]

@@ -56,6 +56,12 @@ JobArgument = Annotated[
 ]
 
 
+def emit_json(data: object) -> None:
+    """Plain JSON on stdout: rich's highlighter takes seconds on a 10,000-entry listing."""
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.flush()
+
+
 def _host_user() -> tuple[int, int]:
     return os.getuid(), os.getgid()
 
@@ -120,7 +126,7 @@ def plan(
             ],
             "env": dict(the_plan.env),
         }
-        out.print_json(json.dumps(data))
+        emit_json(data)
         return
     # One block per store rather than a table: the reasons are sentences, and a table
     # squeezed into 80 columns (a pipe, CI logs) breaks them a word per line.

@@ -4,7 +4,6 @@ prune."""
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from cargohold.cli._commands import app, err, out
+from cargohold.cli._commands import app, emit_json, err, out
 from cargohold.engine import connect
 from cargohold.errors import UsageError
 from cargohold.volumes import open_volume, split_volume_path
@@ -146,7 +145,7 @@ def snapshot_command(
     with _progress(f"snapshot {volume}") as progress:
         info = snapshot_volume(engine, volume, repository, tag=tag, progress=progress)
     if as_json:
-        out.print_json(json.dumps(asdict(info)))
+        emit_json(asdict(info))
         return
     out.print(
         f"snapshot {info.id} of {volume}: {info.files} files, {_size(info.bytes)}; "
@@ -166,7 +165,7 @@ def snapshots_command(
 
     snaps = list_snapshots(open_repository(repo), volume)
     if as_json:
-        out.print_json(json.dumps([asdict(s) for s in snaps]))
+        emit_json([asdict(s) for s in snaps])
         return
     if not snaps:
         out.print("no snapshots")
@@ -217,7 +216,7 @@ def volume_ls(
 
     rows = volume_summaries(connect(), repo, only_cargohold=not all_volumes)
     if as_json:
-        out.print_json(json.dumps([asdict(r) for r in rows]))
+        emit_json([asdict(r) for r in rows])
         return
     if not rows:
         out.print("no volumes" + ("" if all_volumes else " labelled by cargohold (--all)"))
@@ -239,7 +238,7 @@ def volume_inspect(volume: str, repo: RepoOption = None) -> None:
     rows = [r for r in volume_summaries(engine, repo, only_cargohold=False, names=[volume])]
     if not rows:
         engine.volume(volume)  # raises VolumeNotFound with a hint
-    out.print_json(json.dumps(asdict(rows[0])))
+    emit_json(asdict(rows[0]))
 
 
 @volume_app.command("du")
@@ -254,7 +253,7 @@ def volume_du(
     files = open_volume(connect(), volume)
     sizes, count, _ = tree_size(files, split_volume_path(f"{volume}:{path}")[1])
     if as_json:
-        out.print_json(json.dumps({"entries": sizes, "files": count, "bytes": sum(sizes.values())}))
+        emit_json({"entries": sizes, "files": count, "bytes": sum(sizes.values())})
         return
     for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]):
         out.print(f"{_size(size):>10}  {name}")
@@ -288,7 +287,7 @@ def volume_files(
                 }
             )
     if as_json:
-        out.print_json(json.dumps(rows))
+        emit_json(rows)
         return
     for r in rows:
         link = f" -> {r['target']}" if r["target"] else ""
@@ -358,7 +357,7 @@ def prune_command(
 
     decisions = prune_volumes(connect(), repo, dry_run=dry_run)
     if as_json:
-        out.print_json(json.dumps([asdict(d) for d in decisions]))
+        emit_json([asdict(d) for d in decisions])
         return
     if not decisions:
         out.print("no cargohold volumes")
