@@ -268,9 +268,51 @@ def test_snapshots_on_s3(tmp_path: Path, docker_resources: Resources,
         _ok(run_cli("restore", first["id"], restored, "--repo", repo, env=env))
         _ok(run_cli("export", restored, str(tmp_path / "out"), env=env))
         assert listing(tmp_path / "out") == listing(source)
+        fs.pipe({f"{bucket}/raw/train/a.csv": b"x,y\n1,2\n",
+                 f"{bucket}/raw/train/b.csv": b"x,y\n3,4\n"})
+        _ok(run_cli("ingest", f"s3://{bucket}/raw", f"{volume}:from-s3", "--verify", env=env))
+        assert _ok(run_cli("volume", "cat", volume, "from-s3/train/b.csv", env=env)) == \
+            "x,y\n3,4\n"
         wrong = run_cli("snapshots", "--repo", repo, env={**env, "AWS_SECRET_ACCESS_KEY": "x"})
         assert wrong.returncode != 0 and "hint:" in wrong.stderr
         assert "Traceback" not in wrong.stderr
     finally:
         if fs.exists(bucket):
             fs.rm(bucket, recursive=True)
+
+
+def test_a_full_disk_gives_a_clear_error_and_publishes_nothing(
+    tmp_path: Path, docker_resources: Resources
+) -> None:
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        message = f"cannot mount a small tmpfs: {mounted.stderr}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        volume = f"{docker_resources.project}-big"
+        docker_resources.volumes.append(volume)
+        env = _env(tmp_path, "auto")
+        (tmp_path / "big").mkdir()
+        for i in range(4):
+            (tmp_path / "big" / f"shard-{i}.bin").write_bytes(os.urandom(1 << 20))
+        _ok(run_cli("ingest", str(tmp_path / "big"), volume, env=env))
+        repo = small / "repo"
+        failed = run_cli("snapshot", volume, "--repo", str(repo), env=env)
+        assert failed.returncode != 0
+        assert "No space left" in failed.stderr and "hint:" in failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert list((repo / "snapshots").iterdir()) == []
+        assert [p for p in (repo / "objects").rglob("*") if p.is_file()] == []
+        assert list((repo / "tmp").iterdir()) == []  # nothing half-written left behind
+        for name in ("out.tar", "out-folder"):
+            exported = run_cli("export", volume, str(small / name), env=env)
+            assert exported.returncode != 0 and "No space left" in exported.stderr
+            assert "Traceback" not in exported.stderr and "hint:" in exported.stderr
+        assert sorted(p.name for p in small.iterdir()) == ["repo"]  # no partial export
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)

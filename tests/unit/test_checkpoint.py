@@ -342,3 +342,30 @@ def test_latest_valid_helper_matches_manager(tmp_path: Path) -> None:
     (tmp_path / "step-0000000003" / "a").write_bytes(b"X")
     found = _format.latest_valid(tmp_path)
     assert found is not None and found.name == "step-0000000002"
+
+
+def test_torch_state_dicts_sync_and_async(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from cargohold.checkpoint import torch_file
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ckpt = _manager(tmp_path, keep_last=0)
+    ckpt.save(1, {"model.pt": torch_file(model.state_dict()),
+                  "optim.pt": torch_file(optimizer.state_dict())})
+    restored = torch.nn.Linear(4, 3)
+    restored.load_state_dict(torch.load(ckpt.get(1).files["model.pt"], weights_only=True))
+    assert torch.equal(restored.weight, model.weight)
+
+    before = model.weight.detach().clone()
+    ckpt.save_async(2, {"model.pt": torch_file(model.state_dict())})
+    with torch.no_grad():
+        model.weight.add_(1.0)  # training goes on at once
+    ckpt.wait()
+    saved = torch.load(ckpt.get(2).files["model.pt"], weights_only=True)
+    assert torch.equal(saved["weight"], before)
+    # The next async save reuses the staging buffers and still captures the new values.
+    ckpt.save_async(3, {"model.pt": torch_file(model.state_dict())})
+    ckpt.close()
+    assert torch.equal(torch.load(ckpt.get(3).files["model.pt"], weights_only=True)["weight"],
+                       model.weight.detach())

@@ -6,6 +6,7 @@ error, 130 interrupted. No traceback reaches the user; ``CARGOHOLD_DEBUG=1`` sho
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -19,6 +20,16 @@ from cargohold.errors import CargoholdError
 __all__ = ["main"]
 
 _stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_OS_HINTS = {
+    errno.ENOSPC: "Free space on that disk (or write somewhere else); what was being written "
+    "was not published.",
+    errno.EDQUOT: "You are over your disk quota there; free space or write elsewhere.",
+    errno.EACCES: "Check the permissions of that path (or run as a user that may write it).",
+    errno.EPERM: "Check the permissions of that path (or run as a user that may write it).",
+    errno.EROFS: "That file system is read-only; write somewhere else.",
+    errno.ENOENT: "Check that the path exists.",
+}
 
 
 def _print_error(message: str, hint: str | None) -> None:
@@ -50,6 +61,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _print_error(exc.message, exc.hint)
         code = exc.exit_code
+    except OSError as exc:
+        # The file system said no (full disk, permissions, a vanished path): say it plainly.
+        if os.environ.get("CARGOHOLD_DEBUG"):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        _print_error(
+            f"{exc.strerror or exc}{where}.",
+            _OS_HINTS.get(
+                exc.errno or 0, "Check the path and try again; CARGOHOLD_DEBUG=1 shows the details."
+            ),
+        )
+        code = 1
     except click.exceptions.UsageError as exc:
         _print_error(
             exc.format_message(),

@@ -66,6 +66,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsspec_filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec file system and path of a URL; ``CARGOHOLD_S3_ENDPOINT`` points s3:// at
+    any S3-compatible server (MinIO, Ceph radosgw, …)."""
+    import fsspec
+
+    options: dict[str, Any] = {}
+    if url.startswith("s3://") and os.environ.get("CARGOHOLD_S3_ENDPOINT"):
+        options["client_kwargs"] = {"endpoint_url": os.environ["CARGOHOLD_S3_ENDPOINT"]}
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, str(path)
+
+
 class Repository:
     """Base: the operations a snapshot needs. Objects are staged in a local temporary file."""
 
@@ -88,6 +100,9 @@ class Repository:
 
     def commit(self) -> None:
         """Make every staged object durable and visible."""
+
+    def abort(self) -> None:
+        """Drop every staged object (a failed snapshot publishes nothing)."""
 
     def open_object(self, digest: str) -> IO[bytes]:
         raise NotImplementedError
@@ -167,6 +182,11 @@ class LocalRepository(Repository):
     def stage_object(self, staged: str, digest: str) -> None:
         self._staged.append((staged, digest))
 
+    def abort(self) -> None:
+        for staged, _ in self._staged:
+            self.discard(staged)
+        self._staged.clear()
+
     def commit(self) -> None:
         if not self._staged:
             return
@@ -234,14 +254,10 @@ class FsspecRepository(Repository):
     """Any fsspec file system (``s3://bucket/prefix`` …). Objects are PUT whole, once each."""
 
     def __init__(self, url: str, *, create: bool) -> None:
-        import fsspec
 
         self.url = url.rstrip("/")
-        options: dict[str, Any] = {}
-        if url.startswith("s3://") and os.environ.get("CARGOHOLD_S3_ENDPOINT"):
-            options["client_kwargs"] = {"endpoint_url": os.environ["CARGOHOLD_S3_ENDPOINT"]}
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+            self.fs, self.root = fsspec_filesystem(self.url)
         except (ImportError, ValueError) as exc:
             raise RepositoryError(
                 f"Cannot open repository {url}: {exc}.", hint="For s3:// URLs, `pip install s3fs`."

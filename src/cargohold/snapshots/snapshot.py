@@ -234,10 +234,14 @@ def snapshot_volume(
         resolved = [r.result() if isinstance(r, Future) else r for r in records]
         repo.commit()
     except OSError as exc:
+        repo.abort()
         raise RepositoryError(
             f"Snapshot of {volume} failed: {exc.strerror or exc}. Nothing was published.",
             hint="Check free space and permissions where the repository lives.",
         ) from None
+    except BaseException:
+        repo.abort()
+        raise
     now = datetime.now(UTC)
     snapshot_id = new_snapshot_id(now)
     manifest = {

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -131,12 +132,24 @@ def _source_entries(source: str) -> Iterator[tuple[object, dict[str, str] | None
 
 
 def _fsspec_entries(url: str) -> Iterator[tuple[Entry, Opener | None]]:
-    import fsspec
+    import time
 
-    fs, root = fsspec.core.url_to_fs(url)
+    from cargohold.snapshots.repository import fsspec_filesystem
+
+    try:
+        fs, root = fsspec_filesystem(url)
+    except (ImportError, ValueError) as exc:
+        raise TransferError(
+            f"Cannot read {url}: {exc}.", hint="For s3:// URLs, `pip install s3fs`."
+        ) from None
     uid, gid = os.getuid(), os.getgid()
-    now = int(os.path.getmtime(os.getcwd()) * 1e9)
-    found = fs.find(root, detail=True)
+    now = time.time_ns()
+    try:
+        found = fs.find(root, detail=True)
+    except Exception as exc:  # fsspec back ends raise their own types
+        raise TransferError(
+            f"Cannot list {url}: {exc}.", hint="Check the URL and the credentials."
+        ) from None
     if not found:
         raise TransferError(f"Nothing found at {url}.", hint="Check the URL.")
     yield Entry("", "dir", 0o755, uid, gid, now), None
@@ -263,9 +276,24 @@ def export_volume(
             f"{destination} is not empty.",
             hint="Export into a new folder, or pass --force to write into it.",
         )
-    writer_tree = TreeWriter(destination, progress=progress)
-    with files.entries(path) as entries:
-        writer_tree.write_all(entries)
+    # A new folder is written under a temporary name and renamed when complete, so that a
+    # failed export (a full disk) leaves nothing that looks like a finished one.
+    fresh = not destination.exists()
+    target = (
+        destination.with_name(f".{destination.name}.partial-{secrets.token_hex(4)}")
+        if fresh
+        else destination
+    )
+    writer_tree = TreeWriter(target, progress=progress)
+    try:
+        with files.entries(path) as entries:
+            writer_tree.write_all(entries)
+        if fresh:
+            os.rename(target, destination)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     return TransferResult(writer_tree.files, writer_tree.bytes, files.access)
 
 

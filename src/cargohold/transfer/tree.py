@@ -523,8 +523,15 @@ class TarWriter:
         self._progress(n)
 
     def write_all(self, entries: Iterable[tuple[Entry, Opener | None]]) -> None:
-        for entry, data in entries:
-            self.add(entry, data)
+        try:
+            for entry, data in entries:
+                self.add(entry, data)
+        except BaseException:
+            # Abandon the stream: without this, tarfile flushes its buffer again when the
+            # object is collected, into a sink that has failed or been closed.
+            self._tar.fileobj.closed = True  # type: ignore[attr-defined]
+            self._tar.closed = True  # type: ignore[attr-defined]
+            raise
         self.close()
 
     def close(self) -> None:
