@@ -1,26 +1,30 @@
-"""Write a file someone depends on (a rendered compose file, a spec) under a temporary name in
-the same folder, fsync it, then rename it into place: readers see the old file or the new one,
-never half of one.
+"""Write a file someone depends on (a rendered compose file, a snapshot manifest, an exported
+archive) under a temporary name in the same folder, fsync it, then rename it into place:
+readers see the old file or the new one, never half of one, and a failure leaves nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["write_text_atomic"]
+from cargohold.checkpoint._atomic import fsync_dir
+
+__all__ = ["atomic_file", "fsync_dir", "write_bytes_atomic", "write_text_atomic"]
 
 
-def write_text_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``text`` atomically."""
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+@contextlib.contextmanager
+def atomic_file(path: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` when the block ends without an error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
@@ -29,8 +33,15 @@ def write_text_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` atomically."""
+    with atomic_file(path, mode=mode) as f:
+        f.write(data)
+
+
+def write_text_atomic(path: Path, text: str, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) atomically."""
+    write_bytes_atomic(path, text.encode("utf-8"), mode=mode)

@@ -127,23 +127,17 @@ class ArchiveHelper:
         (is the volume empty?) must not leave the engine writing into an abandoned stream.
         """
         full = f"{HELPER_MOUNT}/{path}".rstrip("/") if path else HELPER_MOUNT
-        api = self._container.client.api
         what = f"Reading {path or '/'} from the volume"
-        with _translate(what):
-            # docker-py's get_archive hides the response; this is the same request, kept open.
-            response = api._get(
-                api._url("/containers/{0}/archive", self._container.id),
-                params={"path": full},
-                stream=True,
-                headers={"Accept-Encoding": "identity"},
-            )
-            if response.status_code == 404:
-                response.close()
-                raise EngineError(
-                    f"{path or '/'} does not exist in the volume.",
-                    hint="`cargohold volume files VOLUME` lists what it holds.",
-                )
-            api._raise_for_status(response)
+        response = _archive_response(
+            self._container.client.api,
+            self._container.id,
+            full,
+            what,
+            EngineError(
+                f"{path or '/'} does not exist in the volume.",
+                hint="`cargohold volume files VOLUME` lists what it holds.",
+            ),
+        )
         self._open.append(response)
         return _translated_stream(response.iter_content(1 << 20), what)
 
@@ -157,6 +151,26 @@ class ArchiveHelper:
         """Extract a tar stream at the helper's root: names must start with ``v/``."""
         with _translate("Writing into the volume"):
             self._container.put_archive("/", data)
+
+
+def _archive_response(api: Any, container: str, path: str, what: str, missing: EngineError) -> Any:
+    """The open HTTP response of GET /containers/{id}/archive.
+
+    docker-py's ``get_archive`` hides the response, so a reader that stops early could not
+    end the transfer; this is the same request with the response kept for ``close()``.
+    """
+    with _translate(what):
+        response = api._get(
+            api._url("/containers/{0}/archive", container),
+            params={"path": path},
+            stream=True,
+            headers={"Accept-Encoding": "identity"},
+        )
+        if response.status_code == 404:
+            response.close()
+            raise missing
+        api._raise_for_status(response)
+    return response
 
 
 def _translated_stream(stream: Iterator[bytes], what: str) -> Iterator[bytes]:
@@ -506,22 +520,17 @@ class Engine:
         read member by member; paths are relative to ``path``."""
         from cargohold.transfer.tree import TarReader
 
-        api = self._client.api
         what = f"Reading {path} from container {name}"
-        with _translate(what):
-            response = api._get(
-                api._url("/containers/{0}/archive", name),
-                params={"path": path},
-                stream=True,
-                headers={"Accept-Encoding": "identity"},
-            )
-            if response.status_code == 404:
-                response.close()
-                raise EngineError(
-                    f"{path} is not in container {name} (any more).",
-                    hint="Scan it again: `cargohold scan`.",
-                )
-            api._raise_for_status(response)
+        response = _archive_response(
+            self._client.api,
+            name,
+            path,
+            what,
+            EngineError(
+                f"{path} is not in container {name} (any more).",
+                hint="Scan it again: `cargohold scan`.",
+            ),
+        )
         try:
             yield from TarReader(_translated_stream(response.iter_content(1 << 20), what), strip=1)
         finally:

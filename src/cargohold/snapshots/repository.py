@@ -21,11 +21,11 @@ import contextlib
 import ctypes
 import json
 import os
-import secrets
 import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from cargohold._atomic import fsync_dir, write_bytes_atomic
 from cargohold.errors import TransferError
 
 __all__ = ["Repository", "RepositoryError", "default_repo_url", "open_repository"]
@@ -54,14 +54,6 @@ def _syncfs(path: Path) -> None:
             os.sync()
     except (OSError, AttributeError):
         os.sync()
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -142,7 +134,7 @@ class LocalRepository(Repository):
             try:
                 for sub in ("objects", "snapshots", "tmp"):
                     (root / sub).mkdir(parents=True, exist_ok=True)
-                _write_atomic(
+                write_bytes_atomic(
                     marker, json.dumps({"format": "cargohold-repository", "version": 1}).encode()
                 )
             except OSError as exc:
@@ -201,7 +193,7 @@ class LocalRepository(Repository):
             os.rename(staged, final)
             folders.add(final.parent)
         for folder in folders | {self.root / "objects"}:
-            _fsync_dir(folder)
+            fsync_dir(folder)
         self._staged.clear()
 
     def open_object(self, digest: str) -> IO[bytes]:
@@ -214,7 +206,7 @@ class LocalRepository(Repository):
             ) from None
 
     def write_manifest(self, snapshot_id: str, data: bytes) -> None:
-        _write_atomic(self.root / "snapshots" / f"{snapshot_id}.json", data)
+        write_bytes_atomic(self.root / "snapshots" / f"{snapshot_id}.json", data)
 
     def manifest_ids(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "snapshots").glob("*.json"))
@@ -233,21 +225,6 @@ class LocalRepository(Repository):
                 f"Snapshot manifest {snapshot_id} is unreadable: {exc}.",
                 hint="The repository is damaged.",
             ) from None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 class FsspecRepository(Repository):

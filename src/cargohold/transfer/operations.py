@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from cargohold._atomic import atomic_file
 from cargohold.engine import Engine
 from cargohold.errors import (
     ChecksumMismatch,
@@ -257,19 +258,9 @@ def export_volume(
                 f"{destination.name}: export writes .tar, .tar.gz and .tar.zst.",
                 hint="Pick one of those extensions.",
             )
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        tmp = destination.with_name(f".{destination.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            with open(tmp, "wb") as sink, files.entries(path) as entries:
-                writer = TarWriter(sink, compression=compression, progress=progress)
-                writer.write_all(entries)
-                sink.flush()
-                os.fsync(sink.fileno())
-            os.replace(tmp, destination)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_file(destination) as sink, files.entries(path) as entries:
+            writer = TarWriter(sink, compression=compression, progress=progress)
+            writer.write_all(entries)
         return TransferResult(writer.files, writer.bytes, files.access)
     if destination.exists() and any(destination.iterdir()) and not force:
         raise UsageError(
