@@ -8,7 +8,6 @@ PYTHON=${PYTHON:-python3}
 CARGOHOLD=("$PYTHON" -m cargohold)
 CONTAINER=digits-train
 VOLUME=digits-checkpoints
-IMAGE=cargohold-example-digits
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 fail() { printf '\033[31mdemo failed: %s\033[0m\n' "$*" >&2; exit 1; }
 started=$(date +%s)
@@ -43,7 +42,7 @@ if docker cp "$CONTAINER:/tmp/run-log.txt" - >/dev/null 2>&1; then
 fi
 echo "-- the run log in the container's layer is gone with it: $(docker cp "$CONTAINER:/tmp/run-log.txt" - 2>&1 | head -n 1)"
 echo "-- the checkpoints in volume $VOLUME are not:"
-docker run --rm --network none -v "$VOLUME:/ckpt:ro" "$IMAGE" ls -l /ckpt
+"${CARGOHOLD[@]}" volume files "$VOLUME"
 
 step "6. Run again: cargohold run resumes from the latest valid checkpoint"
 log=$(mktemp)

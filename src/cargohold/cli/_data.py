@@ -286,6 +286,7 @@ def volume_files(
                     "target": entry.target or None,
                 }
             )
+    rows.sort(key=lambda r: str(r["path"]))
     if as_json:
         emit_json(rows)
         return
