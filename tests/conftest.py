@@ -44,6 +44,28 @@ def docker_client() -> Iterator[Any]:
     client.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _helper_image_cleanup(request: pytest.FixtureRequest) -> Iterator[None]:
+    """cargohold makes a tiny helper image on first use of the Engine-API path; when this
+    session's tests made it, this session removes it."""
+    import docker
+    import docker.errors
+
+    from cargohold.engine import HELPER_IMAGE
+
+    try:
+        client = docker.from_env(timeout=60)
+        existed = bool(client.images.list(name=HELPER_IMAGE))
+    except docker.errors.DockerException:
+        yield
+        return
+    yield
+    if not existed:
+        with contextlib.suppress(docker.errors.DockerException):
+            client.images.remove(HELPER_IMAGE, force=True)
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def base_image(docker_client: object) -> str:
     from cargohold.baseimage import ensure_base_image
