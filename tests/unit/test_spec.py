@@ -148,3 +148,12 @@ def test_init_writes_a_valid_spec_and_refuses_to_overwrite(tmp_path: Path) -> No
     assert spec.project.name == "my-project"
     again = run_cli("init", cwd=folder)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize("args", [(), ("volume",), ("run", "--bogus"), ("restore",),
+                                  ("lint", "--sarif", "--json")])
+def test_usage_errors_are_one_clear_message(tmp_path: Path, args: tuple[str, ...]) -> None:
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "Usage" in result.stdout or "hint:" in result.stderr

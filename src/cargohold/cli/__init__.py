@@ -11,11 +11,18 @@ import logging
 import os
 import sys
 
-import click
+import typer
 from rich.console import Console
 
 from cargohold.cli import _commands, _data, _guard  # noqa: F401 - they register commands
 from cargohold.errors import CargoholdError
+
+try:  # typer >= 0.16 carries its own copy of click; older ones use click itself
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
+_NoArgsIsHelp = getattr(click_errors, "NoArgsIsHelpError", ())
 
 __all__ = ["main"]
 
@@ -73,17 +80,20 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         code = 1
-    except click.exceptions.UsageError as exc:
+    except _NoArgsIsHelp as exc:  # `cargohold`, `cargohold volume`: show what there is
+        sys.stdout.write(exc.ctx.get_help() + "\n" if exc.ctx else "")
+        code = 2
+    except click_errors.UsageError as exc:
+        command = exc.ctx.command_path.partition(" ")[2] if exc.ctx else ""
         _print_error(
             exc.format_message(),
-            f"`cargohold {exc.ctx.command_path.partition(' ')[2] if exc.ctx else ''} "
-            "--help` lists the options.".replace("  ", " "),
+            f"`cargohold {command} --help` lists the options.".replace("  ", " "),
         )
         code = 2
-    except click.exceptions.ClickException as exc:
+    except click_errors.ClickException as exc:
         _print_error(exc.format_message(), None)
         code = exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         _print_error("interrupted", None)
         code = 130
     if argv is None:
