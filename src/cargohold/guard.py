@@ -154,6 +154,10 @@ def classify(paths: list[str]) -> dict[str, tuple[str, str]]:
 
 
 def _upper_dir(inspect: dict[str, Any]) -> str | None:
+    """The overlay's upper folder when this process can read it; else None (go through the
+    engine). ``CARGOHOLD_VOLUME_ACCESS=archive`` forces the engine path here too."""
+    if os.environ.get("CARGOHOLD_VOLUME_ACCESS") == "archive":
+        return None
     driver = inspect.get("GraphDriver") or {}
     upper = (driver.get("Data") or {}).get("UpperDir")
     if driver.get("Name") == "overlay2" and upper and os.access(upper, os.R_OK | os.X_OK):

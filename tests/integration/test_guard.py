@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import SRC, Resources, run_cli
+
+
+@pytest.fixture(params=["local", "archive"])
+def access(request: pytest.FixtureRequest) -> str:
+    """Sizes read from the overlay's folder, or through the engine's archive endpoint."""
+    return str(request.param)
 
 # Writes a model, a checkpoint folder and a log into the container's own layer, and prints
 # the sha256 of each file as the container saw it.
@@ -44,7 +52,9 @@ def _sha256(path: Path) -> str:
 
 
 def test_scan_rm_rescue(tmp_path: Path, job_image: str, docker_resources: Resources,
-                        docker_client: Any) -> None:
+                        docker_client: Any, monkeypatch: pytest.MonkeyPatch,
+                        access: str) -> None:
+    monkeypatch.setenv("CARGOHOLD_VOLUME_ACCESS", access)  # the CLI runs inherit it
     risky = f"{docker_resources.project}-risky"
     clean = f"{docker_resources.project}-clean"
     volume = f"{docker_resources.project}-vol"
