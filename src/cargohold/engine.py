@@ -472,11 +472,41 @@ class Engine:
         with _translate(f"Starting container {container_id[:12]}"):
             self._client.containers.get(container_id).start()
 
-    def logs(self, container_id: str) -> Iterator[bytes]:
-        """The container's output from its start, followed until it stops."""
+    def logs(self, container_id: str) -> Iterator[tuple[int, bytes]]:
+        """The container's output from its start, followed until it stops, as
+        (1 for stdout or 2 for stderr, bytes): the job's two streams stay apart."""
+        import queue
+        import threading
+
+        # One follower per stream: the engine's combined stream does not say which is which,
+        # and attach(logs=True) can miss what was printed before it connects.
+        chunks: queue.Queue[tuple[int, bytes] | BaseException | None] = queue.Queue(64)
+
+        def follow(stream: int) -> None:
+            try:
+                c = self._client.containers.get(container_id)
+                for chunk in c.logs(
+                    stream=True, follow=True, stdout=stream == 1, stderr=stream == 2
+                ):
+                    chunks.put((stream, chunk))
+            except BaseException as exc:  # handed to the consumer
+                chunks.put(exc)
+            finally:
+                chunks.put(None)
+
+        followers = [threading.Thread(target=follow, args=(s,), daemon=True) for s in (1, 2)]
+        for thread in followers:
+            thread.start()
         with _translate(f"Reading logs of {container_id[:12]}"):
-            c = self._client.containers.get(container_id)
-            yield from c.logs(stream=True, follow=True, stdout=True, stderr=True)
+            running = len(followers)
+            while running:
+                item = chunks.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
 
     def wait(self, container_id: str) -> int:
         with _translate(f"Waiting for {container_id[:12]}"):

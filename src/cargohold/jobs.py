@@ -244,7 +244,7 @@ def run_job(
     command: tuple[str, ...] | None = None,
     detach: bool = False,
     say: Say = _quiet,
-    on_log: Callable[[bytes], None] | None = None,
+    on_log: Callable[[int, bytes], None] | None = None,
 ) -> RunResult:
     """Run the job to its end (or start it, with ``detach``).
 
@@ -255,7 +255,7 @@ def run_job(
         command: replaces the job's command.
         detach: start and return; Docker's ``on-failure`` policy does the restarts.
         say: receives progress lines for the user.
-        on_log: receives the container's output as it comes.
+        on_log: receives the container's output as it comes: (1 stdout | 2 stderr, bytes).
 
     Returns:
         The container name, its final exit code, the attempts made and the resume point.
@@ -295,9 +295,9 @@ def run_job(
             say(f"Started {plan.container_name} in the background")
             return RunResult(plan.container_name, 0, attempts, first_resume)
         try:
-            for chunk in engine.logs(container_id):
+            for stream, chunk in engine.logs(container_id):
                 if on_log is not None:
-                    on_log(chunk)
+                    on_log(stream, chunk)
             code = engine.wait(container_id)
         except KeyboardInterrupt:
             say(f"Interrupted: stopping {plan.container_name} (it gets SIGTERM, then 30 s)")

@@ -78,6 +78,7 @@ def test_non_root_job_writes_its_stores_and_cannot_touch_the_dataset(
     )
     result = run_cli("run", "--", "sh", "-c", script, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "Read-only file system" in result.stderr  # the job's stderr stays stderr
     lines = result.stdout.splitlines()
     assert lines[0] == str(UID)
     assert "ok-ckpt" in lines and "ok-artifacts" in lines

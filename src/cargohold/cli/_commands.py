@@ -206,9 +206,10 @@ def run(
     engine = connect()
     command = tuple(TRAILING_COMMAND) if TRAILING_COMMAND else None
 
-    def on_log(chunk: bytes) -> None:
-        sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
+    def on_log(stream: int, chunk: bytes) -> None:
+        target = sys.stdout.buffer if stream == 1 else sys.stderr.buffer
+        target.write(chunk)
+        target.flush()
 
     result = jobs.run_job(
         engine, the_plan, resume=how, command=command, detach=detach, say=_say, on_log=on_log
