@@ -403,19 +403,6 @@ class Engine:
             tar.addfile(info)
         self.import_image(buffer.getvalue(), HELPER_IMAGE, ["LABEL cargohold.helper=true"])
 
-    def volume_mountpoint(self, name: str) -> str | None:
-        """The host folder behind a local volume, or None when it is not local."""
-        with _translate(f"Inspecting volume {name}"):
-            try:
-                attrs = self._client.volumes.get(name).attrs
-            except docker.errors.NotFound:
-                raise VolumeNotFound(
-                    f"Volume {name} does not exist.", hint="`docker volume ls` lists the volumes."
-                ) from None
-        if attrs.get("Driver") != "local" or attrs.get("Options"):
-            return None
-        return str(attrs.get("Mountpoint") or "") or None
-
     # -- containers -----------------------------------------------------------------------
 
     def container(self, name: str) -> ContainerState | None:

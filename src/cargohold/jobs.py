@@ -28,6 +28,7 @@ from cargohold.errors import EngineError, ImageNotFound, UsageError
 from cargohold.kinds import Backing
 from cargohold.plan import LABEL_PROJECT, Plan
 from cargohold.render._prepare import volumes_to_chown
+from cargohold.volumes import open_volume
 
 __all__ = ["Resume", "RunResult", "prepare_stores", "resolve_resume", "run_job"]
 
@@ -193,9 +194,8 @@ def _latest_checkpoint_name(engine: Engine, plan: Plan) -> str | None:
     if mount.backing is Backing.BIND:
         host_dir = mount.source
     elif mount.backing is Backing.VOLUME and mount.source is not None:
-        mountpoint = engine.volume_mountpoint(mount.source)
-        if mountpoint and os.access(mountpoint, os.R_OK | os.X_OK):
-            host_dir = mountpoint
+        local_root = open_volume(engine, mount.source).local_root
+        host_dir = str(local_root) if local_root is not None else None
     if host_dir is not None:
         found = _format.latest_valid(host_dir)
         return found.name if found else None
