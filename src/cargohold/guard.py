@@ -24,6 +24,7 @@ from typing import Any
 from cargohold.engine import Engine
 from cargohold.errors import ChecksumMismatch, EngineError, UsageError
 from cargohold.transfer.tree import CHUNK, Entry, Opener, TreeWriter
+from cargohold.volumes import ACCESS_ENV, engine_is_local, open_volume
 
 __all__ = [
     "AtRisk",
@@ -156,14 +157,12 @@ def classify(paths: list[str]) -> dict[str, tuple[str, str]]:
 def _upper_dir(inspect: dict[str, Any]) -> str | None:
     """The overlay's upper folder when this process can read it; else None (go through the
     engine). ``CARGOHOLD_VOLUME_ACCESS=archive`` forces the engine path here too."""
-    if os.environ.get("CARGOHOLD_VOLUME_ACCESS") == "archive":
+    if os.environ.get(ACCESS_ENV) == "archive" or not engine_is_local():
         return None
     driver = inspect.get("GraphDriver") or {}
     upper = (driver.get("Data") or {}).get("UpperDir")
     if driver.get("Name") == "overlay2" and upper and os.access(upper, os.R_OK | os.X_OK):
-        host = os.environ.get("DOCKER_HOST", "")
-        if host == "" or host.startswith("unix://"):
-            return str(upper)
+        return str(upper)
     return None
 
 
@@ -322,7 +321,6 @@ def rescue_container(
     destination = str(staging)
     if volume is not None:
         from cargohold.transfer.tree import FolderReader
-        from cargohold.volumes import open_volume
 
         if not engine.volume_exists(volume):
             engine.create_volume(volume, {"cargohold.rescued-from": scan.container})

@@ -38,7 +38,7 @@ from cargohold.transfer.tree import (
     clean_member_name,
 )
 
-__all__ = ["ACCESS_ENV", "VolumeFiles", "open_volume", "split_volume_path"]
+__all__ = ["ACCESS_ENV", "VolumeFiles", "engine_is_local", "open_volume", "split_volume_path"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def split_volume_path(text: str) -> tuple[str, str]:
         ) from None
 
 
-def _engine_is_local() -> bool:
+def engine_is_local() -> bool:
+    """The engine runs on this machine, so the paths it reports are paths here."""
     host = os.environ.get("DOCKER_HOST", "")
     return host == "" or host.startswith("unix://")
 
@@ -268,7 +269,7 @@ def open_volume(engine: Engine, name: str) -> VolumeFiles:
     local: Path | None = None
     if (
         wanted != "archive"
-        and _engine_is_local()
+        and engine_is_local()
         and info.driver == "local"
         and not info.options
         and info.mountpoint
