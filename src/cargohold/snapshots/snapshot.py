@@ -33,7 +33,7 @@ import zstandard
 from cargohold.engine import Engine
 from cargohold.errors import ChecksumMismatch, UsageError, VolumeNotFound
 from cargohold.snapshots.repository import Repository, RepositoryError
-from cargohold.transfer.tree import CHUNK, Entry, FolderReader, Opener, Progress
+from cargohold.transfer.tree import CHUNK, Entry, FolderReader, Opener, Progress, data_stamp
 from cargohold.volumes import VolumeFiles, open_volume
 
 __all__ = [
@@ -211,8 +211,7 @@ def snapshot_volume(
             else:
                 walk, opener_for = _with_openers(entries, openers), None
             for entry, st in walk:
-                version = entry.mtime_ns if st is None else max(st.st_mtime_ns, st.st_ctime_ns)
-                data_version = max(data_version, version)
+                data_version = max(data_version, data_stamp(entry, st))
                 if entry.kind != "file":
                     records.append(_entry_json(entry))
                     continue

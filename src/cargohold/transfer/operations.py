@@ -36,6 +36,7 @@ from cargohold.transfer.tree import (
     TarReader,
     TarWriter,
     TreeWriter,
+    data_stamp,
 )
 from cargohold.volumes import VolumeFiles, open_volume, split_volume_path
 
@@ -335,8 +336,7 @@ def tree_size(files: VolumeFiles, path: str = "") -> tuple[dict[str, int], int, 
             else ((e, None) for e, _ in entries)
         )
         for entry, st in walk:
-            stamp = entry.mtime_ns if st is None else max(st.st_mtime_ns, st.st_ctime_ns)
-            version = max(version, stamp)
+            version = max(version, data_stamp(entry, st))
             top = entry.path.split("/", 1)[0]
             if not top:
                 continue

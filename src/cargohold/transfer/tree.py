@@ -36,6 +36,7 @@ __all__ = [
     "TarReader",
     "TarWriter",
     "TreeWriter",
+    "data_stamp",
     "open_archive_for_reading",
 ]
 
@@ -61,6 +62,16 @@ class Entry:
 
 def _no_progress(_: int) -> None:
     pass
+
+
+def data_stamp(entry: Entry, st: os.stat_result | None) -> int:
+    """When this entry last changed: mtime and ctime when its stat is at hand (ctime catches
+    renames, chmods and deletions inside a folder), else the mtime an archive carries.
+
+    Snapshots record the newest stamp of a volume and prune compares it with the volume's
+    current one, so both must compute it here, the same way.
+    """
+    return entry.mtime_ns if st is None else max(st.st_mtime_ns, st.st_ctime_ns)
 
 
 def clean_member_name(name: str, *, what: str = "member") -> str:
