@@ -13,6 +13,7 @@ a mismatch stops the restore and leaves nothing half-restored in the volume.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -262,7 +263,7 @@ def snapshot_volume(
     if files.local_root is not None:
         _save_cache(cache_file, new_cache)
     info = SnapshotInfo.from_manifest(manifest, repo.url)
-    return SnapshotInfo(**{**info.__dict__, "seconds": time.monotonic() - began})
+    return dataclasses.replace(info, seconds=time.monotonic() - began)
 
 
 def _with_openers(entries: Any, openers: dict[str, Opener]) -> Iterator[tuple[Entry, None]]:
