@@ -14,7 +14,13 @@ import sys
 import typer
 from rich.console import Console
 
-from cargohold.cli import _commands, _data, _guard, _lint  # noqa: F401 - they register commands
+from cargohold.cli import (  # noqa: F401 - they register commands
+    _commands,
+    _data,
+    _guard,
+    _lint,
+    _snapshots,
+)
 from cargohold.errors import CargoholdError
 
 try:  # typer >= 0.16 carries its own copy of click; older ones use click itself
