@@ -535,7 +535,7 @@ class Engine:
     def container_archive_entries(self, name: str, path: str) -> Iterator[Any]:
         """The entries under ``path`` in a container (running or stopped), as a tar stream
         read member by member; paths are relative to ``path``."""
-        from cargohold.transfer.tree import TarReader
+        from cargohold.archive import TarReader
 
         what = f"Reading {path} from container {name}"
         response = _archive_response(

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from cargohold.archive import CHUNK, Entry, FolderReader, Opener, TreeWriter
 from cargohold.engine import Engine
 from cargohold.errors import ChecksumMismatch, EngineError, UsageError
-from cargohold.transfer.tree import CHUNK, Entry, Opener, TreeWriter
 from cargohold.volumes import ACCESS_ENV, engine_is_local, open_volume
 
 __all__ = [
@@ -320,8 +320,6 @@ def rescue_container(
             )
     destination = str(staging)
     if volume is not None:
-        from cargohold.transfer.tree import FolderReader
-
         if not engine.volume_exists(volume):
             engine.create_volume(volume, {"cargohold.rescued-from": scan.container})
         open_volume(engine, volume).write(FolderReader(staging), scan.container)

@@ -15,8 +15,7 @@ from cargohold.engine import Engine
 from cargohold.errors import CargoholdError
 from cargohold.plan import LABEL_KIND, LABEL_PROJECT, LABEL_STORE
 from cargohold.snapshots import SnapshotInfo, list_snapshots, open_repository
-from cargohold.transfer.operations import tree_size
-from cargohold.volumes import open_volume
+from cargohold.volumes import open_volume, volume_usage
 
 __all__ = ["LABEL_PROTECT", "PruneDecision", "VolumeSummary", "prune_volumes", "volume_summaries"]
 
@@ -75,7 +74,7 @@ def volume_summaries(
     summaries = []
     for info in volumes:
         files = open_volume(engine, info.name)
-        sizes, count, version = tree_size(files)
+        usage = volume_usage(files)
         snap = snapshots.get(info.name)
         summaries.append(
             VolumeSummary(
@@ -83,12 +82,12 @@ def volume_summaries(
                 project=info.labels.get(LABEL_PROJECT),
                 store=info.labels.get(LABEL_STORE),
                 kind=info.labels.get(LABEL_KIND),
-                bytes=sum(sizes.values()),
-                files=count,
+                bytes=usage.bytes,
+                files=usage.files,
                 used_by=sorted(users.get(info.name, [])),
                 protected=info.labels.get(LABEL_PROTECT, "").lower() == "true",
                 last_snapshot=snap.id if snap else None,
-                snapshot_current=bool(snap and snap.data_version >= version),
+                snapshot_current=bool(snap and snap.data_version >= usage.data_version),
                 access=files.access,
             )
         )

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cargohold.archive import FolderReader, TarReader, TarWriter, TreeWriter
 from cargohold.errors import UnsafeArchive
-from cargohold.transfer.tree import FolderReader, TarReader, TarWriter, TreeWriter
 from tests.trees import HOSTILE, listing, make_awkward_tree, tar_with
 
 

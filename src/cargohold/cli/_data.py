@@ -83,7 +83,7 @@ def ingest_command(
     ] = False,
 ) -> None:
     """Copy host data into a volume (created if missing)."""
-    from cargohold.transfer.operations import ingest
+    from cargohold.volumes import ingest
 
     engine = connect()
     with _progress(f"ingest → {destination}") as progress:
@@ -104,7 +104,7 @@ def export_command(
     force: Annotated[bool, typer.Option(help="Write into a folder that has content.")] = False,
 ) -> None:
     """Copy a volume (or a folder in it) to the host."""
-    from cargohold.transfer.operations import export_volume
+    from cargohold.volumes import export_volume
 
     engine = connect()
     with _progress(f"export {source}") as progress:
@@ -120,7 +120,7 @@ def clone_command(
     destination: Annotated[str, typer.Argument(help="A new (or empty) volume.")],
 ) -> None:
     """Copy a volume into a new one, labels included."""
-    from cargohold.transfer.operations import clone_volume
+    from cargohold.volumes import clone_volume
 
     engine = connect()
     with _progress(f"clone {source} → {destination}") as progress:
@@ -173,16 +173,16 @@ def volume_du(
     as_json: JsonOption = False,
 ) -> None:
     """Sizes of the top-level entries of a volume (or of a folder in it)."""
-    from cargohold.transfer.operations import tree_size
+    from cargohold.volumes import volume_usage
 
     files = open_volume(connect(), volume)
-    sizes, count, _ = tree_size(files, split_volume_path(f"{volume}:{path}")[1])
+    usage = volume_usage(files, split_volume_path(f"{volume}:{path}")[1])
     if as_json:
-        emit_json({"entries": sizes, "files": count, "bytes": sum(sizes.values())})
+        emit_json({"entries": usage.by_entry, "files": usage.files, "bytes": usage.bytes})
         return
-    for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]):
-        out.print(f"{_size(size):>10}  {name}")
-    out.print(f"{_size(sum(sizes.values())):>10}  total ({count} files)")
+    for name, size in sorted(usage.by_entry.items(), key=lambda kv: -kv[1]):
+        out.print(f"{_size(size):>10}  {name}", markup=False)
+    out.print(f"{_size(usage.bytes):>10}  total ({usage.files} files)")
 
 
 @volume_app.command("files")

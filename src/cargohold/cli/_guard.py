@@ -241,9 +241,9 @@ def _doctor_stores(engine: Any, plan: Any, rows: list[dict[str, str]], free: int
     checkpoints = plan.checkpoint_mount
     if checkpoints is not None and checkpoints.backing is Backing.VOLUME and free is not None:
         if engine.volume_exists(checkpoints.source):
-            from cargohold.transfer.operations import tree_size
+            from cargohold.volumes import volume_usage
 
-            sizes, _, _ = tree_size(open_volume(engine, checkpoints.source))
+            sizes = volume_usage(open_volume(engine, checkpoints.source)).by_entry
             steps = [k for k in sizes if k.startswith("step-")]
             each = max(sizes[k] for k in steps) if steps else 0
             need = each * 4  # keep_last=3 plus the one being written

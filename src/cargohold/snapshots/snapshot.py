@@ -22,7 +22,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,11 +31,11 @@ from typing import IO, Any
 
 import zstandard
 
+from cargohold.archive import CHUNK, Entry, EntryStream, Opener, Progress, data_stamp
 from cargohold.engine import Engine
 from cargohold.errors import ChecksumMismatch, UsageError, VolumeNotFound
 from cargohold.snapshots.repository import Repository, RepositoryError
-from cargohold.transfer.tree import CHUNK, Entry, FolderReader, Opener, Progress, data_stamp
-from cargohold.volumes import VolumeFiles, open_volume
+from cargohold.volumes import VolumeAccess, open_volume
 
 __all__ = [
     "SnapshotInfo",
@@ -194,7 +194,7 @@ def snapshot_volume(
     began = time.monotonic()
     files = open_volume(engine, volume)
     cache_file = _cache_path(volume, repo)
-    cache = _load_cache(cache_file) if files.local_root is not None else {}
+    cache = _load_cache(cache_file) if files.keeps_stats else {}
     store = _ObjectStore(repo, repo.existing_objects(), progress)
     records: list[dict[str, Any] | Future[dict[str, Any]]] = []
     new_cache: dict[str, list[Any]] = {}
@@ -204,21 +204,14 @@ def snapshot_volume(
             ThreadPoolExecutor(_WORKERS, thread_name_prefix="cargohold-snap") as pool,
             files.entries() as entries,
         ):
-            openers: dict[str, Opener] = {}
-            walk: Iterator[tuple[Entry, os.stat_result | None]]
-            opener_for: Callable[[Entry], Opener] | None
-            if isinstance(entries, FolderReader):
-                walk, opener_for = entries.stats(), entries.opener
-            else:
-                walk, opener_for = _with_openers(entries, openers), None
-            for entry, st in walk:
+            for entry, opener, st in entries.walk():
                 data_version = max(data_version, data_stamp(entry, st))
-                if entry.kind != "file":
+                if entry.kind != "file" or opener is None:
                     records.append(_entry_json(entry))
                     continue
                 total_files += 1
                 total_bytes += entry.size
-                if st is not None and opener_for is not None:
+                if st is not None and entries.random_access:
                     key = [entry.size, entry.mtime_ns, st.st_ino, st.st_ctime_ns]
                     cached = cache.get(entry.path)
                     if cached and cached[:4] == key and store.has(cached[4]):
@@ -226,11 +219,10 @@ def snapshot_volume(
                         new_cache[entry.path] = cached
                         progress(entry.size)
                         continue
-                    opener = opener_for(entry)
                     records.append(pool.submit(_hashed, store, entry, opener, key, new_cache))
                 else:
                     # An archive stream must be read in order: hash it here, now.
-                    records.append(_entry_json(entry, store.store(openers[entry.path])))
+                    records.append(_entry_json(entry, store.store(opener)))
         resolved = [r.result() if isinstance(r, Future) else r for r in records]
         repo.commit()
     except OSError as exc:
@@ -260,18 +252,10 @@ def snapshot_volume(
         "entries": resolved,
     }
     repo.write_manifest(snapshot_id, json.dumps(manifest, separators=(",", ":")).encode())
-    if files.local_root is not None:
+    if files.keeps_stats:
         _save_cache(cache_file, new_cache)
     info = SnapshotInfo.from_manifest(manifest, repo.url)
     return dataclasses.replace(info, seconds=time.monotonic() - began)
-
-
-def _with_openers(entries: Any, openers: dict[str, Opener]) -> Iterator[tuple[Entry, None]]:
-    for entry, data in entries:
-        if data is not None:
-            openers.clear()
-            openers[entry.path] = data
-        yield entry, None
 
 
 def _hashed(
@@ -394,7 +378,7 @@ def restore_snapshot(
     *,
     force: bool = False,
     progress: Progress = _no_progress,
-) -> tuple[dict[str, Any], VolumeFiles]:
+) -> tuple[dict[str, Any], VolumeAccess]:
     """Restore a snapshot into a new or empty volume (``force``: replace a volume's content).
 
     Raises:
@@ -422,11 +406,9 @@ def restore_snapshot(
         files.clear()
         files = open_volume(engine, volume)
     try:
-        files.write(manifest_entries(repo, manifest), progress=progress, parallel=True)
-        if files.local_root is not None:
-            from cargohold.snapshots.repository import _syncfs
-
-            _syncfs(files.local_root)
+        entries = EntryStream(manifest_entries(repo, manifest), random_access=True)
+        files.write(entries, progress=progress)
+        files.sync()
     except BaseException:
         if created:
             engine.remove_volume(volume)

@@ -1,4 +1,4 @@
-"""Host ↔ volume and volume ↔ volume moves: ingest, export, clone, plus sizes.
+"""Host ↔ volume and volume ↔ volume moves: ingest, export, clone.
 
 Archives given to ``ingest`` are read twice when they are files on disk: a first pass checks
 every member (names, types, links) and hashes the data, so that a hostile archive is refused
@@ -19,6 +19,19 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cargohold._atomic import atomic_file
+from cargohold.archive import (
+    CHUNK,
+    Entry,
+    EntrySource,
+    EntryStream,
+    FolderReader,
+    Opener,
+    Progress,
+    TarReader,
+    TarWriter,
+    TreeWriter,
+    no_progress,
+)
 from cargohold.engine import Engine
 from cargohold.errors import (
     ChecksumMismatch,
@@ -27,18 +40,8 @@ from cargohold.errors import (
     UsageError,
     VolumeNotFound,
 )
-from cargohold.transfer.tree import (
-    CHUNK,
-    Entry,
-    FolderReader,
-    Opener,
-    Progress,
-    TarReader,
-    TarWriter,
-    TreeWriter,
-    data_stamp,
-)
-from cargohold.volumes import VolumeFiles, open_volume, split_volume_path
+from cargohold.volumes._access import VolumeAccess, split_volume_path
+from cargohold.volumes._open import open_volume
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -46,14 +49,9 @@ __all__ = [
     "clone_volume",
     "export_volume",
     "ingest",
-    "tree_size",
 ]
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".tar.xz", ".tar.bz2")
-
-
-def _no_progress(_: int) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -117,10 +115,10 @@ def _prescan_archive(path: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _source_entries(source: str) -> Iterator[tuple[object, dict[str, str] | None]]:
+def _source_entries(source: str) -> Iterator[tuple[EntrySource, dict[str, str] | None]]:
     """Entries of an ingest source, and the sha256 of each file when already known."""
     if "://" in source and not source.startswith("file://"):
-        yield _fsspec_entries(source), None
+        yield EntryStream(_fsspec_entries(source), random_access=True), None
         return
     path = Path(source.removeprefix("file://")).expanduser()
     if not path.exists():
@@ -175,7 +173,7 @@ def _fsspec_opener(fs: Any, path: str) -> Opener:
     return lambda: fs.open(path, "rb")
 
 
-def _volume_for_writing(engine: Engine, name: str) -> tuple[VolumeFiles, bool]:
+def _volume_for_writing(engine: Engine, name: str) -> tuple[VolumeAccess, bool]:
     try:
         return open_volume(engine, name), False
     except VolumeNotFound:
@@ -189,7 +187,7 @@ def ingest(
     destination: str,
     *,
     verify: bool = False,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> TransferResult:
     """Copy a host folder, file, archive or fsspec URL into ``VOLUME[:PATH]``.
 
@@ -202,27 +200,22 @@ def ingest(
     with _source_entries(source) as (entries, known_hashes):
         files, created = _volume_for_writing(engine, volume)
         try:
-            count, size = files.write(
-                entries,  # type: ignore[arg-type]
-                path,
-                progress=progress,
-                parallel=not isinstance(entries, TarReader),
-            )
+            written = files.write(entries, path, progress=progress)
         except BaseException:
             if created:
                 engine.remove_volume(volume)
             raise
     if verify:
         _verify_ingest(files, source, path, known_hashes)
-    return TransferResult(count, size, files.access, verify, created)
+    return TransferResult(written.files, written.bytes, files.access, verify, created)
 
 
 def _verify_ingest(
-    files: VolumeFiles, source: str, path: str, known: dict[str, str] | None
+    files: VolumeAccess, source: str, path: str, known: dict[str, str] | None
 ) -> None:
     if known is None:
         with _source_entries(source) as (entries, _):
-            known = {e.path: _sha256(d) for e, d in entries if e.kind == "file" and d}  # type: ignore[attr-defined]
+            known = {e.path: _sha256(d) for e, d in entries if e.kind == "file" and d}
     landed: dict[str, str] = {}
     with files.entries(path) as entries:
         for entry, data in entries:
@@ -243,7 +236,7 @@ def export_volume(
     destination: Path,
     *,
     force: bool = False,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> TransferResult:
     """Copy ``VOLUME[:PATH]`` to a host folder, or to an archive chosen by its extension.
 
@@ -290,7 +283,7 @@ def export_volume(
 
 
 def clone_volume(
-    engine: Engine, source: str, destination: str, *, progress: Progress = _no_progress
+    engine: Engine, source: str, destination: str, *, progress: Progress = no_progress
 ) -> TransferResult:
     """Copy every file of one volume into a new (or empty) volume, labels included.
 
@@ -311,35 +304,11 @@ def clone_volume(
         dst, created = open_volume(engine, destination), True
     try:
         with src.entries() as entries:
-            count, size = dst.write(
-                entries, progress=progress, parallel=isinstance(entries, FolderReader)
-            )
+            written = dst.write(entries, progress=progress)
     except BaseException:
         if created:
             engine.remove_volume(destination)
         raise
-    return TransferResult(count, size, f"{src.access}→{dst.access}", created_volume=created)
-
-
-def tree_size(files: VolumeFiles, path: str = "") -> tuple[dict[str, int], int, int]:
-    """(bytes per top-level entry, total files, data version) of a volume or a folder in it.
-
-    The data version is the newest mtime or ctime in the tree: it changes whenever anything in
-    the volume changes, and prune compares it with the last snapshot's.
-    """
-    sizes: dict[str, int] = {}
-    count = version = 0
-    with files.entries(path) as entries:
-        walk = (
-            entries.stats()
-            if isinstance(entries, FolderReader)
-            else ((e, None) for e, _ in entries)
-        )
-        for entry, st in walk:
-            version = max(version, data_stamp(entry, st))
-            top = entry.path.split("/", 1)[0]
-            if not top:
-                continue
-            sizes[top] = sizes.get(top, 0) + entry.size
-            count += entry.kind == "file"
-    return sizes, count, version
+    return TransferResult(
+        written.files, written.bytes, f"{src.access}→{dst.access}", created_volume=created
+    )
