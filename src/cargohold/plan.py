@@ -10,7 +10,7 @@ apart.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from cargohold.errors import SpecError
@@ -65,6 +65,13 @@ class Mount:
     external: bool = False
     # Artifacts: the runner creates the host folder, owned by the job's user.
     create_source: bool = False
+    # Clusters (issue 10): checkpoints mirrored to this repository URL; a persistent volume's
+    # class and size; a dataset restored from ``snapshot`` in ``repository`` before the job.
+    mirror: str | None = None
+    storage_class: str | None = None
+    capacity: int | None = None
+    repository: str | None = None
+    snapshot: str | None = None
 
     @property
     def mode(self) -> str:
@@ -97,6 +104,8 @@ class Plan:
     restart_max: int
     workdir: str | None = None
     labels: tuple[tuple[str, str], ...] = field(default=())
+    nodes: int = 1
+    placement: tuple[str, ...] = ()
 
     @property
     def container_name(self) -> str:
@@ -240,6 +249,17 @@ def _mount_for(spec: Spec, name: str, store: StoreSpec) -> Mount:
     return volume(f"scratch in named volume {volume_name} as the spec asks", readonly)
 
 
+def _cluster_fields(mount: Mount, store: StoreSpec) -> Mount:
+    return replace(
+        mount,
+        mirror=store.mirror,
+        storage_class=store.storage_class,
+        capacity=parse_size(store.capacity) if store.capacity is not None else None,
+        repository=store.repository,
+        snapshot=store.snapshot,
+    )
+
+
 def make_plan(spec: Spec, job: str | None, *, host_user: tuple[int, int]) -> Plan:
     """Decide how one job runs: its mounts with reasons, environment and user.
 
@@ -256,7 +276,10 @@ def make_plan(spec: Spec, job: str | None, *, host_user: tuple[int, int]) -> Pla
     """
     job_name = spec.job_name(job)
     job_spec = spec.jobs[job_name]
-    mounts = tuple(_mount_for(spec, name, spec.stores[name]) for name in spec.stores_of(job_name))
+    mounts = tuple(
+        _cluster_fields(_mount_for(spec, name, spec.stores[name]), spec.stores[name])
+        for name in spec.stores_of(job_name)
+    )
 
     env: dict[str, str] = {
         "CARGOHOLD_PROJECT": spec.project.name,
@@ -293,4 +316,6 @@ def make_plan(spec: Spec, job: str | None, *, host_user: tuple[int, int]) -> Pla
         restart_max=job_spec.restart.max,
         workdir=job_spec.workdir,
         labels=((LABEL_PROJECT, spec.project.name), (LABEL_JOB, job_name)),
+        nodes=job_spec.nodes,
+        placement=tuple(job_spec.placement),
     )

@@ -42,6 +42,7 @@ SPEC_FILENAME = "cargohold.toml"
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _USER_RE = re.compile(r"^\d+(:\d+)?$")
+_PLACEMENT_RE = re.compile(r"^node\.[A-Za-z0-9_.-]+ ?(==|!=) ?[A-Za-z0-9_.\-/]+$")
 
 
 class _Model(BaseModel):
@@ -73,6 +74,13 @@ class StoreSpec(_Model):
     driver_opts: dict[str, str] = Field(default_factory=dict)
     external: bool = False
     size: str | int | None = None
+    # Clusters (issue 10): where a checkpoint store is mirrored, the PVC's class and size, and a
+    # dataset restored from a snapshot repository instead of a local folder.
+    mirror: str | None = None
+    storage_class: str | None = None
+    capacity: str | int | None = None
+    repository: str | None = None
+    snapshot: str | None = None
 
     @field_validator("target")
     @classmethod
@@ -83,6 +91,24 @@ class StoreSpec(_Model):
         if str(path) == "/":
             raise ValueError("a store cannot be mounted over the container's root '/'")
         return str(path)
+
+    @field_validator("mirror", "repository")
+    @classmethod
+    def _no_secret_in_url(cls, value: str | None) -> str | None:
+        # The spec is rendered into manifests and logs; credentials come from the environment.
+        if value is not None and re.match(r"^[a-z][a-z0-9+.-]*://[^/]*@", value):
+            raise ValueError(
+                "the URL carries credentials; remove them and set AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY in the environment instead"
+            )
+        return value
+
+    @field_validator("capacity")
+    @classmethod
+    def _valid_capacity(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            parse_size(value)
+        return value
 
     @field_validator("size")
     @classmethod
@@ -119,6 +145,9 @@ class JobSpec(_Model):
     restart: RestartSpec = Field(default_factory=RestartSpec)
     env: dict[str, str] = Field(default_factory=dict)
     workdir: str | None = None
+    # Clusters (issue 10): pods/tasks working on one job, and where the scheduler may put them.
+    nodes: int = Field(default=1, ge=1, le=1000)
+    placement: list[str] = Field(default_factory=list)
 
     @field_validator("build", mode="before")
     @classmethod
@@ -141,6 +170,17 @@ class JobSpec(_Model):
     def _valid_user(cls, value: str) -> str:
         if value not in ("host", "root") and not _USER_RE.match(value):
             raise ValueError(f'{value!r} is not "host", "root" or a numeric "UID:GID"')
+        return value
+
+    @field_validator("placement")
+    @classmethod
+    def _valid_placement(cls, value: list[str]) -> list[str]:
+        for constraint in value:
+            if not _PLACEMENT_RE.match(constraint):
+                raise ValueError(
+                    f"{constraint!r} is not a placement constraint; write it like "
+                    '"node.labels.gpu==true" or "node.hostname!=worker-3"'
+                )
         return value
 
     @field_validator("shm_size")
@@ -295,6 +335,35 @@ def _check_store(name: str, store: StoreSpec) -> None:
             f"Store {name!r} sets a volume driver but is not a named volume.",
             key=f"{key}.driver",
             hint='Remove driver/driver_opts, or set backing = "volume" and drop source.',
+        )
+    if store.mirror is not None and store.kind is not StoreKind.CHECKPOINTS:
+        raise SpecError(
+            f"Store {name!r} sets mirror, which only a checkpoints store has.",
+            key=f"{key}.mirror",
+            hint="Move mirror to the checkpoints store, or snapshot this store instead.",
+        )
+    if (store.snapshot is None) != (store.repository is None):
+        raise SpecError(
+            f"Store {name!r} sets only one of snapshot and repository.",
+            key=f"{key}.{'repository' if store.repository is None else 'snapshot'}",
+            hint='A dataset from a repository needs both: repository = "s3://bucket/repo", '
+            'snapshot = "VOLUME@latest" (or an id or a tag).',
+        )
+    if store.snapshot is not None and (
+        store.kind is not StoreKind.DATASET or _backing_guess(store) is not Backing.VOLUME
+    ):
+        raise SpecError(
+            f"Store {name!r} restores a snapshot but is not a dataset in a named volume.",
+            key=f"{key}.snapshot",
+            hint="Only a dataset store without source can be filled from a repository.",
+        )
+    if (store.storage_class or store.capacity is not None) and _backing_guess(
+        store
+    ) is Backing.TMPFS:
+        raise SpecError(
+            f"Store {name!r} is a tmpfs; storage_class and capacity describe a persistent volume.",
+            key=f"{key}.storage_class" if store.storage_class else f"{key}.capacity",
+            hint="Remove them, or use size for a tmpfs.",
         )
     if store.kind is StoreKind.CHECKPOINTS and _backing_guess(store) is Backing.TMPFS:
         raise SpecError(

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from cargohold.cli import (  # noqa: F401 - they register commands
+    _cluster,
     _commands,
     _data,
     _guard,

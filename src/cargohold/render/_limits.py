@@ -1,0 +1,228 @@
+"""What each rendering target cannot express, said once, for the renderers and for ``plan``.
+
+A spec setting is never dropped silently: for each target a setting is either rendered, or stated
+here as a ``Limit``. A fatal limit stops the rendering with a ``SpecError`` (exit 2) naming the key;
+a non-fatal one becomes a comment at the top of the rendered file and a line in ``plan``. One
+small registered function per setting (STYLE 15), so the list of limits is the list of functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from cargohold.errors import SpecError
+from cargohold.kinds import Backing
+from cargohold.plan import Plan
+
+__all__ = ["TARGETS", "Limit", "check_limits", "limits_of", "placement_terms"]
+
+TARGETS = ("docker-run", "compose", "swarm", "kubernetes")
+_ONE_HOST = ("docker-run", "compose")
+
+# Swarm constraint field → Kubernetes well-known node label.
+_K8S_NODE_KEYS = {
+    "node.hostname": "kubernetes.io/hostname",
+    "node.platform.os": "kubernetes.io/os",
+    "node.platform.arch": "kubernetes.io/arch",
+}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One spec setting a target renders differently or not at all."""
+
+    key: str
+    message: str
+    fatal: bool = False
+
+
+_Rule = Callable[[Plan, str], Iterator[Limit]]
+_RULES: list[_Rule] = []
+
+
+def _rule(func: _Rule) -> _Rule:
+    _RULES.append(func)
+    return func
+
+
+def placement_terms(constraint: str) -> tuple[str, str, str] | None:
+    """A Swarm constraint as (Kubernetes node label, In|NotIn, value), or None when Kubernetes
+    has no label for it."""
+    for op, k8s_op in (("==", "In"), ("!=", "NotIn")):
+        if op in constraint:
+            field, _, value = (part.strip() for part in constraint.partition(op))
+            if field.startswith("node.labels."):
+                return field.removeprefix("node.labels."), k8s_op, value
+            if field in _K8S_NODE_KEYS:
+                return _K8S_NODE_KEYS[field], k8s_op, value
+    return None
+
+
+@_rule
+def _nodes(plan: Plan, target: str) -> Iterator[Limit]:
+    if plan.nodes > 1 and target != "kubernetes":
+        yield Limit(
+            f"jobs.{plan.job}.nodes",
+            f"nodes = {plan.nodes}: {target} cannot start one job on several nodes with a rank "
+            "and a rendezvous address each; `cargohold render kubernetes` can (Indexed Job).",
+            fatal=True,
+        )
+
+
+@_rule
+def _placement(plan: Plan, target: str) -> Iterator[Limit]:
+    key = f"jobs.{plan.job}.placement"
+    if not plan.placement:
+        return
+    if target in _ONE_HOST:
+        yield Limit(
+            key, f"placement {list(plan.placement)} is ignored: {target} runs on this host."
+        )
+    elif target == "kubernetes":
+        for constraint in plan.placement:
+            if placement_terms(constraint) is None:
+                yield Limit(
+                    key,
+                    f"placement {constraint!r} has no Kubernetes node label; use "
+                    "node.labels.KEY==VALUE, node.hostname, node.platform.os or .arch.",
+                    fatal=True,
+                )
+
+
+@_rule
+def _build(plan: Plan, target: str) -> Iterator[Limit]:
+    if plan.build is not None and target in ("swarm", "kubernetes"):
+        yield Limit(
+            f"jobs.{plan.job}.build",
+            f"build is not rendered: a cluster pulls {plan.image} from a registry; build and push "
+            "it first (docker build -t REGISTRY/NAME . && docker push REGISTRY/NAME).",
+        )
+
+
+@_rule
+def _binds(plan: Plan, target: str) -> Iterator[Limit]:
+    for m in plan.mounts:
+        if m.backing is not Backing.BIND:
+            continue
+        if target == "kubernetes":
+            yield Limit(
+                f"stores.{m.store}.source",
+                f"host folder {m.source} does not follow the job to a cluster node: store "
+                f"{m.store!r} becomes a PersistentVolumeClaim; fill it with `cargohold restore "
+                "SNAP --to DIR` or set repository/snapshot.",
+            )
+        elif target == "swarm":
+            yield Limit(
+                f"stores.{m.store}.source",
+                f"bind {m.source} must exist on every node a task may land on.",
+            )
+
+
+@_rule
+def _drivers(plan: Plan, target: str) -> Iterator[Limit]:
+    for m in plan.mounts:
+        if m.driver and target == "kubernetes":
+            yield Limit(
+                f"stores.{m.store}.driver",
+                f"volume driver {m.driver!r} is Docker's; on Kubernetes the claim's storage class "
+                "decides (set storage_class).",
+            )
+
+
+@_rule
+def _storage_class(plan: Plan, target: str) -> Iterator[Limit]:
+    if target == "kubernetes":
+        return
+    for m in plan.mounts:
+        if m.storage_class or m.capacity is not None:
+            yield Limit(
+                f"stores.{m.store}.storage_class",
+                "storage_class and capacity apply to Kubernetes claims only.",
+            )
+
+
+@_rule
+def _snapshot_datasets(plan: Plan, target: str) -> Iterator[Limit]:
+    for m in plan.mounts:
+        if m.snapshot is None:
+            continue
+        if target == "kubernetes":
+            continue
+        yield Limit(
+            f"stores.{m.store}.snapshot",
+            f"{target} has no init containers to restore {m.snapshot} from {m.repository}; "
+            f"restore it into volume {m.source} first: `CARGOHOLD_REPO={m.repository} "
+            f"cargohold restore {m.snapshot} {m.source}` on the node that runs it.",
+        )
+
+
+@_rule
+def _mirror(plan: Plan, target: str) -> Iterator[Limit]:
+    ckpt = plan.checkpoint_mount
+    if ckpt is None or ckpt.mirror is None:
+        return
+    if target == "swarm" and plan.command is None:
+        yield Limit(
+            f"jobs.{plan.job}.command",
+            "the mirror runs in the job's container on Swarm and must know the job's command; "
+            "set command.",
+            fatal=True,
+        )
+    elif target == "swarm":
+        yield Limit(
+            f"stores.{ckpt.store}.mirror",
+            "Swarm has no pods, so no sidecar can share the task's volume: the mirror runs in the "
+            "job's own container (`cargohold mirror --exec -- CMD`), and the job's image needs "
+            "cargohold (build it FROM the image `cargohold image` makes).",
+        )
+    elif target in _ONE_HOST:
+        yield Limit(
+            f"stores.{ckpt.store}.mirror",
+            f"mirror {ckpt.mirror} is not part of this rendering; `cargohold run` runs the mirror "
+            "beside the job, or run `cargohold mirror` yourself.",
+        )
+
+
+@_rule
+def _shm(plan: Plan, target: str) -> Iterator[Limit]:
+    if plan.shm_size is not None and target == "swarm":
+        yield Limit(
+            f"jobs.{plan.job}.shm_size",
+            "Swarm services have no shm_size (moby#26714): /dev/shm is a tmpfs mount instead.",
+        )
+
+
+@_rule
+def _checkpoint_owner(plan: Plan, target: str) -> Iterator[Limit]:
+    if target == "swarm" and plan.uid != 0 and any(not m.readonly for m in plan.volumes()):
+        yield Limit(
+            f"jobs.{plan.job}.user",
+            f"Swarm cannot run a preparing container first: a fresh volume is owned by root "
+            f"unless the image's folder at its target is owned by {plan.user} (Docker copies "
+            "the image's folder into an empty volume).",
+        )
+
+
+def limits_of(plan: Plan, target: str) -> list[Limit]:
+    """Every limit of ``target`` for this plan, fatal ones included."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}")
+    return [limit for rule in _RULES for limit in rule(plan, target)]
+
+
+def check_limits(plan: Plan, target: str) -> list[str]:
+    """The comment lines a rendering must carry.
+
+    Raises:
+        SpecError: the plan uses something the target cannot do; names the key.
+    """
+    found = limits_of(plan, target)
+    fatal = next((limit for limit in found if limit.fatal), None)
+    if fatal is not None:
+        raise SpecError(
+            f"render {target}: {fatal.message}",
+            key=fatal.key,
+            hint=f"Remove {fatal.key} for this target, or render for another one.",
+        )
+    return [f"{limit.key}: {limit.message}" for limit in found]

@@ -1,0 +1,290 @@
+"""Render a plan as Kubernetes objects: claims, a headless Service for several nodes, a Job.
+
+Stores map onto what a pod has: a named volume (or a host folder, which cannot follow the job to
+another node) becomes a PersistentVolumeClaim — ``ReadWriteMany`` when several pods of the job
+share it; scratch becomes an ``emptyDir``; ``shm_size`` a memory ``emptyDir`` at ``/dev/shm``. The
+pod runs as the plan's user with ``fsGroup`` and ``fsGroupChangePolicy: OnRootMismatch``, so a
+fresh claim is writable without the recursive chown that stalls pod start on a big volume
+(kubernetes#69699).
+
+``nodes = N`` gives an Indexed Job and a headless Service: pod ``i`` is reachable as
+``<job>-i.<service>``, so ``torchrun --nnodes N --node-rank $JOB_COMPLETION_INDEX
+--rdzv-endpoint $CARGOHOLD_RDZV_ENDPOINT`` works unchanged.
+
+Data that follows the job: a dataset with ``repository``/``snapshot`` is restored by an
+initContainer into its claim before the job starts (only when the claim is empty); a checkpoints
+store with ``mirror`` gets an initContainer that restores the newest mirrored checkpoint into an
+empty store, and a sidecar that pushes every committed checkpoint. The sidecar shares the pod's
+process namespace and leaves once the job's processes have ended, so the Job can complete on
+every Kubernetes version (native sidecars need 1.29). Credentials never appear here: they come
+from the Secret ``<project>-mirror`` (optional; created by the user).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from cargohold.kinds import Backing
+from cargohold.plan import LABEL_JOB, LABEL_PROJECT, Mount, Plan
+from cargohold.render._limits import placement_terms
+
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "RDZV_PORT",
+    "dns_name",
+    "quantity",
+    "render_kubernetes",
+    "secret_name",
+]
+
+RDZV_PORT = 29500
+DEFAULT_CAPACITY = 10 * 1024**3
+_DNS_BAD = re.compile(r"[^a-z0-9-]+")
+# Restores a snapshot into an empty folder; a retried pod finds its claim already filled.
+_RESTORE_IF_EMPTY = (
+    'if [ -n "$(ls -A "$2")" ]; then echo "cargohold: $2 already holds data; not restoring"; '
+    'else exec cargohold restore "$1" --to "$2"; fi'
+)
+
+
+def dns_name(text: str, limit: int = 52) -> str:
+    """A DNS-1123 label from ``text``: lower case, ``-`` for anything else, a short hash
+    appended when it had to be cut (52 leaves room for an Indexed Job's pod suffix)."""
+    name = _DNS_BAD.sub("-", text.lower()).strip("-") or "x"
+    if len(name) > limit:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:6]
+        name = name[: limit - 7].rstrip("-") + "-" + digest
+    return name
+
+
+def quantity(size: int) -> str:
+    """Bytes as a Kubernetes quantity: ``Gi``/``Mi``/``Ki`` when exact, else plain bytes."""
+    for suffix, scale in (("Ti", 1024**4), ("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024)):
+        if size and size % scale == 0:
+            return f"{size // scale}{suffix}"
+    return str(size)
+
+
+def secret_name(plan: Plan) -> str:
+    """The Secret whose keys (AWS_*, CARGOHOLD_S3_ENDPOINT) reach the cargohold containers."""
+    return dns_name(f"{plan.project}-mirror")
+
+
+def _claim_name(mount: Mount) -> str:
+    return dns_name(mount.source or mount.store, 63)
+
+
+def _needs_claim(mount: Mount) -> bool:
+    return mount.backing is not Backing.TMPFS
+
+
+def _claim(plan: Plan, mount: Mount) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteMany" if plan.nodes > 1 else "ReadWriteOnce"],
+        "resources": {"requests": {"storage": quantity(mount.capacity or DEFAULT_CAPACITY)}},
+    }
+    if mount.storage_class:
+        spec["storageClassName"] = mount.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": _claim_name(mount),
+            "labels": {k: dns_name(v, 63) for k, v in mount.volume_labels(plan.project).items()},
+        },
+        "spec": spec,
+    }
+
+
+def _pod_volume(mount: Mount) -> dict[str, Any]:
+    name = dns_name(mount.store, 63)
+    if mount.backing is Backing.TMPFS:
+        empty: dict[str, Any] = {}
+        if mount.tmpfs_size is not None:
+            empty["sizeLimit"] = quantity(mount.tmpfs_size)
+        return {"name": name, "emptyDir": empty}
+    return {"name": name, "persistentVolumeClaim": {"claimName": _claim_name(mount)}}
+
+
+def _mount(mount: Mount, *, readonly: bool | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": dns_name(mount.store, 63), "mountPath": mount.target}
+    if mount.readonly if readonly is None else readonly:
+        entry["readOnly"] = True
+    return entry
+
+
+def _labels(plan: Plan) -> dict[str, str]:
+    return {LABEL_PROJECT: dns_name(plan.project, 63), LABEL_JOB: dns_name(plan.job, 63)}
+
+
+def _secret_env(plan: Plan) -> list[dict[str, Any]]:
+    return [{"secretRef": {"name": secret_name(plan), "optional": True}}]
+
+
+def _restore_dataset(plan: Plan, mount: Mount, image: str) -> dict[str, Any]:
+    assert mount.snapshot is not None and mount.repository is not None
+    return {
+        "name": dns_name(f"restore-{mount.store}", 63),
+        "image": image,
+        "command": ["sh", "-c", _RESTORE_IF_EMPTY, "sh", mount.snapshot, mount.target],
+        "env": [{"name": "CARGOHOLD_REPO", "value": mount.repository}],
+        "envFrom": _secret_env(plan),
+        "volumeMounts": [_mount(mount, readonly=False)],
+    }
+
+
+def _mirror_containers(
+    plan: Plan, mount: Mount, image: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    assert mount.mirror is not None
+    env = [
+        {"name": "CARGOHOLD_CHECKPOINT_DIR", "value": mount.target},
+        {"name": "CARGOHOLD_MIRROR", "value": mount.mirror},
+        {"name": "CARGOHOLD_PROJECT", "value": plan.project},
+        {"name": "CARGOHOLD_JOB", "value": plan.job},
+    ]
+    restore = {
+        "name": "mirror-restore",
+        "image": image,
+        "env": env,
+        "envFrom": _secret_env(plan),
+        "args": ["cargohold", "mirror", "--restore-only"],
+        "volumeMounts": [_mount(mount, readonly=False)],
+    }
+    sidecar = {
+        "name": "mirror",
+        "image": image,
+        "env": [dict(e) for e in env],
+        "envFrom": _secret_env(plan),
+        "args": ["cargohold", "mirror", "--until-pod-done"],
+        "volumeMounts": [_mount(mount, readonly=True)],
+    }
+    return restore, sidecar
+
+
+def _env(plan: Plan, service: str | None) -> list[dict[str, str]]:
+    env = dict(plan.env)
+    if service is not None:
+        host = f"{dns_name(plan.container_name)}-0.{service}"
+        env.setdefault("CARGOHOLD_NODES", str(plan.nodes))
+        env.setdefault("MASTER_ADDR", host)
+        env.setdefault("MASTER_PORT", str(RDZV_PORT))
+        env.setdefault("CARGOHOLD_RDZV_ENDPOINT", f"{host}:{RDZV_PORT}")
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def _affinity(plan: Plan) -> dict[str, Any] | None:
+    expressions = []
+    for constraint in plan.placement:
+        terms = placement_terms(constraint)
+        if terms is not None:  # the rest was refused by check_limits
+            key, op, value = terms
+            expressions.append({"key": key, "operator": op, "values": [value]})
+    if not expressions:
+        return None
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": expressions}]
+            }
+        }
+    }
+
+
+def _service(plan: Plan, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "labels": _labels(plan)},
+        "spec": {
+            "clusterIP": "None",
+            "selector": _labels(plan),
+            "ports": [{"name": "rendezvous", "port": RDZV_PORT}],
+            "publishNotReadyAddresses": True,
+        },
+    }
+
+
+def render_kubernetes(plan: Plan, *, image: str) -> list[dict[str, Any]]:
+    """The Kubernetes objects for one job, claims first, the Job last.
+
+    Args:
+        plan: the job's plan; check it with ``check_limits(plan, "kubernetes")`` first.
+        image: the cargohold image for initContainers and the mirror sidecar, as the cluster
+            pulls it (e.g. ``registry.example.com/cargohold:1.0``).
+
+    Returns:
+        Dicts ready for ``yaml.safe_dump_all``.
+    """
+    name = dns_name(plan.container_name)
+    objects: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for mount in plan.mounts:
+        if _needs_claim(mount) and not mount.external and _claim_name(mount) not in seen:
+            seen.add(_claim_name(mount))
+            objects.append(_claim(plan, mount))
+    service = None
+    if plan.nodes > 1:
+        service = name
+        objects.append(_service(plan, service))
+
+    container: dict[str, Any] = {"name": dns_name(plan.job, 63), "image": plan.image}
+    if plan.command is not None:
+        container["args"] = list(plan.command)  # like Docker's CMD: the image's entrypoint stays
+    if plan.workdir is not None:
+        container["workingDir"] = plan.workdir
+    container["env"] = _env(plan, service)
+    mounts = [_mount(m) for m in plan.mounts]
+    volumes = [_pod_volume(m) for m in plan.mounts]
+    if plan.shm_size is not None:
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append(
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": quantity(plan.shm_size)}}
+        )
+    container["volumeMounts"] = mounts
+    container["securityContext"] = {"allowPrivilegeEscalation": False}
+
+    init_containers = [_restore_dataset(plan, m, image) for m in plan.mounts if m.snapshot]
+    containers = [container]
+    ckpt = plan.checkpoint_mount
+    share_pids = False
+    if ckpt is not None and ckpt.mirror is not None:
+        restore, sidecar = _mirror_containers(plan, ckpt, image)
+        init_containers.append(restore)
+        containers.append(sidecar)
+        share_pids = True
+
+    pod: dict[str, Any] = {"restartPolicy": "Never"}
+    if service is not None:
+        pod["subdomain"] = service
+    if share_pids:
+        pod["shareProcessNamespace"] = True
+    pod["securityContext"] = {
+        "runAsUser": plan.uid,
+        "runAsGroup": plan.gid,
+        "fsGroup": plan.gid,
+        "fsGroupChangePolicy": "OnRootMismatch",
+    }
+    affinity = _affinity(plan)
+    if affinity is not None:
+        pod["affinity"] = affinity
+    if init_containers:
+        pod["initContainers"] = init_containers
+    pod["containers"] = containers
+    pod["volumes"] = volumes
+
+    job_spec: dict[str, Any] = {"backoffLimit": plan.restart_max}
+    if plan.nodes > 1:
+        job_spec.update(completionMode="Indexed", completions=plan.nodes, parallelism=plan.nodes)
+    job_spec["template"] = {"metadata": {"labels": _labels(plan)}, "spec": pod}
+    objects.append(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name, "labels": _labels(plan)},
+            "spec": job_spec,
+        }
+    )
+    return objects

@@ -1,0 +1,116 @@
+"""Render plans as a stack file for ``docker stack deploy`` (Compose file format 3.8).
+
+Swarm differs from Compose where ML data is concerned, and the file says so in its header
+(``render/_limits.py``): a service has no ``shm_size`` (moby#26714), so ``/dev/shm`` is a tmpfs
+mount; there is no ``depends_on`` ordering, so no preparing container; and there are no pods, so
+the checkpoint mirror cannot be a sidecar sharing the task's volume on whichever node the task
+lands. It runs in the job's container instead: ``cargohold mirror --exec -- CMD`` restores the
+newest mirrored checkpoint into an empty store, runs the command, pushes every committed
+checkpoint while it runs, and exits with the command's status.
+
+``docker stack deploy`` interpolates ``$VAR`` in the file, so every ``$`` of the spec is written
+as ``$$``; the mirror's credentials are the only variables, read from the deploying shell.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cargohold.kinds import Backing
+from cargohold.plan import Mount, Plan
+
+__all__ = ["MIRROR_ENV", "render_swarm"]
+
+# Taken from the environment of `docker stack deploy`, never written into the file.
+MIRROR_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "CARGOHOLD_S3_ENDPOINT",
+)
+
+
+def _literal(text: str) -> str:
+    return text.replace("$", "$$")
+
+
+def _service_volume(mount: Mount) -> dict[str, Any]:
+    entry: dict[str, Any] = {"type": mount.backing.value, "target": mount.target}
+    if mount.backing is Backing.BIND:
+        entry["source"] = _literal(mount.source or "")
+    elif mount.backing is Backing.VOLUME:
+        entry["source"] = mount.store
+    elif mount.tmpfs_size is not None:
+        entry["tmpfs"] = {"size": mount.tmpfs_size}
+    if mount.readonly:
+        entry["read_only"] = True
+    return entry
+
+
+def _top_level_volume(plan: Plan, mount: Mount) -> dict[str, Any]:
+    if mount.external:
+        return {"name": mount.source, "external": True}
+    volume: dict[str, Any] = {"name": mount.source}
+    if mount.driver:
+        volume["driver"] = mount.driver
+        volume["driver_opts"] = {k: _literal(v) for k, v in mount.driver_opts}
+    volume["labels"] = mount.volume_labels(plan.project)
+    return volume
+
+
+def _service(plan: Plan) -> dict[str, Any]:
+    service: dict[str, Any] = {"image": plan.image}
+    ckpt = plan.checkpoint_mount
+    mirror = ckpt.mirror if ckpt is not None else None
+    command = [_literal(word) for word in plan.command] if plan.command is not None else None
+    if mirror is not None:
+        service["entrypoint"] = ["cargohold", "mirror", "--exec", "--"]
+    if command is not None:
+        service["command"] = command
+    service["user"] = plan.user
+    if plan.workdir is not None:
+        service["working_dir"] = _literal(plan.workdir)
+    env = {k: _literal(v) for k, v in plan.env}
+    env["CARGOHOLD_NODE_HOSTNAME"] = "{{.Node.Hostname}}"
+    if mirror is not None:
+        env["CARGOHOLD_MIRROR"] = _literal(mirror)
+        for name in MIRROR_ENV:
+            env[name] = "${" + name + ":-}"
+    service["environment"] = env
+    service["labels"] = dict(plan.labels)
+    volumes = [_service_volume(m) for m in plan.mounts]
+    if plan.shm_size is not None:
+        volumes.append({"type": "tmpfs", "target": "/dev/shm", "tmpfs": {"size": plan.shm_size}})
+    service["volumes"] = volumes
+    deploy: dict[str, Any] = {"replicas": 1, "labels": dict(plan.labels)}
+    if plan.restart_max:
+        deploy["restart_policy"] = {"condition": "on-failure", "max_attempts": plan.restart_max}
+    else:
+        deploy["restart_policy"] = {"condition": "none"}
+    if plan.placement:
+        deploy["placement"] = {"constraints": list(plan.placement)}
+    service["deploy"] = deploy
+    return service
+
+
+def render_swarm(plans: list[Plan]) -> dict[str, Any]:
+    """A stack file running every plan as a service.
+
+    Args:
+        plans: one plan per job of one project; check each with ``check_limits(p, "swarm")``.
+
+    Returns:
+        A dict ready for ``yaml.safe_dump``.
+    """
+    if not plans:
+        raise ValueError("render_swarm needs at least one plan")
+    services: dict[str, Any] = {}
+    volumes: dict[str, Any] = {}
+    for plan in plans:
+        services[plan.job] = _service(plan)
+        for mount in plan.volumes():
+            volumes[mount.store] = _top_level_volume(plan, mount)
+    document: dict[str, Any] = {"version": "3.8", "services": services}
+    if volumes:
+        document["volumes"] = volumes
+    return document

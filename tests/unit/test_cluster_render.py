@@ -1,0 +1,314 @@
+"""Kubernetes and Swarm renderings: golden files, schema validation, and every field's value.
+
+No cluster exists on these machines: manifests are validated with ``kubernetes-validate --strict``
+against the oldest and newest Kubernetes it ships schemas for, and each field is asserted.
+Set CARGOHOLD_UPDATE_GOLDEN=1 to rewrite the golden files after an intended change.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cargohold.errors import SpecError
+from cargohold.plan import Plan, make_plan
+from cargohold.render._limits import TARGETS, check_limits, limits_of
+from cargohold.render.kubernetes import dns_name, quantity, render_kubernetes
+from cargohold.render.swarm import render_swarm
+from cargohold.spec import parse_spec
+from tests.conftest import run_cli
+from tests.unit.test_render import _golden
+
+CLUSTER = """
+[project]
+name = "digits"
+
+[stores.dataset]
+kind = "dataset"
+target = "/data"
+repository = "s3://bucket/repo"
+snapshot = "digits-dataset@latest"
+storage_class = "nfs-client"
+capacity = "20g"
+
+[stores.checkpoints]
+kind = "checkpoints"
+target = "/ckpt"
+mirror = "s3://bucket/mirror"
+
+[stores.cache]
+kind = "cache"
+target = "/cache"
+driver = "local"
+driver_opts = { type = "nfs", o = "addr=10.0.0.1", device = ":/export" }
+
+[stores.tmp]
+kind = "scratch"
+target = "/scratch"
+size = "2g"
+
+[jobs.train]
+image = "registry.example.com/digits:1"
+command = ["torchrun", "train.py", "--lr", "$LR"]
+shm_size = "1g"
+restart = { max = 3 }
+placement = ["node.labels.gpu==true", "node.hostname!=old-box"]
+user = "1000:1000"
+env = { LR = "0.1" }
+"""
+IMAGE = "registry.example.com/cargohold:1"
+
+
+def _plan(text: str = CLUSTER, job: str | None = None) -> Plan:
+    return make_plan(parse_spec(text, base_dir=Path("/p")), job, host_user=(1000, 1000))
+
+
+def _nodes(n: int) -> str:
+    return CLUSTER.replace("restart = { max = 3 }", f"restart = {{ max = 3 }}\nnodes = {n}")
+
+
+def _objects(text: str = CLUSTER) -> dict[str, dict[str, Any]]:
+    return {o["kind"]: o for o in render_kubernetes(_plan(text), image=IMAGE)}
+
+
+def _validate(objects: list[dict[str, Any]]) -> None:
+    import kubernetes_validate
+    from kubernetes_validate.utils import latest_version
+
+    shipped = sorted(
+        (p.name.split("-")[0].lstrip("v") for p in _schema_dir().iterdir()),
+        key=lambda v: tuple(int(x) for x in v.split(".")),
+    )
+    for version in {shipped[0], latest_version()}:
+        for obj in objects:
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+def _schema_dir() -> Path:
+    import kubernetes_validate
+
+    return Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+
+
+def test_kubernetes_golden() -> None:
+    objects = render_kubernetes(_plan(_nodes(2)), image=IMAGE)
+    _golden("kubernetes.yml", yaml.safe_dump_all(objects, sort_keys=False))
+
+
+def test_swarm_golden() -> None:
+    _golden("swarm.yml", yaml.safe_dump(render_swarm([_plan()]), sort_keys=False))
+
+
+@pytest.mark.parametrize("nodes", [1, 4])
+def test_kubernetes_validates_strictly_on_oldest_and_newest(nodes: int) -> None:
+    _validate(render_kubernetes(_plan(_nodes(nodes)), image=IMAGE))
+
+
+def test_a_schema_error_is_caught_by_the_validation() -> None:
+    import kubernetes_validate
+
+    objects = render_kubernetes(_plan(), image=IMAGE)
+    job = objects[-1]
+    job["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1  # not a Kubernetes field
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(objects)
+
+
+def test_kubernetes_job_fields() -> None:
+    objects = _objects()
+    job = objects["Job"]
+    assert job["metadata"]["name"] == "digits-train"
+    assert job["spec"]["backoffLimit"] == 3
+    assert "completionMode" not in job["spec"]  # one node: a plain Job
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"] == {
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch",
+    }
+    train = pod["containers"][0]
+    assert train["image"] == "registry.example.com/digits:1"
+    assert train["args"] == ["torchrun", "train.py", "--lr", "$LR"]
+    assert train["securityContext"] == {"allowPrivilegeEscalation": False}
+    env = {e["name"]: e["value"] for e in train["env"]}
+    assert env["CARGOHOLD_CHECKPOINT_DIR"] == "/ckpt"
+    assert env["CARGOHOLD_STORE_DATASET"] == "/data"
+    assert env["HF_HOME"] == "/cache/huggingface"
+    assert env["LR"] == "0.1"
+    mounts = {m["mountPath"]: m for m in train["volumeMounts"]}
+    assert mounts["/data"].get("readOnly") is True
+    assert "readOnly" not in mounts["/ckpt"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}
+    assert volumes["tmp"] == {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}
+    assert volumes["checkpoints"]["persistentVolumeClaim"] == {"claimName": "digits-checkpoints"}
+    expressions = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"]
+    assert expressions == [
+        {"key": "gpu", "operator": "In", "values": ["true"]},
+        {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["old-box"]},
+    ]
+
+
+def test_kubernetes_claims() -> None:
+    claims = [
+        o for o in render_kubernetes(_plan(), image=IMAGE) if o["kind"] == "PersistentVolumeClaim"
+    ]
+    by_name = {c["metadata"]["name"]: c["spec"] for c in claims}
+    assert set(by_name) == {"digits-dataset", "digits-checkpoints", "digits-cache"}
+    assert by_name["digits-dataset"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "20Gi"}},
+        "storageClassName": "nfs-client",
+    }
+    assert by_name["digits-checkpoints"]["resources"]["requests"]["storage"] == "10Gi"
+    # Several pods of one job share a claim: it must be ReadWriteMany.
+    objects = render_kubernetes(_plan(_nodes(3)), image=IMAGE)
+    shared = [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    assert {tuple(c["spec"]["accessModes"]) for c in shared} == {("ReadWriteMany",)}
+
+
+def test_kubernetes_indexed_job_and_headless_service() -> None:
+    objects = _objects(_nodes(4))
+    job, service = objects["Job"], objects["Service"]
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 4
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"] == "digits-train"
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == job["spec"]["template"]["metadata"]["labels"]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert env["CARGOHOLD_RDZV_ENDPOINT"] == "digits-train-0.digits-train:29500"
+    assert env["CARGOHOLD_NODES"] == "4"
+
+
+def test_kubernetes_restore_and_mirror_containers() -> None:
+    pod = _objects()["Job"]["spec"]["template"]["spec"]
+    restore, mirror_restore = pod["initContainers"]
+    assert restore["image"] == IMAGE
+    assert restore["command"][-2:] == ["digits-dataset@latest", "/data"]
+    assert {"name": "CARGOHOLD_REPO", "value": "s3://bucket/repo"} in restore["env"]
+    assert restore["volumeMounts"] == [{"name": "dataset", "mountPath": "/data"}]  # writable
+    assert mirror_restore["args"] == ["cargohold", "mirror", "--restore-only"]
+    sidecar = pod["containers"][1]
+    assert sidecar["args"] == ["cargohold", "mirror", "--until-pod-done"]
+    assert sidecar["volumeMounts"][0]["readOnly"] is True
+    assert pod["shareProcessNamespace"] is True
+    assert sidecar["envFrom"] == [{"secretRef": {"name": "digits-mirror", "optional": True}}]
+    # The user's values stay literal: the restore script gets them as arguments, not as code.
+    assert "digits-dataset@latest" not in restore["command"][2]
+
+
+def test_no_secret_reaches_a_rendering() -> None:
+    with pytest.raises(SpecError) as caught:
+        _plan(CLUSTER.replace("s3://bucket/mirror", "s3://KEY:SECRET@bucket/mirror"))
+    assert caught.value.key == "stores.checkpoints.mirror"
+
+
+def test_swarm_fields() -> None:
+    stack = render_swarm([_plan()])
+    assert stack["version"] == "3.8"
+    service = stack["services"]["train"]
+    assert service["entrypoint"] == ["cargohold", "mirror", "--exec", "--"]
+    # docker stack deploy interpolates $: the spec's own dollars are escaped.
+    assert service["command"] == ["torchrun", "train.py", "--lr", "$$LR"]
+    assert service["deploy"]["restart_policy"] == {"condition": "on-failure", "max_attempts": 3}
+    assert service["deploy"]["placement"] == {
+        "constraints": ["node.labels.gpu==true", "node.hostname!=old-box"]
+    }
+    assert {"type": "tmpfs", "target": "/dev/shm", "tmpfs": {"size": 1024**3}} in service["volumes"]
+    assert "shm_size" not in service
+    env = service["environment"]
+    assert env["CARGOHOLD_MIRROR"] == "s3://bucket/mirror"
+    assert env["AWS_SECRET_ACCESS_KEY"] == "${AWS_SECRET_ACCESS_KEY:-}"
+    assert stack["volumes"]["cache"]["driver_opts"] == {
+        "device": ":/export",
+        "o": "addr=10.0.0.1",
+        "type": "nfs",
+    }
+    assert stack["volumes"]["checkpoints"]["name"] == "digits-checkpoints"
+
+
+def test_swarm_without_restart_does_not_restart() -> None:
+    stack = render_swarm([_plan(CLUSTER.replace("restart = { max = 3 }", ""))])
+    assert stack["services"]["train"]["deploy"]["restart_policy"] == {"condition": "none"}
+
+
+def test_swarm_stack_passes_the_compose_file_schema() -> None:
+    import check_jsonschema
+    import jsonschema
+
+    # docker stack deploy checks a 3.x file against the v3 schema; the Compose Specification is
+    # its superset and the closest one shipped here.
+    path = Path(check_jsonschema.__file__).parent / "builtin_schemas/vendor/compose-spec.json"
+    jsonschema.validate(render_swarm([_plan()]), json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("target", ["swarm", "docker-run", "compose"])
+def test_nodes_is_refused_where_it_cannot_be_expressed(target: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        check_limits(_plan(_nodes(2)), target)
+    assert caught.value.key == "jobs.train.nodes"
+
+
+def test_every_target_states_what_it_does_instead() -> None:
+    plan = _plan()
+    said = {target: [limit.key for limit in limits_of(plan, target)] for target in TARGETS}
+    assert "stores.cache.driver" in said["kubernetes"]
+    assert "jobs.train.shm_size" in said["swarm"]
+    assert "stores.checkpoints.mirror" in said["swarm"]
+    assert "stores.dataset.snapshot" in said["swarm"]
+    assert "stores.dataset.storage_class" in said["compose"]
+    assert "jobs.train.placement" in said["docker-run"]
+
+
+def test_unknown_placement_fields_are_refused_on_kubernetes() -> None:
+    plan = _plan(CLUSTER.replace('"node.hostname!=old-box"', '"node.role==manager"'))
+    with pytest.raises(SpecError, match=r"node\.role==manager"):
+        check_limits(plan, "kubernetes")
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('mirror = "s3://b/m"\n', "stores.dataset.mirror"),
+        ('placement = ["gpu"]\n', "jobs.train.placement"),
+        ("nodes = 0\n", "jobs.train.nodes"),
+    ],
+)
+def test_bad_cluster_keys_name_themselves(line: str, key: str) -> None:
+    text = CLUSTER.replace('placement = ["node.labels.gpu==true", "node.hostname!=old-box"]\n', "")
+    table = "[jobs.train]\n" if key.startswith("jobs") else "[stores.dataset]\n"
+    with pytest.raises(SpecError) as caught:
+        _plan(text.replace(table, table + line))
+    assert caught.value.key == key
+
+
+def test_names_become_dns_labels() -> None:
+    assert dns_name("My_Project.v2-train") == "my-project-v2-train"
+    long = dns_name("x" * 100)
+    assert len(long) == 52 and long != dns_name("x" * 101)
+    assert quantity(3 * 1024**3) == "3Gi" and quantity(1000) == "1000"
+
+
+def test_cli_renders_with_comments_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "cargohold.toml").write_text(CLUSTER)
+    result = run_cli("render", "kubernetes", "--image", IMAGE, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "# What this target cannot express" in result.stdout
+    assert "stores.cache.driver" in result.stdout
+    _validate(list(yaml.safe_load_all(result.stdout)))
+    result = run_cli("render", "swarm", "-o", str(tmp_path / "stack.yml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "moby#26714" in (tmp_path / "stack.yml").read_text()
+    (tmp_path / "cargohold.toml").write_text(_nodes(2))
+    result = run_cli("render", "swarm", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "jobs.train.nodes" in result.stderr and "Traceback" not in result.stderr
