@@ -134,16 +134,37 @@ def test_partial_checkpoint_without_manifest_is_skipped(tmp_path: Path) -> None:
 def test_debris_is_cleaned_and_only_debris(tmp_path: Path) -> None:
     ckpt = _manager(tmp_path)
     ckpt.save(1, {"a": b"x"})
-    dead_pid = 2**22 + 7  # above the default pid_max: no such process
-    (tmp_path / f".tmp-step-0000000002-{dead_pid}-abcd1234").mkdir()
+    (tmp_path / ".tmp-step-0000000002-4194311-abcd1234").mkdir()  # an old-style pid name
+    (tmp_path / ".tmp-step-0000000004-deadbeefdeadbeef").mkdir()  # its writer's lock is free
+    (tmp_path / ".lock-deadbeefdeadbeef").touch()
     (tmp_path / ".trash-abcd1234-step-0000000000").mkdir()
     (tmp_path / "notes").mkdir()
     (tmp_path / "user-file.txt").write_text("keep me")
-    live = tmp_path / f".tmp-step-0000000003-{os.getppid()}-abcd1234"  # a live writer's
-    live.mkdir()
-    _manager(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        ["step-0000000001", "notes", "user-file.txt", live.name])
+    # A live writer in another process (another container, for all PIDs can tell): it holds
+    # the fcntl lock named after its temporary folder.
+    live = tmp_path / ".tmp-step-0000000003-0123456789abcdef"
+    holder = _child(
+        """
+        import sys, time
+        from pathlib import Path
+        from cargohold.checkpoint._locks import LivenessLock
+        lock = LivenessLock(Path(sys.argv[1]) / ".lock-0123456789abcdef")
+        Path(sys.argv[1], ".tmp-step-0000000003-0123456789abcdef").mkdir()
+        print("holding", flush=True)
+        sys.stdin.read()
+        """,
+        str(tmp_path),
+    )
+    with holder:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "holding"
+        _manager(tmp_path)
+        assert sorted(os.listdir(tmp_path)) == sorted(
+            ["step-0000000001", "notes", "user-file.txt", live.name, ".lock-0123456789abcdef"])
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    _manager(tmp_path)  # the writer is gone: now its folder is debris
+    assert sorted(os.listdir(tmp_path)) == ["notes", "step-0000000001", "user-file.txt"]
 
 
 def test_interrupted_replacement_is_rolled_back(tmp_path: Path) -> None:
@@ -247,7 +268,8 @@ def test_async_errors_surface_on_the_next_call(tmp_path: Path) -> None:
 def _child(script: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def test_sigterm_finishes_in_flight_save_then_final_save(tmp_path: Path) -> None:
@@ -281,6 +303,47 @@ def test_sigterm_finishes_in_flight_save_then_final_save(tmp_path: Path) -> None
     ckpt = _manager(tmp_path)
     assert [c.step for c in ckpt.list()] == [1, 2, 999]
     assert ckpt.get(999).read_bytes("a") == b"final"
+
+
+def test_sigterm_during_a_synchronous_save_still_makes_the_final_save(tmp_path: Path) -> None:
+    """Issue 8, defect 6: the README's pattern deadlocked when SIGTERM hit inside save()."""
+    child = _child(
+        """
+        import sys, time
+        from cargohold.checkpoint import CheckpointManager
+        ckpt = CheckpointManager(sys.argv[1], keep_last=0, warn_ephemeral=False)
+        step = 0
+        class Slow:
+            def capture(self, staging=None):
+                return self
+            def write(self, f):
+                print("saving", flush=True)
+                time.sleep(1.0)  # SIGTERM lands here, in the main thread, inside save()
+                f.write(b"slow")
+        ckpt.handle_sigterm(lambda: ckpt.save(999, {"a": b"final-%d" % step}))
+        while True:
+            step += 1
+            ckpt.save(step, {"a": Slow()})
+        """,
+        str(tmp_path),
+    )
+    with child:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "saving"
+        time.sleep(0.3)
+        child.send_signal(signal.SIGTERM)
+        try:
+            _, stderr = child.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            pytest.fail("the SIGTERM handler deadlocked inside save()")
+    assert child.returncode == 143, stderr
+    ckpt = _manager(tmp_path)
+    # The interrupted save of step 1 finished first, then the final save ran exactly once.
+    assert [c.step for c in ckpt.list()] == [1, 999]
+    assert ckpt.get(999).read_bytes("a") == b"final-1"
+    assert ckpt.get(1).read_bytes("a") == b"slow"
 
 
 def test_imports_nothing_outside_the_standard_library() -> None:

@@ -5,7 +5,9 @@
         model.pt ...                  every file. No manifest, no checkpoint.
                                       Checksums are crc32 by default (integrity against torn
                                       writes and bit rot at 3+ GB/s; sha256 on request).
-    <dir>/.tmp-step-0000000042-<pid>-<token>/    a save in progress (or killed mid-way)
+    <dir>/.tmp-step-0000000042-<token>/  a save in progress (or killed mid-way)
+    <dir>/.lock-<token>               held (fcntl) by the writer of everything named <token>:
+                                      its liveness, valid across containers (see _locks.py)
     <dir>/.trash-<token>-step-.../    a deletion in progress (renamed first, then removed)
     <dir>/.replaced-<token>-step-.../ an older copy of a step being saved again
 

@@ -7,6 +7,7 @@ valid checkpoint live in ``_format.py``; the commit protocol in ``_atomic.py``.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import secrets
@@ -15,7 +16,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,13 @@ from cargohold.checkpoint._atomic import (
     fsync_and_checksum,
     fsync_dir,
     remove_atomically,
+)
+from cargohold.checkpoint._locks import (
+    LOCK_PREFIX,
+    LivenessLock,
+    is_alive,
+    lock_path,
+    remove_if_dead,
 )
 from cargohold.checkpoint.sources import FileSource, StagingPool, as_source
 from cargohold.checkpoint.storage import StorageReport, warn_if_ephemeral
@@ -75,16 +83,6 @@ def _safe_name(name: str) -> str:
             hint=f"Use names like 'model.pt' or 'optim/state.pt' (not {_format.MANIFEST!r}).",
         )
     return str(path)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CheckpointManager:
@@ -158,6 +156,11 @@ class CheckpointManager:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._removals: builtins.list[threading.Thread] = []
+        self._busy = 0
+        self._final_pending = False
+        self._final_started = False
+        self._final_save: Callable[[], object] | None = None
+        self._final_exit_code = 143
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -266,9 +269,10 @@ class CheckpointManager:
         Raises:
             CheckpointError: the save failed (nothing partial is left visible).
         """
-        self.wait()
-        sources = self._prepare(step, files)
-        return self._save_now(step, sources, dict(metrics or {}))
+        with self._operation():
+            self.wait()
+            sources = self._prepare(step, files)
+            return self._save_now(step, sources, dict(metrics or {}))
 
     def save_async(
         self,
@@ -285,20 +289,25 @@ class CheckpointManager:
         Raises:
             CheckpointError: the previous asynchronous save failed.
         """
-        self.wait()
-        sources = self._prepare(step, files)
-        # The previous save is finished (wait() above), so its staging buffers are free again.
-        captured = {name: src.capture(self._staging.area(name)) for name, src in sources.items()}
-        frozen_metrics = dict(metrics or {})
+        with self._operation():
+            self.wait()
+            sources = self._prepare(step, files)
+            # The previous save is finished (wait() above), so its staging buffers are free.
+            captured = {
+                name: src.capture(self._staging.area(name)) for name, src in sources.items()
+            }
+            frozen_metrics = dict(metrics or {})
 
-        def work() -> None:
-            try:
-                self._save_now(step, captured, frozen_metrics)
-            except BaseException as exc:  # surfaced by wait()
-                self._error = exc
+            def work() -> None:
+                try:
+                    self._save_now(step, captured, frozen_metrics)
+                except BaseException as exc:  # surfaced by wait()
+                    self._error = exc
 
-        self._thread = threading.Thread(target=work, name=f"cargohold-save-{step}", daemon=False)
-        self._thread.start()
+            self._thread = threading.Thread(
+                target=work, name=f"cargohold-save-{step}", daemon=False
+            )
+            self._thread.start()
 
     def wait(self) -> None:
         """Block until the in-flight asynchronous save is done.
@@ -355,9 +364,14 @@ class CheckpointManager:
     ) -> Checkpoint:
         with self._lock:
             final = self.directory / _format.step_dir_name(step)
-            tmp = self.directory / (
-                f"{_format.TMP_PREFIX}{final.name}-{os.getpid()}-{secrets.token_hex(4)}"
-            )
+            token = secrets.token_hex(8)
+            tmp = self.directory / f"{_format.TMP_PREFIX}{final.name}-{token}"
+            try:
+                # Held until the folder is published: tells any cleaner, in any container,
+                # that this temporary folder is a live save and not debris.
+                liveness = LivenessLock(lock_path(self.directory, token))
+            except OSError as exc:
+                raise self._save_failed(step, exc) from None
             try:
                 tmp.mkdir()
                 paths: dict[str, Path] = {}
@@ -395,26 +409,32 @@ class CheckpointManager:
                     os.fsync(f.fileno())
                 for folder in {p.parent for p in paths.values()} | {tmp}:
                     fsync_dir(folder)
-                self._publish(tmp, final)
+                self._publish(tmp, final, token)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise CheckpointError(
-                    f"Saving the checkpoint of step {step} into {self.directory} failed: "
-                    f"{exc.strerror or exc}. The previous checkpoints are untouched.",
-                    hint="Free space on that volume (`cargohold volume du`) or lower keep_last.",
-                ) from None
+                liveness.release()
+                raise self._save_failed(step, exc) from None
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
+                liveness.release()
                 raise
+            liveness.release()
             checkpoint = _checkpoint_from(final, manifest)
             self._apply_retention()
             return checkpoint
 
-    def _publish(self, tmp: Path, final: Path) -> None:
+    def _save_failed(self, step: int, exc: OSError) -> CheckpointError:
+        return CheckpointError(
+            f"Saving the checkpoint of step {step} into {self.directory} failed: "
+            f"{exc.strerror or exc}. The previous checkpoints are untouched.",
+            hint="Free space on that volume (`cargohold volume du`) or lower keep_last.",
+        )
+
+    def _publish(self, tmp: Path, final: Path, token: str) -> None:
         if final.exists():
             # Saving a step again: move the old copy aside first; the debris cleaner puts it
-            # back if we die before the new one is in place.
-            aside = final.with_name(f"{_format.REPLACED_PREFIX}{secrets.token_hex(4)}-{final.name}")
+            # back if we die before the new one is in place (the token names our lock).
+            aside = final.with_name(f"{_format.REPLACED_PREFIX}{token}-{final.name}")
             os.rename(final, aside)
             os.rename(tmp, final)
             fsync_dir(self.directory)
@@ -459,17 +479,30 @@ class CheckpointManager:
             return
         for entry in entries:
             name = entry.name
+            if name.startswith(LOCK_PREFIX) and entry.is_file(follow_symlinks=False):
+                # A writer killed between creating its lock and its folder, or right after
+                # publishing: removed only while we hold its lock (see _locks.py).
+                with contextlib.suppress(OSError):
+                    remove_if_dead(Path(entry.path))
+                continue
             if not entry.is_dir(follow_symlinks=False):
                 continue
             if name.startswith(_format.TMP_PREFIX):
-                pid = name.rsplit("-", 2)[-2]
-                if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
-                    continue  # another live process is writing it
+                token = name.rsplit("-", 1)[-1]
+                if is_alive(lock_path(self.directory, token)):
+                    continue  # a live writer, maybe in another container, is still at it
                 shutil.rmtree(entry.path, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    remove_if_dead(lock_path(self.directory, token))
             elif name.startswith(_format.TRASH_PREFIX):
                 shutil.rmtree(entry.path, ignore_errors=True)
             elif name.startswith(_format.REPLACED_PREFIX):
-                original = self.directory / name.split("-", 2)[-1]
+                token, _, original_name = name[len(_format.REPLACED_PREFIX) :].partition("-")
+                if not _format.STEP_DIR_RE.match(original_name):
+                    continue  # not ours
+                if is_alive(lock_path(self.directory, token)):
+                    continue  # its writer is between moving it aside and publishing the new one
+                original = self.directory / original_name
                 if original.exists():
                     shutil.rmtree(entry.path, ignore_errors=True)
                 else:
@@ -481,21 +514,53 @@ class CheckpointManager:
     def handle_sigterm(
         self, final_save: Callable[[], object] | None = None, *, exit_code: int = 143
     ) -> None:
-        """Opt in: on SIGTERM, finish the in-flight save, call ``final_save``, then exit.
+        """Opt in: on SIGTERM, finish the in-flight save, call ``final_save`` once, then exit.
 
         ``docker stop`` sends SIGTERM and kills after a grace period (10 s by default, set with
         ``--stop-timeout``); keep ``final_save`` well inside it. ``self.preempted`` turns True
         first, for training loops that prefer to poll.
+
+        The handler runs in the main thread, between two of its bytecodes: if that thread is in
+        the middle of ``save()`` or ``save_async()``, running ``final_save`` there would re-enter
+        the save under its own lock (a deadlock until SIGKILL). So the final save is deferred to
+        the moment that call returns: it still happens, once, within the time of one save.
         """
 
         def on_sigterm(signum: int, frame: FrameType | None) -> None:
             self.preempted = True
-            try:
-                self.wait()
-                if final_save is not None:
-                    final_save()
-                self.wait()
-            finally:
-                raise SystemExit(exit_code)
+            if self._final_started:
+                return  # a second SIGTERM while the final save runs: it is already coming
+            self._final_save = final_save
+            self._final_exit_code = exit_code
+            if self._busy:
+                self._final_pending = True  # run by _operation() when the save returns
+                return
+            self._run_final()
 
         signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _run_final(self) -> None:
+        self._final_started = True
+        self._final_pending = False
+        try:
+            with contextlib.suppress(CheckpointError):
+                self.wait()  # an in-flight save that failed must not cost the final one
+            if self._final_save is not None:
+                self._final_save()
+            self.wait()
+        finally:
+            raise SystemExit(self._final_exit_code)
+
+    @contextlib.contextmanager
+    def _operation(self) -> Iterator[None]:
+        """Mark the main thread as inside a save, so that SIGTERM defers the final save."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            if not self._busy and self._final_pending:
+                self._run_final()
