@@ -7,14 +7,15 @@
     │   ├── EngineUnavailable       no daemon could be reached
     │   ├── ImageNotFound           an image is neither local nor pullable
     │   ├── BuildFailed             ``docker build`` of a job's image failed
+    │   ├── ContainerNotFound       a container does not exist (the engine answered)
     │   └── VolumeNotFound          a named volume does not exist
     ├── TransferError               moving data in or out of a volume failed
     │   ├── UnsafeArchive           an archive member would escape its target
     │   └── ChecksumMismatch        data changed on the way
     └── CheckpointError             the in-container checkpoint library failed
 
-The CLI maps the tree to exit codes in one place (``cli/_app.py``); library code raises and
-never prints. This module imports nothing outside the standard library, because
+The CLI maps the tree to exit codes in one place (``main`` in ``cli/__init__.py``); library
+code raises and never prints. This module imports nothing outside the standard library, because
 ``cargohold.checkpoint`` runs inside training images where only the stdlib can be assumed.
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "CargoholdError",
     "CheckpointError",
     "ChecksumMismatch",
+    "ContainerNotFound",
     "EngineError",
     "EngineUnavailable",
     "ImageNotFound",
@@ -78,6 +80,10 @@ class ImageNotFound(EngineError):
 
 class BuildFailed(EngineError):
     pass
+
+
+class ContainerNotFound(EngineError):
+    """The engine answered: there is no such container (not: the engine is gone)."""
 
 
 class VolumeNotFound(EngineError):

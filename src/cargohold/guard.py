@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cargohold.archive import CHUNK, Entry, FolderReader, Opener, TreeWriter
-from cargohold.engine import Engine
-from cargohold.errors import ChecksumMismatch, EngineError, UsageError
+from cargohold.archive import CHUNK, Entry, FolderReader, Opener, TarReader, TreeWriter
+from cargohold.engine import ContainerInfo, Engine
+from cargohold.errors import ChecksumMismatch, ContainerNotFound, EngineError, UsageError
 from cargohold.volumes import ACCESS_ENV, engine_is_local, open_volume
 
 __all__ = [
@@ -154,15 +154,14 @@ def classify(paths: list[str]) -> dict[str, tuple[str, str]]:
     return result
 
 
-def _upper_dir(inspect: dict[str, Any]) -> str | None:
+def _upper_dir(info: ContainerInfo) -> str | None:
     """The overlay's upper folder when this process can read it; else None (go through the
     engine). ``CARGOHOLD_VOLUME_ACCESS=archive`` forces the engine path here too."""
     if os.environ.get(ACCESS_ENV) == "archive" or not engine_is_local():
         return None
-    driver = inspect.get("GraphDriver") or {}
-    upper = (driver.get("Data") or {}).get("UpperDir")
-    if driver.get("Name") == "overlay2" and upper and os.access(upper, os.R_OK | os.X_OK):
-        return str(upper)
+    upper = info.upper_dir
+    if upper and os.access(upper, os.R_OK | os.X_OK):
+        return upper
     return None
 
 
@@ -172,10 +171,9 @@ def scan_container(engine: Engine, name: str) -> ContainerScan:
     Raises:
         EngineError: no such container.
     """
-    inspect = engine.inspect_container(name)
-    container_name = str(inspect.get("Name", name)).lstrip("/")
+    info = engine.inspect_container(name)
     changes = engine.container_changes(name)
-    upper = _upper_dir(inspect)
+    upper = _upper_dir(info)
     files: list[tuple[str, int]] = []
     for path in changes:
         if _NOISE.search(path):
@@ -195,12 +193,7 @@ def scan_container(engine: Engine, name: str) -> ContainerScan:
     categories = classify([p for p, _ in files])
     at_risk = [AtRisk(p, categories[p][0], size, categories[p][1]) for p, size in files]
     at_risk.sort(key=lambda f: (RANK[f.category], -f.size, f.path))
-    return ContainerScan(
-        container_name,
-        str(inspect["Id"]),
-        str((inspect.get("State") or {}).get("Status", "?")),
-        at_risk,
-    )
+    return ContainerScan(info.name, info.id, info.state, at_risk)
 
 
 def _is_regular(mode: int) -> bool:
@@ -218,11 +211,17 @@ def _sizes_through_archive(engine: Engine, name: str, paths: list[str]) -> list[
     )
     found: list[tuple[str, int]] = []
     for top in tops:
-        for entry, _ in engine.container_archive_entries(name, top):
+        for entry, _ in _archive_entries(engine, name, top):
             full = f"{top}/{entry.path}" if entry.path else top
             if entry.kind == "file" and full in wanted:
                 found.append((full, entry.size))
     return found
+
+
+def _archive_entries(engine: Engine, name: str, path: str) -> TarReader:
+    """The entries under ``path`` in a container, relative to it (read from the engine's tar
+    stream, never trusted: the reader judges every member name)."""
+    return TarReader(engine.container_archive(name, path), strip=1)
 
 
 def scan_containers(engine: Engine, names: list[str] | None = None) -> list[ContainerScan]:
@@ -298,7 +297,7 @@ def rescue_container(
     writer = TreeWriter(staging, progress=progress or (lambda _: None))
     hashes: dict[str, str] = {}
     for item in chosen:
-        for entry, data in engine.container_archive_entries(name, item.path):
+        for entry, data in _archive_entries(engine, name, item.path):
             if entry.kind != "file" or data is None:
                 continue
             rel = item.path.lstrip("/")
@@ -381,10 +380,10 @@ def watch(
     """
     deadline = None if stop_after is None else time.monotonic() + stop_after
     for event in engine.container_stops(until=deadline):
-        name = event.get("name") or event.get("id", "?")
+        name = event.name or event.id
         try:
-            scan = scan_container(engine, event["id"])
-        except EngineError as exc:
+            scan = scan_container(engine, event.id)
+        except ContainerNotFound as exc:
             on_event(
                 f"{name} stopped and is already gone ({exc}); --rm containers cannot be rescued"
             )
@@ -396,7 +395,7 @@ def watch(
         if to and not to.startswith("volume:") and "/" in to:
             destination = str(Path(to) / f"{scan.container}-{scan.id[:12]}")
         try:
-            result = rescue_container(engine, event["id"], to=destination)
+            result = rescue_container(engine, event.id, to=destination)
         except EngineError as exc:
             on_event(f"{scan.container}: rescue failed ({exc})")
             continue

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from cargohold import baseimage
 from cargohold.checkpoint import _format
-from cargohold.engine import Engine
-from cargohold.errors import EngineError, ImageNotFound, UsageError
+from cargohold.engine import ContainerRequest, Engine
+from cargohold.errors import EngineError, ImageNotFound, UsageError, VolumeNotFound
 from cargohold.kinds import Backing
 from cargohold.plan import LABEL_PROJECT, Plan
 from cargohold.render._prepare import volumes_to_chown
@@ -134,8 +134,22 @@ def prepare_stores(engine: Engine, plan: Plan, say: Say = _quiet) -> None:
         EngineError: the ownership helper failed.
     """
     for mount in plan.volumes():
-        if engine.ensure_volume(mount, mount.volume_labels(plan.project)):
-            say(f"Created volume {mount.source} for store {mount.store!r}")
+        assert mount.source is not None
+        if engine.volume_exists(mount.source):
+            continue
+        if mount.external:
+            raise VolumeNotFound(
+                f"External volume {mount.source} (store {mount.store!r}) does not exist.",
+                hint=f"Create it first (`docker volume create {mount.source}`), or drop "
+                "external = true to let cargohold create it.",
+            )
+        engine.create_volume(
+            mount.source,
+            mount.volume_labels(plan.project),
+            driver=mount.driver,
+            driver_opts=dict(mount.driver_opts),
+        )
+        say(f"Created volume {mount.source} for store {mount.store!r}")
     for mount in plan.mounts:
         if mount.create_source and mount.source is not None:
             path = Path(mount.source)
@@ -152,7 +166,7 @@ def prepare_stores(engine: Engine, plan: Plan, say: Say = _quiet) -> None:
         code, output = engine.run_helper(
             plan.image,
             [plan.user, *(m.target for m in to_chown)],
-            to_chown,
+            [m.request() for m in to_chown],
             entrypoint=["chown"],
         )
         if code != 0:
@@ -207,7 +221,7 @@ def _latest_checkpoint_name(engine: Engine, plan: Plan) -> str | None:
     code, output = engine.run_helper(
         plan.image,
         ["-c", source + "\n", mount.target],
-        [mount],
+        [mount.request()],
         entrypoint=["python3"],
         user=plan.user,
     )
@@ -227,7 +241,7 @@ def _replace_old_container(engine: Engine, plan: Plan) -> None:
             f"A container named {plan.container_name} exists and is not cargohold's.",
             hint=f"Rename or remove it (`docker rm {plan.container_name}`).",
         )
-    if old.status in ("running", "restarting", "paused"):
+    if old.state in ("running", "restarting", "paused"):
         raise EngineError(
             f"Job {plan.job!r} is already running as container {plan.container_name}.",
             hint=f"Follow it with `docker logs -f {plan.container_name}`, or stop it with "
@@ -279,16 +293,18 @@ def run_job(
             say(f"Resuming from {resumed}")
         env = {**dict(plan.env), **resume_env}
         container_id = engine.create_container(
-            image=plan.image,
-            name=plan.container_name,
-            command=cmd,
-            user=plan.user,
-            mounts=list(plan.mounts),
-            env=env,
-            labels=dict(plan.labels),
-            shm_size=plan.shm_size,
-            workdir=plan.workdir,
-            restart_max=plan.restart_max if detach else 0,
+            ContainerRequest(
+                image=plan.image,
+                name=plan.container_name,
+                command=tuple(cmd) if cmd is not None else None,
+                user=plan.user,
+                mounts=tuple(m.request() for m in plan.mounts),
+                env=env,
+                labels=dict(plan.labels),
+                shm_size=plan.shm_size,
+                workdir=plan.workdir,
+                restart_max=plan.restart_max if detach else 0,
+            )
         )
         engine.start(container_id)
         if detach:

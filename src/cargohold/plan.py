@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
+from cargohold.engine.types import MountRequest
 from cargohold.errors import SpecError
 from cargohold.kinds import Backing, StoreKind, parse_size
 
@@ -79,6 +80,25 @@ class Mount:
 
     def volume_labels(self, project: str) -> dict[str, str]:
         return {LABEL_PROJECT: project, LABEL_STORE: self.store, LABEL_KIND: self.kind.value}
+
+    def request(self) -> MountRequest:
+        """This mount as the engine takes it."""
+        return MountRequest(
+            type=_ENGINE_MOUNT_TYPES[self.backing],
+            target=self.target,
+            source=self.source,
+            readonly=self.readonly,
+            tmpfs_size=self.tmpfs_size,
+            driver=self.driver,
+            driver_opts=self.driver_opts,
+        )
+
+
+_ENGINE_MOUNT_TYPES: dict[Backing, Literal["bind", "volume", "tmpfs"]] = {
+    Backing.BIND: "bind",
+    Backing.VOLUME: "volume",
+    Backing.TMPFS: "tmpfs",
+}
 
 
 @dataclass(frozen=True)

@@ -151,15 +151,14 @@ def doctor_command(file: SpecOption = None, as_json: JsonOption = False) -> int:
     writable by the job's user."""
     rows: list[dict[str, str]] = []
     engine = connect()
-    version, info = engine.version(), engine.info()
+    info = engine.info()
     _check(
         rows,
         "engine",
         "ok",
-        f"Docker {version.get('Version')} (API "
-        f"{version.get('ApiVersion')}), {info.get('OperatingSystem')}",
+        f"Docker {info.version} (API {info.api_version}), {info.operating_system}",
     )
-    driver = str(info.get("Driver"))
+    driver = info.storage_driver
     _check(
         rows,
         "storage driver",
@@ -171,10 +170,9 @@ def doctor_command(file: SpecOption = None, as_json: JsonOption = False) -> int:
             else ": scans of writable layers go through the engine (slower)"
         ),
     )
-    root = str(info.get("DockerRootDir"))
+    root = info.root_dir
     free = shutil.disk_usage(root).free if Path(root).exists() else None
-    security = " ".join(str(s) for s in info.get("SecurityOptions") or [])
-    if "userns" in security:
+    if info.userns_remap:
         _check(
             rows,
             "uid mapping",
@@ -182,7 +180,7 @@ def doctor_command(file: SpecOption = None, as_json: JsonOption = False) -> int:
             "userns-remap is on: uids in volumes differ from "
             "host uids; bind mounts need matching ownership",
         )
-    elif "rootless" in security:
+    elif info.rootless:
         _check(
             rows,
             "uid mapping",
@@ -313,7 +311,7 @@ def _doctor_stores(engine: Any, plan: Any, rows: list[dict[str, str]], free: int
                     f"touch {mount.target}/.cargohold-doctor && rm -f "
                     f"{mount.target}/.cargohold-doctor",
                 ],
-                [mount],
+                [mount.request()],
                 user=plan.user,
                 entrypoint=["sh"],
             )
@@ -345,15 +343,14 @@ def ps_command(file: SpecOption = None, as_json: JsonOption = False) -> int:
             raise
     engine = connect()
     label = f"{LABEL_PROJECT}={project}" if project else LABEL_PROJECT
-    containers = []
-    for c in engine.containers(label):
-        name = str(c["Names"][0]).lstrip("/")
-        scan = scan_container(engine, name)
+    containers: list[dict[str, Any]] = []
+    for container in engine.containers(label):
+        scan = scan_container(engine, container.name)
         containers.append(
             {
-                "name": name,
-                "status": c.get("Status"),
-                "image": c.get("Image"),
+                "name": container.name,
+                "status": container.status,
+                "image": container.image,
                 "ml_files_at_risk": len(scan.worth_keeping),
                 "bytes_at_risk": scan.bytes_at_risk,
             }
