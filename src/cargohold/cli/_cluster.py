@@ -10,7 +10,16 @@ import typer
 
 from cargohold import __version__
 from cargohold._atomic import write_text_atomic
-from cargohold.cli._commands import JobArgument, SpecOption, _host_user, _plan, _say, render_app
+from cargohold.cli._commands import (
+    JobArgument,
+    SpecOption,
+    _host_user,
+    _plan,
+    _say,
+    app,
+    out,
+    render_app,
+)
 from cargohold.errors import UsageError
 
 DEFAULT_IMAGE = f"cargohold:{__version__}"
@@ -87,3 +96,18 @@ def render_swarm_command(file: SpecOption = None, output: OutputOption = None) -
     limits = [f"{p.job}: {line}" for p in plans for line in check_limits(p, "swarm")]
     text = _header("render swarm", limits) + yaml.safe_dump(render_swarm(plans), sort_keys=False)
     _write(text, output)
+
+
+@app.command("image")
+def image_command(
+    tag: Annotated[str, typer.Option("--tag", "-t", help="The image's name.")] = DEFAULT_IMAGE,
+) -> None:
+    """Build the cargohold image (for initContainers, sidecars, Swarm tasks) with no registry."""
+    from cargohold.engine import connect
+    from cargohold.image import build_cargohold_image
+
+    name = build_cargohold_image(connect(), tag, on_output=_say)
+    out.print(name)
+    _say(
+        f"push it where your cluster pulls from: docker tag {name} REGISTRY/{name} && docker push …"
+    )
