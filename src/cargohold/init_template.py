@@ -45,7 +45,21 @@ command = ["python3", "train.py"]
 # user = "host"                 # default: your uid:gid; or "root", or "UID:GID"
 shm_size = "1g"                 # PyTorch DataLoader workers need more than Docker's 64 MB
 restart = {{ max = 3 }}           # restart on failure, resuming from the latest checkpoint
-env = {{ SEED = "0" }}
+env = {{ SEED = "0" }}             # values are text: quote numbers
+# secrets = ["HF_TOKEN", "WANDB_API_KEY"]   # taken from your environment, never written anywhere
+# env_file = "./train.env"      # KEY=VALUE lines, read when the job starts
+# gpus = "all"                  # or a count (2), or device ids/UUIDs (["0", "1"]); with GPUs the
+#                               # job also gets memlock/stack ulimits for NCCL and a 1g shm
+# ipc = "host"                  # host (then drop shm_size) | private | shareable
+# ulimits = {{ nofile = 65536 }}  # or {{ soft = N, hard = M }}; -1 is unlimited
+# stop_timeout = 120            # seconds from SIGTERM to SIGKILL (default 120 with checkpoints)
+# init = true                   # default when the command is a shell: SIGTERM reaches Python
+# resources = {{ cpus = 8, memory = "32g", pids_limit = 4096 }}
+# devices = ["/dev/infiniband"]
+# network = "none"              # default: Docker's bridge, so downloads work
+# entrypoint = ["python3", "-u"]
+# read_only = true              # read-only root file system; /tmp becomes a tmpfs
+# hardening = false             # default true: no-new-privileges, unneeded capabilities dropped
 """
 
 

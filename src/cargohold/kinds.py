@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-__all__ = ["Backing", "StoreKind", "parse_size"]
+__all__ = ["MAX_SIZE", "Backing", "StoreKind", "parse_size"]
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+# No machine has a petabyte of memory; a larger size is a typo (an extra unit or digits).
+MAX_SIZE = 1 << 50
 
 
 class StoreKind(StrEnum):
@@ -35,13 +38,19 @@ def parse_size(value: str | int) -> int:
     Raises:
         ValueError: the text is not a size.
     """
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    match = _SIZE_RE.match(value)
-    if not match:
+    # TOML's `true` is an int to Python; a size it is not.
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f'{value!r} is not a size; write it like "512m" or "2g"')
-    number, unit = match.groups()
-    scale = 1024 ** " kmgt".index(unit.lower() or " ")
-    return int(float(number) * scale)
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE_RE.match(value)
+        if not match:
+            raise ValueError(f'{value!r} is not a size; write it like "512m" or "2g"')
+        number, unit = match.groups()
+        size = int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))
+    if size < 0:
+        raise ValueError("a size cannot be negative")
+    if size > MAX_SIZE:
+        raise ValueError(f"{value!r} is larger than any machine's memory or disk (1 PiB)")
+    return size

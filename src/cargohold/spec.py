@@ -12,8 +12,11 @@ File-system facts (does the dataset folder exist?) are checked by ``load_spec`` 
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -26,8 +29,10 @@ __all__ = [
     "SPEC_FILENAME",
     "Backing",
     "BuildSpec",
+    "IpcMode",
     "JobSpec",
     "ProjectSpec",
+    "ResourcesSpec",
     "RestartSpec",
     "Spec",
     "StoreKind",
@@ -43,6 +48,41 @@ SPEC_FILENAME = "cargohold.toml"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _USER_RE = re.compile(r"^\d+(:\d+)?$")
 _PLACEMENT_RE = re.compile(r"^node\.[A-Za-z0-9_.-]+ ?(==|!=) ?[A-Za-z0-9_.\-/]+$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_GPU_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+_NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Names that hold credentials: they belong in `secrets` or `env_file`, never in the spec's text
+# (which is committed, printed by `plan` and copied into every rendered file).
+_SECRET_KEY_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY)", re.I)
+# Where the Docker socket lives; a job that mounts it (or a folder holding it) owns the host.
+DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+# The resource limits `ulimit`/Docker know; anything else is a typo that Docker would refuse late.
+ULIMIT_NAMES = frozenset(
+    {
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+    }
+)
+MAX_STOP_TIMEOUT = 24 * 3600
+
+
+class IpcMode(StrEnum):
+    HOST = "host"
+    PRIVATE = "private"
+    SHAREABLE = "shareable"
 
 
 class _Model(BaseModel):
@@ -85,12 +125,7 @@ class StoreSpec(_Model):
     @field_validator("target")
     @classmethod
     def _absolute_target(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if not path.is_absolute():
-            raise ValueError(f"{value!r} is not an absolute path inside the container")
-        if str(path) == "/":
-            raise ValueError("a store cannot be mounted over the container's root '/'")
-        return str(path)
+        return container_path(value)
 
     @field_validator("mirror", "repository")
     @classmethod
@@ -110,11 +145,11 @@ class StoreSpec(_Model):
             parse_size(value)
         return value
 
-    @field_validator("size")
+    @field_validator("size", mode="before")
     @classmethod
-    def _valid_size(cls, value: str | int | None) -> str | int | None:
-        if value is not None:
-            parse_size(value)
+    def _valid_size(cls, value: Any) -> Any:
+        if value is not None and parse_size(value) == 0:
+            raise ValueError("a tmpfs of size 0 has no limit at all; give a real size")
         return value
 
     @field_validator("volume")
@@ -135,19 +170,173 @@ class RestartSpec(_Model):
     max: int = Field(default=0, ge=0, le=100)
 
 
+class UlimitSpec(_Model):
+    soft: int
+    hard: int
+
+
+class ResourcesSpec(_Model):
+    cpus: float | None = Field(default=None, gt=0, le=4096)
+    memory: str | int | None = None
+    pids_limit: int | None = Field(default=None, ge=1, le=4_194_304)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _valid_memory(cls, value: Any) -> Any:
+        if value is not None and parse_size(value) < 6 << 20:
+            raise ValueError("Docker needs at least 6m of memory for a container")
+        return value
+
+
+def container_path(value: str) -> str:
+    """An absolute path inside the container, normalised; ``..`` is refused, not resolved.
+
+    Raises:
+        ValueError: relative, ``/`` itself, or climbing with ``..``.
+    """
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"{value!r} is not an absolute path inside the container")
+    parts = PurePosixPath(value).parts
+    if ".." in parts:
+        raise ValueError(f"{value!r} climbs with '..'; write the folder it means")
+    path = "/" + "/".join(parts[1:])
+    if path == "/":
+        raise ValueError("a store cannot be mounted over the container's root '/'")
+    return path
+
+
+def _ulimit_value(name: str, limit: object, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(
+            f"{name} = {limit!r}: write a number (-1 for unlimited) or {{ soft = N, hard = M }}"
+        )
+    if value < -1:
+        raise ValueError(f"{name} = {value} is negative; -1 means unlimited")
+    return value
+
+
 class JobSpec(_Model):
     image: str
     build: BuildSpec | None = None
     command: list[str] | None = None
+    entrypoint: list[str] | None = None
     stores: list[str] | None = None
     user: str = "host"
     shm_size: str | int | None = None
     restart: RestartSpec = Field(default_factory=RestartSpec)
     env: dict[str, str] = Field(default_factory=dict)
+    env_file: list[str] = Field(default_factory=list)
+    secrets: list[str] = Field(default_factory=list)
     workdir: str | None = None
     # Clusters (issue 10): pods/tasks working on one job, and where the scheduler may put them.
     nodes: int = Field(default=1, ge=1, le=1000)
     placement: list[str] = Field(default_factory=list)
+    gpus: str | int | list[str] | None = None
+    ipc: IpcMode | None = None
+    ulimits: dict[str, int | UlimitSpec] = Field(default_factory=dict)
+    stop_timeout: int | None = Field(default=None, ge=0, le=MAX_STOP_TIMEOUT)
+    init: bool | None = None
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    devices: list[str] = Field(default_factory=list)
+    network: str | None = None
+    read_only: bool = False
+    hardening: bool = True
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _valid_gpus(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, bool):
+            raise ValueError('write "all", a number of GPUs, or a list of device ids or UUIDs')
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError(f"{value} GPUs: ask for at least 1, or leave gpus out")
+            return value
+        if isinstance(value, str):
+            if value != "all":
+                raise ValueError(
+                    f'{value!r} is not "all", a number of GPUs or a list of device ids, e.g. '
+                    'gpus = ["0", "1"]'
+                )
+            return value
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty list asks for no GPU; leave gpus out instead")
+            for item in value:
+                text = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+                if not isinstance(text, str) or not _GPU_ID_RE.match(text):
+                    raise ValueError(f"{item!r} is not a GPU index or UUID")
+            return [str(item) for item in value]
+        raise ValueError('write "all", a number of GPUs, or a list of device ids or UUIDs')
+
+    @field_validator("ulimits", mode="before")
+    @classmethod
+    def _valid_ulimits(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        for name, limit in value.items():
+            if name not in ULIMIT_NAMES:
+                raise ValueError(
+                    f"{name!r} is not a resource limit; use one of "
+                    + ", ".join(sorted(ULIMIT_NAMES))
+                )
+            pair = (
+                (limit, limit)
+                if not isinstance(limit, dict)
+                else (limit.get("soft"), limit.get("hard"))
+            )
+            soft, hard = (_ulimit_value(name, limit, number) for number in pair)
+            if hard != -1 and (soft == -1 or soft > hard):
+                raise ValueError(f"{name}: the soft limit {soft} is above the hard limit {hard}")
+        return value
+
+    @field_validator("env_file", "secrets", mode="before")
+    @classmethod
+    def _string_or_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("secrets")
+    @classmethod
+    def _valid_secrets(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _ENV_KEY_RE.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _valid_devices(cls, value: list[str]) -> list[str]:
+        for device in value:
+            host = device.split(":", 1)[0]
+            if not host.startswith("/dev/"):
+                raise ValueError(f"{device!r} is not a device under /dev (HOST[:CONTAINER[:rwm]])")
+            if ".." in PurePosixPath(host).parts:
+                raise ValueError(f"{device!r} climbs with '..'")
+        return value
+
+    @field_validator("network")
+    @classmethod
+    def _valid_network(cls, value: str | None) -> str | None:
+        if value is not None and not _NETWORK_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a network: use none, bridge, host or a network's name"
+            )
+        return value
+
+    @field_validator("entrypoint", mode="before")
+    @classmethod
+    def _entrypoint_list(cls, value: Any) -> Any:
+        if isinstance(value, str) or value == []:
+            raise ValueError(
+                'write the entrypoint as a non-empty list of arguments, e.g. ["python3"]'
+            )
+        return value
+
+    @field_validator("workdir")
+    @classmethod
+    def _valid_workdir(cls, value: str | None) -> str | None:
+        return container_path(value) if value is not None else None
 
     @field_validator("build", mode="before")
     @classmethod
@@ -183,21 +372,36 @@ class JobSpec(_Model):
                 )
         return value
 
-    @field_validator("shm_size")
+    @field_validator("shm_size", mode="before")
     @classmethod
-    def _valid_shm(cls, value: str | int | None) -> str | int | None:
-        if value is not None:
-            parse_size(value)
+    def _valid_shm(cls, value: Any) -> Any:
+        if value is not None and parse_size(value) < 1 << 20:
+            raise ValueError('a /dev/shm under 1m is too small for anything; write e.g. "1g"')
         return value
 
     @field_validator("env", mode="before")
     @classmethod
     def _env_strings(cls, value: Any) -> Any:
-        # TOML gives numbers and booleans; the environment only holds text.
-        if isinstance(value, dict):
-            return {
-                k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()
-            }
+        # The environment only holds text, and TOML's 1e-3 or true would reach the job as
+        # "0.001" or "true"/"True" depending on who converts it: the user writes the text.
+        if not isinstance(value, dict):
+            return value
+        for key, item in value.items():
+            if not _ENV_KEY_RE.match(key):
+                raise ValueError(
+                    f"{key!r} is not an environment variable name (letters, digits, '_'; "
+                    "no '=' or spaces)"
+                )
+            if not isinstance(item, str):
+                raise ValueError(f'{key} = {item!r}: quote the value, e.g. {key} = "{item}"')
+            if "\x00" in item:
+                raise ValueError(f"{key}: the value holds a NUL character")
+            if _SECRET_KEY_RE.search(key):
+                raise ValueError(
+                    f"{key} looks like a credential; the spec is committed and printed by "
+                    f'`cargohold plan`. Use secrets = ["{key}"] (taken from your environment) '
+                    "or env_file"
+                )
         return value
 
 
@@ -230,6 +434,8 @@ class Spec(_Model):
                 )
         for name, store in self.stores.items():
             _check_store(name, store)
+        for name, job in self.jobs.items():
+            _check_job(name, job)
         for job_name in self.jobs:
             selected = self.stores_of(job_name)
             unknown = [s for s in selected if s not in self.stores]
@@ -304,19 +510,42 @@ def _check_store(name: str, store: StoreSpec) -> None:
             key=f"{key}.source",
             hint='Add source = "./some/folder", or drop backing = "bind" to use a named volume.',
         )
-    if store.backing in (Backing.VOLUME, Backing.TMPFS) and store.source is not None:
+    if store.backing is Backing.TMPFS and store.source is not None:
         raise SpecError(
-            f"Store {name!r} has backing = {store.backing.value!r} and a host source; "
-            "only a bind mount reads a host folder.",
+            f'Store {name!r} has backing = "tmpfs" and a host source; a tmpfs starts empty.',
             key=f"{key}.source",
-            hint='Remove source, or set backing = "bind". To use an existing volume, '
-            'write volume = "NAME".',
+            hint='Remove source, or set backing = "volume" to copy the folder into a volume once.',
         )
-    if store.volume is not None and store.source is not None:
+    if (
+        store.volume is not None
+        and store.source is not None
+        and store.backing is not Backing.VOLUME
+    ):
         raise SpecError(
             f"Store {name!r} names both a host source and a volume.",
             key=f"{key}.volume",
-            hint="Keep source for a bind mount, or volume for a named volume, not both.",
+            hint="Keep source for a bind mount, or volume for a named volume; with backing = "
+            '"volume" the source is copied into the volume once.',
+        )
+    if store.backing is Backing.VOLUME and store.source is not None:
+        if store.external:
+            raise SpecError(
+                f"Store {name!r} would seed an external volume from {store.source}.",
+                key=f"{key}.source",
+                hint="cargohold only seeds volumes it creates: drop external, or drop source.",
+            )
+        if store.kind is StoreKind.SCRATCH:
+            raise SpecError(
+                f"Scratch store {name!r} cannot be seeded from a host folder.",
+                key=f"{key}.source",
+                hint="Use a dataset or cache store for data copied in once.",
+            )
+    if store.source is not None and _docker_socket_inside(store.source):
+        raise SpecError(
+            f"Store {name!r} would give the job the Docker socket ({store.source}), and with it "
+            "root on the host.",
+            key=f"{key}.source",
+            hint="Jobs never get the Docker socket: mount a folder that does not contain it.",
         )
     if _backing_guess(store) is Backing.TMPFS and store.source is not None:
         raise SpecError(
@@ -370,6 +599,35 @@ def _check_store(name: str, store: StoreSpec) -> None:
             f"Checkpoint store {name!r} is a tmpfs: every checkpoint would die with the container.",
             key=f"{key}.backing",
             hint='Use backing = "volume" (the default) or a bind source.',
+        )
+
+
+def _docker_socket_inside(source: str) -> bool:
+    """The path is the Docker socket or a folder above it (as written; see check_host_paths)."""
+    if not source.startswith("/"):
+        return False
+    path = PurePosixPath(os.path.normpath(source))
+    return any(
+        path == PurePosixPath(sock) or PurePosixPath(sock).is_relative_to(path)
+        for sock in DOCKER_SOCKETS
+    )
+
+
+def _check_job(name: str, job: JobSpec) -> None:
+    key = f"jobs.{name}"
+    if job.ipc is IpcMode.HOST and job.shm_size is not None:
+        raise SpecError(
+            f'Job {name!r} sets shm_size and ipc = "host"; with the host\'s IPC namespace the '
+            "container uses the host's /dev/shm and Docker ignores shm_size.",
+            key=f"{key}.shm_size",
+            hint="Remove one of them.",
+        )
+    env_secrets = sorted(set(job.secrets) & set(job.env))
+    if env_secrets:
+        raise SpecError(
+            f"Job {name!r} lists {env_secrets[0]} in both env and secrets.",
+            key=f"{key}.secrets",
+            hint="Keep it in secrets only; its value comes from your environment.",
         )
 
 
@@ -507,6 +765,19 @@ def load_spec(path: Path | None = None) -> Spec:
     return spec
 
 
+def _holds_docker_socket(path: Path) -> bool:
+    """The resolved host path is an engine's socket or a folder above one. The sockets are
+    resolved too (``/var/run`` is usually a link to ``/run``), and ``DOCKER_HOST`` counts."""
+    sockets = list(DOCKER_SOCKETS)
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        sockets.append(host.removeprefix("unix://"))
+    return any(
+        path == real or real.is_relative_to(path)
+        for real in (Path(os.path.realpath(sock)) for sock in sockets)
+    )
+
+
 def check_host_paths(spec: Spec) -> None:
     """A bind source that does not exist is created by Docker as an empty, root-owned folder,
     which hides the mistake until training reads nothing. Refuse it here (artifacts excepted:
@@ -516,9 +787,42 @@ def check_host_paths(spec: Spec) -> None:
         SpecError: naming the store whose source is missing.
     """
     for name, store in spec.stores.items():
-        if store.source is None or store.kind is StoreKind.ARTIFACTS:
+        if store.source is None:
             continue
         path = spec.host_path(store.source)
+        if _holds_docker_socket(path):
+            raise SpecError(
+                f"Store {name!r}: {store.source} resolves to {path}, which is or holds the "
+                "Docker socket; a job with it is root on the host.",
+                key=f"stores.{name}.source",
+                hint="Jobs never get the Docker socket: mount a folder that does not contain it.",
+            )
+        if store.kind is StoreKind.ARTIFACTS:
+            if path.exists() and not path.is_dir():
+                raise SpecError(
+                    f"Store {name!r}: source {path} is a file; an artifacts store is a folder.",
+                    key=f"stores.{name}.source",
+                    hint="Point source at a folder (it is created when missing).",
+                )
+            continue
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            mode = None
+        if mode is not None and stat.S_ISSOCK(mode):
+            raise SpecError(
+                f"Store {name!r}: source {path} is a socket, not a folder of data.",
+                key=f"stores.{name}.source",
+                hint="Jobs never get sockets of the host: point source at a folder.",
+            )
+        if mode is not None and not stat.S_ISDIR(mode):
+            raise SpecError(
+                f"Store {name!r}: source {path} is a file, not a folder; the job would see a "
+                f"file at {store.target} instead of a folder of data.",
+                key=f"stores.{name}.source",
+                hint=f"Point source at the folder that holds it ({path.parent}), or move the "
+                "file into a folder of its own.",
+            )
         if not path.exists():
             raise SpecError(
                 f"Store {name!r}: source {path} does not exist. Docker would create it as an "

@@ -129,3 +129,135 @@ def test_artifacts_need_a_source() -> None:
     text = ALL_KINDS.replace('source = "./artifacts"\n', "")
     with pytest.raises(SpecError, match="no source folder"):
         make_plan(parse_spec(text, base_dir=Path("/p")), "eval", host_user=(1, 1))
+
+
+RUNTIME = """
+[project]
+name = "gpu"
+
+[stores.dataset]
+kind = "dataset"
+source = "./data"
+backing = "volume"
+target = "/data"
+
+[stores.checkpoints]
+kind = "checkpoints"
+target = "/ckpt"
+
+[stores.tmp]
+kind = "scratch"
+target = "/scratch"
+size = "1g"
+
+[jobs.train]
+image = "pytorch-train"
+command = ["torchrun", "train.py"]
+user = "2000:2000"
+gpus = ["0", "GPU-4a1b"]
+ipc = "shareable"
+ulimits = { nofile = { soft = 4096, hard = 8192 } }
+read_only = true
+env_file = "./train.env"
+secrets = ["HF_TOKEN", "WANDB_API_KEY"]
+resources = { cpus = 3.5, memory = "8g", pids_limit = 512 }
+devices = ["/dev/infiniband"]
+network = "host"
+entrypoint = ["python3", "-u"]
+
+[jobs.shell]
+image = "img"
+command = ["sh", "-c", "python3 eval.py"]
+stores = ["dataset"]
+gpus = "all"
+hardening = false
+stop_timeout = 30
+
+[jobs.plain]
+image = "img"
+stores = []
+user = "root"
+"""
+
+
+def _runtime_plan(job: str):  # type: ignore[no-untyped-def]
+    return make_plan(parse_spec(RUNTIME, base_dir=Path("/p")), job, host_user=(1000, 1000))
+
+
+def test_gpu_job_gets_nccl_defaults_with_reasons() -> None:
+    plan = _runtime_plan("train")
+    rt = plan.runtime
+    assert rt.gpus is not None and rt.gpus.device_ids == ("0", "GPU-4a1b")
+    assert rt.shm_size == 1 << 30 and "GPUs" in (rt.reason("shm_size") or "")
+    assert {(u.name, u.soft, u.hard) for u in rt.ulimits} == {
+        ("memlock", -1, -1), ("stack", 67108864, 67108864), ("nofile", 4096, 8192)}
+    assert "NCCL" in (rt.reason("ulimits") or "") and "nofile" in (rt.reason("ulimits") or "")
+    assert rt.stop_timeout == 120 and "final" in (rt.reason("stop_timeout") or "")
+    assert rt.ipc == "shareable" and rt.network == "host"
+    assert rt.read_only and rt.tmpfs == ("/tmp",)
+    assert rt.security_opt == ("no-new-privileges",) and "NET_RAW" in rt.cap_drop
+    assert "NET_RAW" in (rt.reason("hardening") or "")
+    assert (rt.resources.cpus, rt.resources.memory, rt.resources.pids_limit) == (
+        3.5, 8 << 30, 512)
+    assert rt.entrypoint == ("python3", "-u") and not rt.init
+    assert rt.env_files == ("/p/train.env",)
+    assert rt.secrets == ("HF_TOKEN", "WANDB_API_KEY")
+
+
+def test_home_points_at_a_writable_store_for_a_uid_without_account() -> None:
+    env = dict(_runtime_plan("train").env)
+    assert env["HOME"] == "/scratch"  # no cache store: the scratch tmpfs
+    assert "HOME" not in dict(_runtime_plan("plain").env)  # root has /root
+    assert dict(_plan("train").env)["HOME"] == "/cache"
+    assert dict(_runtime_plan("shell").env)["HOME"] == "/tmp"  # no writable store at all
+
+
+def test_shell_command_gets_init_and_the_spec_can_turn_things_off() -> None:
+    rt = _runtime_plan("shell").runtime
+    assert rt.init and "shell" in (rt.reason("init") or "")
+    assert rt.gpus is not None and rt.gpus.all
+    assert rt.security_opt == () and rt.cap_drop == ()
+    assert rt.stop_timeout == 30
+    plain = _runtime_plan("plain").runtime
+    assert plain.stop_timeout is None and plain.shm_size is None and not plain.init
+    assert plain.gpus is None and plain.ulimits == ()
+
+
+def test_pytorch_job_without_gpus_gets_a_larger_shm() -> None:
+    text = RUNTIME.replace('gpus = ["0", "GPU-4a1b"]\n', "")
+    plan = make_plan(parse_spec(text, base_dir=Path("/p")), "train", host_user=(1, 1))
+    assert plan.runtime.shm_size == 1 << 30
+    assert "PyTorch" in (plan.runtime.reason("shm_size") or "")
+    assert plan.runtime.ulimits == (plan.runtime.ulimits[0],)  # only nofile: no GPUs, no NCCL
+
+
+def test_seeded_volume() -> None:
+    dataset = _runtime_plan("train").mounts[0]
+    assert dataset.backing is Backing.VOLUME and dataset.source == "gpu-dataset"
+    assert dataset.seed == "/p/data" and dataset.readonly
+    assert "seeded once from /p/data" in dataset.reason
+
+
+def test_to_json_holds_settings_and_reasons_but_no_secret_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    monkeypatch.setenv("HF_TOKEN", "hf_supersecret")
+    data = _runtime_plan("train").to_json()
+    text = json.dumps(data)
+    assert "hf_supersecret" not in text
+    assert data["runtime"]["secrets"] == ["HF_TOKEN", "WANDB_API_KEY"]
+    assert data["runtime"]["gpus"] == {"count": None, "device_ids": ["0", "GPU-4a1b"]}
+    assert data["runtime"]["ulimits"]["memlock"] == {"soft": -1, "hard": -1}
+    assert set(data["runtime"]["reasons"]) >= {"gpus", "shm_size", "ulimits", "stop_timeout",
+                                               "hardening", "read_only", "home", "secrets"}
+    assert data["stores"][0]["seed"] == "/p/data"
+    assert data["shm_size"] == 1 << 30
+
+
+def test_store_placement_is_one_function_per_kind() -> None:
+    from cargohold.kinds import StoreKind
+    from cargohold.plan import _PLACEMENTS
+
+    assert set(_PLACEMENTS) == set(StoreKind)

@@ -26,8 +26,24 @@ target = "/ckpt"
 [jobs.train]
 image = "img"
 command = ["python3", "train.py"]
-env = { SEED = 0, DEBUG = true }
+env = { SEED = "0", DEBUG = "true" }
 """
+
+
+def _job(line: str) -> str:
+    return GOOD.replace('image = "img"', 'image = "img"\n' + line)
+
+
+def _env(line: str) -> str:
+    return GOOD.replace('env = { SEED = "0", DEBUG = "true" }', line)
+
+
+def _scratch(lines: str) -> str:
+    return GOOD + '\n[stores.s]\nkind = "scratch"\n' + lines
+
+
+def _cache_from(source: str) -> str:
+    return GOOD + f'\n[stores.sock]\nkind = "cache"\ntarget = "/s"\nsource = "{source}"\n'
 
 
 def test_parses_a_good_spec() -> None:
@@ -66,6 +82,66 @@ def test_parses_a_good_spec() -> None:
          "stores.c2.backing", "die with the container"),
         (GOOD + '\n[stores.b]\nkind = "cache"\ntarget = "/b"\nbacking = "bind"\n',
          "stores.b.source", "no source"),
+        (_job('gpus = "lots"'), 'jobs.train.gpus',
+         "is not \"all\""),
+        (_job('gpus = 0'), 'jobs.train.gpus',
+         "at least 1"),
+        (_job('gpus = true'), 'jobs.train.gpus',
+         "a number of GPUs"),
+        (_job('gpus = ["0", "a b"]'), 'jobs.train.gpus',
+         "not a GPU index"),
+        (_job('ulimits = { memlock = -2 }'), 'jobs.train.ulimits',
+         "negative"),
+        (_job('ulimits = { nofile = { soft = 10, hard = 5 } }'), 'jobs.train.ulimits',
+         "above the hard"),
+        (_job('ulimits = { files = 10 }'), 'jobs.train.ulimits',
+         "not a resource limit"),
+        (_job('ipc = "bogus"'), 'jobs.train.ipc',
+         "is not one of"),
+        (_job('stop_timeout = -1'), 'jobs.train.stop_timeout',
+         "greater than or equal"),
+        (_job('shm_size = "1g"\nipc = "host"'), 'jobs.train.shm_size',
+         "ignores shm_size"),
+        (_job('shm_size = true'), 'jobs.train.shm_size',
+         "not a size"),
+        (_job('shm_size = "99999999t"'), 'jobs.train.shm_size',
+         "larger than any machine"),
+        (_job('resources = { cpus = 0 }'), 'jobs.train.resources.cpus',
+         "greater than"),
+        (_job('resources = { memory = "1k" }'), 'jobs.train.resources.memory',
+         "at least 6m"),
+        (_job('devices = ["/etc/passwd"]'), 'jobs.train.devices',
+         "not a device"),
+        (_job('entrypoint = "python3"'), 'jobs.train.entrypoint',
+         "list of arguments"),
+        (_job('network = "a b"'), 'jobs.train.network',
+         "not a network"),
+        (_job('secrets = ["HF TOKEN"]'), 'jobs.train.secrets',
+         "not an environment variable"),
+        (_env('env = { "A=B" = "x" }'), 'jobs.train.env',
+         "not an environment variable name"),
+        (_env('env = { SEED = 1 }'), 'jobs.train.env',
+         "quote the value"),
+        (_env('env = { SEED = [1] }'), 'jobs.train.env',
+         "quote the value"),
+        (_env('env = { HF_TOKEN = "hf_x" }'), 'jobs.train.env',
+         "looks like a credential"),
+        (_job('workdir = "/a/../etc"'), 'jobs.train.workdir',
+         "climbs"),
+        (_scratch('target = "/ck/../etc"'), 'stores.s.target',
+         "climbs"),
+        (_scratch('target = "/s"\nsize = true'), 'stores.s.size',
+         "not a size"),
+        (_scratch('target = "/s"\nsize = 0'), 'stores.s.size',
+         "no limit"),
+        (_scratch('target = "/s"\nsize = "5000t"'), 'stores.s.size',
+         "larger than any machine"),
+        (_cache_from("/var/run/docker.sock"), 'stores.sock.source',
+         "Docker socket"),
+        (_cache_from("/var/run"), 'stores.sock.source',
+         "Docker socket"),
+        (_cache_from("/"), 'stores.sock.source',
+         "Docker socket"),
     ],
 )
 def test_bad_spec_names_the_key(text: str, key: str | None, fragment: str) -> None:
@@ -92,6 +168,22 @@ def test_missing_dataset_folder_is_refused(tmp_path: Path) -> None:
     assert load_spec(tmp_path).base_dir == tmp_path
 
 
+def test_dataset_source_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("x")
+    (tmp_path / "cargohold.toml").write_text(GOOD)
+    with pytest.raises(SpecError, match="is a file, not a folder") as info:
+        load_spec(tmp_path)
+    assert info.value.key == "stores.dataset.source"
+
+
+def test_source_linking_to_the_docker_socket_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data").symlink_to("/run")
+    (tmp_path / "cargohold.toml").write_text(GOOD)
+    with pytest.raises(SpecError, match="Docker socket") as info:
+        load_spec(tmp_path)
+    assert info.value.key == "stores.dataset.source"
+
+
 def test_artifacts_folder_may_be_missing(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     text = GOOD + '\n[stores.out]\nkind = "artifacts"\nsource = "./out"\ntarget = "/out"\n'
@@ -114,6 +206,10 @@ def test_parse_size(text: str | int, size: int) -> None:
         (GOOD.replace('target = "/ckpt"', 'target = "ckpt"'), "not an absolute path"),
         (GOOD.replace('target = "/ckpt"', 'target = "/data"'), "both mount at /data"),
         (GOOD, "does not exist"),  # the dataset folder is missing
+        (GOOD.replace('image = "img"', 'image = "img"\ngpus = "lots"'), "jobs.train.gpus"),
+        (GOOD.replace('image = "img"', 'image = "img"\nulimits = { stack = -5 }'),
+         "jobs.train.ulimits"),
+        (GOOD.replace('image = "img"', 'image = "img"\nipc = "everything"'), "jobs.train.ipc"),
     ],
 )
 def test_cli_reports_bad_spec_in_one_paragraph(tmp_path: Path, text: str, fragment: str) -> None:

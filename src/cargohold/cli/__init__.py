@@ -56,13 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script. Returns the exit code (and exits with it when run as
     the script)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    # `cargohold run [JOB] -- CMD…`: everything after `--` is the job's command, whatever it
-    # looks like, so split it off before click sees it.
-    if "--" in args:
-        cut = args.index("--")
-        args, _commands.TRAILING_COMMAND[:] = args[:cut], args[cut + 1 :]
-    else:
-        _commands.TRAILING_COMMAND.clear()
     logging.basicConfig(
         level=logging.DEBUG if os.environ.get("CARGOHOLD_DEBUG") else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.markup import escape
 
 from cargohold._atomic import write_text_atomic
 from cargohold.errors import UsageError
@@ -21,9 +23,6 @@ if TYPE_CHECKING:
 # Heavy modules (pydantic, the Docker SDK, YAML) are imported inside the commands that use
 # them: every command starts faster, and `cargohold snapshot` never loads the spec machinery.
 SPEC_FILENAME = "cargohold.toml"
-
-# Filled by main() with what followed `--` on the command line.
-TRAILING_COMMAND: list[str] = []
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -101,51 +100,34 @@ def plan(
     file: SpecOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Each store of a job: backing, source, target, mode, and why."""
+    """Each store of a job (backing, source, target, mode) and its runtime settings, with why."""
     _, the_plan = _plan(file, job)
     if as_json:
-        data: dict[str, Any] = {
-            "project": the_plan.project,
-            "job": the_plan.job,
-            "image": the_plan.image,
-            "user": the_plan.user,
-            "shm_size": the_plan.shm_size,
-            "restart_max": the_plan.restart_max,
-            "stores": [
-                {
-                    "store": m.store,
-                    "kind": m.kind.value,
-                    "backing": m.backing.value,
-                    "source": m.source,
-                    "target": m.target,
-                    "mode": m.mode,
-                    "reason": m.reason,
-                    **({"tmpfs_size": m.tmpfs_size} if m.tmpfs_size is not None else {}),
-                }
-                for m in the_plan.mounts
-            ],
-            "env": dict(the_plan.env),
-        }
-        emit_json(data)
+        emit_json(the_plan.to_json())
         return
     # One block per store rather than a table: the reasons are sentences, and a table
-    # squeezed into 80 columns (a pipe, CI logs) breaks them a word per line.
+    # squeezed into 80 columns (a pipe, CI logs) breaks them a word per line. User text is
+    # escaped: a path with [brackets] is printed as it is.
     out.print(
-        f"[bold]{the_plan.project} / {the_plan.job}[/]  image {the_plan.image}, "
-        f"runs as {the_plan.user}",
+        f"[bold]{escape(the_plan.project)} / {escape(the_plan.job)}[/]  image "
+        f"{escape(the_plan.image)}, runs as {the_plan.user}",
         markup=True,
     )
     width = max((len(m.store) for m in the_plan.mounts), default=0)
     for m in the_plan.mounts:
         where = f"{m.source} -> {m.target}" if m.source else m.target
         out.print(
-            f"  [bold]{m.store:<{width}}[/]  {m.kind.value:<11} {m.backing.value:<6} "
-            f"{where}  ({m.mode})",
+            f"  [bold]{escape(m.store):<{width}}[/]  {m.kind.value:<11} {m.backing.value:<6} "
+            f"{escape(where)}  ({m.mode})",
             markup=True,
         )
-        out.print(f"  {'':<{width}}  [dim]{m.reason}[/]", markup=True)
+        out.print(f"  {'':<{width}}  [dim]{escape(m.reason)}[/]", markup=True)
     if not the_plan.mounts:
         out.print("  (no stores: nothing this job writes will outlive its container)")
+    if the_plan.runtime.reasons:
+        out.print("[bold]runtime[/]", markup=True)
+        for setting, reason in the_plan.runtime.reasons:
+            out.print(f"  [bold]{setting:<12}[/] [dim]{escape(reason)}[/]", markup=True)
 
 
 @render_app.command("docker-run")
@@ -187,8 +169,24 @@ def render_compose_command(
         _say(f"wrote {output}")
 
 
-@app.command(context_settings={"ignore_unknown_options": False})
+class _TrailingCommand(typer.core.TyperCommand):
+    """A command whose words after ``--`` belong to someone else (the job): click's parser would
+    mix them into the positional arguments, so they are set aside in ``ctx.meta`` first."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            ctx.meta[TRAILING_KEY] = args[cut + 1 :]
+            args = args[:cut]
+        return list(super().parse_args(ctx, args))
+
+
+TRAILING_KEY = "cargohold.trailing_command"
+
+
+@app.command(cls=_TrailingCommand)
 def run(
+    ctx: typer.Context,
     job: JobArgument = None,
     file: SpecOption = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Start and return.")] = False,
@@ -204,7 +202,8 @@ def run(
     _, the_plan = _plan(file, job)
     how = jobs.Resume.parse(resume)
     engine = connect()
-    command = tuple(TRAILING_COMMAND) if TRAILING_COMMAND else None
+    trailing = ctx.meta.get(TRAILING_KEY)
+    command = tuple(trailing) if trailing else None
 
     def on_log(stream: int, chunk: bytes) -> None:
         target = sys.stdout.buffer if stream == 1 else sys.stderr.buffer

@@ -1,15 +1,25 @@
 """What must happen before a job's container starts, shared by every renderer and the runner.
 
 A fresh named volume is owned by root, so a job that runs as the host user could not write its
-checkpoints. One short container, run as root, hands the top of each writable volume to the job's
-user. External volumes are left as they are: they belong to someone else.
+checkpoints. One short container, run as root, hands the top of each writable volume (and of each
+artifacts folder, which an explicit ``user = "UID:GID"`` may not own) to the job's user. External
+volumes are left as they are: they belong to someone else.
+
+A volume seeded from a host folder is filled by another short root container, once: while the
+volume is empty. It mounts the volume and the folder at paths no image has, so that Docker's
+copy-up of image content into a fresh volume cannot make it look filled.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from cargohold.kinds import Backing, StoreKind
 from cargohold.plan import Mount, Plan
 
-__all__ = ["volumes_to_chown"]
+__all__ = ["SEED_ROOT", "seed_mounts", "seed_script", "stores_to_chown", "volumes_to_chown"]
+
+SEED_ROOT = "/cargohold-seed"
 
 
 def volumes_to_chown(plan: Plan) -> list[Mount]:
@@ -17,3 +27,50 @@ def volumes_to_chown(plan: Plan) -> list[Mount]:
     if plan.uid == 0:
         return []
     return [m for m in plan.volumes() if not m.readonly and not m.external]
+
+
+def stores_to_chown(plan: Plan) -> list[Mount]:
+    """The volumes of ``volumes_to_chown`` plus the writable artifacts folders."""
+    if plan.uid == 0:
+        return []
+    folders = [
+        m
+        for m in plan.mounts
+        if m.backing is Backing.BIND and m.kind is StoreKind.ARTIFACTS and not m.readonly
+    ]
+    return [*volumes_to_chown(plan), *folders]
+
+
+def _seeded(plan: Plan) -> list[Mount]:
+    return [m for m in plan.volumes() if m.seed is not None]
+
+
+def seed_mounts(plan: Plan) -> list[Mount]:
+    """The mounts of the seeding helper: each seed folder read-only and its volume, side by side;
+    empty when nothing is seeded."""
+    mounts: list[Mount] = []
+    for index, mount in enumerate(_seeded(plan)):
+        assert mount.seed is not None
+        mounts.append(
+            Mount(
+                store=mount.store,
+                kind=mount.kind,
+                backing=Backing.BIND,
+                target=f"{SEED_ROOT}/{index}/from",
+                readonly=True,
+                reason="seed",
+                source=mount.seed,
+            )
+        )
+        mounts.append(replace(mount, target=f"{SEED_ROOT}/{index}/to", readonly=False))
+    return mounts
+
+
+def seed_script(plan: Plan) -> str | None:
+    """The POSIX shell script of the seeding helper: copy each folder into its volume when the
+    volume is empty. None when nothing is seeded."""
+    steps = [
+        f'[ -n "$(ls -A {SEED_ROOT}/{i}/to)" ] || cp -a {SEED_ROOT}/{i}/from/. {SEED_ROOT}/{i}/to/'
+        for i in range(len(_seeded(plan)))
+    ]
+    return " && ".join(steps) if steps else None

@@ -3,7 +3,14 @@
 Each job becomes a service; each named volume a top-level volume with cargohold's labels and its
 real name, so that ``docker compose up`` and ``cargohold run`` share data. When the job's user is
 not root, a ``<job>-prepare`` service runs first (``service_completed_successfully``) to hand
-fresh volumes to that user, as ``cargohold run`` does.
+fresh volumes to that user, as ``cargohold run`` does; a ``<job>-seed`` service fills volumes
+seeded from host folders.
+
+GPUs use the service-level ``gpus:`` attribute: the bundled Compose (v2.40) turns it into the
+same ``DeviceRequests`` as ``docker run --gpus`` (empty driver, capability ``gpu``), where
+``deploy.resources.reservations.devices`` would need a driver name. ``stop_grace_period`` becomes
+the container's ``StopTimeout``, so ``docker stop`` without ``-t`` honours it. Secrets are listed
+by name without a value (Compose passes the caller's), env files by path.
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 from cargohold.kinds import Backing
-from cargohold.plan import Mount, Plan
-from cargohold.render._prepare import volumes_to_chown
+from cargohold.plan import Mount, Plan, Runtime
+from cargohold.render._prepare import seed_mounts, seed_script, stores_to_chown
+from cargohold.render.docker_run import job_command
 
 __all__ = ["render_compose"]
 
@@ -46,6 +54,58 @@ def _top_level_volume(plan: Plan, mount: Mount) -> dict[str, Any]:
     return volume
 
 
+def _gpus(runtime: Runtime) -> str | list[dict[str, Any]] | None:
+    gpus = runtime.gpus
+    if gpus is None:
+        return None
+    if gpus.all:
+        return "all"
+    if gpus.device_ids:
+        return [{"device_ids": list(gpus.device_ids), "capabilities": ["gpu"]}]
+    return [{"count": gpus.count, "capabilities": ["gpu"]}]
+
+
+def _runtime(service: dict[str, Any], runtime: Runtime) -> None:
+    """The service keys of the plan's runtime settings (entrypoint excepted)."""
+    gpus = _gpus(runtime)
+    if gpus is not None:
+        service["gpus"] = gpus
+    if runtime.ipc is not None:
+        service["ipc"] = runtime.ipc
+    if runtime.shm_size is not None:
+        service["shm_size"] = runtime.shm_size
+    if runtime.ulimits:
+        service["ulimits"] = {
+            u.name: u.soft if u.soft == u.hard else {"soft": u.soft, "hard": u.hard}
+            for u in runtime.ulimits
+        }
+    if runtime.stop_timeout is not None:
+        service["stop_grace_period"] = f"{runtime.stop_timeout}s"
+    if runtime.init:
+        service["init"] = True
+    if runtime.read_only:
+        service["read_only"] = True
+    if runtime.tmpfs:
+        service["tmpfs"] = list(runtime.tmpfs)
+    if runtime.security_opt:
+        service["security_opt"] = list(runtime.security_opt)
+    if runtime.cap_drop:
+        service["cap_drop"] = list(runtime.cap_drop)
+    resources = runtime.resources
+    if resources.cpus is not None:
+        service["cpus"] = resources.cpus
+    if resources.memory is not None:
+        service["mem_limit"] = resources.memory
+    if resources.pids_limit is not None:
+        service["pids_limit"] = resources.pids_limit
+    if runtime.devices:
+        service["devices"] = list(runtime.devices)
+    if runtime.network is not None:
+        service["network_mode"] = runtime.network
+    if runtime.env_files:
+        service["env_file"] = list(runtime.env_files)
+
+
 def _service(plan: Plan) -> dict[str, Any]:
     service: dict[str, Any] = {"image": plan.image}
     if plan.build is not None:
@@ -55,19 +115,34 @@ def _service(plan: Plan) -> dict[str, Any]:
         if plan.build.args:
             build["args"] = dict(plan.build.args)
         service["build"] = build
-    if plan.command is not None:
-        service["command"] = list(plan.command)
+    entrypoint, command = job_command(plan)
+    if entrypoint is not None:
+        service["entrypoint"] = entrypoint
+    if command is not None:
+        service["command"] = command
     service["user"] = plan.user
     if plan.workdir is not None:
         service["working_dir"] = plan.workdir
-    if plan.shm_size is not None:
-        service["shm_size"] = plan.shm_size
-    service["environment"] = dict(plan.env)
+    _runtime(service, plan.runtime)
+    # A secret without a value: Compose takes it from the environment it runs in.
+    service["environment"] = {**dict(plan.env), **dict.fromkeys(plan.runtime.secrets)}
     service["labels"] = dict(plan.labels)
     service["volumes"] = [_service_volume(m) for m in plan.mounts]
     if plan.restart_max:
         service["restart"] = f"on-failure:{plan.restart_max}"
     return service
+
+
+def _seed_service(plan: Plan, script: str) -> dict[str, Any]:
+    return {
+        "image": plan.image,
+        "user": "0:0",
+        "network_mode": "none",
+        "entrypoint": ["sh"],
+        "command": ["-c", script],
+        "volumes": [_service_volume(m) for m in seed_mounts(plan)],
+        "labels": dict(plan.labels),
+    }
 
 
 def _prepare_service(plan: Plan, mounts: list[Mount]) -> dict[str, Any]:
@@ -97,15 +172,35 @@ def render_compose(plans: list[Plan]) -> dict[str, Any]:
     volumes: dict[str, Any] = {}
     for plan in plans:
         service = _service(plan)
-        to_chown = volumes_to_chown(plan)
+        before: list[tuple[str, dict[str, Any]]] = []
+        script = seed_script(plan)
+        if script is not None:
+            before.append((f"{plan.job}-seed", _seed_service(plan, script)))
+        to_chown = stores_to_chown(plan)
         if to_chown:
-            prepare_name = f"{plan.job}-prepare"
-            services[prepare_name] = _prepare_service(plan, to_chown)
-            service["depends_on"] = {prepare_name: {"condition": "service_completed_successfully"}}
+            before.append((f"{plan.job}-prepare", _prepare_service(plan, to_chown)))
+        for (_, helper), (previous, _) in zip(before[1:], before, strict=False):
+            helper["depends_on"] = {previous: {"condition": "service_completed_successfully"}}
+        services.update(before)
+        if before:
+            service["depends_on"] = {before[-1][0]: {"condition": "service_completed_successfully"}}
         services[plan.job] = service
         for mount in plan.volumes():
             volumes[_volume_key(mount)] = _top_level_volume(plan, mount)
     document: dict[str, Any] = {"name": plans[0].project, "services": services}
     if volumes:
         document["volumes"] = volumes
-    return document
+    escaped: dict[str, Any] = _escaped(document)
+    return escaped
+
+
+def _escaped(value: Any) -> Any:
+    """Every ``$`` doubled: Compose interpolates ``$NAME`` anywhere in the file, and a value from
+    the spec (a path, an env value, the seeding script) means what it says."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
