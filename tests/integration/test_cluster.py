@@ -8,13 +8,39 @@ container and volume they create is removed, pass or fail.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
+import subprocess
+import textwrap
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import Resources, run_cli
+
+# A job that saves a checkpoint per step; its first attempt dies after step 3.
+FAIL_ONCE = """
+import os, sys, time
+from cargohold.checkpoint import CheckpointManager
+ckpt = CheckpointManager(keep_last=0)
+latest = ckpt.restore_latest()
+print("NODE", os.environ.get("CARGOHOLD_NODE_HOSTNAME", "?"), flush=True)
+print("RESUME_FROM", os.environ.get("CARGOHOLD_RESUME_FROM", "-"), flush=True)
+print("RESTORED", latest.step if latest else "none", flush=True)
+start = latest.step + 1 if latest else 1
+last = int(sys.argv[1])
+for step in range(start, last + 1):
+    ckpt.save(step, {"w.bin": f"weights {step}".encode() * 1000})
+    print("SAVED", step, flush=True)
+    if step == 3 and latest is None:
+        print("FAILING ON PURPOSE", flush=True)
+        sys.exit(7)
+    time.sleep(float(sys.argv[2]))
+print("DONE", flush=True)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +77,117 @@ def test_the_cargohold_image_runs_the_cli_without_a_network(
         user="12345:12345",  # any uid, as a pod's securityContext may choose
     )
     assert b"--tag" in helped
+
+
+def _docker(*args: str, timeout: float = 120, check: bool = True) -> str:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {done.stderr}")
+    return done.stdout
+
+
+@pytest.fixture
+def swarm(docker_client: Any) -> Iterator[None]:
+    """The CI engine as a one-node swarm; left again only if this fixture made it one."""
+    state = docker_client.info()["Swarm"]["LocalNodeState"]
+    if state not in ("inactive", "active"):
+        pytest.fail(f"the engine's swarm state is {state!r}")
+    made = state == "inactive"
+    if made:
+        _docker("swarm", "init", "--advertise-addr", "127.0.0.1",
+                "--listen-addr", "127.0.0.1:2377")
+    try:
+        yield
+    finally:
+        if made:
+            _docker("swarm", "leave", "--force", check=False)
+
+
+@contextlib.contextmanager
+def deployed(stack_file: Path, stack: str, *, host: str | None = None) -> Iterator[None]:
+    """`docker stack deploy`, and `docker stack rm` (waiting for its containers) afterwards."""
+    prefix = ["-H", host] if host else []
+    try:
+        _docker(*prefix, "stack", "deploy", "-c", str(stack_file), stack)
+        yield
+    finally:
+        _docker(*prefix, "stack", "rm", stack, check=False)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _docker(
+            *prefix, "ps", "-aq", "--filter", f"label=com.docker.stack.namespace={stack}",
+            check=False,
+        ).strip():
+            time.sleep(0.5)
+
+
+def _tasks(service: str, host: str | None = None) -> list[dict[str, Any]]:
+    prefix = ["-H", host] if host else []
+    out = _docker(*prefix, "service", "ps", service, "--no-trunc", "--format", "{{json .}}",
+                  check=False)
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _wait_for(what: str, check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _task_logs(client: Any, stack: str) -> list[str]:
+    """Every task container's output of the stack, oldest first."""
+    containers = client.containers.list(
+        all=True, filters={"label": f"com.docker.stack.namespace={stack}"}
+    )
+    containers.sort(key=lambda c: c.attrs["Created"])
+    return [c.logs().decode(errors="replace") for c in containers]
+
+
+def _spec(folder: Path, project: str, image: str, *, restart: int, extra_store: str = "") -> None:
+    (folder / "cargohold.toml").write_text(textwrap.dedent(f"""
+        [project]
+        name = "{project}"
+
+        [stores.checkpoints]
+        kind = "checkpoints"
+        target = "/ckpt"
+        {extra_store}
+
+        [jobs.train]
+        image = "{image}"
+        command = ["python3", "-c", {json.dumps(FAIL_ONCE)}, "5", "0.2"]
+        user = "0:0"
+        shm_size = "256m"
+        restart = {{ max = {restart} }}
+    """))
+
+
+def test_swarm_stack_fails_once_restarts_and_resumes(
+    tmp_path: Path, swarm: None, job_image: str, docker_resources: Resources, docker_client: Any
+) -> None:
+    project = docker_resources.project
+    _spec(tmp_path, project, job_image, restart=2)
+    rendered = run_cli("render", "swarm", "-o", str(tmp_path / "stack.yml"), cwd=tmp_path)
+    assert rendered.returncode == 0, rendered.stderr
+    stack = project
+    with deployed(tmp_path / "stack.yml", stack):
+        service = f"{stack}_train"
+        _wait_for("the job to complete",
+                  lambda: any(t["CurrentState"].startswith("Complete") for t in _tasks(service)),
+                  timeout=120)
+        states = [t["CurrentState"].split()[0] for t in _tasks(service)]
+        assert sorted(states) == ["Complete", "Failed"], states
+        first, second = _task_logs(docker_client, stack)
+        # The /dev/shm workaround took effect: Swarm has no shm_size.
+        shm = docker_client.containers.list(
+            all=True, filters={"label": f"com.docker.stack.namespace={stack}"}
+        )[0].attrs["Mounts"]
+        assert any(m["Destination"] == "/dev/shm" and m["Type"] == "tmpfs" for m in shm)
+    assert "RESTORED none" in first and "FAILING ON PURPOSE" in first
+    assert "RESTORED 3" in second and "SAVED 4" in second and "DONE" in second
+    assert "SAVED 1" not in second  # resumed, not started over
+    volume = docker_client.volumes.get(f"{project}-checkpoints")
+    assert volume.attrs["Labels"]["cargohold.project"] == project
