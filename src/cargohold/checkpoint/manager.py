@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import io
 import json
 import os
 import secrets
@@ -23,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Any, BinaryIO, Literal
 
-from cargohold.checkpoint import _format
+from cargohold.checkpoint import _format, _ranks
 from cargohold.checkpoint._atomic import (
     ChecksumWriter,
     fsync_and_checksum,
@@ -36,6 +37,15 @@ from cargohold.checkpoint._locks import (
     is_alive,
     lock_path,
     remove_if_dead,
+)
+from cargohold.checkpoint._ranks import (
+    PENDING_PREFIX,
+    SESSION_PREFIX,
+    Coordinator,
+    detect_ranks,
+    make_coordinator,
+    rank_record_name,
+    write_json_atomically,
 )
 from cargohold.checkpoint.sources import FileSource, StagingPool, as_source
 from cargohold.checkpoint.storage import StorageReport, warn_if_ephemeral
@@ -75,6 +85,14 @@ def _checkpoint_from(folder: Path, manifest: dict[str, Any]) -> Checkpoint:
     )
 
 
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    with open(folder / _format.MANIFEST, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(folder)
+
+
 def _safe_name(name: str) -> str:
     path = PurePosixPath(name)
     if not name or path.is_absolute() or ".." in path.parts or str(path) in (".", _format.MANIFEST):
@@ -97,6 +115,14 @@ class CheckpointManager:
         mode: ``"min"`` or ``"max"``: which way the metric improves.
         checksum: ``"crc32"`` (fast; catches torn writes and bit rot) or ``"sha256"``.
         warn_ephemeral: warn once when the folder dies with the container.
+        rank: this process's rank; default from ``torch.distributed`` when a process group is
+            initialised, else ``$RANK`` (torchrun), ``$SLURM_PROCID``, Open MPI or PMI.
+        world_size: the number of ranks, found the same way; 1 without a launcher.
+        timeout: seconds a rank waits for the others before a save fails.
+
+    With more than one rank, every rank creates its manager on the same shared folder and calls
+    ``save``/``save_async``/``restore_latest`` in the same order with the same steps, each with
+    its own file names; rank 0 commits, keeps retention and removes debris (see ``_ranks.py``).
 
     Raises:
         CheckpointError: no folder given and none in the environment, or bad settings.
@@ -113,6 +139,9 @@ class CheckpointManager:
         mode: Literal["min", "max"] = "min",
         checksum: Literal["crc32", "sha256"] = "crc32",
         warn_ephemeral: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        timeout: float = 600.0,
     ) -> None:
         if directory is None:
             directory = os.environ.get("CARGOHOLD_CHECKPOINT_DIR")
@@ -160,7 +189,7 @@ class CheckpointManager:
         self._final_pending = False
         self._final_started = False
         self._final_save: Callable[[], object] | None = None
-        self._final_exit_code = 143
+        self._final_exit_code: int | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -169,10 +198,28 @@ class CheckpointManager:
                 hint="Check that the folder is on a writable mount owned by this user "
                 f"(uid {os.getuid()}).",
             ) from None
+        ranks = detect_ranks(rank, world_size)
+        self.rank = ranks.rank
+        self.world_size = ranks.world_size
+        self.local_rank = ranks.local_rank
+        self.timeout = timeout
         self.storage: StorageReport | None = (
-            warn_if_ephemeral(self.directory) if warn_ephemeral else None
+            warn_if_ephemeral(self.directory) if warn_ephemeral and self.rank == 0 else None
         )
-        self._clean_debris()
+        self._coordinator: Coordinator | None = None
+        self._seq = 0  # saves and restores made so far: every rank counts the same
+        if self.world_size > 1:
+            try:
+                self._coordinator = make_coordinator(self.directory, ranks, timeout)
+            except OSError as exc:
+                raise CheckpointError(
+                    f"Rank {self.rank}: cannot coordinate through {self.directory}: "
+                    f"{exc.strerror or exc}.",
+                    hint="All ranks need the same writable shared folder, with working "
+                    "fcntl locks (local disk, a volume, NFSv4).",
+                ) from None
+        if self.rank == 0:
+            self._clean_debris()
 
     # -- reading --------------------------------------------------------------------------
 
@@ -224,6 +271,38 @@ class CheckpointManager:
             CheckpointError: a checkpoint asked for by path is not valid.
         """
         self.wait()
+        coordinator = self._coordinator
+        if coordinator is None:
+            return self._choose_restore(verify)
+        # Rank 0 chooses (and verifies); every rank gets the same step, by construction.
+        seq, self._seq = self._seq, self._seq + 1
+        if self.rank == 0:
+            try:
+                chosen = self._choose_restore(verify)
+                answer: dict[str, Any] = {"path": str(chosen.path) if chosen else None}
+            except CheckpointError as exc:
+                answer = {"error": exc.message, "hint": exc.hint}
+            answer = coordinator.broadcast(f"restore-{seq}", answer)
+        else:
+            answer = coordinator.broadcast(f"restore-{seq}", None)
+        if not isinstance(answer, dict):
+            raise CheckpointError("Rank 0 sent no restore decision.", hint="Restart all ranks.")
+        if "error" in answer:
+            raise CheckpointError(str(answer["error"]), hint=answer.get("hint"))
+        if answer.get("path") is None:
+            return None
+        folder = Path(str(answer["path"]))
+        try:
+            # Rank 0 verified the checksums; the others check that every file is there.
+            manifest = _format.check_folder(folder, verify=verify and self.rank == 0)
+        except ValueError as exc:
+            raise CheckpointError(
+                f"Rank {self.rank} cannot use the checkpoint rank 0 chose, {folder}: {exc}.",
+                hint="Every rank must see the same shared folder.",
+            ) from None
+        return _checkpoint_from(folder, manifest)
+
+    def _choose_restore(self, verify: bool) -> Checkpoint | None:
         policy = os.environ.get("CARGOHOLD_RESUME", "auto")
         if policy == "never":
             return None
@@ -244,7 +323,7 @@ class CheckpointManager:
                 warnings.warn(
                     f"Skipping checkpoint of step {step} in {folder.parent}: {exc}.",
                     CorruptCheckpointWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 continue
             return _checkpoint_from(folder, manifest)
@@ -333,8 +412,13 @@ class CheckpointManager:
             ) from error
 
     def close(self) -> None:
-        """Finish the in-flight save; raise its error if it failed."""
-        self.wait()
+        """Finish the in-flight save; raise its error if it failed. Ends a multi-rank session."""
+        try:
+            self.wait()
+        finally:
+            if self._coordinator is not None:
+                self._coordinator.close()
+                self._coordinator = None
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -362,6 +446,8 @@ class CheckpointManager:
     def _save_now(
         self, step: int, sources: dict[str, FileSource], metrics: dict[str, float]
     ) -> Checkpoint:
+        if self._coordinator is not None:
+            return self._save_ranked(self._coordinator, step, sources, metrics)
         with self._lock:
             final = self.directory / _format.step_dir_name(step)
             token = secrets.token_hex(8)
@@ -374,41 +460,16 @@ class CheckpointManager:
                 raise self._save_failed(step, exc) from None
             try:
                 tmp.mkdir()
-                paths: dict[str, Path] = {}
-                known: dict[Path, str] = {}
-                for name, source in sources.items():
-                    path = tmp / name
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    if getattr(source, "stream_only", False):
-                        # Our own sources only call write(): checksum on the way to disk.
-                        with open(path, "wb", buffering=0) as raw:
-                            writer = ChecksumWriter(raw, self.checksum, self._checksummer)
-                            source.write(writer)  # type: ignore[arg-type]
-                        known[path] = writer.hexdigest()
-                    else:
-                        # A user's writer may want a real file (fileno, seek): read back later.
-                        with open(path, "wb") as f:
-                            source.write(f)
-                    paths[name] = path
-                digests = fsync_and_checksum(paths.values(), self.checksum, known)
+                files = self._write_files(tmp, sources, exclusive=False)
                 manifest = {
                     "format": _format.FORMAT_NAME,
                     "version": _format.FORMAT_VERSION,
                     "step": step,
                     "created": time.time(),
                     "metrics": metrics,
-                    "files": {
-                        name: {"size": path.stat().st_size, self.checksum: digests[path]}
-                        for name, path in paths.items()
-                    },
+                    "files": files,
                 }
-                manifest_path = tmp / _format.MANIFEST
-                with open(manifest_path, "w", encoding="utf-8") as f:
-                    json.dump(manifest, f, indent=1, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
-                for folder in {p.parent for p in paths.values()} | {tmp}:
-                    fsync_dir(folder)
+                _write_manifest(tmp, manifest)
                 self._publish(tmp, final, token)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -422,6 +483,154 @@ class CheckpointManager:
             checkpoint = _checkpoint_from(final, manifest)
             self._apply_retention()
             return checkpoint
+
+    def _save_ranked(
+        self,
+        coordinator: Coordinator,
+        step: int,
+        sources: dict[str, FileSource],
+        metrics: dict[str, float],
+    ) -> Checkpoint:
+        """This rank's part of a save; on rank 0 also the commit (protocol in ``_ranks.py``)."""
+        with self._lock:
+            seq, self._seq = self._seq, self._seq + 1
+            final = self.directory / _format.step_dir_name(step)
+            pending = self.directory / (
+                f"{PENDING_PREFIX}{coordinator.session}-{seq:06d}-{final.name}"
+            )
+            record: dict[str, Any] = {"rank": self.rank, "step": step}
+            try:
+                pending.mkdir(exist_ok=True)
+                record["files"] = self._write_files(pending, sources, exclusive=True)
+            except OSError as exc:
+                record["error"] = (
+                    f"rank {self.rank} could not write its files: {exc.strerror or exc}"
+                )
+            except CheckpointError as exc:
+                record["error"] = exc.message
+            with contextlib.suppress(OSError):
+                write_json_atomically(pending / rank_record_name(self.rank), record)
+            if self.rank == 0:
+                try:
+                    coordinator.all_durable(pending, "error" not in record, self.timeout)
+                    manifest = self._commit_ranked(coordinator, pending, final, step, metrics)
+                    outcome: dict[str, Any] = {"ok": True, "manifest": manifest}
+                except CheckpointError as exc:
+                    outcome = {"ok": False, "message": exc.message, "hint": exc.hint}
+                except OSError as exc:
+                    outcome = {"ok": False, "message": str(self._save_failed(step, exc))}
+                coordinator.broadcast(f"outcome-{seq}", outcome)
+                if not outcome["ok"]:
+                    shutil.rmtree(pending, ignore_errors=True)
+                else:
+                    self._apply_retention()
+            else:
+                coordinator.all_durable(pending, "error" not in record, self.timeout)
+                outcome = coordinator.broadcast(f"outcome-{seq}", None)
+            if not isinstance(outcome, dict) or not outcome.get("ok"):
+                message = outcome.get("message") if isinstance(outcome, dict) else None
+                hint = outcome.get("hint") if isinstance(outcome, dict) else None
+                raise CheckpointError(
+                    str(message or f"The checkpoint of step {step} was not committed."),
+                    hint=str(hint or "Check free space and the other ranks' errors."),
+                )
+            return _checkpoint_from(final, outcome["manifest"])
+
+    def _commit_ranked(
+        self,
+        coordinator: Coordinator,
+        pending: Path,
+        final: Path,
+        step: int,
+        metrics: dict[str, float],
+    ) -> dict[str, Any]:
+        """Merge every rank's record into one manifest and publish the folder (rank 0)."""
+        files: dict[str, Any] = {}
+        ranks: dict[str, list[str]] = {}
+        for rank in range(self.world_size):
+            record = _ranks.read_json(pending / rank_record_name(rank))
+            if not isinstance(record, dict):
+                raise CheckpointError(
+                    f"Rank {rank}'s record of checkpoint step {step} is missing or unreadable.",
+                    hint="Restart all ranks; the last committed checkpoint is intact.",
+                )
+            if "error" in record:
+                raise CheckpointError(
+                    f"The checkpoint of step {step} failed on rank {rank}: {record['error']}.",
+                    hint="Free space on the shared folder; the previous checkpoints are intact.",
+                )
+            if record.get("step") != step or not isinstance(record.get("files"), dict):
+                raise CheckpointError(
+                    f"Rank {rank} saved step {record.get('step')!r} where rank 0 saved {step}.",
+                    hint="Every rank must call save() with the same steps, in the same order.",
+                )
+            for name, entry in record["files"].items():
+                if _safe_name(name) in files or not isinstance(entry, dict):
+                    raise CheckpointError(
+                        f"Checkpoint file {name!r} comes from two ranks.",
+                        hint="Give every rank its own file names.",
+                    )
+                files[name] = entry
+            ranks[str(rank)] = sorted(record["files"])
+        manifest = {
+            "format": _format.FORMAT_NAME,
+            "version": _format.FORMAT_VERSION,
+            "step": step,
+            "created": time.time(),
+            "metrics": metrics,
+            "world_size": self.world_size,
+            "ranks": ranks,
+            "files": files,
+        }
+        for rank in range(self.world_size):
+            (pending / rank_record_name(rank)).unlink()
+        _write_manifest(pending, manifest)
+        try:
+            _format.check_folder(pending, verify=False)
+        except ValueError as exc:
+            raise CheckpointError(
+                f"The checkpoint of step {step} is not whole: {exc}.",
+                hint="A rank's file changed after it reported it durable.",
+            ) from None
+        self._publish(pending, final, coordinator.session)
+        return manifest
+
+    def _write_files(
+        self, folder: Path, sources: dict[str, FileSource], *, exclusive: bool
+    ) -> dict[str, dict[str, Any]]:
+        """Write, fsync and checksum every file into ``folder``; their manifest entries."""
+        paths: dict[str, Path] = {}
+        known: dict[Path, str] = {}
+        for name, source in sources.items():
+            path = folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                raw = open(path, "xb" if exclusive else "wb", buffering=0)  # noqa: SIM115
+            except FileExistsError:
+                raise CheckpointError(
+                    f"Rank {self.rank}: checkpoint file {name!r} was already written by another "
+                    "rank of the same save.",
+                    hint="Give every rank its own file names, e.g. f'model-rank{rank}.pt'.",
+                ) from None
+            with raw:
+                if getattr(source, "stream_only", False):
+                    # Our own sources only call write(): checksum on the way to disk.
+                    writer = ChecksumWriter(raw, self.checksum, self._checksummer)
+                    source.write(writer)  # type: ignore[arg-type]
+                    known[path] = writer.hexdigest()
+                else:
+                    # A user's writer may want a real file (fileno, seek): read back later.
+                    with io.BufferedWriter(raw) as buffered:
+                        source.write(buffered)
+                        buffered.flush()
+            paths[name] = path
+        digests = fsync_and_checksum(paths.values(), self.checksum, known)
+        for sub in {p.parent for p in paths.values()}:
+            fsync_dir(sub)
+        return {
+            name: {"size": path.stat().st_size, self.checksum: digests[path]}
+            for name, path in paths.items()
+        }
 
     def _save_failed(self, step: int, exc: OSError) -> CheckpointError:
         return CheckpointError(
@@ -494,6 +703,13 @@ class CheckpointManager:
                 shutil.rmtree(entry.path, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     remove_if_dead(lock_path(self.directory, token))
+            elif name.startswith((PENDING_PREFIX, SESSION_PREFIX)):
+                # A multi-rank save or session: alive as long as its rank 0 holds the lock.
+                token = name.split("-", 2)[1]
+                if not is_alive(lock_path(self.directory, token)):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        remove_if_dead(lock_path(self.directory, token))
             elif name.startswith(_format.TRASH_PREFIX):
                 shutil.rmtree(entry.path, ignore_errors=True)
             elif name.startswith(_format.REPLACED_PREFIX):
@@ -530,14 +746,37 @@ class CheckpointManager:
             self.preempted = True
             if self._final_started:
                 return  # a second SIGTERM while the final save runs: it is already coming
-            self._final_save = final_save
-            self._final_exit_code = exit_code
+            if self._coordinator is not None:
+                return  # many ranks: all save the same step, at preemption_point()
             if self._busy:
                 self._final_pending = True  # run by _operation() when the save returns
                 return
             self._run_final()
 
+        self._final_save = final_save
+        self._final_exit_code = exit_code
         signal.signal(signal.SIGTERM, on_sigterm)
+
+    def preemption_point(self) -> bool:
+        """Call once per training step, where the model state is consistent.
+
+        One process: True once SIGTERM arrived (``handle_sigterm`` has saved already). Many
+        ranks: the orchestrator signals every rank, but each is at its own point of the step,
+        so the final save cannot happen inside the signal handler (it would save different
+        steps, or wait in a collective for a rank that is inside its handler). Instead the
+        ranks agree here: once any rank is preempted, this returns True on every rank at the
+        same call; with ``handle_sigterm(final_save)``, every rank runs ``final_save`` there
+        (committed once, complete) and exits with the handler's exit code.
+
+        Raises:
+            CheckpointError: the ranks could not agree (one died or never got the signal).
+        """
+        if self._coordinator is None:
+            return self.preempted
+        stop = self._coordinator.any_preempted(self.preempted)
+        if stop and self._final_exit_code is not None and not self._final_started:
+            self._run_final()
+        return stop
 
     def _run_final(self) -> None:
         self._final_started = True
@@ -549,7 +788,7 @@ class CheckpointManager:
                 self._final_save()
             self.wait()
         finally:
-            raise SystemExit(self._final_exit_code)
+            raise SystemExit(self._final_exit_code or 143)
 
     @contextlib.contextmanager
     def _operation(self) -> Iterator[None]:
