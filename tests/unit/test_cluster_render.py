@@ -59,6 +59,10 @@ restart = { max = 3 }
 placement = ["node.labels.gpu==true", "node.hostname!=old-box"]
 user = "1000:1000"
 env = { LR = "0.1" }
+gpus = 2
+stop_timeout = 300
+secrets = ["HF_TOKEN"]
+resources = { cpus = 4, memory = "16g" }
 """
 IMAGE = "registry.example.com/cargohold:1"
 
@@ -135,8 +139,19 @@ def test_kubernetes_job_fields() -> None:
     train = pod["containers"][0]
     assert train["image"] == "registry.example.com/digits:1"
     assert train["args"] == ["torchrun", "train.py", "--lr", "$LR"]
-    assert train["securityContext"] == {"allowPrivilegeEscalation": False}
-    env = {e["name"]: e["value"] for e in train["env"]}
+    security = train["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False  # no-new-privileges
+    assert "NET_RAW" in security["capabilities"]["drop"]  # the plan's hardening
+    assert train["resources"] == {
+        "limits": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}
+    }
+    assert pod["terminationGracePeriodSeconds"] == 300
+    token = next(e for e in train["env"] if e["name"] == "HF_TOKEN")
+    assert token == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "digits-secrets", "key": "HF_TOKEN"}},
+    }
+    env = {e["name"]: e.get("value") for e in train["env"]}
     assert env["CARGOHOLD_CHECKPOINT_DIR"] == "/ckpt"
     assert env["CARGOHOLD_STORE_DATASET"] == "/data"
     assert env["HF_HOME"] == "/cache/huggingface"
@@ -184,7 +199,7 @@ def test_kubernetes_indexed_job_and_headless_service() -> None:
     assert pod["subdomain"] == service["metadata"]["name"] == "digits-train"
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"] == job["spec"]["template"]["metadata"]["labels"]
-    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["CARGOHOLD_RDZV_ENDPOINT"] == "digits-train-0.digits-train:29500"
     assert env["CARGOHOLD_NODES"] == "4"
 
@@ -225,7 +240,16 @@ def test_swarm_fields() -> None:
     }
     assert {"type": "tmpfs", "target": "/dev/shm", "tmpfs": {"size": 1024**3}} in service["volumes"]
     assert "shm_size" not in service
+    assert service["stop_grace_period"] == "300s"
+    assert "NET_RAW" in service["cap_drop"]
+    assert service["deploy"]["resources"] == {
+        "limits": {"cpus": "4", "memory": str(16 * 1024**3)},
+        "reservations": {
+            "generic_resources": [{"discrete_resource_spec": {"kind": "NVIDIA-GPU", "value": 2}}]
+        },
+    }
     env = service["environment"]
+    assert env["HF_TOKEN"] == "${HF_TOKEN}"  # from the deploying shell, never in the file
     assert env["CARGOHOLD_MIRROR"] == "s3://bucket/mirror"
     assert env["AWS_SECRET_ACCESS_KEY"] == "${AWS_SECRET_ACCESS_KEY:-}"
     assert stack["volumes"]["cache"]["driver_opts"] == {
@@ -234,6 +258,22 @@ def test_swarm_fields() -> None:
         "type": "nfs",
     }
     assert stack["volumes"]["checkpoints"]["name"] == "digits-checkpoints"
+
+
+def test_swarm_host_network_and_init() -> None:
+    text = CLUSTER.replace("gpus = 2", 'gpus = 2\nnetwork = "host"\ninit = true')
+    stack = render_swarm([_plan(text)])
+    assert stack["services"]["train"]["networks"] == ["hostnet"]
+    assert stack["networks"] == {"hostnet": {"external": True, "name": "host"}}
+    assert stack["services"]["train"]["init"] is True
+
+
+@pytest.mark.parametrize("gpus", ['"all"', '["0", "1"]'])
+@pytest.mark.parametrize("target", ["kubernetes", "swarm"])
+def test_gpus_a_cluster_cannot_schedule_are_refused(gpus: str, target: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        check_limits(_plan(CLUSTER.replace("gpus = 2", f"gpus = {gpus}")), target)
+    assert caught.value.key == "jobs.train.gpus"
 
 
 def test_swarm_without_restart_does_not_restart() -> None:
@@ -267,6 +307,8 @@ def test_every_target_states_what_it_does_instead() -> None:
     assert "stores.dataset.snapshot" in said["swarm"]
     assert "stores.dataset.storage_class" in said["compose"]
     assert "jobs.train.placement" in said["docker-run"]
+    assert "jobs.train.secrets" in said["kubernetes"]
+    assert "jobs.train.ulimits" in said["kubernetes"]  # NCCL's memlock, set because of gpus
 
 
 def test_unknown_placement_fields_are_refused_on_kubernetes() -> None:

@@ -204,6 +204,85 @@ def _checkpoint_owner(plan: Plan, target: str) -> Iterator[Limit]:
         )
 
 
+@_rule
+def _gpus(plan: Plan, target: str) -> Iterator[Limit]:
+    gpus = plan.runtime.gpus
+    if gpus is None or target in _ONE_HOST:
+        return
+    if gpus.device_ids or gpus.all:
+        yield Limit(
+            f"jobs.{plan.job}.gpus",
+            f"gpus = {gpus.describe()}: {target} schedules GPUs by count, not "
+            + ("by device id." if gpus.device_ids else "as 'all' of a node."),
+            fatal=True,
+        )
+    elif target == "swarm":
+        yield Limit(
+            f"jobs.{plan.job}.gpus",
+            f"{gpus.count} GPU(s) as the generic resource NVIDIA-GPU: each node must advertise "
+            'its GPUs ("node-generic-resources" in daemon.json) and run the NVIDIA runtime.',
+        )
+
+
+# Runtime settings a target has no field for: (target, setting) → what happens instead.
+_UNSUPPORTED: dict[tuple[str, str], str] = {
+    ("kubernetes", "ipc"): "a pod shares IPC between its containers; /dev/shm is a memory "
+    "emptyDir sized by shm_size",
+    ("kubernetes", "ulimits"): "Kubernetes has no per-pod ulimits; the node's container "
+    "runtime defaults apply (set them there, e.g. memlock for NCCL)",
+    ("kubernetes", "init"): "Kubernetes has no init flag; the pause process reaps zombies "
+    "(shareProcessNamespace), or put tini in the image",
+    ("kubernetes", "security_opt"): "only no-new-privileges is expressible "
+    "(allowPrivilegeEscalation: false)",
+    ("kubernetes", "pids_limit"): "pid limits are the kubelet's (podPidsLimit)",
+    ("kubernetes", "devices"): "host devices reach pods through a device plugin's resource",
+    ("kubernetes", "network"): "pods always have the cluster network",
+    ("swarm", "ipc"): "Swarm services have no ipc; /dev/shm is a tmpfs mount",
+    ("swarm", "ulimits"): "rendered, but docker stack deploy honours service ulimits only "
+    "from Docker 23 (API 1.42) on",
+    ("swarm", "security_opt"): "docker stack deploy ignores security_opt",
+    ("swarm", "pids_limit"): "docker stack deploy has no pids limit before Docker 23",
+    ("swarm", "devices"): "Swarm services cannot map host devices",
+}
+
+
+@_rule
+def _runtime(plan: Plan, target: str) -> Iterator[Limit]:
+    rt = plan.runtime
+    used = {
+        "ipc": rt.ipc is not None and rt.ipc != "private",
+        "ulimits": bool(rt.ulimits),
+        "init": rt.init,
+        "security_opt": any(o != "no-new-privileges" for o in rt.security_opt)
+        or (target == "swarm" and bool(rt.security_opt)),
+        "pids_limit": rt.resources.pids_limit is not None,
+        "devices": bool(rt.devices),
+        "network": rt.network is not None,
+    }
+    for setting, present in used.items():
+        why = _UNSUPPORTED.get((target, setting))
+        if present and why:
+            key = "resources.pids_limit" if setting == "pids_limit" else setting
+            yield Limit(f"jobs.{plan.job}.{key}", f"not rendered: {why}.")
+    if target == "swarm" and rt.network not in (None, "host"):
+        yield Limit(
+            f"jobs.{plan.job}.network",
+            f"network {rt.network!r} is not rendered: a stack's services share its overlay "
+            'network (network = "host" is rendered).',
+        )
+    if target == "kubernetes" and rt.env_files:
+        yield Limit(
+            f"jobs.{plan.job}.env_file",
+            "a cluster cannot read files on this host: the manifest takes them from the Secret "
+            f"{plan.project}-env (kubectl create secret generic … --from-env-file=FILE).",
+        )
+    if target == "kubernetes" and rt.secrets:
+        yield Limit(
+            f"jobs.{plan.job}.secrets",
+            f"{', '.join(rt.secrets)} come from the Secret {plan.project}-secrets, one key each.",
+        )
+
+
 def limits_of(plan: Plan, target: str) -> list[Limit]:
     """Every limit of ``target`` for this plan, fatal ones included."""
     if target not in TARGETS:

@@ -132,6 +132,7 @@ def _restore_dataset(plan: Plan, mount: Mount, image: str) -> dict[str, Any]:
         "env": [{"name": "CARGOHOLD_REPO", "value": mount.repository}],
         "envFrom": _secret_env(plan),
         "volumeMounts": [_mount(mount, readonly=False)],
+        "securityContext": {"allowPrivilegeEscalation": False},
     }
 
 
@@ -152,6 +153,7 @@ def _mirror_containers(
         "envFrom": _secret_env(plan),
         "args": ["cargohold", "mirror", "--restore-only"],
         "volumeMounts": [_mount(mount, readonly=False)],
+        "securityContext": {"allowPrivilegeEscalation": False},
     }
     sidecar = {
         "name": "mirror",
@@ -160,11 +162,12 @@ def _mirror_containers(
         "envFrom": _secret_env(plan),
         "args": ["cargohold", "mirror", "--until-pod-done"],
         "volumeMounts": [_mount(mount, readonly=True)],
+        "securityContext": {"allowPrivilegeEscalation": False},
     }
     return restore, sidecar
 
 
-def _env(plan: Plan, service: str | None) -> list[dict[str, str]]:
+def _env(plan: Plan, service: str | None) -> list[dict[str, Any]]:
     env = dict(plan.env)
     if service is not None:
         host = f"{dns_name(plan.container_name)}-0.{service}"
@@ -172,7 +175,39 @@ def _env(plan: Plan, service: str | None) -> list[dict[str, str]]:
         env.setdefault("MASTER_ADDR", host)
         env.setdefault("MASTER_PORT", str(RDZV_PORT))
         env.setdefault("CARGOHOLD_RDZV_ENDPOINT", f"{host}:{RDZV_PORT}")
-    return [{"name": k, "value": v} for k, v in env.items()]
+    entries: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in env.items()]
+    entries += [
+        {
+            "name": name,
+            "valueFrom": {
+                "secretKeyRef": {"name": dns_name(f"{plan.project}-secrets"), "key": name}
+            },
+        }
+        for name in plan.runtime.secrets
+    ]
+    return entries
+
+
+def _resources(plan: Plan) -> dict[str, Any]:
+    rt = plan.runtime
+    limits: dict[str, str] = {}
+    if rt.resources.cpus is not None:
+        limits["cpu"] = f"{rt.resources.cpus:g}"
+    if rt.resources.memory is not None:
+        limits["memory"] = quantity(rt.resources.memory)
+    if rt.gpus is not None and rt.gpus.count is not None and rt.gpus.count > 0:
+        limits["nvidia.com/gpu"] = str(rt.gpus.count)
+    return {"limits": limits} if limits else {}
+
+
+def _container_security(plan: Plan) -> dict[str, Any]:
+    rt = plan.runtime
+    context: dict[str, Any] = {"allowPrivilegeEscalation": False}
+    if rt.cap_drop:
+        context["capabilities"] = {"drop": [c.upper().removeprefix("CAP_") for c in rt.cap_drop]}
+    if rt.read_only:
+        context["readOnlyRootFilesystem"] = True
+    return context
 
 
 def _affinity(plan: Plan) -> dict[str, Any] | None:
@@ -231,11 +266,18 @@ def render_kubernetes(plan: Plan, *, image: str) -> list[dict[str, Any]]:
         objects.append(_service(plan, service))
 
     container: dict[str, Any] = {"name": dns_name(plan.job, 63), "image": plan.image}
+    if plan.runtime.entrypoint is not None:
+        container["command"] = list(plan.runtime.entrypoint)
     if plan.command is not None:
         container["args"] = list(plan.command)  # like Docker's CMD: the image's entrypoint stays
     if plan.workdir is not None:
         container["workingDir"] = plan.workdir
     container["env"] = _env(plan, service)
+    if plan.runtime.env_files:
+        container["envFrom"] = [{"secretRef": {"name": dns_name(f"{plan.project}-env")}}]
+    resources = _resources(plan)
+    if resources:
+        container["resources"] = resources
     mounts = [_mount(m) for m in plan.mounts]
     volumes = [_pod_volume(m) for m in plan.mounts]
     if plan.shm_size is not None:
@@ -243,8 +285,11 @@ def render_kubernetes(plan: Plan, *, image: str) -> list[dict[str, Any]]:
         volumes.append(
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": quantity(plan.shm_size)}}
         )
+    for index, folder in enumerate(plan.runtime.tmpfs):
+        mounts.append({"name": f"tmpfs-{index}", "mountPath": folder})
+        volumes.append({"name": f"tmpfs-{index}", "emptyDir": {"medium": "Memory"}})
     container["volumeMounts"] = mounts
-    container["securityContext"] = {"allowPrivilegeEscalation": False}
+    container["securityContext"] = _container_security(plan)
 
     init_containers = [_restore_dataset(plan, m, image) for m in plan.mounts if m.snapshot]
     containers = [container]
@@ -257,6 +302,8 @@ def render_kubernetes(plan: Plan, *, image: str) -> list[dict[str, Any]]:
         share_pids = True
 
     pod: dict[str, Any] = {"restartPolicy": "Never"}
+    if plan.runtime.stop_timeout is not None:
+        pod["terminationGracePeriodSeconds"] = plan.runtime.stop_timeout
     if service is not None:
         pod["subdomain"] = service
     if share_pids:

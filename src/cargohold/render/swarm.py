@@ -21,6 +21,9 @@ from cargohold.plan import Mount, Plan
 
 __all__ = ["MIRROR_ENV", "render_swarm"]
 
+# The node's own network namespace, as a stack names it.
+_HOST_NETWORK = "hostnet"
+
 # Taken from the environment of `docker stack deploy`, never written into the file.
 MIRROR_ENV = (
     "AWS_ACCESS_KEY_ID",
@@ -58,13 +61,34 @@ def _top_level_volume(plan: Plan, mount: Mount) -> dict[str, Any]:
     return volume
 
 
+def _resources(plan: Plan) -> dict[str, Any]:
+    rt = plan.runtime
+    limits: dict[str, Any] = {}
+    if rt.resources.cpus is not None:
+        limits["cpus"] = f"{rt.resources.cpus:g}"
+    if rt.resources.memory is not None:
+        limits["memory"] = str(rt.resources.memory)
+    resources: dict[str, Any] = {"limits": limits} if limits else {}
+    if rt.gpus is not None and rt.gpus.count is not None and rt.gpus.count > 0:
+        resources["reservations"] = {
+            "generic_resources": [
+                {"discrete_resource_spec": {"kind": "NVIDIA-GPU", "value": rt.gpus.count}}
+            ]
+        }
+    return resources
+
+
 def _service(plan: Plan) -> dict[str, Any]:
     service: dict[str, Any] = {"image": plan.image}
     ckpt = plan.checkpoint_mount
     mirror = ckpt.mirror if ckpt is not None else None
     command = [_literal(word) for word in plan.command] if plan.command is not None else None
+    rt = plan.runtime
+    entrypoint = [_literal(word) for word in rt.entrypoint] if rt.entrypoint is not None else None
     if mirror is not None:
-        service["entrypoint"] = ["cargohold", "mirror", "--exec", "--"]
+        service["entrypoint"] = ["cargohold", "mirror", "--exec", "--", *(entrypoint or [])]
+    elif entrypoint is not None:
+        service["entrypoint"] = entrypoint
     if command is not None:
         service["command"] = command
     service["user"] = plan.user
@@ -72,15 +96,32 @@ def _service(plan: Plan) -> dict[str, Any]:
         service["working_dir"] = _literal(plan.workdir)
     env = {k: _literal(v) for k, v in plan.env}
     env["CARGOHOLD_NODE_HOSTNAME"] = "{{.Node.Hostname}}"
+    for name in rt.secrets:  # from the deploying shell, never written here
+        env[name] = "${" + name + "}"
     if mirror is not None:
         env["CARGOHOLD_MIRROR"] = _literal(mirror)
         for name in MIRROR_ENV:
             env[name] = "${" + name + ":-}"
     service["environment"] = env
+    if rt.env_files:
+        service["env_file"] = [_literal(f) for f in rt.env_files]
     service["labels"] = dict(plan.labels)
+    if rt.init:
+        service["init"] = True
+    if rt.read_only:
+        service["read_only"] = True
+    if rt.stop_timeout is not None:
+        service["stop_grace_period"] = f"{rt.stop_timeout}s"
+    if rt.cap_drop:
+        service["cap_drop"] = list(rt.cap_drop)
+    if rt.ulimits:
+        service["ulimits"] = {u.name: {"soft": u.soft, "hard": u.hard} for u in rt.ulimits}
+    if rt.network == "host":
+        service["networks"] = [_HOST_NETWORK]
     volumes = [_service_volume(m) for m in plan.mounts]
     if plan.shm_size is not None:
         volumes.append({"type": "tmpfs", "target": "/dev/shm", "tmpfs": {"size": plan.shm_size}})
+    volumes += [{"type": "tmpfs", "target": folder} for folder in rt.tmpfs]
     service["volumes"] = volumes
     deploy: dict[str, Any] = {"replicas": 1, "labels": dict(plan.labels)}
     if plan.restart_max:
@@ -89,6 +130,9 @@ def _service(plan: Plan) -> dict[str, Any]:
         deploy["restart_policy"] = {"condition": "none"}
     if plan.placement:
         deploy["placement"] = {"constraints": list(plan.placement)}
+    resources = _resources(plan)
+    if resources:
+        deploy["resources"] = resources
     service["deploy"] = deploy
     return service
 
@@ -113,4 +157,6 @@ def render_swarm(plans: list[Plan]) -> dict[str, Any]:
     document: dict[str, Any] = {"version": "3.8", "services": services}
     if volumes:
         document["volumes"] = volumes
+    if any(p.runtime.network == "host" for p in plans):
+        document["networks"] = {_HOST_NETWORK: {"external": True, "name": "host"}}
     return document
