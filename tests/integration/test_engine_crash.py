@@ -1,0 +1,170 @@
+"""The engine dies in the middle of an Engine-API transfer, or cargohold does (issue 8, defect
+13): the command fails with a clear message and exit 3 (no traceback); after the engine is
+back, the next command removes the helper container that was left pinning the volume, and the
+same command run again succeeds.
+
+Runs against a private dockerd (``tests/engines.py``) that the test may kill; the shared engine
+is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SRC, run_cli
+from tests.engines import PrivateEngine, link, private_engine
+
+SIZE = 320 << 20  # big enough that the transfer is still running when the engine is killed
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[PrivateEngine]:
+    with private_engine() as started:
+        yield started
+
+
+def _env(engine: PrivateEngine) -> dict[str, str]:
+    return {**engine.env, "CARGOHOLD_VOLUME_ACCESS": "archive"}
+
+
+def _start_cli(engine: PrivateEngine, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, **_env(engine)}
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen([sys.executable, "-m", "cargohold", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _helpers(engine: PrivateEngine) -> list[str]:
+    listed = engine.docker("ps", "-aq", "--filter", "label=cargohold.helper")
+    return listed.stdout.split()
+
+
+def _when_streaming(engine: PrivateEngine, process: subprocess.Popen[str]) -> None:
+    """Wait until the transfer's helper exists and data has been flowing for a moment."""
+    deadline = time.monotonic() + 60
+    while not _helpers(engine):
+        assert process.poll() is None, f"ended before the transfer started: {process.stderr}"
+        assert time.monotonic() < deadline, "no helper container appeared"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert process.poll() is None, "the transfer finished before it could be interrupted"
+
+
+def _assert_clean_engine_error(process: subprocess.Popen[str]) -> str:
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    assert "Traceback" not in stderr
+    assert stderr.startswith("error: ") and "cannot reach the Docker engine" in stderr
+    assert "hint: " in stderr
+    return stderr
+
+
+def _crash_and_recover(engine: PrivateEngine, process: subprocess.Popen[str],
+                       volume: str) -> None:
+    _when_streaming(engine, process)
+    engine.kill()
+    _assert_clean_engine_error(process)
+    engine.restart()
+    # The helper survived the crash (it was never started, so the engine keeps it) ...
+    assert _helpers(engine), "expected the crash to leave the helper behind"
+    # ... and the next command of any kind removes it: its creator is gone.
+    listed = run_cli("volume", "ls", env=_env(engine))
+    assert listed.returncode == 0, listed.stderr
+    assert _helpers(engine) == []
+    users = engine.docker("ps", "-aq", "--filter", f"volume={volume}").stdout.split()
+    assert users == [], "a helper still pins the volume"
+
+
+def test_engine_killed_mid_ingest_then_rerun(engine: PrivateEngine, tmp_path: Path) -> None:
+    source = tmp_path / "data"
+    source.mkdir()
+    with open(source / "shard-000.bin", "wb") as f:
+        f.truncate(SIZE)  # sparse: no disk on this side, all of it through the engine
+    (source / "labels.csv").write_text("id,label\n1,cat\n")
+    volume = "crash-ingest"
+    try:
+        process = _start_cli(engine, "ingest", str(source), volume)
+        _crash_and_recover(engine, process, volume)
+        rerun = run_cli("ingest", str(source), volume, env=_env(engine), timeout=600)
+        assert rerun.returncode == 0, rerun.stderr
+        files = run_cli("volume", "files", volume, "--json", env=_env(engine))
+        assert files.returncode == 0, files.stderr
+        assert '"shard-000.bin"' in files.stdout and str(SIZE) in files.stdout
+        assert _helpers(engine) == []
+    finally:
+        engine.docker("volume", "rm", "-f", volume, check=False)
+
+
+def test_engine_killed_mid_export_then_rerun(engine: PrivateEngine, tmp_path: Path) -> None:
+    source = tmp_path / "data"
+    source.mkdir()
+    with open(source / "model.safetensors", "wb") as f:
+        f.truncate(SIZE)
+    volume = "crash-export"
+    try:
+        ingested = run_cli("ingest", str(source), volume, env=_env(engine), timeout=600)
+        assert ingested.returncode == 0, ingested.stderr
+        out = tmp_path / "out"
+        process = _start_cli(engine, "export", volume, str(out))
+        _crash_and_recover(engine, process, volume)
+        rerun = run_cli("export", volume, str(out), "--force", env=_env(engine), timeout=600)
+        assert rerun.returncode == 0, rerun.stderr
+        assert (out / "model.safetensors").stat().st_size == SIZE
+        assert _helpers(engine) == []
+    finally:
+        engine.docker("volume", "rm", "-f", volume, check=False)
+
+
+def test_sigkilled_cargohold_leaves_no_helper_for_long(engine: PrivateEngine,
+                                                      tmp_path: Path) -> None:
+    source = tmp_path / "data"
+    source.mkdir()
+    with open(source / "weights.bin", "wb") as f:
+        f.truncate(SIZE)
+    volume = "killed-cli"
+    try:
+        process = _start_cli(engine, "ingest", str(source), volume)
+        _when_streaming(engine, process)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+        assert _helpers(engine), "expected SIGKILL to leave the helper behind"
+        removed = engine.docker("volume", "rm", volume, check=False)
+        assert removed.returncode != 0 and "in use" in removed.stderr  # pinned, as reported
+        listed = run_cli("volume", "ls", env=_env(engine))
+        assert listed.returncode == 0, listed.stderr
+        assert _helpers(engine) == []
+        engine.docker("volume", "rm", volume)  # no longer pinned
+    finally:
+        engine.docker("volume", "rm", "-f", volume, check=False)
+
+
+def test_linked_private_engines_reach_each_other(engine: PrivateEngine) -> None:
+    """The fixture's own promise (cluster tests build a two-node swarm on it)."""
+    with private_engine() as other:
+        here, there = link(engine, other)
+        with subprocess.Popen(
+            ["nsenter", f"--net=/var/run/netns/{other.netns}", sys.executable, "-c",
+             "import socket,sys; s=socket.create_server((sys.argv[1], 7946)); print('up', "
+             "flush=True); c, _ = s.accept(); c.sendall(c.recv(64))", there],
+            stdout=subprocess.PIPE, text=True) as server:
+            try:
+                assert server.stdout is not None and server.stdout.readline().strip() == "up"
+                echoed = subprocess.run(
+                    ["nsenter", f"--net=/var/run/netns/{engine.netns}", sys.executable, "-c",
+                     "import socket,sys; c=socket.create_connection((sys.argv[1], 7946), 5); "
+                     "c.sendall(sys.argv[2].encode()); print(c.recv(64).decode())", there, here],
+                    capture_output=True, text=True, timeout=30)
+                assert echoed.stdout.strip() == here, echoed.stderr
+            finally:
+                server.kill()
+        # The host has no route into either namespace.
+        assert here not in subprocess.run(["ip", "addr"], capture_output=True,
+                                          text=True).stdout
