@@ -97,20 +97,33 @@ def test_restore_needs_force_for_a_volume_with_data_and_verifies_checksums(
     files = json.loads(_ok(run_cli("volume", "files", other, "--json", env=env)))
     assert [f["path"] for f in files] == ["weights.bin"]
 
-    # Corrupt the stored object: the restore stops and leaves no half-restored volume.
+    # One flipped byte in the data pack: check finds it, restore refuses it naming the snapshot
+    # and the path, and neither a new nor an existing volume is touched (defect 4).
     repo = tmp_path / "repo"
-    objects = [p for p in (repo / "objects").rglob("*") if p.is_file()]
-    assert len(objects) == 1
-    raw = bytearray(objects[0].read_bytes())
+    packs = sorted((p for p in (repo / "packs").rglob("*") if p.is_file()),
+                   key=lambda p: p.stat().st_size)
+    raw = bytearray(packs[-1].read_bytes())
     raw[len(raw) // 2] ^= 0xFF
-    objects[0].write_bytes(bytes(raw))
+    packs[-1].write_bytes(bytes(raw))
+    checked = run_cli("repo", "check", "--read-data", env=env)
+    assert checked.returncode == 1 and "problem" in checked.stdout
+    assert _ok(run_cli("repo", "check", env=env))  # the structure is intact
     broken = f"{docker_resources.project}-broken"
     docker_resources.volumes.append(broken)
     failed = run_cli("restore", snap["id"], broken, env=env)
     assert failed.returncode != 0 and "weights.bin" in failed.stderr
-    assert "Traceback" not in failed.stderr
+    assert snap["id"] in failed.stderr and "Traceback" not in failed.stderr
     missing = run_cli("volume", "inspect", broken, env=env)
     assert missing.returncode == 3 and "does not exist" in missing.stderr
+    _ok(run_cli("volume", "rm", other, "--force", env=env))
+    _ok(run_cli("ingest", str(tmp_path / "two"), other, env=env))
+    for access in ("local", "archive"):
+        kept = run_cli("restore", snap["id"], other, "--force",
+                       env={**env, "CARGOHOLD_VOLUME_ACCESS": access})
+        assert kept.returncode != 0 and "weights.bin" in kept.stderr, kept.stderr
+        assert _ok(run_cli("volume", "cat", other, "other.txt", env=env)) == "other"
+        listed = json.loads(_ok(run_cli("volume", "files", other, "--json", env=env)))
+        assert [f["path"] for f in listed] == ["other.txt"]
 
 
 def test_two_snapshots_at_once_into_one_repository(
@@ -155,7 +168,9 @@ def test_snapshots_on_s3(tmp_path: Path, docker_resources: Resources,
         first = json.loads(_ok(run_cli("snapshot", volume, "--repo", repo, "--json", env=env)))
         second = json.loads(_ok(run_cli("snapshot", volume, "--repo", repo, "--json", env=env)))
         assert first["new_objects"] == 5 and second["new_objects"] == 0
-        assert len(fs.find(f"{bucket}/team/snapshots/objects")) == 5
+        # Few files, not one per object: a data pack and a tree pack, then one index.
+        assert len(fs.find(f"{bucket}/team/snapshots/packs")) == 2
+        assert len(fs.find(f"{bucket}/team/snapshots/index")) == 1
         listed = json.loads(_ok(run_cli("snapshots", "--repo", repo, "--json", env=env)))
         assert len(listed) == 2
         _ok(run_cli("restore", first["id"], restored, "--repo", repo, env=env))
@@ -200,7 +215,8 @@ def test_a_full_disk_gives_a_clear_error_and_publishes_nothing(
         assert "No space left" in failed.stderr and "hint:" in failed.stderr
         assert "Traceback" not in failed.stderr
         assert list((repo / "snapshots").iterdir()) == []
-        assert [p for p in (repo / "objects").rglob("*") if p.is_file()] == []
+        assert [p for p in (repo / "packs").rglob("*") if p.is_file()] == []
+        assert list((repo / "index").iterdir()) == []
         assert list((repo / "tmp").iterdir()) == []  # nothing half-written left behind
         for name in ("out.tar", "out-folder"):
             exported = run_cli("export", volume, str(small / name), env=env)

@@ -1,52 +1,167 @@
-"""Snapshot commands: snapshot, snapshots, restore."""
+"""Snapshot commands: snapshot, snapshots, restore, forget, and ``repo init|check|gc|stats``.
+
+Exit codes beyond the common ones: 4 -- a snapshot completed but some paths changed or vanished
+while they were read (they are listed); 5 -- an encrypted repository's password is missing or
+wrong.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cargohold.cli._commands import app, emit_json, out
+from cargohold.cli._commands import app, emit_json, err, out
 from cargohold.cli._data import JsonOption, RepoOption, _progress, _size
-from cargohold.engine import connect
+from cargohold.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+repo_app = typer.Typer(
+    help="Create, check, clean and measure a snapshot repository.", no_args_is_help=True
+)
+app.add_typer(repo_app, name="repo")
+
+PasswordFile = Annotated[
+    str | None,
+    typer.Option(
+        "--password-file",
+        help="First line: the repository's password (default: $CARGOHOLD_PASSWORD).",
+        show_default=False,
+    ),
+]
+
+
+def _repo(url: str | None, password_file: str | None, *, create: bool = False):  # type: ignore[no-untyped-def]
+    from cargohold.snapshots import open_repository, read_password
+
+    return open_repository(url, create=create, password=read_password(password_file))
+
+
+def _is_path(source: str) -> bool:
+    """Volume names never contain a slash; anything with one (or ``.``) is a host folder."""
+    return "/" in source or source in (".", "..")
+
+
+def _print_snapshot(info, as_json: bool) -> int:  # type: ignore[no-untyped-def]
+    from cargohold.snapshots import EXIT_CHANGED
+
+    if as_json:
+        emit_json(asdict(info))
+    else:
+        out.print(
+            f"snapshot {info.id} of {info.volume}: {info.files} files, {_size(info.bytes)}; "
+            f"{info.new_objects} new blobs ({_size(info.new_bytes_stored)} stored) in "
+            f"{info.seconds:.1f} s → {info.repo}"
+        )
+    if info.changed:
+        err.print(
+            f"warning: {len(info.changed)} path(s) changed or vanished while being read; the "
+            "snapshot holds what could be read consistently:",
+            markup=False,
+        )
+        for path in info.changed[:20]:
+            err.print(f"  {path}", markup=False)
+        return EXIT_CHANGED
+    return 0
+
+
+def _take(source: str, repo: str | None, password_file: str | None, tag: str | None, pause: bool):  # type: ignore[no-untyped-def]
+    from cargohold.snapshots import snapshot_path, snapshot_volume
+
+    if _is_path(source):
+        if pause:
+            raise UsageError("--pause applies to volumes only.", hint="Drop --pause.")
+        repository = _repo(repo, password_file, create=True)
+        with _progress(f"snapshot {source}") as progress:
+            return snapshot_path(Path(source), repository, tag=tag, progress=progress)
+    from cargohold.engine import connect
+
+    engine = connect()
+    engine.volume(source)  # a missing volume must not leave a new, empty repository behind
+    repository = _repo(repo, password_file, create=True)
+    from cargohold.snapshots.schedule import paused_users
+
+    with paused_users(engine, source, enabled=pause), _progress(f"snapshot {source}") as progress:
+        return snapshot_volume(engine, source, repository, tag=tag, progress=progress)
 
 
 @app.command("snapshot")
 def snapshot_command(
-    volume: Annotated[str, typer.Argument(help="The volume to snapshot.")],
+    source: Annotated[str, typer.Argument(help="A volume, or a folder (a path with a '/').")],
     repo: RepoOption = None,
     tag: Annotated[str | None, typer.Option(help="A name to find it by.")] = None,
+    every: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep running: a snapshot every DURATION (30s, 15m, 1h, 1d).", show_default=False
+        ),
+    ] = None,
+    pause: Annotated[
+        bool, typer.Option(help="docker pause the volume's running users during the read.")
+    ] = False,
+    keep_last: Annotated[int, typer.Option(help="With --every: forget all but the last N.")] = 0,
+    keep_hourly: Annotated[int, typer.Option(help="With --every: keep N hourly.")] = 0,
+    keep_daily: Annotated[int, typer.Option(help="With --every: keep N daily.")] = 0,
+    keep_weekly: Annotated[int, typer.Option(help="With --every: keep N weekly.")] = 0,
+    keep_monthly: Annotated[int, typer.Option(help="With --every: keep N monthly.")] = 0,
+    password_file: PasswordFile = None,
     as_json: JsonOption = False,
-) -> None:
-    """An incremental, content-addressed snapshot: unchanged files cost nothing."""
-    from cargohold.snapshots import open_repository, snapshot_volume
+) -> int:
+    """An incremental, deduplicated snapshot of a volume or a folder: unchanged files and
+    folders cost nothing. Exit 4: done, but some paths changed while being read."""
+    if every is None:
+        return _print_snapshot(_take(source, repo, password_file, tag, pause), as_json)
+    from cargohold.snapshots.forget import Policy, forget_snapshots
+    from cargohold.snapshots.schedule import parse_duration
 
-    engine = connect()
-    engine.volume(volume)  # a missing volume must not leave a new, empty repository behind
-    repository = open_repository(repo, create=True)
-    with _progress(f"snapshot {volume}") as progress:
-        info = snapshot_volume(engine, volume, repository, tag=tag, progress=progress)
-    if as_json:
-        emit_json(asdict(info))
-        return
-    out.print(
-        f"snapshot {info.id} of {volume}: {info.files} files, {_size(info.bytes)}; "
-        f"{info.new_objects} new objects ({_size(info.new_bytes_stored)} stored) in "
-        f"{info.seconds:.1f} s → {info.repo}"
+    interval = parse_duration(every)
+    policy = Policy(
+        last=keep_last,
+        hourly=keep_hourly,
+        daily=keep_daily,
+        weekly=keep_weekly,
+        monthly=keep_monthly,
     )
+    run = 0
+    while True:
+        run += 1
+        began = time.monotonic()
+        try:
+            info = _take(source, repo, password_file, tag, pause)
+            _print_snapshot(info, as_json)
+            if not policy.empty:
+                plan = forget_snapshots(
+                    _repo(repo, password_file), policy, source=info.volume, dry_run=False
+                )
+                out.print(
+                    f"run {run}: kept {len(plan.keep)}, forgot {len(plan.remove)}", markup=False
+                )
+        except Exception as exc:  # one failed run must not stop the schedule
+            err.print(f"run {run} failed: {exc}", markup=False)
+        time.sleep(max(0.0, interval - (time.monotonic() - began)))
 
 
 @app.command("snapshots")
 def snapshots_command(
-    volume: Annotated[str | None, typer.Argument(help="Only this volume's.")] = None,
+    source: Annotated[str | None, typer.Argument(help="Only this volume's (or folder's).")] = None,
     repo: RepoOption = None,
+    password_file: PasswordFile = None,
     as_json: JsonOption = False,
 ) -> None:
     """List the snapshots in a repository."""
-    from cargohold.snapshots import list_snapshots, open_repository
+    import os
 
-    snaps = list_snapshots(open_repository(repo), volume)
+    from cargohold.snapshots import list_snapshots
+
+    repository = _repo(repo, password_file)
+    if source is not None and _is_path(source):
+        source = os.path.abspath(source)
+    snaps = list_snapshots(repository, source)
     if as_json:
         emit_json([asdict(s) for s in snaps])
         return
@@ -55,32 +170,191 @@ def snapshots_command(
     for s in snaps:
         out.print(
             f"{s.id}  {s.created}  {s.volume:<24} {s.files:>8} files  {_size(s.bytes):>9}"
-            f"{'  tag ' + s.tag if s.tag else ''}"
+            f"{'  tag ' + s.tag if s.tag else ''}",
+            markup=False,
         )
 
 
 @app.command("restore")
 def restore_command(
     snapshot: Annotated[
-        str, typer.Argument(help="A snapshot id (or unique prefix), a tag, or VOLUME@latest.")
+        str, typer.Argument(help="A snapshot id (or unique prefix), a tag, or SOURCE@latest.")
     ],
-    volume: Annotated[str, typer.Argument(help="A new or empty volume to restore into.")],
+    volume: Annotated[
+        str | None, typer.Argument(help="A new or empty volume to restore into.")
+    ] = None,
+    to: Annotated[
+        Path | None, typer.Option("--to", help="Restore into this host folder instead.")
+    ] = None,
     repo: RepoOption = None,
     force: Annotated[
-        bool, typer.Option(help="Replace the content of a volume that has data.")
+        bool, typer.Option(help="Replace the content of a target that has data.")
     ] = False,
+    password_file: PasswordFile = None,
 ) -> None:
-    """Restore a snapshot into a volume, verifying every file's checksum."""
-    from cargohold.snapshots import open_repository, restore_snapshot
+    """Restore a snapshot into a volume or a folder, verified, staged and swapped in whole."""
+    from cargohold.snapshots import restore_to_path, restore_volume
 
-    engine = connect()
-    repository = open_repository(repo)
-    with _progress(f"restore → {volume}") as progress:
-        manifest, files = restore_snapshot(
-            engine, repository, snapshot, volume, force=force, progress=progress
+    if (volume is None) == (to is None):
+        raise UsageError(
+            "Name a volume or --to DIR (one of them).",
+            hint="cargohold restore SNAP VOLUME, or cargohold restore SNAP --to DIR",
         )
+    repository = _repo(repo, password_file)
+    if to is not None:
+        with _progress(f"restore → {to}") as progress:
+            result = restore_to_path(repository, snapshot, to, force=force, progress=progress)
+    else:
+        from cargohold.engine import connect
+
+        assert volume is not None
+        engine = connect()
+        with _progress(f"restore → {volume}") as progress:
+            result = restore_volume(
+                engine, repository, snapshot, volume, force=force, progress=progress
+            )
+    if result.finished_interrupted:
+        err.print(f"note: finished an interrupted restore into {result.target} first", markup=False)
     out.print(
-        f"restored {manifest['id']} ({manifest['files']} files, "
-        f"{_size(manifest['bytes'])}) into {volume}, checksums verified "
-        f"(via {files.access} access)"
+        f"restored {result.id} ({result.files} files, {_size(result.bytes)}) into "
+        f"{result.target}, checksums verified (via {result.access} access)",
+        markup=False,
+    )
+
+
+@app.command("forget")
+def forget_command(
+    source: Annotated[str | None, typer.Argument(help="Only this volume's (or folder's).")] = None,
+    keep_last: Annotated[int, typer.Option(help="Keep the N newest.")] = 0,
+    keep_hourly: Annotated[int, typer.Option(help="Keep the newest of each of N hours.")] = 0,
+    keep_daily: Annotated[int, typer.Option(help="Keep the newest of each of N days.")] = 0,
+    keep_weekly: Annotated[int, typer.Option(help="Keep the newest of each of N weeks.")] = 0,
+    keep_monthly: Annotated[int, typer.Option(help="Keep the newest of each of N months.")] = 0,
+    keep_tag: Annotated[
+        list[str] | None, typer.Option(help="Keep every snapshot with tag T.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only show what would be forgotten.")] = False,
+    repo: RepoOption = None,
+    password_file: PasswordFile = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Forget snapshots by a retention policy (restic's rules, per source). The data goes with
+    the next `cargohold repo gc`."""
+    import os
+
+    from cargohold.snapshots.forget import Policy, forget_snapshots
+
+    policy = Policy(
+        last=keep_last,
+        hourly=keep_hourly,
+        daily=keep_daily,
+        weekly=keep_weekly,
+        monthly=keep_monthly,
+        tags=tuple(keep_tag or ()),
+    )
+    if policy.empty:
+        raise UsageError(
+            "No --keep-… option: that would forget every snapshot.",
+            hint="Say what to keep, e.g. --keep-last 7 --keep-daily 30.",
+        )
+    if source is not None and _is_path(source):
+        source = os.path.abspath(source)
+    result = forget_snapshots(_repo(repo, password_file), policy, source=source, dry_run=dry_run)
+    if as_json:
+        emit_json(
+            {
+                "keep": [{"id": s.id, "source": s.volume, "reasons": r} for s, r in result.keep],
+                "remove": [s.id for s in result.remove],
+                "dry_run": dry_run,
+            }
+        )
+        return
+    for s, reasons in result.keep:
+        out.print(f"keep    {s.id}  {s.volume}  ({', '.join(reasons)})", markup=False)
+    for s in result.remove:
+        out.print(f"{'would forget' if dry_run else 'forget'}  {s.id}  {s.volume}", markup=False)
+
+
+@repo_app.command("init")
+def repo_init(
+    repo: RepoOption = None,
+    encrypt: Annotated[
+        bool, typer.Option(help="Encrypt everything (AES-256-GCM, scrypt).")
+    ] = False,
+    password_file: PasswordFile = None,
+) -> None:
+    """Create a repository (format 2)."""
+    from cargohold.snapshots import init_repository, read_password
+
+    repository = init_repository(repo, encrypt=encrypt, password=read_password(password_file))
+    out.print(
+        f"created {'an encrypted' if encrypt else 'a'} repository at {repository.url}", markup=False
+    )
+
+
+@repo_app.command("check")
+def repo_check(
+    repo: RepoOption = None,
+    read_data: Annotated[bool, typer.Option(help="Also read and verify every byte.")] = False,
+    password_file: PasswordFile = None,
+    as_json: JsonOption = False,
+) -> int:
+    """Verify the structure (every snapshot's trees and blobs are there); exit 1 on problems."""
+    from cargohold.snapshots.maintenance import check_repository
+
+    result = check_repository(_repo(repo, password_file), read_data=read_data)
+    if as_json:
+        emit_json(asdict(result))
+    else:
+        for problem in result.problems:
+            out.print(f"problem: {problem}", markup=False)
+        out.print(
+            f"{result.snapshots} snapshots, {result.packs} packs, {result.blobs} blobs checked"
+            f"{' (every byte read)' if read_data else ''}: "
+            f"{'no problems' if not result.problems else f'{len(result.problems)} problem(s)'}",
+            markup=False,
+        )
+    return 1 if result.problems else 0
+
+
+@repo_app.command("gc")
+def repo_gc(
+    repo: RepoOption = None,
+    password_file: PasswordFile = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete data no snapshot references; safe while snapshots are being written."""
+    from cargohold.snapshots.maintenance import collect_garbage
+
+    result = collect_garbage(_repo(repo, password_file))
+    if as_json:
+        emit_json(asdict(result))
+        return
+    out.print(
+        f"deleted {result.deleted_packs} packs ({_size(result.deleted_bytes)}); "
+        f"{result.condemned_packs} more waiting for {result.waiting_sessions} running "
+        f"snapshot(s); {result.kept_packs} packs in use",
+        markup=False,
+    )
+
+
+@repo_app.command("stats")
+def repo_stats(
+    repo: RepoOption = None,
+    password_file: PasswordFile = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Sizes and deduplication: what the snapshots hold against what the repository stores."""
+    from cargohold.snapshots.maintenance import repository_stats
+
+    stats = repository_stats(_repo(repo, password_file))
+    if as_json:
+        emit_json(asdict(stats))
+        return
+    out.print(
+        f"{stats.snapshots} snapshots of {stats.logical_bytes and _size(stats.logical_bytes)} "
+        f"in all; stored {_size(stats.stored_bytes)} in {stats.packs} packs "
+        f"({stats.blobs} blobs, {_size(stats.metadata_bytes)} of index and records); "
+        f"deduplication ratio {stats.dedup_ratio:.2f}",
+        markup=False,
     )

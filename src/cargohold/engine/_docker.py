@@ -393,6 +393,14 @@ class DockerEngine:
         ):
             self._client.api.stop(container_id, timeout=timeout)
 
+    def pause(self, container_id: str) -> None:
+        with translate(f"Pausing {container_id[:12]}"):
+            self._client.api.pause(container_id)
+
+    def unpause(self, container_id: str) -> None:
+        with translate(f"Unpausing {container_id[:12]}"):
+            self._client.api.unpause(container_id)
+
     def container_names(self) -> list[str]:
         return [c.name for c in self._containers()]
 

@@ -1,41 +1,114 @@
-"""Where snapshots live: a content-addressed repository in a local folder or any fsspec URL.
+"""A snapshot repository (format 2): packs of sealed blobs, indexes, trees, snapshot records.
 
-    <repo>/cargohold-repository.json    marks the folder as a repository (format, version)
-    <repo>/objects/ab/abcdef…           zstd-compressed file contents, named by the sha256 of
-                                        the uncompressed bytes: identical data is stored once
-    <repo>/snapshots/<id>.json          one manifest per snapshot, written last
+    <repo>/repository.json      format version, chunker, pack size, encryption (``_format.py``)
+    <repo>/packs/ab/<sha256>    ~16 MiB of blobs back to back; named by the hash of its bytes
+    <repo>/index/<random>       which blobs each pack holds, one file per writing session
+    <repo>/snapshots/<id>       one record per snapshot, written last
+    <repo>/sessions/<id>        one per live writer (snapshot) -- what makes gc safe, below
+    <repo>/condemned/<id>       packs a gc found unreferenced, waiting to be deleted
+    <repo>/tmp/<session>-…      packs being written locally (debris if their writer died)
 
-Nothing is ever modified in place, so two snapshots into one repository at once cannot corrupt
-it: an object is published by an atomic rename (local) or a single PUT (object stores), and two
-writers of the same object write the same bytes under the same name; manifests have unique ids.
-On a local folder, new objects are first written under temporary names, made durable with one
-``syncfs`` of the repository's file system (not one fsync per object: ten thousand small files
-would take longer to flush than to write), and only then renamed into place; the manifest goes
-last. A crash leaves temporary files (removed by the next snapshot) and never a published object
-with missing bytes.
+Why packs: a snapshot of 200,000 small files must not create 200,000 files (inode allocation
+dominated the old format's time, and it made 200,000 PUTs on S3). Blobs are appended to a pack
+until it reaches ``pack_size`` (16 MiB, restic's default: big enough that S3 requests scale with
+bytes, not files -- about 64 PUTs per GB -- small enough that one unlucky pack costs little to
+rewrite), then the pack is published whole: renamed into place locally, uploaded by a pool of
+threads on S3 while the snapshot goes on.
+
+Order of publication, which every reader relies on: packs, then the session's index, then the
+snapshot record. A crash at any point leaves only unreferenced packs (cleaned by gc) or debris in
+``tmp/`` (cleaned by the next writer, which can tell its writer is dead -- see below), never a
+record that points at something missing.
+
+**Concurrency without a global lock.** Any number of snapshots may write at once: nothing is
+modified in place, and two writers of the same blob just store it twice (gc keeps one copy's
+pack or the other). ``gc`` must never delete a pack that a snapshot still being written is about
+to reference -- a writer decides "already stored" from the index it loaded when it started. So:
+
+1. Every writer first publishes ``sessions/<id>`` and only then loads the index and the list of
+   condemned packs. Locally the session file is held with ``flock`` for the writer's lifetime
+   (the kernel drops it when the process dies, even by SIGKILL); on object stores, where no lock
+   survives a crash, the writer rewrites it every ``HEARTBEAT`` seconds and a session not
+   refreshed for ``SESSION_TTL`` is dead. Nothing can be locked for ever.
+2. ``gc`` *condemns* unreferenced packs: it writes ``condemned/<id>`` naming them, with its time.
+   Writers that start afterwards never reuse a blob that lives only in a condemned pack.
+3. A later step (the same ``gc`` run, or the next) deletes a condemned pack only when no session
+   that started before the condemnation is still alive, and only after recomputing references
+   from every snapshot then present: a writer that started before the condemnation either
+   finished (its snapshot is listed, so its packs are referenced and rescued) or died.
+4. Writers check, before publishing their snapshot, that their session is still live (a writer
+   paused for longer than the TTL on S3 aborts instead of publishing).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import hashlib
 import json
+import logging
 import os
-import tempfile
+import secrets
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
 
-from cargohold._atomic import fsync_dir, write_bytes_atomic
-from cargohold.errors import TransferError
+from cargohold._atomic import write_bytes_atomic
+from cargohold.snapshots._backend import (
+    Backend,
+    FsspecBackend,
+    LocalBackend,
+    RepositoryError,
+    fsspec_filesystem,
+)
+from cargohold.snapshots._format import (
+    ChunkerParams,
+    Keys,
+    Node,
+    PasswordError,
+    RepoConfig,
+    SnapshotRecord,
+    chunker_seed,
+    damaged,
+    decode_index,
+    decode_snapshot,
+    decode_tree,
+    encode_index,
+    encode_snapshot,
+    encode_tree,
+    new_encryption,
+    parse_config,
+    unwrap_key,
+)
 
-__all__ = ["Repository", "RepositoryError", "default_repo_url", "open_repository"]
+__all__ = [
+    "PASSWORD_ENV",
+    "REPO_ENV",
+    "PasswordError",
+    "Repository",
+    "RepositoryError",
+    "default_repo_url",
+    "fsspec_filesystem",
+    "init_repository",
+    "open_repository",
+    "read_password",
+]
 
-MARKER = "cargohold-repository.json"
+log = logging.getLogger(__name__)
+
 REPO_ENV = "CARGOHOLD_REPO"
-
-
-class RepositoryError(TransferError):
-    pass
+PASSWORD_ENV = "CARGOHOLD_PASSWORD"
+CONFIG = "repository.json"
+LEGACY_MARKER = "cargohold-repository.json"
+SESSION_TTL = float(os.environ.get("CARGOHOLD_SESSION_TTL", "600"))
+HEARTBEAT = SESSION_TTL / 5
+_UPLOADS = 4  # packs uploaded at once to an object store
+_WINDOW = 8 << 20  # bytes fetched per ranged GET when reading packs from an object store
 
 
 def default_repo_url() -> str:
@@ -46,294 +119,544 @@ def default_repo_url() -> str:
     return os.path.join(data, "cargohold", "snapshots")
 
 
-def _syncfs(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def read_password(password_file: str | None = None) -> bytes | None:
+    """The password from ``--password-file`` (first line), else ``$CARGOHOLD_PASSWORD``."""
+    if password_file:
+        try:
+            with open(password_file, "rb") as f:
+                return f.readline().rstrip(b"\r\n")
+        except OSError as exc:
+            raise PasswordError(
+                f"Cannot read the password file {password_file}: {exc.strerror}.",
+                hint="Check the path given to --password-file.",
+            ) from None
+    value = os.environ.get(PASSWORD_ENV)
+    return value.encode() if value else None
+
+
+def _backend(url: str) -> Backend:
+    if "://" in url and not url.startswith("file://"):
+        return FsspecBackend(url)
+    return LocalBackend(Path(url.removeprefix("file://")).expanduser())
+
+
+def _local_dirs(root: Path) -> None:
+    for sub in ("packs", "index", "snapshots", "sessions", "condemned", "tmp"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+
+
+def init_repository(
+    url: str | None, *, encrypt: bool = False, password: bytes | None = None, exist_ok: bool = False
+) -> Repository:
+    """Create a repository (format 2) at ``url``.
+
+    Raises:
+        RepositoryError: something else is there, or it cannot be written.
+        PasswordError: ``encrypt`` without a password.
+    """
+    url = url or default_repo_url()
+    backend = _backend(url)
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) != 0:
-            os.sync()
-    except (OSError, AttributeError):
-        os.sync()
-    finally:
-        os.close(fd)
-
-
-def fsspec_filesystem(url: str) -> tuple[Any, str]:
-    """The fsspec file system and path of a URL; ``CARGOHOLD_S3_ENDPOINT`` points s3:// at
-    any S3-compatible server (MinIO, Ceph radosgw, …)."""
-    import fsspec
-
-    options: dict[str, Any] = {}
-    if url.startswith("s3://") and os.environ.get("CARGOHOLD_S3_ENDPOINT"):
-        options["client_kwargs"] = {"endpoint_url": os.environ["CARGOHOLD_S3_ENDPOINT"]}
-    fs, path = fsspec.core.url_to_fs(url, **options)
-    return fs, str(path)
-
-
-class Repository:
-    """Base: the operations a snapshot needs. Objects are staged in a local temporary file."""
-
-    url: str
-
-    def existing_objects(self) -> set[str]:
-        raise NotImplementedError
-
-    def staging_file(self) -> tuple[IO[bytes], str]:
-        """A new temporary file for an object's compressed bytes, and its path."""
-        raise NotImplementedError
-
-    def stage_object(self, staged: str, digest: str) -> None:
-        """Hand a finished temporary file over as object ``digest`` (published by ``commit``)."""
-        raise NotImplementedError
-
-    def discard(self, staged: str) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(staged)
-
-    def commit(self) -> None:
-        """Make every staged object durable and visible."""
-
-    def abort(self) -> None:
-        """Drop every staged object (a failed snapshot publishes nothing)."""
-
-    def open_object(self, digest: str) -> IO[bytes]:
-        raise NotImplementedError
-
-    def write_manifest(self, snapshot_id: str, data: bytes) -> None:
-        raise NotImplementedError
-
-    def manifest_ids(self) -> list[str]:
-        raise NotImplementedError
-
-    def read_manifest(self, snapshot_id: str) -> dict[str, Any]:
-        raise NotImplementedError
-
-
-class LocalRepository(Repository):
-    def __init__(self, root: Path, *, create: bool) -> None:
-        self.root = root
-        self.url = str(root)
-        marker = root / MARKER
-        if not marker.exists():
-            if not create:
+        if isinstance(backend, LocalBackend):
+            root = backend.root
+            if (root / CONFIG).exists() or (root / LEGACY_MARKER).exists():
+                if exist_ok:
+                    return open_repository(url, password=password)
                 raise RepositoryError(
-                    f"No snapshot repository at {root}.",
-                    hint="Take a snapshot first (`cargohold snapshot VOLUME --repo …`), or check "
-                    "the --repo URL.",
+                    f"{url} is already a repository.", hint="Use it, or pick another --repo."
                 )
-            # Another snapshot may be creating the repository right now: only foreign content
-            # makes the folder unusable.
-            ours = {"objects", "snapshots", "tmp", MARKER}
-            if root.exists() and any(
-                p.name not in ours and not p.name.startswith(f".{MARKER}.") for p in root.iterdir()
-            ):
-                raise RepositoryError(
-                    f"{root} is not empty and is not a cargohold repository.",
-                    hint="Pick an empty or new folder for --repo.",
-                )
-            try:
-                for sub in ("objects", "snapshots", "tmp"):
-                    (root / sub).mkdir(parents=True, exist_ok=True)
-                write_bytes_atomic(
-                    marker, json.dumps({"format": "cargohold-repository", "version": 1}).encode()
-                )
-            except OSError as exc:
-                raise RepositoryError(
-                    f"Cannot create a repository at {root}: {exc.strerror}.",
-                    hint="Check permissions and free space.",
-                ) from None
-        self._staged: list[tuple[str, str]] = []
-        self._clean_stale_tmp()
-
-    def _clean_stale_tmp(self) -> None:
-        # Temporary objects of writers that died. A live writer's are younger than a day.
-        import time
-
-        tmp = self.root / "tmp"
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(tmp):
-                with contextlib.suppress(OSError):
-                    if entry.stat().st_mtime < time.time() - 86400:
-                        os.unlink(entry.path)
-
-    def _object_path(self, digest: str) -> Path:
-        return self.root / "objects" / digest[:2] / digest
-
-    def existing_objects(self) -> set[str]:
-        found: set[str] = set()
-        objects = self.root / "objects"
-        for sub in os.scandir(objects):
-            if sub.is_dir():
-                found.update(e.name for e in os.scandir(sub.path))
-        return found
-
-    def staging_file(self) -> tuple[IO[bytes], str]:
-        fd, path = tempfile.mkstemp(prefix="obj-", dir=self.root / "tmp")
-        return os.fdopen(fd, "wb"), path
-
-    def stage_object(self, staged: str, digest: str) -> None:
-        self._staged.append((staged, digest))
-
-    def abort(self) -> None:
-        for staged, _ in self._staged:
-            self.discard(staged)
-        self._staged.clear()
-
-    def commit(self) -> None:
-        if not self._staged:
-            return
-        _syncfs(self.root)  # every staged object's bytes are on disk before any is published
-        folders: set[Path] = set()
-        for staged, digest in self._staged:
-            final = self._object_path(digest)
-            if final.exists():
-                self.discard(staged)
-                continue
-            final.parent.mkdir(exist_ok=True)
-            os.rename(staged, final)
-            folders.add(final.parent)
-        for folder in folders | {self.root / "objects"}:
-            fsync_dir(folder)
-        self._staged.clear()
-
-    def open_object(self, digest: str) -> IO[bytes]:
-        try:
-            return open(self._object_path(digest), "rb")
-        except FileNotFoundError:
-            raise RepositoryError(
-                f"Object {digest[:12]}… is missing from {self.url}.",
-                hint="The repository is damaged; restore from another one.",
-            ) from None
-
-    def write_manifest(self, snapshot_id: str, data: bytes) -> None:
-        write_bytes_atomic(self.root / "snapshots" / f"{snapshot_id}.json", data)
-
-    def manifest_ids(self) -> list[str]:
-        return sorted(p.stem for p in (self.root / "snapshots").glob("*.json"))
-
-    def read_manifest(self, snapshot_id: str) -> dict[str, Any]:
-        path = self.root / "snapshots" / f"{snapshot_id}.json"
-        try:
-            return dict(json.loads(path.read_bytes()))
-        except FileNotFoundError:
-            raise RepositoryError(
-                f"No snapshot {snapshot_id} in {self.url}.",
-                hint="`cargohold snapshots` lists them.",
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise RepositoryError(
-                f"Snapshot manifest {snapshot_id} is unreadable: {exc}.",
-                hint="The repository is damaged.",
-            ) from None
-
-
-class FsspecRepository(Repository):
-    """Any fsspec file system (``s3://bucket/prefix`` …). Objects are PUT whole, once each."""
-
-    def __init__(self, url: str, *, create: bool) -> None:
-
-        self.url = url.rstrip("/")
-        try:
-            self.fs, self.root = fsspec_filesystem(self.url)
-        except (ImportError, ValueError) as exc:
-            raise RepositoryError(
-                f"Cannot open repository {url}: {exc}.", hint="For s3:// URLs, `pip install s3fs`."
-            ) from None
-        self._tmp = tempfile.mkdtemp(prefix="cargohold-objects-")
-        try:
-            has_marker = self.fs.exists(f"{self.root}/{MARKER}")
-            if not has_marker:
-                if not create:
+            if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
+                ours = {"packs", "index", "snapshots", "sessions", "condemned", "tmp"}
+                if not {p.name for p in root.iterdir()} <= ours:
                     raise RepositoryError(
-                        f"No snapshot repository at {url}.",
-                        hint="Take a snapshot first, or check the URL.",
+                        f"{root} is not empty and is not a cargohold repository.",
+                        hint="Pick an empty or new folder for --repo.",
                     )
-                if url.startswith("s3://"):
-                    bucket = self.root.split("/")[0]
-                    if not self.fs.exists(bucket):
-                        self.fs.mkdir(bucket)
-                self.fs.pipe_file(
-                    f"{self.root}/{MARKER}",
-                    json.dumps({"format": "cargohold-repository", "version": 1}).encode(),
+            _local_dirs(root)
+        else:
+            assert isinstance(backend, FsspecBackend)
+            backend.ensure_bucket()
+            if backend.exists(CONFIG) or backend.exists(LEGACY_MARKER):
+                if exist_ok:
+                    return open_repository(url, password=password)
+                raise RepositoryError(
+                    f"{url} is already a repository.", hint="Use it, or pick another --repo."
                 )
-        except RepositoryError:
-            raise
-        except Exception as exc:  # fsspec back ends raise their own exception types
-            raise RepositoryError(
-                f"Cannot reach repository {url}: {exc}.",
-                hint="Check the URL, the credentials (AWS_ACCESS_KEY_ID, …) "
-                "and CARGOHOLD_S3_ENDPOINT.",
-            ) from None
-
-    def existing_objects(self) -> set[str]:
-        try:
-            return {p.rsplit("/", 1)[-1] for p in self.fs.find(f"{self.root}/objects")}
-        except FileNotFoundError:
-            return set()
-
-    def staging_file(self) -> tuple[IO[bytes], str]:
-        fd, path = tempfile.mkstemp(prefix="obj-", dir=self._tmp)
-        return os.fdopen(fd, "wb"), path
-
-    def stage_object(self, staged: str, digest: str) -> None:
-        try:
-            self.fs.put_file(staged, f"{self.root}/objects/{digest[:2]}/{digest}")
-        except Exception as exc:
-            raise RepositoryError(
-                f"Uploading to {self.url} failed: {exc}.",
-                hint="Check the connection and credentials; nothing was "
-                "published without its manifest.",
-            ) from None
-        finally:
-            self.discard(staged)
-
-    def open_object(self, digest: str) -> IO[bytes]:
-        try:
-            return self.fs.open(  # type: ignore[no-any-return]
-                f"{self.root}/objects/{digest[:2]}/{digest}",
-                "rb",
-                block_size=8 << 20,
-            )
-        except FileNotFoundError:
-            raise RepositoryError(
-                f"Object {digest[:12]}… is missing from {self.url}.",
-                hint="The repository is damaged.",
-            ) from None
-
-    def write_manifest(self, snapshot_id: str, data: bytes) -> None:
-        self.fs.pipe_file(f"{self.root}/snapshots/{snapshot_id}.json", data)
-
-    def manifest_ids(self) -> list[str]:
-        try:
-            paths = self.fs.glob(f"{self.root}/snapshots/*.json")
-        except FileNotFoundError:
-            return []
-        return sorted(p.rsplit("/", 1)[-1][: -len(".json")] for p in paths)
-
-    def read_manifest(self, snapshot_id: str) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.fs.cat_file(f"{self.root}/snapshots/{snapshot_id}.json")))
-        except FileNotFoundError:
-            raise RepositoryError(
-                f"No snapshot {snapshot_id} in {self.url}.",
-                hint="`cargohold snapshots` lists them.",
-            ) from None
+        master = None
+        encryption = None
+        if encrypt:
+            if not password:
+                raise PasswordError(
+                    "An encrypted repository needs a password.",
+                    hint="Set CARGOHOLD_PASSWORD, or pass --password-file FILE.",
+                )
+            encryption, master = new_encryption(password)
+        config = RepoConfig(
+            id=secrets.token_hex(16),
+            chunker=ChunkerParams(seed=chunker_seed(master)),
+            encryption=encryption,
+        )
+        data = config.model_dump_json(indent=2).encode()
+        if isinstance(backend, LocalBackend):
+            write_bytes_atomic(backend.root / CONFIG, data)
+        else:
+            backend.put(CONFIG, data)
+    except OSError as exc:
+        raise RepositoryError(
+            f"Cannot create a repository at {url}: {exc.strerror or exc}.",
+            hint="Check permissions and free space.",
+        ) from None
+    return Repository(backend, config, master)
 
 
-def open_repository(url: str | None = None, *, create: bool = False) -> Repository:
-    """The repository at ``url`` (default: ``default_repo_url()``).
+def open_repository(
+    url: str | None = None,
+    *,
+    create: bool = False,
+    password: bytes | None = None,
+) -> Repository:
+    """The repository at ``url`` (default: ``default_repo_url()``); ``create``: a new plain one
+    if there is none.
 
     Raises:
         RepositoryError: it does not exist (and ``create`` is False) or cannot be reached.
+        PasswordError: it is encrypted and the password is missing or wrong.
     """
     url = url or default_repo_url()
-    if "://" in url and not url.startswith("file://"):
-        return FsspecRepository(url, create=create)
-    path = Path(url.removeprefix("file://")).expanduser()
+    if password is None:
+        password = read_password()
+    backend = _backend(url)
     try:
-        return LocalRepository(path, create=create)
+        raw = backend.read(CONFIG)
+    except RepositoryError:
+        raw = None
     except PermissionError as exc:
         raise RepositoryError(
-            f"Repository {path} is not readable: {exc.strerror}.",
+            f"Repository {url} is not readable: {exc.strerror}.",
             hint="Check its permissions, or use another --repo.",
         ) from None
+    except OSError as exc:
+        raise RepositoryError(
+            f"Repository {url} is not readable: {exc.strerror or exc}.",
+            hint="Check the path, or use another --repo.",
+        ) from None
+    if raw is None:
+        if backend.exists(LEGACY_MARKER):
+            from cargohold.snapshots._legacy import open_legacy
+
+            return open_legacy(url)  # type: ignore[return-value]
+        if not create:
+            raise RepositoryError(
+                f"No snapshot repository at {url}.",
+                hint="Take a snapshot first (`cargohold snapshot VOLUME --repo …`), create one "
+                "with `cargohold repo init`, or check the --repo URL.",
+            )
+        return init_repository(url, exist_ok=True, password=password)
+    config = parse_config(raw, url)
+    master = unwrap_key(config.encryption, password, url) if config.encryption else None
+    if isinstance(backend, LocalBackend):
+        with contextlib.suppress(OSError):
+            _local_dirs(backend.root)
+    return Repository(backend, config, master)
+
+
+@dataclass(frozen=True)
+class PackInfo:
+    name: str
+    kind: str  # "d" data, "t" trees
+    blobs: tuple[tuple[bytes, int, int], ...]
+
+
+class _OpenPack:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by finish()
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.blobs: list[tuple[str, int, int]] = []
+
+
+class Repository:
+    """A format-2 repository. Thread-safe for blob reads and writes."""
+
+    legacy = False
+
+    def __init__(self, backend: Backend, config: RepoConfig, master: bytes | None) -> None:
+        self.backend = backend
+        self.config = config
+        self.url = backend.url
+        self.keys = Keys(master, config.compression_level)
+        self._lock = threading.Lock()
+        self._index: dict[bytes, int] | None = None
+        self._pack_names: list[str] = []
+        self._pack_numbers: dict[str, int] = {}
+        self._index_files: list[str] = []
+        self._excluded_packs: set[str] = set()
+        # Writing.
+        self._session: str | None = None
+        self._session_fd: int | None = None
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_ok = 0.0
+        self._stop = threading.Event()
+        self._open: dict[str, _OpenPack] = {}
+        self._written: list[tuple[str, str, list[tuple[str, int, int]]]] = []
+        self._uploads: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+        self._new_blobs: dict[bytes, None] = {}
+        # Reading from an object store: a few recent windows of packs.
+        self._windows: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._tree_cache = self._tree_cache_dir()
+
+    # -- the index -----------------------------------------------------------------------
+
+    def _tree_cache_dir(self) -> Path | None:
+        if self.backend.local:
+            return None
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        return Path(base) / "cargohold" / "trees" / self.config.id
+
+    def load_index(self, *, exclude: set[str] | None = None) -> None:
+        """Read every index file. ``exclude``: packs whose blobs must not count as stored."""
+        index: dict[bytes, int] = {}
+        names: list[str] = []
+        numbers: dict[str, int] = {}
+        files = [name for name, _ in self.backend.list("index")]
+        for name in files:
+            for pack, _kind, blobs in self._read_index(name):
+                if exclude and pack in exclude:
+                    continue
+                number = numbers.get(pack)
+                if number is None:
+                    number = numbers[pack] = len(names)
+                    names.append(pack)
+                base = number << 64
+                for blob, offset, length in blobs:
+                    index[blob] = base | offset << 32 | length
+        with self._lock:
+            self._index, self._pack_names, self._pack_numbers = index, names, numbers
+            self._index_files = files
+            self._excluded_packs = set(exclude or ())
+
+    def _read_index(self, name: str) -> list[tuple[str, str, list[tuple[bytes, int, int]]]]:
+        what = f"index {name}"
+        return decode_index(self.keys.unseal(self.backend.read(name), what), what)
+
+    def index_files(self) -> list[str]:
+        self._ensure_index()
+        return list(self._index_files)
+
+    def packs(self) -> Iterator[PackInfo]:
+        """Every pack every index names (one index file at a time)."""
+        for name, _ in self.backend.list("index"):
+            for pack, kind, blobs in self._read_index(name):
+                yield PackInfo(pack, kind, tuple(blobs))
+
+    def _ensure_index(self) -> dict[bytes, int]:
+        if self._index is None:
+            self.load_index()
+        assert self._index is not None
+        return self._index
+
+    def has_blob(self, blob: str) -> bool:
+        raw = bytes.fromhex(blob)
+        index = self._ensure_index()
+        with self._lock:
+            return raw in index or raw in self._new_blobs
+
+    def blob_count(self) -> int:
+        return len(self._ensure_index())
+
+    def locate(self, blob: str) -> tuple[str, int, int] | None:
+        index = self._ensure_index()
+        where = index.get(bytes.fromhex(blob))
+        if where is None:
+            return None
+        return self._pack_names[where >> 64], (where >> 32) & 0xFFFFFFFF, where & 0xFFFFFFFF
+
+    # -- reading blobs ---------------------------------------------------------------------
+
+    def _read_range(self, pack: str, offset: int, length: int) -> bytes:
+        if self.backend.local:
+            return self.backend.read(pack, offset, length)
+        with self._lock:
+            window = self._windows.get(pack)
+            if window is not None:
+                start, data = window
+                if start <= offset and offset + length <= start + len(data):
+                    self._windows.move_to_end(pack)
+                    return data[offset - start : offset - start + length]
+        size = max(length, _WINDOW)
+        try:
+            data = self.backend.read(pack, offset, size)
+        except RepositoryError:
+            data = self.backend.read(pack, offset, length)  # the pack ends before the window
+        if len(data) < length:
+            raise damaged(pack, "it is shorter than its index says")
+        with self._lock:
+            self._windows[pack] = (offset, data)
+            while len(self._windows) > 4:
+                self._windows.popitem(last=False)
+        return data[:length]
+
+    def read_blob(self, blob: str, what: str) -> bytes:
+        """A blob's plaintext, verified against its id.
+
+        Raises:
+            RepositoryError: it is missing, or its bytes do not match its id.
+        """
+        where = self.locate(blob)
+        if where is None:
+            raise RepositoryError(
+                f"{what}: blob {blob[:12]}… is not in any index of {self.url}.",
+                hint="The repository is damaged: `cargohold repo check` reports the extent.",
+            )
+        pack, offset, length = where
+        plain = self.keys.unseal(self._read_range(pack, offset, length), f"{what} (in {pack})")
+        if self.keys.blob_id(plain) != blob:
+            raise damaged(f"{what} (in {pack})", "its bytes do not match their checksum")
+        return plain
+
+    def read_tree(self, blob: str, what: str) -> list[Node]:
+        cached: bytes | None = None
+        path = self._tree_cache / blob[:2] / blob if self._tree_cache else None
+        if path is not None:
+            with contextlib.suppress(OSError):
+                cached = path.read_bytes()
+        if cached is not None:
+            plain = self.keys.unseal(cached, what)
+            if self.keys.blob_id(plain) == blob:
+                return decode_tree(plain, what)
+        plain = self.read_blob(blob, what)
+        if path is not None:
+            self._cache_tree(path, self.keys.seal(plain, metadata=True))
+        return decode_tree(plain, what)
+
+    def _cache_tree(self, path: Path, sealed: bytes) -> None:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+            tmp.write_bytes(sealed)
+            os.replace(tmp, path)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @property
+    def session(self) -> str | None:
+        return self._session
+
+    def begin_session(self, *, prefix: str = "") -> str:
+        """Announce a writer (see the module docstring), clean debris of dead writers, then
+        load the index without the blobs of condemned packs."""
+        session = f"{prefix}{'-' if prefix else ''}{int(time.time())}-{secrets.token_hex(6)}"
+        record = json.dumps(
+            {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        ).encode()
+        name = f"sessions/{session}"
+        if isinstance(self.backend, LocalBackend):
+            self._session_fd = self.backend.hold(name, record)
+        else:
+            self.backend.put(name, record)
+            self._stop.clear()
+            self._heartbeat = threading.Thread(
+                target=self._beat, args=(name, record), name="cargohold-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+        self._heartbeat_ok = time.monotonic()
+        self._session = session
+        self.clean_debris()
+        self.load_index(exclude=self.condemned_packs())
+        self._uploads = ThreadPoolExecutor(
+            1 if self.backend.local else _UPLOADS, thread_name_prefix="cargohold-upload"
+        )
+        return session
+
+    def _beat(self, name: str, record: bytes) -> None:
+        while not self._stop.wait(HEARTBEAT):
+            try:
+                self.backend.put(name, record)
+                self._heartbeat_ok = time.monotonic()
+            except RepositoryError as exc:
+                log.warning("session heartbeat failed: %s", exc)
+
+    def session_alive(self) -> bool:
+        """Whether this writer's session is certainly still seen as live by gc."""
+        if self._session_fd is not None:
+            return True
+        return time.monotonic() - self._heartbeat_ok < SESSION_TTL * 0.8
+
+    def end_session(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+            self._heartbeat = None
+        if self._uploads is not None:
+            self._uploads.shutdown(wait=True, cancel_futures=True)
+            self._uploads = None
+        for pack in self._open.values():
+            pack.file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(pack.path)
+        self._open.clear()
+        if self._session is not None:
+            self.backend.delete(f"sessions/{self._session}")
+            if self._session_fd is not None:
+                os.close(self._session_fd)
+                self._session_fd = None
+            self._session = None
+
+    def live_sessions(self) -> dict[str, float]:
+        """Sessions of writers still alive, with the time each started."""
+        alive: dict[str, float] = {}
+        for name, _ in self.backend.list("sessions"):
+            session = name.rsplit("/", 1)[-1]
+            started = float(session.split("-", 1)[0]) if session[:1].isdigit() else 0.0
+            if session == self._session:
+                alive[session] = started
+            elif isinstance(self.backend, LocalBackend):
+                if self.backend.held(name):
+                    alive[session] = started
+                else:
+                    self.backend.delete(name)  # its writer died
+            else:
+                try:
+                    fresh = time.time() - self.backend.mtime(name) < SESSION_TTL
+                except (RepositoryError, FileNotFoundError):
+                    continue
+                if fresh:
+                    alive[session] = started
+                else:
+                    self.backend.delete(name)
+        return alive
+
+    def clean_debris(self) -> list[str]:
+        """Remove local temporary packs whose writer is dead (defect 17)."""
+        if not isinstance(self.backend, LocalBackend):
+            return []
+        alive = self.live_sessions()
+        removed = []
+        with contextlib.suppress(OSError), os.scandir(self.backend.root / "tmp") as it:
+            for entry in it:
+                owner = entry.name.split("-", 2)
+                session = "-".join(owner[:2])
+                if entry.name.startswith(".put-"):
+                    # A single small file being published; a day old means its writer is gone.
+                    with contextlib.suppress(OSError):
+                        if entry.stat().st_mtime < time.time() - 86400:
+                            os.unlink(entry.path)
+                    continue
+                if session not in alive:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        removed.append(entry.name)
+        return removed
+
+    def condemned_packs(self) -> set[str]:
+        packs: set[str] = set()
+        for name, _ in self.backend.list("condemned"):
+            packs.update(self.read_condemned(name)[1])
+        return packs
+
+    def read_condemned(self, name: str) -> tuple[float, list[str]]:
+        what = f"gc record {name}"
+        try:
+            body = json.loads(self.keys.unseal(self.backend.read(name), what))
+            when, packs = float(body["time"]), [str(p) for p in body["packs"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise damaged(what, str(exc)) from None
+        return when, packs
+
+    def add_blob(self, kind: str, blob: str, plain: bytes | memoryview) -> int:
+        """Store a blob unless it is already stored; returns the bytes it added."""
+        raw = bytes.fromhex(blob)
+        index = self._ensure_index()
+        with self._lock:
+            if raw in index or raw in self._new_blobs:
+                return 0
+            self._new_blobs[raw] = None
+        sealed = self.keys.seal(plain, metadata=kind == "t")
+        with self._lock:
+            pack = self._open.get(kind)
+            if pack is None:
+                assert self._session is not None, "add_blob outside a session"
+                pack = self._open[kind] = _OpenPack(self.backend.temp_file(self._session))
+            pack.file.write(sealed)
+            pack.hash.update(sealed)
+            pack.blobs.append((blob, pack.size, len(sealed)))
+            pack.size += len(sealed)
+            if pack.size >= self.config.pack_size:
+                del self._open[kind]
+                self._finish(kind, pack)
+        return len(sealed)
+
+    def _finish(self, kind: str, pack: _OpenPack) -> None:
+        """Publish a full pack (in the background on an object store). Holds ``_lock``."""
+        pack.file.close()
+        digest = pack.hash.hexdigest()
+        name = f"packs/{digest[:2]}/{digest}"
+        self._written.append((name, kind, pack.blobs))
+        assert self._uploads is not None
+        self._pending.append(self._uploads.submit(self.backend.put_file, name, pack.path))
+
+    def flush(self) -> None:
+        """Publish every open pack, wait for the uploads, then write this session's index."""
+        with self._lock:
+            for kind, pack in list(self._open.items()):
+                del self._open[kind]
+                self._finish(kind, pack)
+            pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+        if self._written:
+            index = self.keys.seal(encode_index(self._written), metadata=True)
+            self.backend.put(f"index/{secrets.token_hex(16)}", index)
+            self._written = []
+
+    def store_tree(self, nodes: list[Node]) -> str:
+        plain = encode_tree(nodes)
+        blob = self.keys.blob_id(plain)
+        self.add_blob("t", blob, plain)
+        if self._tree_cache is not None:
+            path = self._tree_cache / blob[:2] / blob
+            if not path.exists():
+                self._cache_tree(path, self.keys.seal(plain, metadata=True))
+        return blob
+
+    # -- snapshot records -----------------------------------------------------------------
+
+    def snapshot_ids(self) -> list[str]:
+        return sorted(name.rsplit("/", 1)[-1] for name, _ in self.backend.list("snapshots"))
+
+    def save_snapshot(self, record: SnapshotRecord) -> None:
+        if not self.session_alive():
+            raise RepositoryError(
+                "The snapshot's session expired before it could be published (the process was "
+                "paused or cut off for too long); nothing was published.",
+                hint="Run the snapshot again.",
+            )
+        self.backend.put(
+            f"snapshots/{record.id}", self.keys.seal(encode_snapshot(record), metadata=True)
+        )
+
+    def load_snapshot(self, snapshot_id: str) -> SnapshotRecord:
+        name = f"snapshots/{snapshot_id}"
+        try:
+            raw = self.backend.read(name)
+        except RepositoryError:
+            raise RepositoryError(
+                f"No snapshot {snapshot_id} in {self.url}.",
+                hint="`cargohold snapshots` lists them.",
+            ) from None
+        what = f"snapshot {snapshot_id}"
+        record = decode_snapshot(self.keys.unseal(raw, what), what)
+        if record.id != snapshot_id:
+            raise damaged(what, f"it says it is {record.id}")
+        return record
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        self.backend.delete(f"snapshots/{snapshot_id}")
+
+
+def new_snapshot_id(now: datetime | None = None) -> str:
+    """Sortable by time to the microsecond, unique by its random tail."""
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(3)

@@ -1,54 +1,72 @@
-"""Incremental, content-addressed snapshots of volumes, and their restore.
+"""Snapshots of volumes and folders into a repository, and their listing.
 
-A snapshot walks the volume once. Each regular file's bytes are hashed (sha256) and compressed
-(zstd) in one pass, in parallel across files, into the repository -- unless the metadata cache
-says the file is unchanged since the last snapshot (same size, mtime, inode and ctime) and its
-object is already stored: then it is not even read. The manifest records the whole tree (names,
-types, modes, owners, mtimes, symlinks, hardlinks) and is written last.
+A snapshot walks the source once, parents before children, and turns it into tree objects
+bottom-up: when the walk leaves a folder, that folder's nodes become one tree blob (or several,
+``TREE_NODES`` each, for a huge folder) whose id goes into its parent's node. Memory therefore
+holds the folders on the current path, never the whole tree, and a folder whose listing did not
+change produces the same tree blob as last time -- stored once, at no cost.
 
-A restore streams the tree back, decompressing each object and checking its sha256 on the way;
-a mismatch stops the restore and leaves nothing half-restored in the volume.
+File contents: a file up to the chunker's minimum is one blob; a bigger one is cut by FastCDC
+(``_format.ChunkerParams``: 256 KiB min, 1 MiB average, 4 MiB max -- about 1,000 blobs per GB,
+so the index stays ~40 kB per GB, and a 10 MB append to a 200 MB file stores ~2 new chunks
+plus the appended bytes, not the whole file again). Files are read by a pool of threads; blobs
+go into packs (``repository.py``).
+
+Incremental: on the direct path, each file is compared with the same path in the previous
+snapshot of the same source (size, mtime, inode, ctime): unchanged files are not even opened;
+their blob ids are reused from the parent's tree, read one folder at a time alongside the walk.
+
+Files that vanish or change while being read do not fail the snapshot (a training job rotating
+checkpoints must still be backed up): the snapshot completes with what it could read
+consistently, records the paths in ``changed``, and the CLI exits with ``EXIT_CHANGED`` (4).
+
+Files are opened relative to their folder's descriptor with ``O_NOFOLLOW``, folders with
+``O_DIRECTORY | O_NOFOLLOW``: a symlink a container swaps in during the walk is never followed
+to read host files into a snapshot.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import io
-import json
 import logging
 import os
-import secrets
+import socket
+import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-import zstandard
+from pyfastcdc import FastCDC
 
-from cargohold.archive import CHUNK, Entry, EntryStream, Opener, Progress, data_stamp
+from cargohold.archive import CHUNK, Entry, Opener, Progress, data_stamp
 from cargohold.engine import Engine
-from cargohold.errors import ChecksumMismatch, UsageError, VolumeNotFound
-from cargohold.snapshots.repository import Repository, RepositoryError
-from cargohold.volumes import VolumeAccess, open_volume
+from cargohold.errors import UsageError
+from cargohold.snapshots._format import TREE_NODES, Node, SnapshotRecord
+from cargohold.snapshots.repository import Repository, RepositoryError, new_snapshot_id
+from cargohold.volumes import open_volume
 
 __all__ = [
+    "EXIT_CHANGED",
     "SnapshotInfo",
     "list_snapshots",
     "resolve_snapshot",
-    "restore_snapshot",
+    "snapshot_path",
     "snapshot_volume",
 ]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "cargohold-snapshot"
+EXIT_CHANGED = 4  # the snapshot completed, but some paths changed or vanished while read
 _WORKERS = max(2, min(4, os.cpu_count() or 2))
+_PENDING = 128  # files being read at once (each holds an open descriptor)
+_CHANGED_LISTED = 1000  # changed paths recorded by name; more are counted
 
 
 def _no_progress(_: int) -> None:
@@ -58,7 +76,8 @@ def _no_progress(_: int) -> None:
 @dataclass(frozen=True)
 class SnapshotInfo:
     id: str
-    volume: str
+    volume: str  # the source: a volume's name or a folder's path
+    kind: str
     created: str
     tag: str | None
     files: int
@@ -68,113 +87,456 @@ class SnapshotInfo:
     data_version: int
     repo: str
     seconds: float = 0.0
+    changed: tuple[str, ...] = ()
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], repo: str) -> SnapshotInfo:
+    def from_record(cls, record: SnapshotRecord, repo: str) -> SnapshotInfo:
         return cls(
-            id=manifest["id"],
-            volume=manifest["volume"],
-            created=manifest["created"],
-            tag=manifest.get("tag"),
-            files=manifest["files"],
-            bytes=manifest["bytes"],
-            new_objects=manifest.get("new_objects", 0),
-            new_bytes_stored=manifest.get("new_bytes_stored", 0),
-            data_version=manifest.get("data_version", 0),
+            id=record.id,
+            volume=record.source,
+            kind=record.kind,
+            created=record.created,
+            tag=record.tag,
+            files=record.files,
+            bytes=record.bytes,
+            new_objects=record.new_blobs,
+            new_bytes_stored=record.new_bytes_stored,
+            data_version=record.data_version,
             repo=repo,
+            changed=tuple(record.changed),
         )
 
 
-# -- the metadata cache --------------------------------------------------------------------
+# -- reading files -----------------------------------------------------------------------
 
 
-def _cache_path(volume: str, repo: Repository) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    key = hashlib.sha256(f"{volume}\0{repo.url}".encode()).hexdigest()[:24]
-    return Path(base) / "cargohold" / "snapshot-cache" / f"{key}.json"
+@dataclass
+class _Stats:
+    files: int = 0
+    bytes: int = 0
+    new_blobs: int = 0
+    new_bytes: int = 0
+    changed: list[str] = field(default_factory=list)
+    changed_count: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note_changed(self, path: str) -> None:
+        with self.lock:
+            self.changed_count += 1
+            if len(self.changed) < _CHANGED_LISTED:
+                self.changed.append(path)
 
 
-def _load_cache(path: Path) -> dict[str, list[Any]]:
-    try:
-        return dict(json.loads(path.read_bytes()))
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_cache(path: Path, cache: dict[str, list[Any]]) -> None:
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-        tmp.write_bytes(json.dumps(cache, separators=(",", ":")).encode())
-        os.replace(tmp, path)
-
-
-# -- snapshot ------------------------------------------------------------------------------
-
-
-class _ObjectStore:
-    """Hashes and compresses file contents into a repository, each object once."""
-
-    def __init__(self, repo: Repository, existing: set[str], progress: Progress) -> None:
+class _Chunker:
+    def __init__(self, repo: Repository, stats: _Stats, progress: Progress) -> None:
+        params = repo.config.chunker
+        self._params = params
         self._repo = repo
-        self._known = set(existing)
-        self._lock = threading.Lock()
+        self._stats = stats
         self._progress = progress
-        self.new_objects = 0
-        self.new_bytes_stored = 0
 
-    def store(self, opener: Opener) -> str:
-        digest = hashlib.sha256()
-        sink, staged = self._repo.staging_file()
-        try:
-            with sink, opener() as source:
-                compressor = zstandard.ZstdCompressor(level=1).stream_writer(sink, closefd=False)
-                while chunk := source.read(CHUNK):
-                    digest.update(chunk)
-                    compressor.write(chunk)
-                    self._progress(len(chunk))
-                compressor.flush(zstandard.FLUSH_FRAME)
-                stored = sink.tell()
-        except BaseException:
-            self._repo.discard(staged)
-            raise
-        name = digest.hexdigest()
-        with self._lock:
-            duplicate = name in self._known
-            self._known.add(name)
-        if duplicate:
-            self._repo.discard(staged)
+    def _blob(self, data: bytes | memoryview) -> str:
+        blob = self._repo.keys.blob_id(data)
+        added = self._repo.add_blob("d", blob, data)
+        if added:
+            with self._stats.lock:
+                self._stats.new_blobs += 1
+                self._stats.new_bytes += added
+        self._progress(len(data))
+        return blob
+
+    def store(self, source: IO[bytes], size_hint: int) -> tuple[list[str], int]:
+        """Cut a stream into blobs; returns their ids and the bytes read."""
+        if size_hint <= self._params.min:
+            data = source.read(self._params.min + 1)
+            if len(data) <= self._params.min:
+                return ([self._blob(data)] if data else []), len(data)
+            rest: Iterable[bytes] = [data]
         else:
-            self._repo.stage_object(staged, name)
-            with self._lock:
-                self.new_objects += 1
-                self.new_bytes_stored += stored
-        return name
-
-    def has(self, digest: str) -> bool:
-        return digest in self._known
-
-
-def _entry_json(entry: Entry, digest: str | None = None) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "path": entry.path,
-        "kind": entry.kind,
-        "mode": entry.mode,
-        "uid": entry.uid,
-        "gid": entry.gid,
-        "mtime_ns": entry.mtime_ns,
-    }
-    if entry.kind == "file":
-        data["size"] = entry.size
-        data["hash"] = digest
-    elif entry.target:
-        data["target"] = entry.target
-    return data
+            rest = []
+        cdc = FastCDC(
+            self._params.avg - self._params.min,
+            min_size=self._params.min,
+            max_size=self._params.max,
+            seed=self._params.seed,
+        )
+        refs: list[str] = []
+        total = 0
+        reader = _Prefixed(rest, source)
+        for chunk in cdc.cut_stream(reader):
+            refs.append(self._blob(chunk.data))
+            total += chunk.length
+        return refs, total
 
 
-def new_snapshot_id(now: datetime) -> str:
-    """Sortable by time to the microsecond, unique by its random tail."""
-    return now.strftime("%Y%m%dT%H%M%S.%fZ") + "-" + secrets.token_hex(3)
+class _Prefixed:
+    """A reader that first returns some bytes already read, then the rest of a stream."""
+
+    def __init__(self, head: Iterable[bytes], source: IO[bytes]) -> None:
+        self._head = list(head)
+        self._source = source
+
+    def read(self, n: int) -> bytes:
+        if self._head:
+            return self._head.pop(0)
+        return self._source.read(n)
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+        b.st_ctime_ns,
+    )
+
+
+# -- the tree builder ---------------------------------------------------------------------
+
+
+@dataclass
+class _Folder:
+    path: str
+    entry: Entry
+    st: os.stat_result | None
+    items: list[Any] = field(default_factory=list)  # Node | Future[Node | None] | _Folder
+    parent: dict[str, Node] | None = None  # the previous snapshot's nodes of this folder
+    result: Node | None = None
+
+
+def _node(entry: Entry, name: str, st: os.stat_result | None, **extra: Any) -> Node:
+    return Node(
+        name=name,
+        kind=entry.kind,
+        mode=entry.mode,
+        uid=entry.uid,
+        gid=entry.gid,
+        mtime_ns=entry.mtime_ns,
+        size=extra.pop("size", 0),
+        target=entry.target,
+        ino=st.st_ino if st is not None else 0,
+        ctime_ns=st.st_ctime_ns if st is not None else 0,
+        **extra,
+    )
+
+
+class _Builder:
+    """Consumes a tree's entries in walk order and stores it as tree objects, bottom-up."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        parent_root: Node | None,
+        pool: ThreadPoolExecutor,
+        progress: Progress,
+    ) -> None:
+        self.repo = repo
+        self.stats = _Stats()
+        self.chunker = _Chunker(repo, self.stats, progress)
+        self.pool = pool
+        self.progress = progress
+        self.stack: list[_Folder] = []
+        self.pending: deque[Future[Node | None]] = deque()
+        self.parent_root = parent_root
+        self.data_version = 0
+        self.root: Node | None = None
+
+    # A folder's nodes in the previous snapshot: read when the walk enters the folder.
+    def _parent_nodes(self, node: Node | None) -> dict[str, Node] | None:
+        if node is None or node.kind != "dir":
+            return None
+        nodes: dict[str, Node] = {}
+        try:
+            for ref in node.refs:
+                for child in self.repo.read_tree(ref, "the previous snapshot"):
+                    nodes[child.name] = child
+        except RepositoryError as exc:
+            log.warning("previous snapshot unreadable, reading everything: %s", exc)
+            return None
+        return nodes
+
+    def _close(self) -> None:
+        folder = self.stack.pop()
+        nodes: list[Node] = []
+        refs: list[str] = []
+        for item in folder.items:
+            if isinstance(item, Future):
+                node = item.result()
+            elif isinstance(item, _Folder):
+                node = item.result
+            else:
+                node = item
+            if node is None:
+                continue
+            nodes.append(node)
+            if len(nodes) == TREE_NODES:
+                refs.append(self.repo.store_tree(nodes))
+                nodes = []
+        if nodes or not refs:
+            refs.append(self.repo.store_tree(nodes))
+        name = folder.path.rsplit("/", 1)[-1] if folder.path else "root"
+        folder.result = _node(folder.entry, name, folder.st, refs=tuple(refs))
+        if not self.stack:
+            self.root = folder.result
+
+    def _wait_some(self) -> None:
+        while len(self.pending) >= _PENDING or (self.pending and self.pending[0].done()):
+            self.pending.popleft().result()
+
+    def add(self, entry: Entry, st: os.stat_result | None, opener: Opener | None) -> None:
+        self.data_version = max(self.data_version, data_stamp(entry, st))
+        parent_path, _, name = entry.path.rpartition("/")
+        if entry.path:
+            while self.stack and self.stack[-1].path != parent_path:
+                self._close()
+            if not self.stack:
+                raise RepositoryError(
+                    f"The source listed {entry.path!r} outside the folder being read.",
+                    hint="This is a bug in the walk; report it with the source's layout.",
+                )
+        elif self.stack:
+            raise RepositoryError("The source listed its root twice.", hint="Report this bug.")
+        top = self.stack[-1] if self.stack else None
+        previous = top.parent.get(name) if top is not None and top.parent is not None else None
+        if entry.kind == "dir":
+            folder = _Folder(entry.path, entry, st)
+            if top is None:
+                folder.parent = self._parent_nodes(self.parent_root)
+            elif st is not None:
+                folder.parent = self._parent_nodes(previous)
+            if top is not None:
+                top.items.append(folder)
+            self.stack.append(folder)
+            return
+        assert top is not None
+        if entry.kind != "file":
+            top.items.append(_node(entry, name, st))
+            return
+        with self.stats.lock:
+            self.stats.files += 1
+            self.stats.bytes += entry.size
+        if (
+            st is not None
+            and previous is not None
+            and previous.kind == "file"
+            and (previous.size, previous.mtime_ns, previous.ino, previous.ctime_ns)
+            == (entry.size, entry.mtime_ns, st.st_ino, st.st_ctime_ns)
+            and all(self.repo.has_blob(ref) for ref in previous.refs)
+        ):
+            top.items.append(_node(entry, name, st, size=entry.size, refs=previous.refs))
+            self.progress(entry.size)
+            return
+        if isinstance(opener, _DirFd) and st is not None:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=opener.fd)
+            except OSError:
+                self.stats.note_changed(entry.path)
+                return
+            self._wait_some()
+            future = self.pool.submit(self._read_fd, entry, name, st, fd)
+            self.pending.append(future)
+            top.items.append(future)
+            return
+        assert opener is not None
+        # An archive stream must be read in order, here and now.
+        with opener() as source:
+            refs, size = self.chunker.store(source, entry.size)
+        top.items.append(_node(entry, name, None, size=size, refs=tuple(refs)))
+
+    def _read_fd(self, entry: Entry, name: str, st: os.stat_result, fd: int) -> Node | None:
+        with os.fdopen(fd, "rb", buffering=CHUNK) as source:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode) or before.st_ino != st.st_ino:
+                self.stats.note_changed(entry.path)
+                if not stat.S_ISREG(before.st_mode):
+                    return None
+            refs, size = self.chunker.store(source, before.st_size)
+            after = os.fstat(fd)
+        if not _same(before, after) or size != before.st_size:
+            self.stats.note_changed(entry.path)
+        moved = dataclasses.replace(entry, size=size, mtime_ns=before.st_mtime_ns)
+        return _node(moved, name, before, size=size, refs=tuple(refs))
+
+    def finish(self) -> Node:
+        while self.pending:
+            self.pending.popleft().result()
+        while self.stack:
+            self._close()
+        assert self.root is not None
+        return self.root
+
+
+class _DirFd:
+    """On the direct path: the descriptor of the folder an entry lies in (open it from there)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+
+# -- snapshot -----------------------------------------------------------------------------
+
+
+def _parent_of(repo: Repository, source: str, kind: str) -> Node | None:
+    for info in reversed(list_snapshots(repo, source)):
+        if info.kind != kind:
+            continue
+        try:
+            return repo.load_snapshot(info.id).root
+        except RepositoryError as exc:
+            log.warning("previous snapshot %s unreadable: %s", info.id, exc)
+    return None
+
+
+def _snapshot(
+    repo: Repository,
+    source: str,
+    kind: str,
+    walk: Callable[
+        [Callable[[str], None]], contextlib.AbstractContextManager[Iterator[tuple[Entry, Any, Any]]]
+    ],
+    *,
+    tag: str | None,
+    labels: dict[str, str],
+    progress: Progress,
+    incremental: bool,
+) -> SnapshotInfo:
+    if repo.legacy:
+        raise RepositoryError(
+            f"{repo.url} is a format-1 repository: it can be restored from, not written to.",
+            hint="`cargohold repo migrate --repo OLD --to NEW` copies it into format 2.",
+        )
+    began = time.monotonic()
+    repo.begin_session()
+    stack = contextlib.ExitStack()
+    try:
+        parent = _parent_of(repo, source, kind) if incremental else None
+        with ThreadPoolExecutor(_WORKERS, thread_name_prefix="cargohold-snap") as pool:
+            builder = _Builder(repo, parent, pool, progress)
+            entries = stack.enter_context(walk(builder.stats.note_changed))
+            for entry, st, opener in entries:
+                builder.add(entry, st, opener)
+            root = builder.finish()
+        repo.flush()
+        stats = builder.stats
+        changed = list(stats.changed)
+        if stats.changed_count > len(changed):
+            changed.append(f"… and {stats.changed_count - len(changed)} more")
+        now = datetime.now(UTC)
+        record = SnapshotRecord(
+            id=new_snapshot_id(now),
+            source=source,
+            kind="volume" if kind == "volume" else "path",
+            created=now.isoformat(timespec="microseconds"),
+            hostname=socket.gethostname(),
+            tag=tag,
+            labels=labels,
+            files=stats.files,
+            bytes=stats.bytes,
+            new_blobs=stats.new_blobs,
+            new_bytes_stored=stats.new_bytes,
+            data_version=builder.data_version,
+            root=root,
+            changed=changed,
+        )
+        repo.save_snapshot(record)
+    except OSError as exc:
+        raise RepositoryError(
+            f"Snapshot of {source} failed: {exc.strerror or exc}"
+            f"{f' ({exc.filename})' if exc.filename else ''}. Nothing was published.",
+            hint="Check free space and permissions where the repository lives.",
+        ) from None
+    finally:
+        stack.close()
+        repo.end_session()
+    info = SnapshotInfo.from_record(record, repo.url)
+    return dataclasses.replace(info, seconds=time.monotonic() - began)
+
+
+def _kind_of(st: os.stat_result) -> str | None:
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    if stat.S_ISREG(st.st_mode):
+        return "file"
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink"
+    return None  # sockets, fifos, devices: not data
+
+
+def _entry(path: str, st: os.stat_result, kind: Any, target: str = "") -> Entry:
+    return Entry(
+        path=path,
+        kind=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        size=st.st_size if kind == "file" else 0,
+        target=target,
+    )
+
+
+@contextlib.contextmanager
+def _direct_walk(
+    root: Path, changed: Callable[[str], None]
+) -> Iterator[Iterator[tuple[Entry, Any, Any]]]:
+    """The entries under ``root``, parents first, names sorted, walked with folder descriptors
+    and ``O_NOFOLLOW``: nothing a container swaps in during the walk is followed."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise UsageError(
+            f"{root} is not a readable folder: {exc.strerror}.", hint="Snapshot a folder."
+        ) from None
+    stack = contextlib.ExitStack()
+    stack.callback(os.close, fd)
+    with stack:
+        yield _walk_from(fd, changed)
+
+
+def _walk_from(root_fd: int, changed: Callable[[str], None]) -> Iterator[tuple[Entry, Any, Any]]:
+    yield _entry("", os.fstat(root_fd), "dir"), os.fstat(root_fd), None
+    seen: dict[tuple[int, int], str] = {}
+
+    def children(fd: int, rel: str) -> Iterator[tuple[Entry, Any, Any]]:
+        with os.scandir(fd) as it:
+            names = sorted(e.name for e in it)
+        here = _DirFd(fd)
+        for name in names:
+            path = f"{rel}/{name}" if rel else name
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                changed(path)
+                continue
+            kind = _kind_of(st)
+            if kind == "dir":
+                try:
+                    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError:
+                    changed(path)
+                    continue
+                try:
+                    yield _entry(path, st, "dir"), st, here
+                    yield from children(sub, path)
+                finally:
+                    os.close(sub)
+            elif kind == "symlink":
+                try:
+                    target = os.readlink(name, dir_fd=fd)
+                except OSError:
+                    changed(path)
+                    continue
+                yield _entry(path, st, "symlink", target), st, here
+            elif kind == "file":
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in seen:
+                    yield _entry(path, st, "hardlink", seen[key]), st, here
+                    continue
+                if st.st_nlink > 1:
+                    seen[key] = path
+                yield _entry(path, st, "file"), st, here
+
+    yield from children(root_fd, "")
 
 
 def snapshot_volume(
@@ -185,234 +547,103 @@ def snapshot_volume(
     tag: str | None = None,
     progress: Progress = _no_progress,
 ) -> SnapshotInfo:
-    """Snapshot a volume into a repository.
+    """Snapshot a volume (directly when its folder is reachable, else through the Engine API).
 
     Raises:
         VolumeNotFound: no such volume.
         RepositoryError: the repository cannot be written.
     """
-    began = time.monotonic()
     files = open_volume(engine, volume)
-    cache_file = _cache_path(volume, repo)
-    cache = _load_cache(cache_file) if files.keeps_stats else {}
-    store = _ObjectStore(repo, repo.existing_objects(), progress)
-    records: list[dict[str, Any] | Future[dict[str, Any]]] = []
-    new_cache: dict[str, list[Any]] = {}
-    total_files = total_bytes = data_version = 0
-    try:
-        with (
-            ThreadPoolExecutor(_WORKERS, thread_name_prefix="cargohold-snap") as pool,
-            files.entries() as entries,
-        ):
-            for entry, opener, st in entries.walk():
-                data_version = max(data_version, data_stamp(entry, st))
-                if entry.kind != "file" or opener is None:
-                    records.append(_entry_json(entry))
-                    continue
-                total_files += 1
-                total_bytes += entry.size
-                if st is not None and entries.random_access:
-                    key = [entry.size, entry.mtime_ns, st.st_ino, st.st_ctime_ns]
-                    cached = cache.get(entry.path)
-                    if cached and cached[:4] == key and store.has(cached[4]):
-                        records.append(_entry_json(entry, cached[4]))
-                        new_cache[entry.path] = cached
-                        progress(entry.size)
-                        continue
-                    records.append(pool.submit(_hashed, store, entry, opener, key, new_cache))
-                else:
-                    # An archive stream must be read in order: hash it here, now.
-                    records.append(_entry_json(entry, store.store(opener)))
-        resolved = [r.result() if isinstance(r, Future) else r for r in records]
-        repo.commit()
-    except OSError as exc:
-        repo.abort()
-        raise RepositoryError(
-            f"Snapshot of {volume} failed: {exc.strerror or exc}. Nothing was published.",
-            hint="Check free space and permissions where the repository lives.",
-        ) from None
-    except BaseException:
-        repo.abort()
-        raise
-    now = datetime.now(UTC)
-    snapshot_id = new_snapshot_id(now)
-    manifest = {
-        "format": FORMAT,
-        "version": 1,
-        "id": snapshot_id,
-        "volume": volume,
-        "created": now.isoformat(timespec="microseconds"),
-        "tag": tag,
-        "labels": files.info.labels,
-        "files": total_files,
-        "bytes": total_bytes,
-        "new_objects": store.new_objects,
-        "new_bytes_stored": store.new_bytes_stored,
-        "data_version": data_version,
-        "entries": resolved,
-    }
-    repo.write_manifest(snapshot_id, json.dumps(manifest, separators=(",", ":")).encode())
-    if files.keeps_stats:
-        _save_cache(cache_file, new_cache)
-    info = SnapshotInfo.from_manifest(manifest, repo.url)
-    return dataclasses.replace(info, seconds=time.monotonic() - began)
+    local = files.local_root
+
+    @contextlib.contextmanager
+    def walk(changed: Callable[[str], None]) -> Iterator[Iterator[tuple[Entry, Any, Any]]]:
+        if local is not None:
+            with _direct_walk(local, changed) as entries:
+                yield entries
+            return
+        with files.entries() as archive:
+            yield ((entry, None, opener) for entry, opener in archive)
+
+    return _snapshot(
+        repo,
+        volume,
+        "volume",
+        walk,
+        tag=tag,
+        labels=dict(files.info.labels),
+        progress=progress,
+        incremental=local is not None,
+    )
 
 
-def _hashed(
-    store: _ObjectStore, entry: Entry, opener: Opener, key: list[Any], cache: dict[str, list[Any]]
-) -> dict[str, Any]:
-    digest = store.store(opener)
-    cache[entry.path] = [*key, digest]
-    return _entry_json(entry, digest)
+def snapshot_path(
+    path: Path, repo: Repository, *, tag: str | None = None, progress: Progress = _no_progress
+) -> SnapshotInfo:
+    """Snapshot a plain folder (no Docker needed). The source is its absolute path.
+
+    Raises:
+        UsageError: it is not a folder.
+        RepositoryError: the repository cannot be written.
+    """
+    absolute = Path(os.path.abspath(path))
+    if not absolute.is_dir() or absolute.is_symlink():
+        raise UsageError(f"{path} is not a folder.", hint="Snapshot a folder or a volume.")
+
+    def walk(changed: Callable[[str], None]) -> Any:
+        return _direct_walk(absolute, changed)
+
+    return _snapshot(
+        repo,
+        str(absolute),
+        "path",
+        walk,
+        tag=tag,
+        labels={},
+        progress=progress,
+        incremental=True,
+    )
 
 
-# -- listing -------------------------------------------------------------------------------
+# -- listing ------------------------------------------------------------------------------
 
 
-def list_snapshots(repo: Repository, volume: str | None = None) -> list[SnapshotInfo]:
-    """Every snapshot in the repository (of one volume), oldest first."""
+def list_snapshots(repo: Repository, source: str | None = None) -> list[SnapshotInfo]:
+    """Every snapshot in the repository (of one source), oldest first."""
     found = []
-    for snapshot_id in repo.manifest_ids():
+    for snapshot_id in repo.snapshot_ids():
         try:
-            manifest = repo.read_manifest(snapshot_id)
+            record = repo.load_snapshot(snapshot_id)
         except RepositoryError as exc:
             log.warning("skipping %s: %s", snapshot_id, exc)
             continue
-        if volume is None or manifest.get("volume") == volume:
-            found.append(SnapshotInfo.from_manifest(manifest, repo.url))
+        if source is None or record.source == source:
+            found.append(SnapshotInfo.from_record(record, repo.url))
     return sorted(found, key=lambda s: (s.created, s.id))
 
 
-def resolve_snapshot(repo: Repository, ref: str) -> dict[str, Any]:
-    """A snapshot's manifest by id, unique id prefix, tag, or ``VOLUME@latest``.
+def resolve_snapshot(repo: Repository, ref: str) -> SnapshotRecord:
+    """A snapshot by id, unique id prefix, tag, or ``SOURCE@latest``.
 
     Raises:
         RepositoryError: nothing or several match.
     """
-    ids = repo.manifest_ids()
+    ids = repo.snapshot_ids()
     if ref in ids:
-        return repo.read_manifest(ref)
+        return repo.load_snapshot(ref)
     if ref.endswith("@latest"):
-        snaps = list_snapshots(repo, ref.removesuffix("@latest"))
+        source = ref.removesuffix("@latest")
+        snaps = list_snapshots(repo, source) or list_snapshots(repo, os.path.abspath(source))
         if snaps:
-            return repo.read_manifest(snaps[-1].id)
+            return repo.load_snapshot(snaps[-1].id)
     matches = [i for i in ids if i.startswith(ref)]
     if not matches:
         matches = [s.id for s in list_snapshots(repo) if s.tag == ref]
     if len(matches) == 1:
-        return repo.read_manifest(matches[0])
+        return repo.load_snapshot(matches[0])
     if not matches:
         raise RepositoryError(
             f"No snapshot {ref!r} in {repo.url}.",
             hint="`cargohold snapshots` lists ids and tags; VOLUME@latest names a volume's newest.",
         )
     raise RepositoryError(f"{ref!r} matches {len(matches)} snapshots.", hint="Give more of the id.")
-
-
-# -- restore -------------------------------------------------------------------------------
-
-
-class _VerifiedObject(io.RawIOBase):
-    """An object's bytes, decompressed, whose sha256 is checked when the end is reached."""
-
-    def __init__(self, raw: IO[bytes], expected: str, path: str) -> None:
-        super().__init__()
-        self._raw = raw
-        self._reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK)
-        self._digest = hashlib.sha256()
-        self._expected = expected
-        self._path = path
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            data = self._reader.read(CHUNK if size is None or size < 0 else size)
-        except zstandard.ZstdError as exc:
-            raise ChecksumMismatch(
-                f"{self._path}: its stored object is corrupt ({exc}).",
-                hint="The repository is damaged; restore another snapshot.",
-            ) from None
-        if data:
-            self._digest.update(data)
-        elif self._digest.hexdigest() != self._expected:
-            raise ChecksumMismatch(
-                f"{self._path}: restored bytes do not match the snapshot's checksum.",
-                hint="The repository is damaged; restore another snapshot.",
-            )
-        return data
-
-    def close(self) -> None:
-        self._reader.close()  # type: ignore[no-untyped-call]
-        self._raw.close()
-        super().close()
-
-
-def manifest_entries(
-    repo: Repository, manifest: dict[str, Any]
-) -> Iterator[tuple[Entry, Opener | None]]:
-    for item in manifest["entries"]:
-        entry = Entry(
-            path=item["path"],
-            kind=item["kind"],
-            mode=item["mode"],
-            uid=item["uid"],
-            gid=item["gid"],
-            mtime_ns=item["mtime_ns"],
-            size=item.get("size", 0),
-            target=item.get("target", ""),
-        )
-        if entry.kind == "file":
-            digest, path = item["hash"], item["path"]
-            yield entry, (lambda d=digest, p=path: _VerifiedObject(repo.open_object(d), d, p))  # type: ignore[misc]
-        else:
-            yield entry, None
-
-
-def restore_snapshot(
-    engine: Engine,
-    repo: Repository,
-    ref: str,
-    volume: str,
-    *,
-    force: bool = False,
-    progress: Progress = _no_progress,
-) -> tuple[dict[str, Any], VolumeAccess]:
-    """Restore a snapshot into a new or empty volume (``force``: replace a volume's content).
-
-    Raises:
-        UsageError: the volume has data and ``force`` is not set.
-        ChecksumMismatch: an object is corrupt (the volume is left empty, or removed if it was
-            created here).
-    """
-    manifest = resolve_snapshot(repo, ref)
-    created = False
-    try:
-        files = open_volume(engine, volume)
-    except VolumeNotFound:
-        labels = {k: v for k, v in (manifest.get("labels") or {}).items()}
-        labels["cargohold.restored-from"] = manifest["id"]
-        engine.create_volume(volume, labels)
-        created = True
-        files = open_volume(engine, volume)
-    if not created and not files.is_empty():
-        if not force:
-            raise UsageError(
-                f"Volume {volume} is not empty; restoring would mix two states.",
-                hint=f"Restore into a new volume, or pass --force to replace its content "
-                f"(snapshot it first: `cargohold snapshot {volume}`).",
-            )
-        files.clear()
-        files = open_volume(engine, volume)
-    try:
-        entries = EntryStream(manifest_entries(repo, manifest), random_access=True)
-        files.write(entries, progress=progress)
-        files.sync()
-    except BaseException:
-        if created:
-            engine.remove_volume(volume)
-        else:
-            files.clear()
-        raise
-    return manifest, files

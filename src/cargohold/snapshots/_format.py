@@ -1,0 +1,478 @@
+"""The records a repository stores, their encoding, and their validation on read.
+
+Everything in a repository is one of five records; each is encoded here and nowhere else, and
+each is validated when read -- a file crafted by whoever can write the bucket is an error with a
+message, never a ``KeyError``, a traceback, or a path outside the restore target:
+
+    repository.json     ``RepoConfig``: format version, chunker and pack parameters, encryption
+                        parameters (KDF, salt, the wrapped master key). Plain JSON: it must be
+                        readable before the password is known.
+    packs/ab/<id>       blobs back to back, each *sealed* (below); no header -- the index says
+                        where each blob lies. Data blobs and tree blobs go to separate packs, so
+                        a tree pack is small and cheap to cache.
+    index/<id>          ``IndexRecord``: which blobs each pack holds, as fixed 40-byte binary
+                        records (id 32, offset 4, length 4); sealed. Binary, not JSON: a million
+                        blobs parse in a fraction of a second and cost ~40 bytes each on disk.
+    trees (blobs)       ``Tree``: the nodes of one folder (name, kind, mode, owner, times, size,
+                        content blob ids or sub-tree ids), at most ``TREE_NODES`` per blob; a
+                        bigger folder is a list of tree blobs. Content-addressed, so a folder
+                        whose listing did not change is the same blob as last time and costs
+                        nothing; one folder is listed without reading any other.
+    snapshots/<id>      ``SnapshotRecord``: what was snapshotted, when, counts, the root trees.
+
+*Sealing*: one byte saying how the payload is compressed (0 stored, 1 zstd) followed by the
+payload, then -- in an encrypted repository -- AES-256-GCM with a random 96-bit nonce
+(``nonce || ciphertext || tag``). Incompressible data is stored as is (compressing it again only
+costs time and grows it). Blob ids are sha256 of the plaintext, or HMAC-SHA256 under the
+repository's MAC key when encrypted, so that a reader of the bucket cannot confirm that a known
+file is inside.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import zstandard
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cargohold.errors import CargoholdError
+from cargohold.snapshots._backend import RepositoryError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "TREE_NODES",
+    "ChunkerParams",
+    "EncryptionParams",
+    "Keys",
+    "Node",
+    "PasswordError",
+    "RepoConfig",
+    "SnapshotRecord",
+    "decode_index",
+    "decode_tree",
+    "encode_index",
+    "encode_tree",
+]
+
+FORMAT_VERSION = 2
+TREE_NODES = 2000  # nodes per tree blob: ~100 kB of JSON before compression
+_ID = re.compile(r"^[0-9a-f]{64}$")
+_INDEX_ENTRY = struct.Struct("<32sII")
+_LEVEL = 3  # zstd level of metadata (trees, indexes): small, written once, read often
+
+
+class PasswordError(CargoholdError):
+    """An encrypted repository was opened without its password, or with a wrong one."""
+
+    exit_code = 5
+
+
+def damaged(what: str, detail: str) -> RepositoryError:
+    return RepositoryError(
+        f"{what} is damaged: {detail}.",
+        hint="`cargohold repo check` reports the extent; restore another snapshot, or from "
+        "another copy of the repository.",
+    )
+
+
+# -- repository.json ----------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChunkerParams(_Strict):
+    """FastCDC parameters. Files up to ``min`` bytes are one blob each."""
+
+    algorithm: Literal["fastcdc2020"] = "fastcdc2020"
+    min: int = Field(default=256 << 10, ge=64, le=1 << 20)
+    avg: int = Field(default=1 << 20, ge=256, le=4 << 20)
+    max: int = Field(default=4 << 20, ge=1024, le=16 << 20)
+    seed: int = Field(default=0, ge=0, lt=1 << 31)
+
+
+class KdfParams(_Strict):
+    name: Literal["scrypt"] = "scrypt"
+    n: int = Field(default=1 << 15, ge=1 << 10, le=1 << 22)
+    r: int = Field(default=8, ge=1, le=32)
+    p: int = Field(default=1, ge=1, le=16)
+    salt: str
+
+
+class EncryptionParams(_Strict):
+    cipher: Literal["aes-256-gcm"] = "aes-256-gcm"
+    kdf: KdfParams
+    wrapped_key: str  # base64 of nonce || AES-GCM(kdf key, master key) || tag
+
+
+class RepoConfig(_Strict):
+    format: Literal["cargohold-repository"] = "cargohold-repository"
+    version: Literal[2] = 2
+    id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    chunker: ChunkerParams = ChunkerParams()
+    pack_size: int = Field(default=16 << 20, ge=1 << 20, le=256 << 20)
+    compression: Literal["zstd"] = "zstd"
+    compression_level: int = Field(default=1, ge=-5, le=19)
+    encryption: EncryptionParams | None = None
+
+
+def parse_config(data: bytes, url: str) -> RepoConfig:
+    try:
+        return RepoConfig.model_validate_json(data)
+    except ValidationError as exc:
+        raise RepositoryError(
+            f"{url}/repository.json is not a repository this cargohold can read: "
+            f"{exc.errors()[0]['msg']} at {'.'.join(str(p) for p in exc.errors()[0]['loc'])}.",
+            hint="Upgrade cargohold, or check --repo.",
+        ) from None
+
+
+# -- keys, sealing, blob ids --------------------------------------------------------------
+
+
+class Keys:
+    """The repository's secrets: none (plain), or an AES key and an HMAC key."""
+
+    def __init__(self, master: bytes | None, level: int) -> None:
+        self._level = level
+        self._local = threading.local()  # a zstd context is not safe to share between threads
+        self.encrypted = master is not None
+        self._aead: Any = None
+        self._mac = b""
+        if master is not None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            self._aead = AESGCM(master[:32])
+            self._mac = master[32:64]
+
+    def blob_id(self, data: bytes | memoryview) -> str:
+        if self.encrypted:
+            return hmac.new(self._mac, data, hashlib.sha256).hexdigest()
+        return hashlib.sha256(data).hexdigest()
+
+    def id_hasher(self) -> Any:
+        """A running hash whose hexdigest is ``blob_id`` of everything fed to it."""
+        if self.encrypted:
+            return hmac.new(self._mac, digestmod=hashlib.sha256)
+        return hashlib.sha256()
+
+    def seal(self, data: bytes | memoryview, *, metadata: bool = False) -> bytes:
+        """Compress (unless it does not help) and, in an encrypted repository, encrypt."""
+        local = self._local
+        if not hasattr(local, "data"):
+            local.data = zstandard.ZstdCompressor(level=self._level)
+            local.meta = zstandard.ZstdCompressor(level=_LEVEL)
+            local.plain = zstandard.ZstdDecompressor()
+        packed = (local.meta if metadata else local.data).compress(data)
+        body = b"\x01" + packed if len(packed) < len(data) else b"\x00" + bytes(data)
+        if self._aead is None:
+            return body
+        nonce = os.urandom(12)
+        return nonce + bytes(self._aead.encrypt(nonce, body, None))
+
+    def unseal(self, sealed: bytes, what: str) -> bytes:
+        """The plaintext of ``seal``'s output.
+
+        Raises:
+            RepositoryError: it was altered, or is not what it claims to be.
+        """
+        body = sealed
+        if self._aead is not None:
+            from cryptography.exceptions import InvalidTag
+
+            if len(sealed) < 29:
+                raise damaged(what, "it is too short to be encrypted data")
+            try:
+                body = self._aead.decrypt(sealed[:12], sealed[12:], None)
+            except InvalidTag:
+                raise damaged(what, "its authentication tag does not match") from None
+        if not body:
+            raise damaged(what, "it is empty")
+        if body[0] == 0:
+            return body[1:]
+        if body[0] != 1:
+            raise damaged(what, f"unknown compression {body[0]}")
+        try:
+            return zstandard.ZstdDecompressor().decompress(body[1:], max_output_size=64 << 20)
+        except zstandard.ZstdError as exc:
+            raise damaged(what, f"it does not decompress ({exc})") from None
+
+
+def _kdf(password: bytes, params: KdfParams) -> bytes:
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    salt = base64.b64decode(params.salt)
+    return Scrypt(salt=salt, length=32, n=params.n, r=params.r, p=params.p).derive(password)
+
+
+def new_encryption(password: bytes) -> tuple[EncryptionParams, bytes]:
+    """Fresh encryption parameters and the master key (64 random bytes) they wrap."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    master = os.urandom(64)
+    kdf = KdfParams(salt=base64.b64encode(os.urandom(16)).decode())
+    nonce = os.urandom(12)
+    wrapped = nonce + AESGCM(_kdf(password, kdf)).encrypt(nonce, master, b"cargohold-key")
+    return EncryptionParams(kdf=kdf, wrapped_key=base64.b64encode(wrapped).decode()), master
+
+
+def unwrap_key(params: EncryptionParams, password: bytes | None, url: str) -> bytes:
+    """The master key, from the password.
+
+    Raises:
+        PasswordError: no password, or the wrong one.
+    """
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    if password is None:
+        raise PasswordError(
+            f"The repository {url} is encrypted and no password was given.",
+            hint="Set CARGOHOLD_PASSWORD, or pass --password-file FILE.",
+        )
+    try:
+        wrapped = base64.b64decode(params.wrapped_key, validate=True)
+        master = AESGCM(_kdf(password, params.kdf)).decrypt(
+            wrapped[:12], wrapped[12:], b"cargohold-key"
+        )
+    except (InvalidTag, ValueError):
+        raise PasswordError(
+            f"Wrong password for the repository {url}.",
+            hint="Check CARGOHOLD_PASSWORD or the --password-file; nothing was read or written.",
+        ) from None
+    if len(master) != 64:
+        raise damaged(f"{url}/repository.json", "its key has the wrong length")
+    return master
+
+
+def chunker_seed(master: bytes | None) -> int:
+    """Encrypted repositories cut chunks with a secret gear table (from the key), so chunk
+    lengths do not fingerprint known files."""
+    if master is None:
+        return 0
+    return int.from_bytes(hashlib.sha256(b"chunker" + master).digest()[:4], "little") >> 1
+
+
+# -- index --------------------------------------------------------------------------------
+
+
+def encode_index(packs: list[tuple[str, str, list[tuple[str, int, int]]]]) -> bytes:
+    """``[(pack name, blob kind, [(blob id, offset, length)])]`` → the index's plaintext."""
+    out = bytearray(b"CHIX\x02")
+    out += struct.pack("<I", len(packs))
+    for name, kind, blobs in packs:
+        raw = name.encode()
+        out += struct.pack("<H", len(raw)) + raw + kind.encode()[:1] + struct.pack("<I", len(blobs))
+        for blob, offset, length in blobs:
+            out += _INDEX_ENTRY.pack(bytes.fromhex(blob), offset, length)
+    return bytes(out)
+
+
+_PACK_NAME = re.compile(r"^packs/[0-9a-f]{2}/[0-9a-f]{64}$")
+
+
+def decode_index(data: bytes, what: str) -> list[tuple[str, str, list[tuple[bytes, int, int]]]]:
+    """The inverse of ``encode_index`` (blob ids as 32 raw bytes), validated.
+
+    Raises:
+        RepositoryError: it is malformed.
+    """
+    if data[:5] != b"CHIX\x02":
+        raise damaged(what, "it is not an index of format 2")
+    packs = []
+    try:
+        (count,) = struct.unpack_from("<I", data, 5)
+        pos = 9
+        for _ in range(count):
+            (size,) = struct.unpack_from("<H", data, pos)
+            name = data[pos + 2 : pos + 2 + size].decode()
+            kind = data[pos + 2 + size : pos + 3 + size].decode()
+            (blobs,) = struct.unpack_from("<I", data, pos + 3 + size)
+            pos += 7 + size
+            end = pos + blobs * _INDEX_ENTRY.size
+            if not _PACK_NAME.match(name) or kind not in ("d", "t") or end > len(data):
+                raise ValueError(f"bad pack entry {name!r}")
+            entries = list(_INDEX_ENTRY.iter_unpack(data[pos:end]))
+            packs.append((name, kind, entries))
+            pos = end
+        if pos != len(data):
+            raise ValueError("trailing bytes")
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise damaged(what, str(exc)) from None
+    return packs
+
+
+# -- trees --------------------------------------------------------------------------------
+
+Kind = Literal["dir", "file", "symlink", "hardlink"]
+_KINDS: dict[str, Kind] = {"d": "dir", "f": "file", "l": "symlink", "h": "hardlink"}
+_CODES = {v: k for k, v in _KINDS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One entry of a folder. ``refs``: content blob ids (file) or tree blob ids (dir)."""
+
+    name: str
+    kind: Kind
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    size: int = 0
+    target: str = ""  # a symlink's target; a hardlink's path (from the root) sharing its data
+    refs: tuple[str, ...] = ()
+    ino: int = 0
+    ctime_ns: int = 0
+
+    def to_json(self) -> list[Any]:
+        return [
+            self.name,
+            _CODES[self.kind],
+            self.mode,
+            self.uid,
+            self.gid,
+            self.mtime_ns,
+            self.size,
+            self.target,
+            list(self.refs),
+            self.ino,
+            self.ctime_ns,
+        ]
+
+
+def encode_tree(nodes: list[Node]) -> bytes:
+    body = {"format": "cargohold-tree", "version": 1, "nodes": [n.to_json() for n in nodes]}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _int(value: Any, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise ValueError(f"{value!r} is not an integer in [{low}, {high}]")
+    return value
+
+
+def valid_name(name: Any) -> str:
+    """A single path component: what a tree may name. Anything else could climb out."""
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\0" in name
+        or len(name.encode("utf-8", "surrogateescape")) > 255
+    ):
+        raise ValueError(f"{name!r} is not a file name")
+    return name
+
+
+def _node(raw: Any) -> Node:
+    if not isinstance(raw, list) or len(raw) != 11:
+        raise ValueError("a node is not a list of 11 fields")
+    name, code, mode, uid, gid, mtime, size, target, refs, ino, ctime = raw
+    kind = _KINDS.get(code) if isinstance(code, str) else None
+    if kind is None:
+        raise ValueError(f"unknown kind {code!r}")
+    if not isinstance(target, str) or "\0" in target:
+        raise ValueError("a bad link target")
+    if not isinstance(refs, list) or not all(isinstance(r, str) and _ID.match(r) for r in refs):
+        raise ValueError("bad blob ids")
+    if kind in ("symlink", "hardlink") and not target:
+        raise ValueError(f"{kind} without a target")
+    if kind == "dir" and not refs:
+        raise ValueError("a folder without a tree")
+    big = (1 << 63) - 1
+    return Node(
+        name=valid_name(name),
+        kind=kind,
+        mode=_int(mode, 0, 0o7777),
+        uid=_int(uid, 0, (1 << 32) - 1),
+        gid=_int(gid, 0, (1 << 32) - 1),
+        mtime_ns=_int(mtime, -big, big),
+        size=_int(size, 0, big),
+        target=target,
+        refs=tuple(refs),
+        ino=_int(ino, 0, (1 << 64) - 1),
+        ctime_ns=_int(ctime, -big, big),
+    )
+
+
+def decode_tree(data: bytes, what: str) -> list[Node]:
+    """A tree blob's nodes, validated (names are single components, kinds and numbers sane).
+
+    Raises:
+        RepositoryError: it is malformed.
+    """
+    try:
+        body = json.loads(data)
+        if (
+            not isinstance(body, dict)
+            or body.get("format") != "cargohold-tree"
+            or body.get("version") != 1
+            or not isinstance(body.get("nodes"), list)
+        ):
+            raise ValueError("not a tree of version 1")
+        return [_node(raw) for raw in body["nodes"]]
+    except (ValueError, TypeError) as exc:
+        raise damaged(what, str(exc)) from None
+
+
+# -- snapshots ----------------------------------------------------------------------------
+
+
+class SnapshotRecord(_Strict):
+    format: Literal["cargohold-snapshot"] = "cargohold-snapshot"
+    version: Literal[2] = 2
+    id: str = Field(pattern=r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}Z-[0-9a-f]{6}$")
+    source: str = Field(min_length=1, max_length=4096)  # a volume name or a folder's path
+    kind: Literal["volume", "path"]
+    created: str
+    hostname: str = ""
+    tag: str | None = None
+    labels: dict[str, str] = {}
+    files: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    new_blobs: int = Field(default=0, ge=0)
+    new_bytes_stored: int = Field(default=0, ge=0)
+    data_version: int = 0
+    root: Node | None = None  # the source's own folder: its attributes and its tree
+    changed: list[str] = []  # paths that changed or vanished while they were read
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+def encode_snapshot(record: SnapshotRecord) -> bytes:
+    data = record.model_dump(exclude={"root"})
+    data["root"] = record.root.to_json() if record.root else None
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_snapshot(data: bytes, what: str) -> SnapshotRecord:
+    try:
+        body = json.loads(data)
+        if not isinstance(body, dict):
+            raise ValueError("not an object")
+        root = body.pop("root", None)
+        node = None
+        if root is not None:
+            root = list(root) if isinstance(root, list) else root
+            if isinstance(root, list) and root and root[0] == "":
+                root[0] = "root"  # the root node has no name of its own
+            node = _node(root)
+            if node.kind != "dir":
+                raise ValueError("the root is not a folder")
+        return SnapshotRecord.model_validate({**body, "root": node})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise damaged(what, f"{first['msg']} at {'.'.join(str(p) for p in first['loc'])}") from None
+    except (ValueError, TypeError) as exc:
+        raise damaged(what, str(exc)) from None

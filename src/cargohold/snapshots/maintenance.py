@@ -1,0 +1,322 @@
+"""Keeping a repository for years: ``repo gc``, ``repo check [--read-data]``, ``repo stats``.
+
+gc never takes a lock that writers wait for. It follows the protocol in ``repository.py``:
+
+1. It announces itself as a session named ``gc-…`` (held by ``flock`` locally, a heartbeat on
+   S3); if another gc is live it stops -- two gc runs at once could each rewrite the index.
+   A crashed gc's session dies with it (locally) or expires after the TTL (S3).
+2. It lists live sessions *before* listing snapshots, then computes every blob referenced by
+   every snapshot (walking trees, each tree once).
+3. Packs no snapshot references (indexed or orphaned by a dead writer) that are not yet
+   condemned are written into a new ``condemned/<id>`` record with the current time.
+4. A condemned pack is deleted when it is still unreferenced now and no live writer session
+   started before its condemnation (plus a margin for clock skew between machines): such a
+   writer may have loaded the index before the pack was condemned and may be about to
+   reference it. Later writers skip condemned packs' blobs and store them again if needed.
+   Deletion order: a new index without the deleted packs, then the old index files this run
+   read, then the packs, then the records -- a crash anywhere leaves extra data, never an index
+   entry a writer could trust that points at nothing.
+
+Packs that are only partly referenced are kept whole (no repacking): a forgotten snapshot's data
+that shares a pack with kept data stays until the rest of that pack is unreferenced too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from cargohold.snapshots._format import Node, encode_index
+from cargohold.snapshots.repository import Repository, RepositoryError
+
+__all__ = [
+    "CheckResult",
+    "GcResult",
+    "RepoStats",
+    "check_repository",
+    "collect_garbage",
+    "repository_stats",
+]
+
+log = logging.getLogger(__name__)
+
+SKEW = 60.0  # seconds of clock difference tolerated between machines writing one repository
+
+
+def _ensure_modern(repo: Repository) -> None:
+    if getattr(repo, "legacy", False):
+        raise RepositoryError(
+            f"{repo.url} is a format-1 repository: it can only be restored from.",
+            hint="`cargohold repo migrate` is not available yet; restore its snapshots and "
+            "snapshot them again into a `cargohold repo init` repository.",
+        )
+
+
+# -- references ----------------------------------------------------------------------------
+
+
+def _walk_refs(
+    repo: Repository,
+    root: Node,
+    snapshot_id: str,
+    seen_trees: set[str],
+    blobs: set[bytes],
+    problems: list[str] | None,
+) -> None:
+    stack: list[tuple[Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        for ref in node.refs:
+            if node.kind == "dir":
+                blobs.add(bytes.fromhex(ref))
+                if ref in seen_trees:
+                    continue
+                seen_trees.add(ref)
+                try:
+                    children = repo.read_tree(ref, f"snapshot {snapshot_id}, {path or '/'}")
+                except RepositoryError as exc:
+                    if problems is None:
+                        raise
+                    problems.append(exc.message)
+                    continue
+                for child in children:
+                    stack.append((child, f"{path}/{child.name}" if path else child.name))
+            else:
+                blobs.add(bytes.fromhex(ref))
+                if problems is not None and repo.locate(ref) is None:
+                    problems.append(f"snapshot {snapshot_id}, {path}: blob {ref[:12]}… is missing")
+
+
+def referenced_blobs(repo: Repository, problems: list[str] | None = None) -> tuple[set[bytes], int]:
+    """Every blob id any snapshot references, and the number of snapshots."""
+    blobs: set[bytes] = set()
+    seen: set[str] = set()
+    ids = repo.snapshot_ids()
+    for snapshot_id in ids:
+        try:
+            record = repo.load_snapshot(snapshot_id)
+        except RepositoryError as exc:
+            if problems is None:
+                raise
+            problems.append(exc.message)
+            continue
+        if record.root is not None:
+            _walk_refs(repo, record.root, snapshot_id, seen, blobs, problems)
+    return blobs, len(ids)
+
+
+# -- gc --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GcResult:
+    deleted_packs: int
+    deleted_bytes: int
+    condemned_packs: int
+    waiting_sessions: int
+    kept_packs: int
+
+
+def collect_garbage(repo: Repository) -> GcResult:
+    """Delete packs no snapshot references, safely under concurrent snapshots (see above).
+
+    Raises:
+        RepositoryError: another gc is running, or the repository is damaged.
+    """
+    _ensure_modern(repo)
+    own = repo.begin_session(prefix="gc")
+    try:
+        others = [s for s in repo.live_sessions() if s.startswith("gc-") and s != own]
+        if others:
+            raise RepositoryError(
+                f"Another gc is running on {repo.url} ({others[0]}).",
+                hint="Wait for it to finish; a crashed one stops counting after a while.",
+            )
+        return _collect(repo, own)
+    finally:
+        repo.end_session()
+
+
+def _blocking(repo: Repository, own: str, condemned_at: float) -> int:
+    margin = 2.0 if repo.backend.local else SKEW
+    return sum(
+        1
+        for session, started in repo.live_sessions().items()
+        if session != own and not session.startswith("gc-") and started <= condemned_at + margin
+    )
+
+
+def _collect(repo: Repository, own: str) -> GcResult:
+    repo.load_index()
+    index_files = repo.index_files()
+    # Sessions are listed inside _blocking before the snapshots are read below: a writer that
+    # finished in between has published its snapshot, so its packs count as referenced.
+    _blocking(repo, own, time.time())
+    referenced, _ = referenced_blobs(repo)
+    sizes = dict(repo.backend.list("packs"))
+    indexed: dict[str, tuple[str, list[tuple[bytes, int, int]]]] = {}
+    for name in index_files:
+        for pack, kind, blobs in repo._read_index(name):
+            indexed[pack] = (kind, blobs)
+    used = {p for p, (_, blobs) in indexed.items() if any(b in referenced for b, _, _ in blobs)}
+    unused = (set(indexed) | set(sizes)) - used
+    records = {name: repo.read_condemned(name) for name, _ in repo.backend.list("condemned")}
+    already = {p for _, packs in records.values() for p in packs}
+    fresh = sorted(unused - already)
+    if fresh:
+        now = time.time()
+        name = f"condemned/{int(now)}-{secrets.token_hex(6)}"
+        body = json.dumps({"time": now, "packs": fresh}).encode()
+        repo.backend.put(name, repo.keys.seal(body, metadata=True))
+        records[name] = (now, fresh)
+    deletable: set[str] = set()
+    waiting = 0
+    for _name, (when, packs) in records.items():
+        blocking = _blocking(repo, own, when)
+        waiting = max(waiting, blocking)
+        if not blocking:
+            deletable.update(p for p in packs if p in unused)
+    # Re-check references after the sessions: a snapshot published meanwhile rescues its packs.
+    if deletable:
+        referenced, _ = referenced_blobs(repo)
+        deletable = {
+            p
+            for p in deletable
+            if not any(b in referenced for b, _, _ in indexed.get(p, ("d", []))[1])
+        }
+    if deletable:
+        survivors = [
+            (p, kind, [(b.hex(), o, n) for b, o, n in blobs])
+            for p, (kind, blobs) in indexed.items()
+            if p not in deletable
+        ]
+        if survivors:
+            repo.backend.put(
+                f"index/{secrets.token_hex(16)}",
+                repo.keys.seal(encode_index(survivors), metadata=True),
+            )
+        for name in index_files:
+            repo.backend.delete(name)
+        for pack in sorted(deletable):
+            repo.backend.delete(pack)
+    remaining = 0
+    for name, (when, packs) in records.items():
+        left = [p for p in packs if p not in deletable and p in unused]
+        if not left:
+            repo.backend.delete(name)
+        elif len(left) != len(packs):
+            body = json.dumps({"time": when, "packs": left}).encode()
+            repo.backend.put(name, repo.keys.seal(body, metadata=True))
+        remaining += len(left)
+    return GcResult(
+        deleted_packs=len(deletable),
+        deleted_bytes=sum(sizes.get(p, 0) for p in deletable),
+        condemned_packs=remaining,
+        waiting_sessions=waiting,
+        kept_packs=len(used),
+    )
+
+
+# -- check -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    snapshots: int
+    packs: int
+    blobs: int
+    problems: list[str] = field(default_factory=list)
+
+
+def check_repository(repo: Repository, *, read_data: bool = False) -> CheckResult:
+    """Every index readable, every indexed pack present and long enough, every snapshot's trees
+    readable and every blob they name indexed; ``read_data``: every blob of every pack read
+    and verified against its id."""
+    _ensure_modern(repo)
+    problems: list[str] = []
+    try:
+        repo.load_index()
+    except RepositoryError as exc:
+        return CheckResult(0, 0, 0, [exc.message])
+    sizes = dict(repo.backend.list("packs"))
+    packs = 0
+    blobs = 0
+    for name in repo.index_files():
+        try:
+            entries = repo._read_index(name)
+        except RepositoryError as exc:
+            problems.append(exc.message)
+            continue
+        for pack, _kind, pack_blobs in entries:
+            packs += 1
+            blobs += len(pack_blobs)
+            end = max((o + n for _, o, n in pack_blobs), default=0)
+            if pack not in sizes:
+                problems.append(f"{pack} is missing ({len(pack_blobs)} blobs)")
+                continue
+            if sizes[pack] < end:
+                problems.append(f"{pack} is shorter than its index says")
+                continue
+            if read_data:
+                problems += _read_pack(repo, pack, pack_blobs)
+    _, count = referenced_blobs(repo, problems)
+    return CheckResult(count, packs, blobs, problems)
+
+
+def _read_pack(repo: Repository, pack: str, blobs: list[tuple[bytes, int, int]]) -> list[str]:
+    try:
+        data = repo.backend.read(pack)
+    except RepositoryError as exc:
+        return [exc.message]
+    problems = []
+    for blob, offset, length in blobs:
+        what = f"{pack} blob {blob.hex()[:12]}…"
+        try:
+            plain = repo.keys.unseal(data[offset : offset + length], what)
+        except RepositoryError as exc:
+            problems.append(exc.message)
+            continue
+        if repo.keys.blob_id(plain) != blob.hex():
+            problems.append(f"{what} does not match its checksum")
+    return problems
+
+
+# -- stats -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RepoStats:
+    snapshots: int
+    logical_bytes: int
+    stored_bytes: int
+    metadata_bytes: int
+    packs: int
+    blobs: int
+    dedup_ratio: float
+
+
+def repository_stats(repo: Repository) -> RepoStats:
+    _ensure_modern(repo)
+    packs = repo.backend.list("packs")
+    metadata = sum(size for _, size in repo.backend.list("index"))
+    metadata += sum(size for _, size in repo.backend.list("snapshots"))
+    logical = 0
+    ids = repo.snapshot_ids()
+    for snapshot_id in ids:
+        try:
+            logical += repo.load_snapshot(snapshot_id).bytes
+        except RepositoryError as exc:
+            log.warning("%s", exc)
+    stored = sum(size for _, size in packs)
+    return RepoStats(
+        snapshots=len(ids),
+        logical_bytes=logical,
+        stored_bytes=stored,
+        metadata_bytes=metadata,
+        packs=len(packs),
+        blobs=repo.blob_count(),
+        dedup_ratio=logical / stored if stored else 0.0,
+    )
