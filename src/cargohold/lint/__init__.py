@@ -135,10 +135,15 @@ def _text_suppressions(text: str) -> dict[int, set[str] | None]:
 def _run(services: list[Service], rules: set[str], texts: dict[str, str]) -> Report:
     report = Report()
     cache: dict[str, dict[int, set[str] | None]] = {}
+    unchecked = False
     for service in services:
         note = describe_image(service)
         if note:
             report.notes.append(note)
+        unchecked |= not service.checkout and any(
+            m.kind == "bind" and m.source and service.base_dir.resolve() in Path(m.source).parents
+            for m in service.mounts
+        )
         for rule in sorted(REGISTRY.values(), key=lambda r: r.id):
             if rule.id not in rules:
                 continue
@@ -160,6 +165,11 @@ def _run(services: list[Service], rules: set[str], texts: dict[str, str]) -> Rep
                     report.suppressed += 1
                 else:
                     report.findings.append(finding)
+    if unchecked:
+        report.notes.append(
+            f"bind sources were not checked: none of the relative paths in {services[0].where.file}"
+            " exists beside it (run lint in the project's folder to check them)"
+        )
     report.findings.sort(key=lambda f: (f.file, f.line, SEVERITY_ORDER[f.severity], f.rule))
     return report
 

@@ -343,4 +343,18 @@ def compose_services(files: list[Path]) -> list[Service]:
             other = str(ref).split(":")[0] if not str(ref).startswith("container:") else ""
             if other in result and other != name:
                 result[name].mounts += result[other].mounts
+    checkout = any(s.build is not None for s in result.values()) or any(
+        Path(str(m.source)).exists()
+        for s in result.values()
+        for m in s.mounts
+        if m.kind == "bind" and m.source and not m.source.unresolved
+        and _inside(Path(str(m.source)), project.project_dir)
+    )  # fmt: skip
+    for service in result.values():
+        service.checkout = checkout
+        service.base_dir = project.project_dir
     return list(result.values())
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents

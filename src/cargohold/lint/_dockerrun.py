@@ -358,4 +358,14 @@ def docker_run_services(text: str, file: str, cwd: Path | None = None) -> list[S
         service.image = words[index]
         service.command = list(words[index + 1 :])
         services.append(service)
+    if file != "docker-run":  # a script in its project: its $(pwd) is the script's folder
+        here = cwd.resolve()
+        checkout = any(
+            Path(str(m.source)).exists()
+            for s in services
+            for m in s.mounts
+            if m.kind == "bind" and m.source and here in Path(str(m.source)).parents
+        )
+        for service in services:
+            service.checkout = checkout
     return services

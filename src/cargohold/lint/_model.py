@@ -113,6 +113,10 @@ class Service:
     gpu: Text | None = None  # the evidence of a GPU, where it is written
     removed_on_exit: bool = False  # docker run --rm
     base_dir: Path = Path(".")
+    # Whether the folder the input sits in is the project it was written for: some relative
+    # path it names (a bind source, a build context, an env file) exists here. Only then is a
+    # missing bind source evidence of anything.
+    checkout: bool = False
     lines: dict[str, int] = field(default_factory=dict)  # key -> line, for placing findings
 
     def line_of(self, key: str) -> int:

@@ -6,7 +6,6 @@ The rule list, the SARIF rule metadata and the README table are all generated fr
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -60,8 +59,7 @@ class Rule:
 
     @property
     def description(self) -> str:
-        text = inspect.cleandoc(self.check.__doc__ or self.summary)
-        return " ".join(text.split()).replace("``", "`")
+        return " ".join((self.check.__doc__ or self.summary).split()).replace("``", "`")
 
     @property
     def anchor(self) -> str:

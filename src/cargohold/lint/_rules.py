@@ -475,9 +475,12 @@ def _missing_source(service: Service, mount: Mount) -> Path | None:
     if looks_placeholder(text) or _SOCKET.search(text) or not text.startswith("/"):
         return None
     path = Path(text)
+    project = service.base_dir.resolve()
+    if not service.checkout or project not in path.parents:
+        return None  # a path on the host it was written for, or not the project's own folder
     try:
         if path.exists() or path.is_symlink() or not path.parent.is_dir():
-            return None  # it is there, or this is not the host it was written for
+            return None  # it is there, or its folder is missing too
     except OSError:
         return None
     return path
