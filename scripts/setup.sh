@@ -1,28 +1,78 @@
 #!/usr/bin/env bash
-# Everything `make demo` and `make test` need on a fresh machine: the Docker CLI and engine,
-# debootstrap (for the registry-free base image), cargohold with its test tools, the engine
-# running, and the Python base image.
+# Everything `make demo` (setup.sh demo) and `make test` (setup.sh dev) need on a fresh machine:
+# a Docker engine, a Python environment with cargohold (and, for `dev`, its test tools), and the
+# Python base image.
+#
+# The Python environment is never the system interpreter (PEP 668: Debian and Ubuntu refuse
+# `pip install` there). It is $PYTHON when given, else the active virtualenv, else ./.venv,
+# made here with the system's `python3 -m venv`. What needs root (installing Docker or
+# debootstrap, starting dockerd, building the base image) is checked before it is attempted:
+# as root it is done, as anyone else the message says what to run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
+source scripts/lib.sh
+extra=${1:-dev}
+venv=${VENV:-.venv}
+here=$(pwd -P)
+logs=${CARGOHOLD_LOG_DIR:-build/logs}
+if [ -n "${PYTHON:-}" ]; then
+  python=$PYTHON
+elif [ -n "${VIRTUAL_ENV:-}" ]; then
+  python=$VIRTUAL_ENV/bin/python
+else
+  python=$here/$venv/bin/python
+fi
 
-if [ "$(id -u)" = 0 ]; then
-  missing=()
-  command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
-  command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "setup: installing ${missing[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
-fi
-# Install (editable) unless this very checkout is what `import cargohold` already finds.
-here=$(pwd -P)/src/cargohold/__init__.py
-found=$(cd / && "$PYTHON" -c "import cargohold, pytest, compose, check_jsonschema, numpy, yaml
-print(cargohold.__file__)" 2>/dev/null || true)
-if [ "$found" != "$here" ]; then
-  echo "setup: installing cargohold and its test tools" >&2
-  "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[dev]"
-fi
+# 1. The engine (its own messages say what to run as root).
 bash scripts/ensure-engine.sh "${ENGINE_PIDFILE:-}"
-"$PYTHON" -m cargohold base-image >/dev/null
+
+# 2. The Python environment: ./.venv is made here; any other one must exist already.
+if [ "$python" = "$here/$venv/bin/python" ] && ! "$python" -c "" 2>/dev/null; then
+  base=${SYSTEM_PYTHON:-python3}
+  if ! command -v "$base" >/dev/null 2>&1; then
+    note "setup: no $base here. As root: apt-get install -y python3 python3-venv"
+    exit 1
+  fi
+  # Debian splits ensurepip (and so `python3 -m venv`) into the package python3-venv.
+  if ! "$base" -c "import ensurepip, venv" 2>/dev/null; then
+    note "setup: $base cannot make a virtual environment (python3 -m venv is not installed)."
+    note "As root, once:  apt-get install -y python3-venv"
+    exit 1
+  fi
+  rm -rf "$venv"  # a broken one (its Python was removed or upgraded)
+  run_logged "setup: making the virtual environment $venv" "$logs/venv.log" \
+    "$base" -m venv "$venv" || { rm -rf "$venv"; exit 1; }
+elif ! "$python" -c "" 2>/dev/null; then
+  note "setup: PYTHON=$python does not run. Leave PYTHON unset to use ./$venv."
+  exit 1
+fi
+
+# 3. cargohold (editable, from this checkout) and the extra's packages, again whenever
+#    pyproject.toml changes. The stamp lives in the environment itself.
+prefix=$("$python" -c "import sys; print(sys.prefix)")
+stamp=$prefix/.cargohold-setup-$extra
+want="$here $(sha256sum pyproject.toml | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  what="cargohold"
+  [ "$extra" = dev ] && what="cargohold and its test tools"
+  if ! run_logged "setup: installing $what into $prefix" "$logs/pip-$extra.log" \
+    "$python" -m pip install --disable-pip-version-check -e ".[$extra]"; then
+    if grep -q "externally-managed-environment" "$logs/pip-$extra.log"; then
+      note "setup: $python is the system's Python, which may not be changed with pip (PEP 668)."
+      note "Leave PYTHON unset (and leave any virtualenv) to use the project's ./$venv."
+    fi
+    exit 1
+  fi
+  echo "$want" >"$stamp" 2>/dev/null || true
+fi
+
+# 4. The Python base image. Building it needs debootstrap and root: as root install debootstrap
+#    when the build is needed; as anyone else cargohold says what to run before attempting it.
+if [ "$(id -u)" = 0 ] \
+  && ! docker image inspect cargohold/python:3.11-bookworm >/dev/null 2>&1 \
+  && ! docker image inspect python:3.11-slim >/dev/null 2>&1 \
+  && ! command -v debootstrap >/dev/null 2>&1 && [ ! -x /usr/sbin/debootstrap ]; then
+  run_logged "setup: installing Debian's debootstrap" "$logs/apt-debootstrap.log" \
+    bash -c 'apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap'
+fi
+"$python" -m cargohold base-image --log "$logs/base-image.log" >/dev/null

@@ -2,18 +2,35 @@
 # The main job, end to end: train the digits network in a container, delete the container with
 # `docker rm -f` in mid-training, show what died with it and what did not, run again, show it
 # resumed from the latest checkpoint, and keep the trained model on the host.
+# `make demo` runs it in the project's environment (PYTHON); run by hand it uses ../../.venv.
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON=${PYTHON:-python3}
+root=$(cd ../.. && pwd -P)
+source "$root/scripts/lib.sh"
+PYTHON=${PYTHON:-$root/${VENV:-.venv}/bin/python}
+logs=${CARGOHOLD_LOG_DIR:-$root/build/logs}
 CARGOHOLD=("$PYTHON" -m cargohold)
-CONTAINER=digits-train
-VOLUME=digits-checkpoints
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-fail() { printf '\033[31mdemo failed: %s\033[0m\n' "$*" >&2; exit 1; }
+if [ -t 1 ]; then
+  step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+  fail() { printf '\033[31mdemo failed: %s\033[0m\n' "$*" >&2; exit 1; }
+else
+  step() { printf '\n== %s\n' "$*"; }
+  fail() { printf 'demo failed: %s\n' "$*" >&2; exit 1; }
+fi
 started=$(date +%s)
 
 step "1. The dataset: generated on the host into ./data (bound read-only into the job)"
-"$PYTHON" make_dataset.py
+if [ -f data/digits.npz ]; then
+  echo "data/digits.npz exists; keeping it"
+else
+  run_logged "generating 28,000 digit images" "$logs/demo-dataset.log" "$PYTHON" make_dataset.py
+fi
+# The names come from cargohold.toml (one place), not from this script.
+read -r PROJECT VOLUME < <("${CARGOHOLD[@]}" plan --json | "$PYTHON" -c '
+import json, sys
+plan = json.load(sys.stdin)
+print(plan["project"], next(s["source"] for s in plan["stores"] if s["kind"] == "checkpoints"))')
+CONTAINER=$PROJECT-train
 
 step "2. A fresh start: no container, no checkpoint volume, no artifacts from an earlier demo"
 docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
@@ -22,7 +39,8 @@ rm -rf artifacts
 "${CARGOHOLD[@]}" plan
 
 step "3. Train in the background: cargohold run -d"
-"${CARGOHOLD[@]}" run -d
+CONTAINER=$("${CARGOHOLD[@]}" run -d)
+echo "$CONTAINER"
 
 step "4. Wait for two checkpoints"
 for _ in $(seq 300); do
@@ -56,6 +74,8 @@ ls -l artifacts/
 [ -f artifacts/model.npz ] || fail "no model in examples/digits/artifacts"
 [ "$(stat -c %u artifacts/model.npz)" = "$(id -u)" ] || fail "the model is not owned by $(id -un)"
 accuracy=$(sed 's/.*: \([0-9.]*\).*/\1/' artifacts/metrics.json)
-printf '\n\033[32mdemo ok\033[0m: resumed from epoch %s after docker rm -f; held-out accuracy %s; ' \
-  "$resumed" "$accuracy"
+ok='demo ok'
+[ -t 1 ] && ok=$'\033[32mdemo ok\033[0m'
+printf '\n%s: resumed from epoch %s after docker rm -f; held-out accuracy %s; ' \
+  "$ok" "$resumed" "$accuracy"
 printf 'model in examples/digits/artifacts/model.npz; %s s\n' "$(( $(date +%s) - started ))"

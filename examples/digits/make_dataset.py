@@ -10,6 +10,7 @@ download. Writes ``data/digits.npz`` (train and held-out test splits).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 from pathlib import Path
@@ -58,6 +59,7 @@ STROKES: dict[int, list[list[tuple[float, float]]]] = {
 }
 
 
+@functools.cache
 def _points(digit: int, per_unit: int = 40) -> np.ndarray:
     pts = []
     for line in STROKES[digit]:
@@ -68,7 +70,7 @@ def _points(digit: int, per_unit: int = 40) -> np.ndarray:
     return np.concatenate(pts)
 
 
-def render(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def render(labels: np.ndarray, rng: np.random.Generator, what: str = "images") -> np.ndarray:
     grid = np.stack(np.meshgrid(np.arange(SIZE), np.arange(SIZE)), -1).reshape(-1, 2) + 0.5
     images = np.empty((len(labels), SIZE * SIZE), dtype=np.float32)
     for i, digit in enumerate(labels):
@@ -85,6 +87,8 @@ def render(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         img = np.exp(-d2 / (2 * width**2))
         img += rng.normal(0, 0.12, img.shape)
         images[i] = np.clip(img, 0, 1)
+        if (i + 1) % 2000 == 0:
+            print(f"{what}: {i + 1}/{len(labels)}", flush=True)  # a status line for the demo
     return images
 
 
@@ -102,7 +106,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     y_train = rng.integers(0, 10, args.train)
     y_test = rng.integers(0, 10, args.test)
-    x_train, x_test = render(y_train, rng), render(y_test, rng)
+    x_train = render(y_train, rng, "training images")
+    x_test = render(y_test, rng, "held-out images")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
     np.savez_compressed(

@@ -17,11 +17,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from cargohold.engine import Engine
 from cargohold.errors import ImageNotFound
@@ -31,6 +35,7 @@ __all__ = [
     "DEFAULT_BASE",
     "LOCAL_BASE",
     "build_local_base",
+    "default_log_path",
     "dockerfile_base_default",
     "ensure_base_image",
 ]
@@ -61,14 +66,35 @@ def dockerfile_base_default(dockerfile: Path) -> str | None:
     return match.group(1).strip("\"'") if match else None
 
 
+def default_log_path() -> Path:
+    """Where the base image build writes its full log: ``$XDG_CACHE_HOME/cargohold``, else
+    ``~/.cache/cargohold``, else the temporary folder."""
+    cache = os.environ.get("XDG_CACHE_HOME")
+    if not cache:
+        try:
+            cache = str(Path.home() / ".cache")
+        except RuntimeError:  # no HOME and no passwd entry
+            cache = tempfile.gettempdir()
+    return Path(cache) / "cargohold" / "base-image.log"
+
+
 def ensure_base_image(
     engine: Engine,
     wanted: str = DEFAULT_BASE,
     *,
     on_output: Callable[[str], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+    log_path: Path | None = None,
 ) -> str:
     """The name of a usable Python base image: ``wanted`` if present or pullable, else the local
     Debian-built one (built now if missing).
+
+    Args:
+        engine: the Docker engine.
+        wanted: the image a Dockerfile asks for.
+        on_output: told a few milestones (what is built, where its log is).
+        on_progress: told each step of a build, for a status line that overwrites itself.
+        log_path: where a build writes its full log (default: :func:`default_log_path`).
 
     Raises:
         ImageNotFound: neither can be had (no registry, and debootstrap cannot run here).
@@ -78,17 +104,71 @@ def ensure_base_image(
     if engine.image_exists(LOCAL_BASE):
         log.info("using local base image %s in place of %s", LOCAL_BASE, wanted)
         return LOCAL_BASE
-    if on_output:
-        on_output(f"Pulling {wanted} …")
+    if on_progress:
+        on_progress(f"pulling {wanted}")
     if engine.pull(wanted):
         return wanted
-    if on_output:
-        on_output(
-            f"{wanted} cannot be pulled; building {LOCAL_BASE} from Debian packages "
-            "(about a minute, once)"
-        )
-    build_local_base(engine, on_output=on_output)
+    build_local_base(engine, on_output=on_output, on_progress=on_progress, log_path=log_path)
     return LOCAL_BASE
+
+
+def _find_debootstrap() -> str | None:
+    found = shutil.which("debootstrap")
+    if found is None and os.access("/usr/sbin/debootstrap", os.X_OK):
+        found = "/usr/sbin/debootstrap"
+    return found
+
+
+def _needs_root_error(name: str, debootstrap: str | None) -> ImageNotFound:
+    """What to run, exactly, when this process may not build the base image itself."""
+    # The interpreter running now has cargohold (the project's .venv, say); root can run it.
+    cargohold = f"{shlex.quote(sys.executable)} -m cargohold base-image"
+    steps = [] if debootstrap else ["apt-get install -y debootstrap"]
+    if os.geteuid() != 0:
+        steps = [f"sudo {step}" for step in [*steps, cargohold]]
+    else:
+        steps.append(cargohold)
+    why = "debootstrap is not installed" if debootstrap is None else "debootstrap needs root"
+    return ImageNotFound(
+        f"No Python base image: {DEFAULT_BASE} cannot be pulled (no registry answers) and "
+        f"building {name} from Debian packages cannot start here ({why}).",
+        hint="Run once: `"
+        + " && ".join(steps)
+        + f"`; or load a Python 3.11 image with `docker load` and tag it {DEFAULT_BASE}.",
+    )
+
+
+# debootstrap's per-package verbs, as a status line says them.
+_DEBOOTSTRAP_PHASES = {
+    "Retrieving": "downloading",
+    "Validating": "checking",
+    "Extracting": "extracting",
+    "Unpacking": "unpacking",
+    "Configuring": "configuring",
+}
+
+
+class _DebootstrapStatus:
+    """Turns debootstrap's ``I: Retrieving libc6 2.36-9`` lines into a short status."""
+
+    def __init__(self) -> None:
+        self.phase = ""
+        self.count = 0
+
+    def update(self, line: str) -> str | None:
+        if not line.startswith("I: "):
+            return None
+        text = line[3:].strip().removesuffix("...")
+        verb, _, rest = text.partition(" ")
+        phase = _DEBOOTSTRAP_PHASES.get(verb)
+        package = rest.split(" ")[0].split(":")[0]
+        general = rest.endswith("packages") or rest.startswith("the ") or rest[:1].isupper()
+        if phase is None or not package or general:
+            return f"debootstrap: {text}"
+        if phase != self.phase:
+            self.phase, self.count = phase, 0
+        self.count += 1
+        return f"debootstrap: {phase} packages ({self.count}): {package}"
 
 
 def build_local_base(
@@ -97,65 +177,108 @@ def build_local_base(
     name: str = LOCAL_BASE,
     mirror: str = DEBIAN_MIRROR,
     on_output: Callable[[str], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+    log_path: Path | None = None,
+    debootstrap: str | None = None,
 ) -> None:
     """debootstrap a minimal Debian bookworm with Python, and import it as ``name``.
 
+    debootstrap's full output (hundreds of lines) goes to ``log_path``; ``on_progress`` gets a
+    short status per line, ``on_output`` the few lines worth keeping.
+
     Raises:
-        ImageNotFound: debootstrap is missing, we are not root, or the build failed.
+        ImageNotFound: debootstrap is missing, we are not root (both found before anything is
+            attempted), or the build failed (the message ends with the log's tail).
     """
-    debootstrap = shutil.which("debootstrap") or (
-        "/usr/sbin/debootstrap" if os.path.exists("/usr/sbin/debootstrap") else None
-    )
+    debootstrap = debootstrap or _find_debootstrap()
     if debootstrap is None or os.geteuid() != 0:
+        raise _needs_root_error(name, debootstrap)
+    log_path = log_path or default_log_path()
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log_path.open("w", encoding="utf-8")
+    except OSError as exc:
         raise ImageNotFound(
-            f"No Python base image: {DEFAULT_BASE} cannot be pulled and {name} cannot be built "
-            + ("(debootstrap is not installed)." if debootstrap is None else "(needs root)."),
-            hint="As root: `apt-get install -y debootstrap && cargohold base-image`; or load an "
-            f"image with `docker load` and tag it {DEFAULT_BASE}.",
+            f"Cannot write the build log {log_path}: {exc.strerror or exc}.",
+            hint="Set XDG_CACHE_HOME to a writable folder, or pass --log.",
+        ) from exc
+    if on_output:
+        on_output(
+            f"{DEFAULT_BASE} cannot be pulled; building {name} from Debian packages "
+            f"(about a minute, once). Full log: {log_path}"
         )
     workdir = Path(tempfile.mkdtemp(prefix="cargohold-rootfs-"))
     rootfs = workdir / "rootfs"
+    with log_file:
+        try:
+            _debootstrap(debootstrap, rootfs, mirror, log_file, log_path, on_progress)
+            python = rootfs / "usr/bin/python"
+            if not python.exists():
+                python.symlink_to("python3")
+            # Smaller image, and no apt state pointing at a mirror the image may never reach.
+            for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                shutil.rmtree(rootfs / cache, ignore_errors=True)
+            if on_progress:
+                on_progress(f"importing the root file system as {name}")
+            with subprocess.Popen(
+                ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."],
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+            ) as tar:
+                assert tar.stdout is not None
+                engine.import_image(tar.stdout, name, _IMAGE_CHANGES)
+            if tar.returncode != 0:
+                engine.remove_image(name)
+                raise ImageNotFound(
+                    f"Packing the root file system failed (tar exit {tar.returncode}); "
+                    f"see {log_path}.",
+                    hint="Check free space in the temporary folder.",
+                )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if on_output:
+        on_output(f"Built {name}")
+
+
+def _debootstrap(
+    debootstrap: str,
+    rootfs: Path,
+    mirror: str,
+    log_file: IO[str],
+    log_path: Path,
+    on_progress: Callable[[str], None] | None,
+) -> None:
+    command = [
+        debootstrap,
+        "--variant=minbase",
+        f"--include={','.join(PACKAGES)}",
+        "bookworm",
+        str(rootfs),
+        mirror,
+    ]
+    status = _DebootstrapStatus()
+    tail: deque[str] = deque(maxlen=15)
     try:
-        command = [
-            debootstrap,
-            "--variant=minbase",
-            f"--include={','.join(PACKAGES)}",
-            "bookworm",
-            str(rootfs),
-            mirror,
-        ]
-        with subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        ) as proc:
-            assert proc.stdout is not None
-            tail: list[str] = []
-            for line in proc.stdout:
-                tail = [*tail[-20:], line.rstrip()]
-                if on_output and line.startswith("I: "):
-                    on_output(line.rstrip())
-        if proc.returncode != 0:
-            raise ImageNotFound(
-                f"debootstrap failed (exit {proc.returncode}):\n" + "\n".join(tail),
-                hint=f"Check that {mirror} is reachable (CARGOHOLD_DEBIAN_MIRROR sets another).",
-            )
-        python = rootfs / "usr/bin/python"
-        if not python.exists():
-            python.symlink_to("python3")
-        # Smaller image, and no apt state pointing at a mirror the image may never reach.
-        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            shutil.rmtree(rootfs / cache, ignore_errors=True)
-        if on_output:
-            on_output(f"Importing the root file system as {name}")
-        with subprocess.Popen(
-            ["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE
-        ) as tar:
-            assert tar.stdout is not None
-            engine.import_image(tar.stdout, name, _IMAGE_CHANGES)
-        if tar.returncode != 0:
-            engine.remove_image(name)
-            raise ImageNotFound(
-                f"Packing the root file system failed (tar exit {tar.returncode}).",
-                hint="Check free space in the temporary folder.",
-            )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
+    except OSError as exc:
+        raise ImageNotFound(
+            f"Cannot start {debootstrap}: {exc.strerror or exc}.",
+            hint="As root: `apt-get install -y debootstrap`.",
+        ) from exc
+    with proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log_file.write(line)
+            tail.append(line.rstrip())
+            shown = status.update(line)
+            if on_progress and shown:
+                on_progress(shown)
+    log_file.flush()
+    if proc.returncode != 0:
+        raise ImageNotFound(
+            f"debootstrap failed (exit {proc.returncode}). The end of {log_path}:\n"
+            + "\n".join(tail),
+            hint=f"Check that {mirror} is reachable (CARGOHOLD_DEBIAN_MIRROR sets another).",
+        )

@@ -226,16 +226,35 @@ def run(
 @app.command("base-image")
 def base_image(
     rebuild: Annotated[bool, typer.Option(help="Build it again even if it exists.")] = False,
+    log: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where a build writes its full log (default: ~/.cache/cargohold/base-image.log).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Make sure a Python base image exists, building one from Debian packages when no registry
-    can be reached."""
+    can be reached. On a terminal a status line shows the build; the full log goes to a file."""
+    from rich.text import Text
+
     from cargohold import baseimage
     from cargohold.engine import connect
 
     engine = connect()
     if rebuild:
         engine.remove_image(baseimage.LOCAL_BASE)
-    name = baseimage.ensure_base_image(engine, on_output=_say)
+    if not err.is_terminal:
+        name = baseimage.ensure_base_image(engine, on_output=_say, log_path=log)
+    else:
+        with err.status("cargohold: looking for a Python base image") as status:
+
+            def progress(text: str) -> None:
+                status.update(Text(f"cargohold: {text}"))
+
+            name = baseimage.ensure_base_image(
+                engine, on_output=_say, on_progress=progress, log_path=log
+            )
     out.print(name)
 
 
