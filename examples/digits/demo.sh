@@ -63,10 +63,12 @@ echo "-- the checkpoints in volume $VOLUME are not:"
 "${CARGOHOLD[@]}" volume files "$VOLUME"
 
 step "6. Run again: cargohold run resumes from the latest valid checkpoint"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-"${CARGOHOLD[@]}" run 2>&1 | tee "$log"
-grep -q "^resumed from epoch" "$log" || fail "the second run did not resume"
+# On a terminal a status line follows the epochs; the whole training log goes to a file.
+log=$logs/demo-train.log
+run_logged "training, resumed" "$log" "${CARGOHOLD[@]}" run || fail "the second run failed"
+grep "^resumed from epoch" "$log" || fail "the second run did not resume"
+echo "..."
+tail -n 4 "$log"
 resumed=$(grep "^resumed from epoch" "$log" | awk '{print $4}')
 
 step "7. The trained model, on the host, owned by $(id -un)"

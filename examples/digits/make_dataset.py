@@ -83,7 +83,11 @@ def render(labels: np.ndarray, rng: np.random.Generator, what: str = "images") -
         pts = pts @ affine.T * (SIZE - 3) + SIZE / 2 + rng.normal(0, 1.0, 2)
         pts += rng.normal(0, 0.25, pts.shape)  # a shaky pen
         width = rng.uniform(0.6, 1.2)
-        d2 = ((grid[:, None, :] - pts[None, :, :]) ** 2).sum(-1).min(1)
+        # Squared distance of each pixel to the nearest pen point (x and y added by hand:
+        # numpy's sum over an axis of two is ten times slower).
+        dx = grid[:, 0, None] - pts[None, :, 0]
+        dy = grid[:, 1, None] - pts[None, :, 1]
+        d2 = (dx**2 + dy**2).min(1)
         img = np.exp(-d2 / (2 * width**2))
         img += rng.normal(0, 0.12, img.shape)
         images[i] = np.clip(img, 0, 1)

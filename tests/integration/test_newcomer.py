@@ -1,0 +1,242 @@
+"""The README's first command, run the way most people will run it: `make demo` by an ordinary
+user (not root, in the `docker` group) on a clean clone, with the system's own Python, which on
+Debian and Ubuntu refuses `pip install` (PEP 668). Root in CI would hide every mistake here.
+
+The test creates the user, clones the repository at HEAD into its home, runs `make demo` as that
+user, and removes the user, its home, its processes, and what it made in Docker, pass or fail.
+
+Only the sources of the demo's wheels are local: the packages `make demo` installs are
+downloaded once into a wheel cache (refreshed when pyproject.toml's requirements change), and
+the user's pip installs from that cache alone. Everything else is what a newcomer gets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import hashlib
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Resources
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+WHEELHOUSE = Path(os.environ.get("CARGOHOLD_TEST_WHEELHOUSE", "/var/tmp/cargohold-wheelhouse"))
+# Two screens of a terminal: everything `make demo` prints, set-up included.
+MAX_DEMO_LINES = 80
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _system_python() -> Path:
+    """Debian's python3 with venv; installed from Debian when missing (CI runs as root)."""
+    usable = [str(SYSTEM_PYTHON), "-c", "import ensurepip, venv"]
+    if not SYSTEM_PYTHON.exists() or subprocess.run(usable, capture_output=True).returncode:
+        if not shutil.which("apt-get"):
+            _unavailable("no /usr/bin/python3 with venv, and no apt-get to install it")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "python3", "python3-venv"],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
+    return SYSTEM_PYTHON
+
+
+def _externally_managed(python: Path) -> bool:
+    stdlib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return (Path(stdlib) / "EXTERNALLY-MANAGED").exists()
+
+
+def _demo_requirements() -> list[str]:
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    project = meta["project"]
+    return [
+        *meta["build-system"]["requires"],
+        *project["dependencies"],
+        *project["optional-dependencies"]["demo"],
+    ]
+
+
+def _wheelhouse() -> Path:
+    """The wheels `make demo` installs, downloaded again only when the requirements change."""
+    requirements = _demo_requirements()
+    stamp = hashlib.sha256("\n".join(sorted(requirements)).encode()).hexdigest()
+    marker = WHEELHOUSE / ".requirements"
+    if marker.exists() and marker.read_text() == stamp:
+        return WHEELHOUSE
+    shutil.rmtree(WHEELHOUSE, ignore_errors=True)
+    WHEELHOUSE.mkdir(parents=True)
+    download = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+         "--dest", str(WHEELHOUSE), *requirements],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if download.returncode != 0:
+        _unavailable(f"cannot fill the wheel cache: {download.stderr[-2000:]}")
+    WHEELHOUSE.chmod(0o755)
+    for wheel in WHEELHOUSE.iterdir():
+        wheel.chmod(0o644)
+    marker.write_text(stamp)
+    return WHEELHOUSE
+
+
+def _kill_processes_of(uid: int) -> None:
+    """Every process the test user left behind, each by its pid."""
+    listed = subprocess.run(["pgrep", "-U", str(uid)], capture_output=True, text=True)
+    for pid in listed.stdout.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+@pytest.fixture
+def newcomer() -> Iterator[pwd.struct_passwd]:
+    """A fresh user in the docker group, with a home; removed with everything it owns."""
+    if os.geteuid() != 0:
+        _unavailable("creating a user needs root (CI runs as root)")
+    try:
+        grp.getgrnam("docker")
+    except KeyError:
+        _unavailable("no docker group: dockerd must start after it exists (ensure-engine.sh)")
+    name = f"chnew{secrets.token_hex(4)}"
+    subprocess.run(
+        ["useradd", "--create-home", "--user-group", "--groups", "docker",
+         "--shell", "/bin/bash", name],
+        check=True,
+        capture_output=True,
+    )
+    user = pwd.getpwnam(name)
+    try:
+        yield user
+    finally:
+        _kill_processes_of(user.pw_uid)
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
+        shutil.rmtree(user.pw_dir, ignore_errors=True)
+        for folder in (Path("/tmp"), Path("/var/tmp")):
+            for leftover in folder.iterdir():
+                with contextlib.suppress(OSError):
+                    if leftover.lstat().st_uid == user.pw_uid:
+                        if leftover.is_dir() and not leftover.is_symlink():
+                            shutil.rmtree(leftover, ignore_errors=True)
+                        else:
+                            leftover.unlink()
+
+
+def _docker_socket_is_for_the_group() -> None:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        _unavailable(f"DOCKER_HOST={host} is not a local socket")
+    socket = Path(host.removeprefix("unix://"))
+    info = socket.stat()
+    if grp.getgrgid(info.st_gid).gr_name != "docker" or info.st_mode & 0o060 != 0o060:
+        pytest.fail(
+            f"{socket} is not usable by the docker group: dockerd must start after the group "
+            "exists, or with --group docker (scripts/ensure-engine.sh does both)"
+        )
+
+
+def _clone_for(user: pwd.struct_passwd, project: str, image: str) -> Path:
+    """A clean clone of this repository's HEAD in the user's home, owned by the user. Only the
+    example's project and image names change, so that nothing collides on a shared engine."""
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        _unavailable(f"{REPO} is not a git checkout: {head.stderr.strip()}")
+    clone = Path(user.pw_dir) / "cargohold"
+    subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(REPO), str(clone)], check=True)
+    subprocess.run(
+        ["git", "-C", str(clone), "checkout", "--quiet", "--detach", head.stdout.strip()],
+        check=True,
+    )
+    spec = clone / "examples" / "digits" / "cargohold.toml"
+    text = spec.read_text(encoding="utf-8")
+    renamed = re.sub(r'(?m)^name = "digits"$', f'name = "{project}"', text)
+    renamed = re.sub(r'(?m)^image = "[^"]+"$', f'image = "{image}"', renamed)
+    moved = renamed.count(f'name = "{project}"') != 1 or renamed.count(f'image = "{image}"') != 1
+    assert not moved, "the example's cargohold.toml no longer has one project name and image"
+    spec.write_text(renamed, encoding="utf-8")
+    subprocess.run(
+        ["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(clone)], check=True
+    )
+    return clone
+
+
+def test_make_demo_as_a_newcomer_with_the_system_python(
+    newcomer: pwd.struct_passwd, docker_resources: Resources
+) -> None:
+    _docker_socket_is_for_the_group()
+    python = _system_python()
+    wheels = _wheelhouse()
+    image = f"{docker_resources.project}-digits"
+    docker_resources.images.append(image)
+    clone = _clone_for(newcomer, docker_resources.project, image)
+    env = {
+        "HOME": newcomer.pw_dir,
+        "USER": newcomer.pw_name,
+        "LOGNAME": newcomer.pw_name,
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(wheels),
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    }
+    if os.environ.get("DOCKER_HOST"):
+        env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+    as_user = ["runuser", "-u", newcomer.pw_name, "--", "env", "-i",
+               *[f"{key}={value}" for key, value in env.items()]]
+    which = subprocess.run([*as_user, "sh", "-c", "command -v python3"], capture_output=True,
+                           text=True)
+    assert which.stdout.strip() == str(python), f"the user's python3 is {which.stdout!r}"
+
+    command = [*as_user, "make", "-C", str(clone), "--no-print-directory", "demo"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            output, _ = proc.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            pytest.fail(f"make demo did not finish in 15 minutes:\n{output[-4000:]}")
+    assert proc.returncode == 0, f"make demo failed:\n{output[-6000:]}"
+    assert "demo ok: resumed from epoch" in output, output[-4000:]
+
+    model = clone / "examples" / "digits" / "artifacts" / "model.npz"
+    assert model.stat().st_uid == newcomer.pw_uid, "the model is not owned by the user"
+    venv = (clone / ".venv" / "pyvenv.cfg").read_text(encoding="utf-8")
+    assert re.search(r"(?m)^home = /usr/bin$", venv), venv
+    if _externally_managed(python):
+        # Nothing went into the system interpreter: cargohold is only in the project's venv.
+        outside = subprocess.run(
+            ["runuser", "-u", newcomer.pw_name, "--", str(python), "-c", "import cargohold"],
+            capture_output=True, cwd="/",
+        )
+        assert outside.returncode != 0
+    lines = output.splitlines()
+    assert len(lines) <= MAX_DEMO_LINES, f"{len(lines)} lines:\n{output}"
+    assert "Traceback" not in output
