@@ -354,3 +354,19 @@ def test_cli_renders_with_comments_and_exit_2(tmp_path: Path) -> None:
     result = run_cli("render", "swarm", cwd=tmp_path)
     assert result.returncode == 2
     assert "jobs.train.nodes" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_plan_and_one_host_renders_say_the_limits_too(tmp_path: Path) -> None:
+    (tmp_path / "cargohold.toml").write_text(_nodes(2))
+    planned = run_cli("plan", "--json", cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    limits = json.loads(planned.stdout)["limits"]
+    assert {"key": "jobs.train.nodes", "fatal": True}.items() <= limits["swarm"][0].items()
+    assert not any(x["fatal"] for x in limits["kubernetes"])
+    text = run_cli("plan", cwd=tmp_path).stdout
+    assert "refused swarm: jobs.train.nodes" in text
+    (tmp_path / "cargohold.toml").write_text(CLUSTER)
+    line = run_cli("render", "docker-run", cwd=tmp_path).stdout
+    assert line.startswith("# jobs.train.placement: placement")
+    compose = run_cli("render", "compose", cwd=tmp_path).stdout
+    assert "# train: stores.checkpoints.mirror:" in compose
