@@ -8,8 +8,15 @@ The order matters for data safety:
    and handed to the job's user; fresh volumes are handed to the job's user by a short root
    helper, because Docker creates them owned by root.
 3. The latest *valid* checkpoint is found (by the same rules the in-container library uses) and
-   passed as ``CARGOHOLD_RESUME_FROM``.
-4. The container runs; on failure it is replaced and started again, up to ``restart.max`` times,
+   passed as ``CARGOHOLD_RESUME_FROM``. When the checkpoint volume cannot be read from here (a
+   remote engine, a user without access to ``/var/lib/docker``), nothing is executed in the job's
+   image to look (it may have no Python): ``CARGOHOLD_RESUME=auto`` tells the job's checkpoint
+   library to pick the newest valid checkpoint itself, by the same rules.
+4. The container is created from the plan's runtime settings (``container_request``): GPUs are
+   checked first (``gpus.require_gpus``), env files and secrets are read only now, from the
+   caller's files and environment, and go into the container's environment, never into a plan,
+   a rendered file or a log.
+5. The container runs; on failure it is replaced and started again, up to ``restart.max`` times,
    each time resuming from the newest valid checkpoint.
 """
 
@@ -25,12 +32,23 @@ from cargohold import baseimage
 from cargohold.checkpoint import _format
 from cargohold.engine import ContainerRequest, Engine
 from cargohold.errors import EngineError, ImageNotFound, UsageError, VolumeNotFound
+from cargohold.gpus import gpu_support, require_gpus
 from cargohold.kinds import Backing
 from cargohold.plan import LABEL_PROJECT, Plan
-from cargohold.render._prepare import volumes_to_chown
-from cargohold.volumes import open_volume
+from cargohold.render._prepare import seed_mounts, seed_script, stores_to_chown
+from cargohold.render.docker_run import job_command
+from cargohold.volumes import engine_is_local, open_volume
 
-__all__ = ["Resume", "RunResult", "prepare_stores", "resolve_resume", "run_job"]
+__all__ = [
+    "Resume",
+    "RunResult",
+    "container_request",
+    "job_environment",
+    "prepare_stores",
+    "read_env_file",
+    "resolve_resume",
+    "run_job",
+]
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +179,18 @@ def prepare_stores(engine: Engine, plan: Plan, say: Say = _quiet) -> None:
                     f"Store {mount.store!r}: {path} exists and is not a folder.",
                     hint="Move the file away or point source elsewhere.",
                 )
-    to_chown = volumes_to_chown(plan)
+    script = seed_script(plan)
+    if script is not None:
+        code, output = engine.run_helper(
+            plan.image, ["-c", script], [m.request() for m in seed_mounts(plan)], entrypoint=["sh"]
+        )
+        if code != 0:
+            raise EngineError(
+                f"Could not seed the volumes of {plan.job!r} from their host folders: "
+                f"{output.strip()[-500:]}",
+                hint="The image needs `sh`, `ls` and `cp` (coreutils or busybox).",
+            )
+    to_chown = stores_to_chown(plan)
     if to_chown:
         code, output = engine.run_helper(
             plan.image,
@@ -171,10 +200,98 @@ def prepare_stores(engine: Engine, plan: Plan, say: Say = _quiet) -> None:
         )
         if code != 0:
             raise EngineError(
-                f"Could not hand the volumes of {plan.job!r} to user {plan.user}: "
+                f"Could not hand the stores of {plan.job!r} to user {plan.user}: "
                 f"{output.strip()[-500:]}",
                 hint="The image needs a `chown` binary (coreutils or busybox).",
             )
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines as ``docker run --env-file`` reads them: ``#`` comments and blank
+    lines skipped, values taken literally, a bare ``KEY`` taken from the caller's environment.
+
+    Raises:
+        UsageError: the file is unreadable or a line is not an assignment (the message names the
+            line number, never its content: it may hold a secret).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"Cannot read env file {path}: {getattr(exc, 'strerror', None) or exc}.",
+            hint="Create it, or fix env_file in cargohold.toml.",
+        ) from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, has_value, value = stripped.partition("=")
+        if not key or key != key.strip() or any(c.isspace() for c in key) or "\0" in line:
+            raise UsageError(
+                f"Env file {path}, line {number}: not a KEY=VALUE line.",
+                hint="Write one KEY=VALUE per line (no spaces around the key, no `export`).",
+            )
+        if has_value:
+            values[key] = value
+        elif key in os.environ:
+            values[key] = os.environ[key]
+    return values
+
+
+def job_environment(plan: Plan, say: Say = _quiet) -> dict[str, str]:
+    """The job's environment: env files, then the plan's variables, then the secrets from the
+    caller's environment (Docker's precedence for ``--env-file`` and ``--env``)."""
+    env: dict[str, str] = {}
+    for path in plan.runtime.env_files:
+        env.update(read_env_file(path))
+    env.update(plan.env)
+    for name in plan.runtime.secrets:
+        if name in os.environ:
+            env[name] = os.environ[name]
+        else:
+            say(f"secret {name} is not set in your environment; the job runs without it")
+    return env
+
+
+def container_request(
+    plan: Plan,
+    env: dict[str, str],
+    *,
+    command: tuple[str, ...] | None = None,
+    restart_max: int = 0,
+) -> ContainerRequest:
+    """The engine request for the job's container: the plan's stores and runtime settings."""
+    rt = plan.runtime
+    entrypoint, cmd = job_command(plan, command)
+    return ContainerRequest(
+        image=plan.image,
+        name=plan.container_name,
+        command=tuple(cmd) if cmd is not None else None,
+        user=plan.user,
+        mounts=tuple(m.request() for m in plan.mounts),
+        env=env,
+        labels=dict(plan.labels),
+        shm_size=rt.shm_size,
+        workdir=plan.workdir,
+        restart_max=restart_max,
+        entrypoint=tuple(entrypoint) if entrypoint is not None else None,
+        gpu_count=rt.gpus.count if rt.gpus is not None else None,
+        gpu_ids=rt.gpus.device_ids if rt.gpus is not None else (),
+        ipc_mode=rt.ipc,
+        ulimits=tuple((u.name, u.soft, u.hard) for u in rt.ulimits),
+        stop_timeout=rt.stop_timeout,
+        init=rt.init,
+        read_only=rt.read_only,
+        tmpfs=rt.tmpfs,
+        security_opt=rt.security_opt,
+        cap_drop=rt.cap_drop,
+        nano_cpus=round(rt.resources.cpus * 1e9) if rt.resources.cpus is not None else None,
+        memory=rt.resources.memory,
+        pids_limit=rt.resources.pids_limit,
+        devices=rt.devices,
+        network=rt.network,
+    )
 
 
 def resolve_resume(engine: Engine, plan: Plan, resume: Resume) -> dict[str, str]:
@@ -202,6 +319,9 @@ def resolve_resume(engine: Engine, plan: Plan, resume: Resume) -> dict[str, str]
 
 
 def _latest_checkpoint_name(engine: Engine, plan: Plan) -> str | None:
+    """The newest valid checkpoint's folder name, read from this host; None when there is none
+    or the store cannot be read from here (then the job's library decides, see the module
+    docstring: nothing runs in the job's image, which may have no Python)."""
     mount = plan.checkpoint_mount
     assert mount is not None
     host_dir: str | None = None
@@ -210,26 +330,15 @@ def _latest_checkpoint_name(engine: Engine, plan: Plan) -> str | None:
     elif mount.backing is Backing.VOLUME and mount.source is not None:
         local_root = open_volume(engine, mount.source).local_root
         host_dir = str(local_root) if local_root is not None else None
-    if host_dir is not None:
-        found = _format.latest_valid(host_dir)
-        return found.name if found else None
-    if mount.backing is not Backing.VOLUME:
+    if host_dir is None:
+        log.info(
+            "volume %s is not readable from here; the job's checkpoint library picks the "
+            "newest valid checkpoint itself",
+            mount.source,
+        )
         return None
-    # The volume is not readable from here (remote engine, rootless user): ask a helper
-    # container, with the very same rules as source.
-    source = Path(_format.__file__).read_text(encoding="utf-8")
-    code, output = engine.run_helper(
-        plan.image,
-        ["-c", source + "\n", mount.target],
-        [mount.request()],
-        entrypoint=["python3"],
-        user=plan.user,
-    )
-    if code != 0:
-        log.warning("could not look for checkpoints in %s: %s", mount.source, output[-300:])
-        return None
-    lines = output.strip().splitlines()
-    return lines[-1].strip() if lines and lines[-1].startswith("step-") else None
+    found = _format.latest_valid(host_dir)
+    return found.name if found else None
 
 
 def _replace_old_container(engine: Engine, plan: Plan) -> None:
@@ -277,9 +386,12 @@ def run_job(
     Raises:
         EngineError: the engine failed; SpecError/UsageError for an impossible job.
     """
+    if plan.runtime.gpus is not None:
+        require_gpus(gpu_support(engine.info(), local=engine_is_local()), plan.job)
+    base_env = job_environment(plan, say)
     ensure_image(engine, plan, say)
     prepare_stores(engine, plan, say)
-    cmd = list(command) if command is not None else (list(plan.command) if plan.command else None)
+    grace = plan.runtime.stop_timeout if plan.runtime.stop_timeout is not None else 10
     attempts = 0
     first_resume: str | None = None
     while True:
@@ -291,18 +403,11 @@ def run_job(
             first_resume = resumed
         if resumed:
             say(f"Resuming from {resumed}")
-        env = {**dict(plan.env), **resume_env}
         container_id = engine.create_container(
-            ContainerRequest(
-                image=plan.image,
-                name=plan.container_name,
-                command=tuple(cmd) if cmd is not None else None,
-                user=plan.user,
-                mounts=tuple(m.request() for m in plan.mounts),
-                env=env,
-                labels=dict(plan.labels),
-                shm_size=plan.shm_size,
-                workdir=plan.workdir,
+            container_request(
+                plan,
+                {**base_env, **resume_env},
+                command=command,
                 restart_max=plan.restart_max if detach else 0,
             )
         )
@@ -316,8 +421,8 @@ def run_job(
                     on_log(stream, chunk)
             code = engine.wait(container_id)
         except KeyboardInterrupt:
-            say(f"Interrupted: stopping {plan.container_name} (it gets SIGTERM, then 30 s)")
-            engine.stop(container_id, timeout=30)
+            say(f"Interrupted: stopping {plan.container_name} (it gets SIGTERM, then {grace} s)")
+            engine.stop(container_id, timeout=grace)
             raise
         if code == 0 or attempts > plan.restart_max:
             return RunResult(plan.container_name, code, attempts, first_resume)

@@ -71,16 +71,17 @@ DEFAULT_SHM = 1 << 30
 CHECKPOINT_STOP_TIMEOUT = 120
 # NVIDIA's recommendation for NCCL and CUDA (their containers warn without them).
 NCCL_ULIMITS = (("memlock", -1, -1), ("stack", 67108864, 67108864))
-# Docker's default capabilities that a training job never uses. Kept: CHOWN, DAC_OVERRIDE,
+# Docker's default capabilities that a training job never uses, by their kernel names (the
+# docker CLI writes them so; the engine keeps what it is given). Kept: CHOWN, DAC_OVERRIDE,
 # FOWNER, FSETID, KILL, SETGID, SETUID (entrypoints that install packages or drop to a user).
 DROPPED_CAPABILITIES = (
-    "AUDIT_WRITE",
-    "MKNOD",
-    "NET_BIND_SERVICE",
-    "NET_RAW",
-    "SETFCAP",
-    "SETPCAP",
-    "SYS_CHROOT",
+    "CAP_AUDIT_WRITE",
+    "CAP_MKNOD",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_SYS_CHROOT",
 )
 _SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "ksh"})
 _TORCH_RE = re.compile(r"torch", re.IGNORECASE)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import Resources, run_cli
 
@@ -23,7 +22,8 @@ UID, GID = 1000, 1000
 
 
 def write_project(folder: Path, project: str, image: str, *, extra_job: str = "",
-                  restart: int = 0, user: str = f"{UID}:{GID}") -> Path:
+                  restart: int = 0, user: str = f"{UID}:{GID}", extra_stores: str = "",
+                  command: str = "[\"python3\", \"-c\", \"print('hello')\"]") -> Path:
     (folder / "data").mkdir(exist_ok=True)
     (folder / "data" / "train.csv").write_text("x,y\n1,2\n")
     spec = folder / "cargohold.toml"
@@ -49,10 +49,11 @@ def write_project(folder: Path, project: str, image: str, *, extra_job: str = ""
         kind = "scratch"
         target = "/scratch"
         size = "64m"
+        {extra_stores}
 
         [jobs.train]
         image = "{image}"
-        command = ["python3", "-c", "print('hello')"]
+        command = {command}
         user = "{user}"
         shm_size = "128m"
         restart = {{ max = {restart} }}
@@ -183,8 +184,10 @@ def test_restart_resumes_from_the_latest_checkpoint(
 
 def _normalized(inspect: dict[str, Any]) -> dict[str, Any]:
     """What a job sees, however the container was made: mounts (by type, volume name or host
-    path, target, mode, tmpfs size), user, environment and shm size."""
+    path, target, mode, tmpfs size), user, environment, entrypoint and command, and every runtime
+    setting of the HostConfig (issue 9)."""
     host = inspect["HostConfig"]
+    config = inspect["Config"]
     sizes = {m["Target"]: (m.get("TmpfsOptions") or {}).get("SizeBytes")
              for m in host.get("Mounts") or [] if m["Type"] == "tmpfs"}
     mounts = sorted(
@@ -193,9 +196,43 @@ def _normalized(inspect: dict[str, Any]) -> dict[str, Any]:
         for m in inspect["Mounts"]
     )
     tmpfs = sorted(sizes.items())
-    env = sorted(e for e in inspect["Config"]["Env"] if not e.startswith("CARGOHOLD_RESUME"))
-    return {"mounts": mounts, "tmpfs": tmpfs, "user": inspect["Config"]["User"], "env": env,
-            "shm": host["ShmSize"]}
+    env = sorted(e for e in config["Env"] if not e.startswith("CARGOHOLD_RESUME"))
+    requests = [{**r, "Options": r.get("Options") or {}, "DeviceIDs": r.get("DeviceIDs") or []}
+                for r in host.get("DeviceRequests") or []]
+    return {"mounts": mounts, "tmpfs": tmpfs, "user": config["User"], "env": env,
+            "entrypoint": config.get("Entrypoint"), "cmd": config.get("Cmd"),
+            "shm": host["ShmSize"], "ipc": host["IpcMode"],
+            "ulimits": sorted((u["Name"], u["Soft"], u["Hard"]) for u in host.get("Ulimits") or []),
+            "stop_timeout": config.get("StopTimeout"), "init": host.get("Init"),
+            "read_only": host["ReadonlyRootfs"], "tmpfs_folders": host.get("Tmpfs") or {},
+            "security_opt": host.get("SecurityOpt") or [],
+            "cap_drop": sorted(host.get("CapDrop") or []),
+            "cpus": host["NanoCpus"], "memory": host["Memory"], "pids": host.get("PidsLimit"),
+            "devices": host.get("Devices") or [], "device_requests": requests,
+            # Compose puts a service without network_mode on its project's own network.
+            "network": "default" if host["NetworkMode"].endswith("_default") else
+            host["NetworkMode"], "privileged": host["Privileged"]}
+
+
+RUNTIME_JOB = """
+        ipc = "shareable"
+        ulimits = { nofile = { soft = 2048, hard = 4096 }, core = 0 }
+        init = true
+        read_only = true
+        resources = { cpus = 1.5, memory = "512m", pids_limit = 256 }
+        devices = ["/dev/zero:/dev/zero2"]
+        network = "none"
+        entrypoint = ["sh", "-c"]
+        env_file = "./job.env"
+        secrets = ["CHT_SECRET_TOKEN"]
+"""
+SEEDED = """
+        [stores.seeded]
+        kind = "dataset"
+        source = "./seed"
+        backing = "volume"
+        target = "/seeded"
+"""
 
 
 def _compose_binary() -> str:
@@ -208,24 +245,51 @@ def test_rendered_docker_run_and_compose_match_cargohold_run(
     tmp_path: Path, job_image: str, docker_resources: Resources, docker_client: Any
 ) -> None:
     project = docker_resources.project
-    write_project(tmp_path, project, job_image)
-    ran = run_cli("run", "--", "true", cwd=tmp_path)
+    write_project(tmp_path, project, job_image, extra_job=RUNTIME_JOB, extra_stores=SEEDED,
+                  command='["echo ran; cat /seeded/seed.txt"]')
+    (tmp_path / "seed").mkdir()
+    (tmp_path / "seed" / "seed.txt").write_text("seeded\n")
+    (tmp_path / "job.env").write_text("# comment\nLR=0.1\n")
+    secret = {"CHT_SECRET_TOKEN": "s3cr3t-value"}
+    ran = run_cli("run", cwd=tmp_path, env=secret)
     assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == ["ran", "seeded"]
+    assert "s3cr3t-value" not in ran.stdout + ran.stderr
     expected = _normalized(docker_client.api.inspect_container(f"{project}-train"))
     targets = {m[2] for m in expected["mounts"]} | {t for t, _ in expected["tmpfs"]}
-    assert targets == {"/data", "/ckpt", "/artifacts", "/scratch"}
+    assert targets == {"/data", "/ckpt", "/artifacts", "/scratch", "/seeded"}
     assert ("/scratch", 64 << 20) in expected["tmpfs"]
+    assert "CHT_SECRET_TOKEN=s3cr3t-value" in expected["env"] and "LR=0.1" in expected["env"]
+    assert expected["stop_timeout"] == 120 and expected["init"] is True
+    assert expected["read_only"] is True and expected["tmpfs_folders"] == {"/tmp": ""}
+    assert expected["security_opt"] == ["no-new-privileges"]
+    assert "CAP_NET_RAW" in expected["cap_drop"]
+    assert (expected["cpus"], expected["memory"], expected["pids"]) == (1_500_000_000,
+                                                                      512 << 20, 256)
+    assert expected["ulimits"] == [("core", 0, 0), ("nofile", 2048, 4096)]
+    assert expected["ipc"] == "shareable" and expected["network"] == "none"
+    assert expected["devices"][0]["PathInContainer"] == "/dev/zero2"
+    assert expected["entrypoint"] == ["sh"] and expected["privileged"] is False
 
-    # The docker run line, pasted into a shell, after removing what cargohold run made.
-    docker_client.containers.get(f"{project}-train").remove(force=True)
-    docker_client.volumes.get(f"{project}-checkpoints").remove()
-    line = run_cli("render", "docker-run", cwd=tmp_path)
+    # The docker run line, pasted into a shell right after cargohold run: the stopped
+    # container of the same job is replaced, not a name conflict. It holds no secret value.
+    line = run_cli("render", "docker-run", cwd=tmp_path, env=secret)
     assert line.returncode == 0, line.stderr
+    assert "s3cr3t-value" not in line.stdout
     shell = subprocess.run(["sh", "-c", line.stdout], capture_output=True, text=True,
-                           timeout=120)
+                           timeout=120, env={**os.environ, **secret})
     assert shell.returncode == 0, shell.stderr
     from_line = docker_client.api.inspect_container(f"{project}-train")
     assert _normalized(from_line) == expected
+    # The line also runs from scratch: it creates the volumes, labelled, and prepares them.
+    docker_client.containers.get(f"{project}-train").remove(force=True)
+    for store in ("checkpoints", "seeded"):
+        docker_client.volumes.get(f"{project}-{store}").remove()
+    shell = subprocess.run(["sh", "-c", line.stdout], capture_output=True, text=True,
+                           timeout=120, env={**os.environ, **secret})
+    assert shell.returncode == 0, shell.stderr
+    assert shell.stdout.splitlines() == ["ran", "seeded"]
+    assert _normalized(docker_client.api.inspect_container(f"{project}-train")) == expected
     assert docker_client.volumes.get(f"{project}-checkpoints").attrs["Labels"][
         "cargohold.kind"] == "checkpoints"
     # The prepared volume is writable by the job's user, as with cargohold run.
@@ -236,21 +300,162 @@ def test_rendered_docker_run_and_compose_match_cargohold_run(
 
     # The compose file, brought up by Docker Compose v2.
     compose_file = tmp_path / "compose.yml"
-    rendered = run_cli("render", "compose", "-o", str(compose_file), cwd=tmp_path)
+    rendered = run_cli("render", "compose", "-o", str(compose_file), cwd=tmp_path, env=secret)
     assert rendered.returncode == 0, rendered.stderr
-    document = yaml.safe_load(compose_file.read_text())
-    document["services"]["train"]["command"] = ["true"]
-    compose_file.write_text(yaml.safe_dump(document))
+    assert "s3cr3t-value" not in compose_file.read_text()
     base = [_compose_binary(), "-f", str(compose_file), "-p", project]
     try:
         up = subprocess.run([*base, "up", "--no-build", "--abort-on-container-exit",
                              "--exit-code-from", "train"],
-                            capture_output=True, text=True, timeout=180)
+                            capture_output=True, text=True, timeout=180,
+                            env={**os.environ, **secret})
         assert up.returncode == 0, up.stdout + up.stderr
         from_compose = docker_client.api.inspect_container(f"{project}-train-1")
         assert _normalized(from_compose) == expected
     finally:
         subprocess.run([*base, "down", "--remove-orphans"], capture_output=True, timeout=120)
+
+
+GPU_JOB = """
+        gpus = ["0", "GPU-0b3c1f"]
+"""
+
+
+def test_gpu_settings_reach_the_engine_identically_without_a_gpu(
+    tmp_path: Path, job_image: str, docker_resources: Resources, docker_client: Any
+) -> None:
+    """No GPU here: the three ways are compared on created, never started, containers."""
+    from cargohold.engine import connect
+    from cargohold.jobs import container_request, job_environment, prepare_stores
+    from cargohold.plan import make_plan
+    from cargohold.spec import load_spec
+
+    project = docker_resources.project
+    write_project(tmp_path, project, job_image, extra_job=GPU_JOB)
+    plan = make_plan(load_spec(tmp_path), None, host_user=(0, 0))
+    engine = connect()
+    prepare_stores(engine, plan)
+    engine.create_container(container_request(plan, job_environment(plan)))
+    expected = _normalized(docker_client.api.inspect_container(f"{project}-train"))
+    assert expected["device_requests"] == [{"Driver": "", "Count": 0, "DeviceIDs": [
+        "0", "GPU-0b3c1f"], "Capabilities": [["gpu"]], "Options": {}}]
+    assert ("memlock", -1, -1) in expected["ulimits"] and expected["shm"] == 128 << 20
+    docker_client.containers.get(f"{project}-train").remove()
+
+    line = run_cli("render", "docker-run", cwd=tmp_path).stdout
+    prefix, _, job = line.rpartition(" && docker run ")
+    created = subprocess.run(["sh", "-c", f"{prefix} && docker create {job}"],
+                             capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stderr
+    assert _normalized(docker_client.api.inspect_container(f"{project}-train")) == expected
+
+    compose_file = tmp_path / "compose.yml"
+    assert run_cli("render", "compose", "-o", str(compose_file), cwd=tmp_path).returncode == 0
+    base = [_compose_binary(), "-f", str(compose_file), "-p", project]
+    try:
+        made = subprocess.run([*base, "create", "--no-build"], capture_output=True, text=True,
+                              timeout=120)
+        assert made.returncode == 0, made.stderr
+        assert _normalized(docker_client.api.inspect_container(f"{project}-train-1")) == expected
+    finally:
+        subprocess.run([*base, "down", "--remove-orphans"], capture_output=True, timeout=120)
+
+    # cargohold run itself fails fast, before creating anything, saying what to install.
+    docker_client.containers.get(f"{project}-train").remove()
+    ran = run_cli("run", cwd=tmp_path)
+    assert ran.returncode == 3, ran.stderr
+    assert "asks for GPUs" in ran.stderr and "nvidia-container-toolkit" in ran.stderr
+    assert "could not select device driver" not in ran.stderr
+    assert not docker_client.containers.list(all=True, filters={"name": f"{project}-train"})
+
+
+STOPPER = """
+import sys, time
+from cargohold.checkpoint import CheckpointManager
+ckpt = CheckpointManager(keep_last=0)
+def final():
+    time.sleep(15)  # a big model: the final save takes longer than Docker's default 10 s
+    ckpt.save(999, {"w.bin": b"final weights"})
+    print("FINAL SAVED", flush=True)
+ckpt.handle_sigterm(final)
+ckpt.save(1, {"w.bin": b"first"})
+print("READY", flush=True)
+time.sleep(600)
+"""
+
+
+def test_docker_stop_without_t_lets_the_final_checkpoint_finish(
+    tmp_path: Path, job_image: str, docker_resources: Resources, docker_client: Any
+) -> None:
+    write_project(tmp_path, docker_resources.project, job_image)
+    started = run_cli("run", "-d", "--", "python3", "-c", STOPPER, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    name = f"{docker_resources.project}-train"
+    container = docker_client.containers.get(name)
+    deadline = time.monotonic() + 60
+    while b"READY" not in container.logs() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert b"READY" in container.logs()
+    began = time.monotonic()
+    stop = subprocess.run(["docker", "stop", name], capture_output=True, text=True, timeout=180)
+    took = time.monotonic() - began
+    assert stop.returncode == 0, stop.stderr
+    assert 14 < took < 100  # waited for the save, not Docker's 10 s
+    container.reload()
+    assert container.attrs["State"]["ExitCode"] == 143  # not 137: it was never killed
+    assert b"FINAL SAVED" in container.logs()
+    again = run_cli("run", "--", "python3", "-c", SAVER, "0", "0", "0", cwd=tmp_path)
+    assert "RESTORED 999" in again.stdout, again.stderr
+
+
+def test_uid_without_an_account_writes_its_home_cache(
+    tmp_path: Path, job_image: str, docker_resources: Resources
+) -> None:
+    write_project(tmp_path, docker_resources.project, job_image, user="4321:4321")
+    script = ("import os, pathlib; p = pathlib.Path.home() / '.cache' / 'hub'; "
+              "p.mkdir(parents=True); (p / 'model').write_text('x'); print('HOME', os.environ["
+              "'HOME'], 'cache ok'); import pwd; pwd.getpwuid(os.getuid())")
+    result = run_cli("run", "--", "python3", "-c", script, cwd=tmp_path)
+    assert "HOME /scratch cache ok" in result.stdout, result.stderr
+    assert "getpwuid(): uid not found: 4321" in result.stderr  # no account indeed
+
+
+def test_explicit_user_can_write_artifacts_from_the_rendered_line(
+    tmp_path: Path, job_image: str, docker_resources: Resources, docker_client: Any
+) -> None:
+    write_project(tmp_path, docker_resources.project, job_image, user="4321:4321",
+                  command='["sh", "-c", "echo model > /artifacts/model.bin && echo wrote"]')
+    line = run_cli("render", "docker-run", cwd=tmp_path)
+    shell = subprocess.run(["sh", "-c", line.stdout], capture_output=True, text=True,
+                           timeout=120)
+    assert shell.returncode == 0, shell.stderr
+    assert "wrote" in shell.stdout
+    model = tmp_path / "out" / "models" / "model.bin"
+    assert model.stat().st_uid == 4321
+
+
+def test_resume_lookup_needs_no_python_in_the_job_image(
+    tmp_path: Path, job_image: str, docker_resources: Resources, docker_client: Any
+) -> None:
+    """Issue 8 defect 11: a checkpoint volume this user cannot read directly (forced here with
+    CARGOHOLD_VOLUME_ACCESS=archive, the path a non-root user takes) and an image without
+    python3: nothing runs in the image to look, and the job's library resolves ``auto``."""
+    write_project(tmp_path, docker_resources.project, job_image)
+    saved = run_cli("run", "--", "python3", "-c", SAVER, "2", "0", "0", cwd=tmp_path)
+    assert saved.returncode == 0, saved.stderr
+    image = f"{docker_resources.project}-nopython:1"
+    docker_resources.images.append(image)
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(
+        f"FROM {job_image}\nRUN rm -f /usr/bin/python3* /usr/local/bin/python3*\n")
+    docker_client.images.build(path=str(tmp_path / "ctx"), tag=image, rm=True)
+    spec = tmp_path / "cargohold.toml"
+    spec.write_text(spec.read_text().replace(f'image = "{job_image}"', f'image = "{image}"'))
+    result = run_cli("run", "--", "sh", "-c",
+                     "command -v python3 || echo no-python; echo RESUME=$CARGOHOLD_RESUME",
+                     cwd=tmp_path, env={"CARGOHOLD_VOLUME_ACCESS": "archive"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["no-python", "RESUME=auto"]
 
 
 def test_job_image_is_built_on_the_local_base_without_a_registry(

@@ -195,7 +195,7 @@ def test_gpu_job_gets_nccl_defaults_with_reasons() -> None:
     assert rt.stop_timeout == 120 and "final" in (rt.reason("stop_timeout") or "")
     assert rt.ipc == "shareable" and rt.network == "host"
     assert rt.read_only and rt.tmpfs == ("/tmp",)
-    assert rt.security_opt == ("no-new-privileges",) and "NET_RAW" in rt.cap_drop
+    assert rt.security_opt == ("no-new-privileges",) and "CAP_NET_RAW" in rt.cap_drop
     assert "NET_RAW" in (rt.reason("hardening") or "")
     assert (rt.resources.cpus, rt.resources.memory, rt.resources.pids_limit) == (
         3.5, 8 << 30, 512)

@@ -73,6 +73,49 @@ def _sdk_mount(mount: MountRequest) -> docker.types.Mount:
     )
 
 
+def _runtime_host_config(request: ContainerRequest) -> dict[str, Any]:
+    """HostConfig keywords of the runtime settings, as ``docker run`` sets them (the parity test
+    compares the inspect output of both): GPUs as a device request with an empty driver and the
+    ``gpu`` capability, exactly like ``--gpus``."""
+    config: dict[str, Any] = {}
+    if request.gpu_count is not None or request.gpu_ids:
+        config["device_requests"] = [
+            docker.types.DeviceRequest(
+                count=request.gpu_count if not request.gpu_ids else None,
+                device_ids=list(request.gpu_ids) or None,
+                capabilities=[["gpu"]],
+            )
+        ]
+    if request.ipc_mode is not None:
+        config["ipc_mode"] = request.ipc_mode
+    if request.ulimits:
+        config["ulimits"] = [
+            docker.types.Ulimit(name=name, soft=soft, hard=hard)
+            for name, soft, hard in request.ulimits
+        ]
+    if request.init:
+        config["init"] = True
+    if request.read_only:
+        config["read_only"] = True
+    if request.tmpfs:
+        config["tmpfs"] = dict.fromkeys(request.tmpfs, "")
+    if request.security_opt:
+        config["security_opt"] = list(request.security_opt)
+    if request.cap_drop:
+        config["cap_drop"] = list(request.cap_drop)
+    if request.nano_cpus is not None:
+        config["nano_cpus"] = request.nano_cpus
+    if request.memory is not None:
+        config["mem_limit"] = request.memory
+    if request.pids_limit is not None:
+        config["pids_limit"] = request.pids_limit
+    if request.devices:
+        config["devices"] = list(request.devices)
+    if request.network is not None:
+        config["network_mode"] = request.network
+    return config
+
+
 class ArchiveHelper:
     """A created, never started container with one volume at ``/v``: the Engine API's archive
     endpoints stream the volume's files in and out without anything running in it."""
@@ -326,16 +369,19 @@ class DockerEngine:
                 if request.restart_max
                 else None
             ),
+            **_runtime_host_config(request),
         )
         with translate(f"Creating container {request.name}"):
             created = api.create_container(
                 request.image,
                 command=list(request.command) if request.command is not None else None,
+                entrypoint=list(request.entrypoint) if request.entrypoint is not None else None,
                 name=request.name,
                 user=request.user or None,
                 environment=dict(request.env),
                 labels=dict(request.labels),
                 working_dir=request.workdir,
+                stop_timeout=request.stop_timeout,
                 detach=True,
                 host_config=host_config,
             )

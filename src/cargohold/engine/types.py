@@ -50,6 +50,23 @@ class ContainerRequest:
     shm_size: int | None = None
     workdir: str | None = None
     restart_max: int = 0
+    # Runtime settings of issue 9 (plan.Runtime converts into these; see jobs.container_request).
+    entrypoint: tuple[str, ...] | None = None
+    gpu_count: int | None = None  # -1: all GPUs
+    gpu_ids: tuple[str, ...] = ()
+    ipc_mode: str | None = None
+    ulimits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard)
+    stop_timeout: int | None = None
+    init: bool = False
+    read_only: bool = False
+    tmpfs: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    nano_cpus: int | None = None
+    memory: int | None = None
+    pids_limit: int | None = None
+    devices: tuple[str, ...] = ()
+    network: str | None = None
 
 
 @dataclass(frozen=True)

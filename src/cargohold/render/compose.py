@@ -60,9 +60,10 @@ def _gpus(runtime: Runtime) -> str | list[dict[str, Any]] | None:
         return None
     if gpus.all:
         return "all"
+    # No `capabilities`: Compose adds "gpu" itself, and a second one would differ from --gpus.
     if gpus.device_ids:
-        return [{"device_ids": list(gpus.device_ids), "capabilities": ["gpu"]}]
-    return [{"count": gpus.count, "capabilities": ["gpu"]}]
+        return [{"device_ids": list(gpus.device_ids)}]
+    return [{"count": gpus.count}]
 
 
 def _runtime(service: dict[str, Any], runtime: Runtime) -> None:

@@ -1,0 +1,142 @@
+"""Can this engine give a container NVIDIA GPUs? One answer for ``doctor`` and for ``run``.
+
+Docker hands GPUs to a container through a device driver that exists only when the NVIDIA
+Container Toolkit is installed: its ``nvidia-container-runtime-hook`` on the daemon's host (what
+``--gpus`` uses), an ``nvidia`` runtime registered in ``daemon.json``, or a CDI specification
+naming ``nvidia.com/gpu`` (``nvidia-ctk cdi generate``). Without one of them Docker fails only
+when the container starts, with "could not select device driver "" with capabilities: [[gpu]]",
+which tells nobody what to install. ``require_gpus`` fails before anything is created, with the
+commands that fix it.
+
+Host files are only meaningful when the engine runs on this machine; for a remote engine only the
+runtimes it reports are known, and the check trusts them.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cargohold.engine.types import EngineInfo
+from cargohold.errors import EngineError
+
+__all__ = ["GpuSupport", "gpu_support", "require_gpus"]
+
+HOOKS = ("nvidia-container-runtime-hook", "nvidia-container-toolkit")
+CDI_DIRS = ("etc/cdi", "var/run/cdi")
+INSTALL_HINT = (
+    "Install the NVIDIA driver and the NVIDIA Container Toolkit on the engine's host "
+    "(`apt-get install nvidia-container-toolkit`), then run "
+    "`sudo nvidia-ctk runtime configure --runtime=docker` and restart dockerd. "
+    "`cargohold doctor` checks it again."
+)
+_DRIVER_RE = re.compile(r"Kernel Module\s+(?:for\s+\S+\s+)?([0-9][0-9.]*)")
+
+
+@dataclass(frozen=True)
+class GpuSupport:
+    """What the engine and its host offer for NVIDIA GPUs."""
+
+    local: bool  # the engine runs here, so the host facts below are its host's
+    runtime: bool  # an "nvidia" runtime is registered with the engine
+    hook: str | None  # the toolkit's hook binary that backs `--gpus`
+    cdi: tuple[str, ...]  # CDI specification files that name nvidia.com/gpu
+    driver: str | None  # the NVIDIA kernel driver's version
+
+    @property
+    def usable(self) -> bool:
+        if not self.local:
+            return self.runtime
+        return (self.runtime or self.hook is not None or bool(self.cdi)) and bool(self.driver)
+
+    def problem(self) -> str | None:
+        """Why GPUs cannot work, or None."""
+        if self.usable:
+            return None
+        if not self.local:
+            return "the remote engine reports no nvidia runtime"
+        missing = []
+        if not self.driver:
+            missing.append("no NVIDIA driver is loaded (/proc/driver/nvidia/version is absent)")
+        if not (self.runtime or self.hook or self.cdi):
+            missing.append(
+                "no NVIDIA Container Toolkit: no nvidia runtime in the engine, no "
+                "nvidia-container-runtime-hook, no CDI specification in /etc/cdi or /var/run/cdi"
+            )
+        return "; ".join(missing)
+
+    def describe(self) -> str:
+        parts = [f"driver {self.driver}" if self.driver else "no NVIDIA driver"]
+        if self.runtime:
+            parts.append("nvidia runtime")
+        if self.hook:
+            parts.append(f"toolkit hook {self.hook}")
+        if self.cdi:
+            parts.append("CDI " + ", ".join(self.cdi))
+        if not (self.runtime or self.hook or self.cdi):
+            parts.append("no NVIDIA Container Toolkit")
+        return ", ".join(parts)
+
+
+def _driver_version(root: Path) -> str | None:
+    """From the loaded kernel module: /proc's banner, or /sys's bare version number."""
+    try:
+        banner = (root / "proc/driver/nvidia/version").read_text(encoding="utf-8", errors="replace")
+        if match := _DRIVER_RE.search(banner):
+            return match.group(1)
+    except OSError:
+        pass
+    try:
+        text = (root / "sys/module/nvidia/version").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return text.strip() or None
+
+
+def _cdi_specs(root: Path) -> tuple[str, ...]:
+    found = []
+    for folder in CDI_DIRS:
+        try:
+            entries = sorted((root / folder).iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.suffix not in (".json", ".yaml", ".yml"):
+                continue
+            try:
+                if "nvidia.com/gpu" in entry.read_text(encoding="utf-8", errors="replace"):
+                    found.append(f"/{folder}/{entry.name}")
+            except OSError:
+                continue
+    return tuple(found)
+
+
+def gpu_support(info: EngineInfo, *, local: bool, root: Path = Path("/")) -> GpuSupport:
+    """Look at the engine's runtimes and (for a local engine) the host's driver, toolkit and CDI
+    specifications. ``root`` is where the host's file system starts (tests point it elsewhere)."""
+    runtime = any("nvidia" in name for name in info.runtimes)
+    if not local:
+        return GpuSupport(local=False, runtime=runtime, hook=None, cdi=(), driver=None)
+    hook = None
+    if root == Path("/"):
+        hook = next((found for name in HOOKS if (found := shutil.which(name))), None)
+    else:
+        hook = next(
+            (str(p) for name in HOOKS for p in [root / "usr/bin" / name] if p.exists()), None
+        )
+    return GpuSupport(
+        local=True, runtime=runtime, hook=hook, cdi=_cdi_specs(root), driver=_driver_version(root)
+    )
+
+
+def require_gpus(support: GpuSupport, job: str) -> None:
+    """Fail before creating a container that Docker could not start.
+
+    Raises:
+        EngineError: naming what is missing, with the commands that install it.
+    """
+    problem = support.problem()
+    if problem is not None:
+        raise EngineError(f"Job {job!r} asks for GPUs, but {problem}.", hint=INSTALL_HINT)
