@@ -241,7 +241,7 @@ def test_swarm_fields() -> None:
     assert {"type": "tmpfs", "target": "/dev/shm", "tmpfs": {"size": 1024**3}} in service["volumes"]
     assert "shm_size" not in service
     assert service["stop_grace_period"] == "300s"
-    assert "NET_RAW" in service["cap_drop"]
+    assert "CAP_NET_RAW" in service["cap_drop"]
     assert service["deploy"]["resources"] == {
         "limits": {"cpus": "4", "memory": str(16 * 1024**3)},
         "reservations": {
