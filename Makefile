@@ -24,10 +24,12 @@ setup-demo:
 demo: setup-demo
 	@bash examples/digits/demo.sh
 
+# ruff, mypy, and the layer contract (pyproject.toml, [tool.importlinter]): imports point down.
 lint:
 	$(PYTHON) -m ruff check src tests examples benchmarks
 	$(PYTHON) -m ruff format --check src
 	$(PYTHON) -m mypy
+	PYTHONPATH=src $(PYTHON) -c 'from importlinter.cli import lint_imports_command as run; run()'
 
 test: setup lint
 	$(PYTHON) -m pytest

@@ -201,3 +201,29 @@ def test_this_process_round_trips_through_its_label() -> None:
     me = this_process()
     assert Owner.from_label(me.label()) == me
     assert me.start not in ("", "unknown")
+
+
+@pytest.mark.parametrize(
+    "command", [["version"], ["plan"], ["render", "docker-run"], ["lint", "--help"]]
+)
+def test_commands_that_do_not_talk_to_docker_do_not_load_its_sdk(tmp_path: Path,
+                                                                  command: list[str]) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import SRC
+
+    (tmp_path / "cargohold.toml").write_text(
+        '[project]\nname = "p"\n[stores.ckpt]\nkind = "checkpoints"\ntarget = "/ckpt"\n'
+        '[jobs.train]\nimage = "img"\n'
+    )
+    code = (
+        "import sys\nfrom cargohold.cli import main\n"
+        f"code = main({command!r})\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'docker', 'requests'})\n"
+        "print('LOADED', code, loaded)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+                            timeout=60)
+    assert "LOADED 0 []" in result.stdout, result.stdout + result.stderr

@@ -13,6 +13,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from cargohold.cli import (  # noqa: F401 - they register commands
     _cluster,
@@ -33,7 +34,7 @@ _NoArgsIsHelp = getattr(click_errors, "NoArgsIsHelpError", ())
 
 __all__ = ["main"]
 
-_stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+_stderr = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 _OS_HINTS = {
     errno.ENOSPC: "Free space on that disk (or write somewhere else); what was being written "
@@ -47,9 +48,10 @@ _OS_HINTS = {
 
 
 def _print_error(message: str, hint: str | None) -> None:
-    _stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    # Messages and hints carry user text (paths, names, a job's output): never markup.
+    _stderr.print(Text.assemble(("error:", "bold red"), " ", message))
     if hint:
-        _stderr.print(f"[yellow]hint:[/] {hint}", markup=True, highlight=False)
+        _stderr.print(Text.assemble(("hint:", "yellow"), " ", hint))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 # them: every command starts faster, and `cargohold snapshot` never loads the spec machinery.
 SPEC_FILENAME = "cargohold.toml"
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup=False: whatever is printed is printed as it is (a path may hold "[/]"); styled
+# output passes rich Text objects (or markup=True with escape()d user text).
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 app = typer.Typer(
     name="cargohold",
@@ -74,7 +76,7 @@ def _plan(file: Path | None, job: str | None) -> tuple[Spec, Plan]:
 
 
 def _say(message: str) -> None:
-    err.print(f"[dim]cargohold:[/] {message}", markup=True, highlight=False)
+    err.print(f"[dim]cargohold:[/] {escape(message)}", markup=True, highlight=False)
 
 
 @app.command()

@@ -58,7 +58,7 @@ def _progress(description: str) -> Iterator[Callable[[int], None]]:
         return
     with Progress(
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeElapsedColumn(),

@@ -1,0 +1,56 @@
+"""Issue 8, defect 12: user text (paths, names, hints) is printed as it is, never read as rich
+markup: "[...]" does not vanish and "[/]" does not crash. Runs the real CLI; no daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+WEIRD = ["[bold]data[/]", "a[/]b", "[red]", "x[/red]y", "[link=x]l[/link]"]
+
+
+@pytest.mark.parametrize("name", WEIRD)
+def test_error_message_and_hint_keep_brackets(tmp_path: Path, name: str) -> None:
+    (tmp_path / "cargohold.toml").write_text(f"""
+[project]
+name = "p"
+[stores.dataset]
+kind = "dataset"
+source = "./{name}"
+target = "/data"
+[jobs.train]
+image = "img"
+""")
+    result = run_cli("plan", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    error, hint = result.stderr.splitlines()[:2]
+    assert error.startswith("error: ") and f"{tmp_path}/{name} does not exist" in error
+    assert hint.startswith("hint: ") and f"{tmp_path}/{name}" in hint
+
+
+def test_a_missing_spec_path_with_markup_is_printed_literally(tmp_path: Path) -> None:
+    spec = tmp_path / "[/]" / "cargohold.toml"
+    result = run_cli("plan", "-f", str(spec))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert str(spec) in result.stderr
+
+
+def test_plan_output_keeps_brackets(tmp_path: Path) -> None:
+    (tmp_path / "[in]").mkdir()
+    (tmp_path / "cargohold.toml").write_text("""
+[project]
+name = "p"
+[stores.dataset]
+kind = "dataset"
+source = "./[in]"
+target = "/data"
+[jobs.train]
+image = "img"
+""")
+    result = run_cli("plan", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{tmp_path}/[in] -> /data" in result.stdout
