@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,12 +12,15 @@ import typer
 from cargohold import __version__
 from cargohold._atomic import write_text_atomic
 from cargohold.cli._commands import (
+    TRAILING_KEY,
     JobArgument,
     SpecOption,
     _host_user,
     _plan,
     _say,
+    _TrailingCommand,
     app,
+    err,
     out,
     render_app,
 )
@@ -111,3 +115,127 @@ def image_command(
     _say(
         f"push it where your cluster pulls from: docker tag {name} REGISTRY/{name} && docker push …"
     )
+
+
+def _loud(text: str, loud: bool) -> None:
+    if loud:
+        err.print(f"[bold red]cargohold mirror:[/] {text}", markup=True, highlight=False)
+    else:
+        _say(text)
+
+
+@app.command("mirror", cls=_TrailingCommand)
+def mirror_command(
+    ctx: typer.Context,
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="The checkpoint store (default: $CARGOHOLD_CHECKPOINT_DIR).",
+            show_default=False,
+        ),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="The repository URL (default: $CARGOHOLD_MIRROR).", show_default=False
+        ),
+    ] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between looks.", min=0.1)] = 10.0,
+    settle: Annotated[
+        float,
+        typer.Option(help="Seconds unchanged after which a Trainer/Lightning checkpoint is done."),
+    ] = 30.0,
+    once: Annotated[
+        bool, typer.Option("--once", help="Push what is committed, then exit.")
+    ] = False,
+    restore_only: Annotated[
+        bool,
+        typer.Option(
+            "--restore-only", help="Restore the newest mirrored checkpoint into an empty store."
+        ),
+    ] = False,
+    until_pod_done: Annotated[
+        bool,
+        typer.Option(
+            "--until-pod-done",
+            help="Sidecar: stop (after a last push) when the pod's other processes have ended.",
+        ),
+    ] = False,
+    exec_: Annotated[
+        bool,
+        typer.Option("--exec", help="Run `-- CMD…` with the store restored, mirror while it runs."),
+    ] = False,
+    status_file: Annotated[
+        Path | None, typer.Option(help="Keep the mirror's state in this JSON file.")
+    ] = None,
+) -> int:
+    """Push every committed checkpoint to a repository; restore the newest on an empty store."""
+    import os
+    import threading
+
+    from cargohold.mirror import (
+        MIRROR_ENV,
+        Mirror,
+        MirrorUnreachable,
+        others_alive,
+        supervise,
+    )
+
+    folder = directory or Path(os.environ.get("CARGOHOLD_CHECKPOINT_DIR", ""))
+    if not str(folder) or not folder.is_dir():
+        raise UsageError(
+            f"No checkpoint store at {folder or '(none given)'}.",
+            hint="Pass --dir PATH or set CARGOHOLD_CHECKPOINT_DIR to an existing folder.",
+        )
+    mirror = Mirror(
+        folder,
+        to or os.environ.get(MIRROR_ENV, ""),
+        settle=settle,
+        status_file=status_file,
+        say=_loud,
+    )
+    trailing = list(ctx.meta.get(TRAILING_KEY) or [])
+    if exec_:
+        if not trailing:
+            raise UsageError(
+                "--exec needs the job's command.", hint="cargohold mirror --exec -- CMD…"
+            )
+        return supervise(mirror, trailing, interval=interval, say=_loud)
+    if restore_only:
+        try:
+            restored = mirror.restore_latest()
+        except MirrorUnreachable as exc:
+            # The job must still run: say it loudly, and let it start from what it has.
+            _loud(f"NOTHING RESTORED: {exc.message} {exc.hint or ''}", True)
+            return 0
+        _say(f"restored {restored}" if restored else "nothing to restore")
+        return 0
+    if once:
+        pushed = mirror.push_new()
+        _say(f"{len(pushed)} new checkpoint(s) mirrored")
+        return 0
+    stop = threading.Event()
+    if until_pod_done:
+        seen = threading.Event()
+
+        def watch() -> None:
+            started = time.monotonic()
+            while not stop.is_set():
+                alive = others_alive()
+                if alive is None:
+                    _loud(
+                        "--until-pod-done needs shareProcessNamespace; mirroring until stopped",
+                        True,
+                    )
+                    return
+                if alive:
+                    seen.set()
+                elif seen.is_set() or time.monotonic() - started > 300:
+                    stop.set()
+                    return
+                time.sleep(1)
+
+        threading.Thread(target=watch, name="cargohold-pod-watch", daemon=True).start()
+    mirror.run(interval=interval, stop=stop)
+    return 0

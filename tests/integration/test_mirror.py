@@ -1,0 +1,124 @@
+"""`cargohold mirror` against the real S3 server: committed checkpoints only, only new content,
+restore on a fresh store, and a mirror that cannot be reached or refuses the credentials."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from cargohold.checkpoint import CheckpointManager
+from tests.conftest import run_cli
+
+
+def _saved(folder: Path, steps: range, *, size: int = 200_000) -> None:
+    manager = CheckpointManager(folder, keep_last=0)
+    for step in steps:
+        # Most of each checkpoint stays the same between steps, as frozen layers do.
+        manager.save(step, {"frozen.bin": b"F" * size, "head.bin": f"head {step}".encode() * 100})
+    manager.close()
+
+
+def _ok(result: object) -> str:
+    assert result.returncode == 0, result.stderr  # type: ignore[attr-defined]
+    return result.stdout  # type: ignore[attr-defined,no-any-return]
+
+
+def test_mirror_pushes_committed_checkpoints_once_and_restores_a_fresh_store(
+    tmp_path: Path, s3_endpoint: dict[str, str]
+) -> None:
+    url = f"s3://cht-mirror-{os.getpid()}-{time.monotonic_ns()}/job"
+    store = tmp_path / "ckpt"
+    _saved(store, range(1, 4))
+    (store / "step-0000000009").mkdir()  # a save still in progress: no manifest yet
+    (store / "step-0000000009" / "frozen.bin").write_bytes(b"half")
+    env = dict(s3_endpoint)
+    first = run_cli("mirror", "--dir", str(store), "--to", url, "--once", env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count("mirrored step-") == 3 and "step-0000000009" not in first.stderr
+    again = run_cli("mirror", "--dir", str(store), "--to", url, "--once", env=env)
+    assert "0 new checkpoint(s) mirrored" in again.stderr, again.stderr
+
+    # Only new content: step 4 shares its big file with step 3.
+    _saved(store, range(4, 5))
+    _ok(run_cli("mirror", "--dir", str(store), "--to", url, "--once", env=env))
+    listed = json.loads(_ok(run_cli("snapshots", "--repo", url, "--json", env=env)))
+    by_tag = {s["tag"]: s for s in listed}
+    step4 = by_tag["mirror:cargohold:4:step-0000000004"]
+    assert step4["new_bytes_stored"] < 20_000 < 200_000
+    assert set(by_tag) == {f"mirror:cargohold:{n}:step-{n:010d}" for n in range(1, 5)}
+
+    # A fresh node: the empty store gets the newest mirrored checkpoint, whole.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    _ok(run_cli("mirror", "--dir", str(fresh), "--to", url, "--restore-only", env=env))
+    assert sorted(p.name for p in fresh.iterdir()) == ["step-0000000004"]
+    latest = CheckpointManager(fresh).restore_latest()
+    assert latest is not None and latest.step == 4
+    # A store that has a checkpoint is left alone.
+    _ok(run_cli("mirror", "--dir", str(store), "--to", url, "--restore-only", env=env))
+    assert sorted(p.name for p in store.iterdir() if p.name.startswith("step-"))[-1] == (
+        "step-0000000009"
+    )
+
+    # --exec: restore, run the job with CARGOHOLD_RESUME_FROM, push what it saved.
+    third = tmp_path / "third"
+    third.mkdir()
+    job = (
+        "import os; from cargohold.checkpoint import CheckpointManager; "
+        "print('RESUME_FROM', os.environ.get('CARGOHOLD_RESUME_FROM')); "
+        "m = CheckpointManager(keep_last=0); s = m.restore_latest().step; "
+        "m.save(s + 1, {'head.bin': b'new'}); m.close()"
+    )
+    ran = run_cli(
+        "mirror", "--dir", str(third), "--to", url, "--exec", "--", "python3", "-c", job,
+        env={**env, "CARGOHOLD_CHECKPOINT_DIR": str(third)},
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert f"RESUME_FROM {third}/step-0000000004" in ran.stdout
+    assert "mirrored step-0000000005" in ran.stderr
+
+
+def test_an_unreachable_mirror_never_stops_the_job(tmp_path: Path) -> None:
+    store = tmp_path / "ckpt"
+    _saved(store, range(1, 2))
+    env = {
+        "CARGOHOLD_S3_ENDPOINT": "http://127.0.0.1:9",  # nothing listens there
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_MAX_ATTEMPTS": "1",
+    }
+    ran = run_cli(
+        "mirror", "--dir", str(store), "--to", "s3://nowhere/job", "--interval", "0.5",
+        "--status-file", str(tmp_path / "status.json"),
+        "--exec", "--", "python3", "-c", "print('TRAINING RAN')", env=env, timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "TRAINING RAN" in ran.stdout
+    assert "NOTHING IS MIRRORED" in ran.stderr and "Traceback" not in ran.stderr
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "unreachable" and status["pushed"] == 0
+    # The job's own exit code is the mirror's.
+    failed = run_cli(
+        "mirror", "--dir", str(store), "--to", "s3://nowhere/job", "--exec", "--",
+        "python3", "-c", "raise SystemExit(5)", env=env, timeout=120,
+    )
+    assert failed.returncode == 5
+    once = run_cli("mirror", "--dir", str(store), "--to", "s3://nowhere/job", "--once", env=env,
+                   timeout=120)
+    assert once.returncode == 3 and "cannot be reached" in once.stderr
+    assert "Traceback" not in once.stderr
+
+
+def test_wrong_credentials_exit_2_with_a_hint(tmp_path: Path, s3_endpoint: dict[str, str]) -> None:
+    store = tmp_path / "ckpt"
+    _saved(store, range(1, 2))
+    env = {**s3_endpoint, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    url = f"s3://cht-mirror-{os.getpid()}-creds/job"
+    for mode in (["--once"], ["--exec", "--", "python3", "-c", "print('SHOULD NOT RUN')"]):
+        result = run_cli("mirror", "--dir", str(store), "--to", url, *mode, env=env)
+        assert result.returncode == 2, result.stderr
+        assert "refused the credentials" in result.stderr
+        assert "AWS_SECRET_ACCESS_KEY" in result.stderr  # the hint
+        assert "Traceback" not in result.stderr and "SHOULD NOT RUN" not in result.stdout

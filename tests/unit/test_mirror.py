@@ -1,0 +1,117 @@
+"""What the mirror counts as a committed checkpoint, for each writer it knows."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+
+from cargohold.checkpoint import CheckpointManager
+from cargohold.mirror import MirrorStatus, committed_checkpoints
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Make a file or a whole folder look ``seconds`` old."""
+    when = time.time() - seconds
+    targets = [path] if path.is_file() else [path, *path.rglob("*")]
+    for target in targets:
+        os.utime(target, (when, when), follow_symlinks=False)
+
+
+def test_cargohold_checkpoints_need_their_manifest_and_intact_files(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path, keep_last=0)
+    for step in (1, 2, 3):
+        manager.save(step, {"w.bin": b"x" * (1000 * step)})
+    manager.close()
+    # A save killed before its manifest, and one whose file was cut short afterwards.
+    (tmp_path / "step-0000000004").mkdir()
+    (tmp_path / "step-0000000004" / "w.bin").write_bytes(b"partial")
+    with open(tmp_path / "step-0000000002" / "w.bin", "r+b") as f:
+        f.truncate(10)
+    (tmp_path / ".tmp-step-0000000005-1-abc").mkdir()
+    found = committed_checkpoints(tmp_path, settle=0)
+    assert [(f.name, f.step, f.writer) for f in found] == [
+        ("step-0000000001", 1, "cargohold"),
+        ("step-0000000003", 3, "cargohold"),
+    ]
+    assert found[-1].tag == "mirror:cargohold:3:step-0000000003"
+
+
+def _trainer_checkpoint(root: Path, step: int, *, global_step: int | None = None) -> Path:
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"w" * 100)
+    (folder / "trainer_state.json").write_text(
+        json.dumps({"global_step": step if global_step is None else global_step})
+    )
+    return folder
+
+
+def test_trainer_checkpoints_need_their_state_and_to_settle(tmp_path: Path) -> None:
+    first = _trainer_checkpoint(tmp_path, 10)
+    # Just written, and nothing newer: the Trainer may still be writing into it.
+    assert committed_checkpoints(tmp_path, settle=30) == []
+    _age(first, 60)
+    assert [f.name for f in committed_checkpoints(tmp_path, settle=30)] == ["checkpoint-10"]
+    # A newer folder means the older one is finished, however recent.
+    second = _trainer_checkpoint(tmp_path, 20)
+    _trainer_checkpoint(tmp_path, 30)
+    os.utime(first, None)
+    assert [f.name for f in committed_checkpoints(tmp_path, settle=30)] == [
+        "checkpoint-10",
+        "checkpoint-20",
+    ]
+    assert second.exists()
+    # No trainer_state.json yet, or a state from another step: not a checkpoint.
+    (tmp_path / "checkpoint-40").mkdir()
+    _age(_trainer_checkpoint(tmp_path, 50, global_step=49), 60)
+    _age(tmp_path / "checkpoint-40", 60)
+    names = [f.name for f in committed_checkpoints(tmp_path, settle=30)]
+    assert "checkpoint-40" not in names and "checkpoint-50" not in names
+
+
+def _lightning_file(path: Path) -> Path:
+    # torch.save writes a zip archive; its central directory is written last.
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00." * 100)
+        archive.writestr("archive/version", b"3\n")
+    return path
+
+
+def test_lightning_files_need_a_whole_zip_and_to_settle(tmp_path: Path) -> None:
+    good = _lightning_file(tmp_path / "epoch=1-step=200.ckpt")
+    assert committed_checkpoints(tmp_path, settle=30) == []  # just written
+    _age(good, 60)
+    cut = _lightning_file(tmp_path / "epoch=2-step=400.ckpt")
+    cut.write_bytes(cut.read_bytes()[:-30])  # the central directory is missing
+    _age(cut, 60)
+    found = committed_checkpoints(tmp_path, settle=30)
+    assert [(f.name, f.step, f.writer) for f in found] == [
+        ("epoch=1-step=200.ckpt", 200, "lightning")
+    ]
+    # last.ckpt is rewritten in place: its stamp changes with it, so it is pushed again.
+    last = _lightning_file(tmp_path / "last.ckpt")
+    _age(last, 60)
+    before = next(f for f in committed_checkpoints(tmp_path, settle=30) if f.name == "last.ckpt")
+    _lightning_file(last)
+    _age(last, 40)
+    after = next(f for f in committed_checkpoints(tmp_path, settle=30) if f.name == "last.ckpt")
+    assert before.stamp != after.stamp
+
+
+def test_a_missing_store_has_no_checkpoints(tmp_path: Path) -> None:
+    assert committed_checkpoints(tmp_path / "nope") == []
+
+
+def test_status_is_a_versioned_record(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    assert MirrorStatus.read(path) is None
+    path.write_text("{not json")
+    assert MirrorStatus.read(path) is None
+    path.write_text(json.dumps({"format": "cargohold-mirror-status", "version": 99}))
+    assert MirrorStatus.read(path) is None
+    path.write_text(json.dumps({"format": "cargohold-mirror-status", "version": 1, "pushed": 3}))
+    status = MirrorStatus.read(path)
+    assert status is not None and status.pushed == 3 and status.state == "starting"
