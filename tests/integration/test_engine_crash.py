@@ -146,6 +146,23 @@ def test_sigkilled_cargohold_leaves_no_helper_for_long(engine: PrivateEngine,
         engine.docker("volume", "rm", "-f", volume, check=False)
 
 
+def test_watch_exits_3_when_the_engine_dies(engine: PrivateEngine) -> None:
+    """watch follows the engine's events; a dead engine is an engine error, never read as "the
+    container is gone" (ContainerNotFound is only what the engine itself says)."""
+    process = _start_cli(engine, "watch", "--seconds", "120")
+    try:
+        assert process.stdout is not None
+        assert "watching" in process.stdout.readline()
+        engine.kill()
+        stderr = _assert_clean_engine_error(process)
+        assert "Following engine events" in stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        engine.restart()
+
+
 def test_linked_private_engines_reach_each_other(engine: PrivateEngine) -> None:
     """The fixture's own promise (cluster tests build a two-node swarm on it)."""
     with private_engine() as other:

@@ -1,10 +1,15 @@
-"""guard.classify: what in a container's layer counts as ML data (no daemon needed)."""
+"""guard's decisions without a daemon: what in a container's layer counts as ML data, and what
+watch makes of a container that cannot be inspected."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from cargohold.guard import IMAGE_FOLDER_MIN, classify
+from cargohold.engine import ContainerInfo, ContainerStop
+from cargohold.errors import ContainerNotFound, EngineUnavailable
+from cargohold.guard import IMAGE_FOLDER_MIN, classify, watch
 
 
 @pytest.mark.parametrize(
@@ -54,3 +59,31 @@ def test_every_path_gets_exactly_one_answer() -> None:
     paths = ["/a.pt", "/b.csv", "/c.log", "/d", "/e/[/]weird.pt", "/f/ü.parquet"]
     assert set(classify(paths)) == set(paths)
     assert classify([]) == {}
+
+
+class _StoppingEngine:
+    """Just enough of an engine for watch(): one container stops, then inspecting it fails."""
+
+    def __init__(self, failure: Exception) -> None:
+        self.failure = failure
+
+    def container_stops(self, until: float | None = None) -> Iterator[ContainerStop]:
+        yield ContainerStop("abc123", "trainer")
+
+    def inspect_container(self, name: str) -> ContainerInfo:
+        raise self.failure
+
+
+def test_watch_reports_a_removed_container_and_goes_on() -> None:
+    said: list[str] = []
+    engine = _StoppingEngine(ContainerNotFound("No container abc123.", hint="h"))
+    assert list(watch(engine, on_event=said.append)) == []  # type: ignore[arg-type]
+    assert said and "trainer stopped and is already gone" in said[0]
+
+
+def test_watch_does_not_read_a_dead_engine_as_a_removed_container() -> None:
+    said: list[str] = []
+    engine = _StoppingEngine(EngineUnavailable("cannot reach the Docker engine", hint="h"))
+    with pytest.raises(EngineUnavailable):
+        list(watch(engine, on_event=said.append))  # type: ignore[arg-type]
+    assert said == []
