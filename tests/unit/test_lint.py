@@ -120,6 +120,43 @@ def test_evidence_says_why_a_mount_is_a_dataset() -> None:
         ("docker run -u 1 pytorch/pytorch python t.py --output_dir /path/to/output", set()),
         ("docker run -u 1 pytorch/pytorch python t.py --output_dir s3://bucket/run", set()),
         ("docker run -d postgres:16", {"CH011"}),
+        ("docker run -d ghcr.io/mlflow/mlflow mlflow server --host 0.0.0.0", {"CH011"}),
+        (
+            "docker run -d -v m:/m ghcr.io/mlflow/mlflow mlflow server --backend-store-uri "
+            "sqlite:////m/db.sqlite --default-artifact-root /m/a",
+            set(),
+        ),
+        (
+            "docker run -d -v m:/m ghcr.io/mlflow/mlflow mlflow server --backend-store-uri "
+            "sqlite:////m/db.sqlite --default-artifact-root /art",
+            {"CH011"},
+        ),
+        ("docker run -v e:/etcd quay.io/coreos/etcd:v3.5.5 etcd --data-dir /etcd", set()),
+        (
+            "docker run --gpus all -u 1 -v c:/c tensorflow/tensorflow:latest-gpu python train.py "
+            "--model_dir /c",
+            set(),
+        ),
+        (
+            "docker run --gpus all -u 1 -v c:/c tensorflow/tensorflow:latest-gpu python train.py "
+            "--model_dir /tmp/model",
+            {"CH001"},
+        ),
+        ("docker run -u 1 -v c:/c pytorch/pytorch python infer.py --model_dir /m", set()),
+        ("docker run -it --gpus all -v /srv/coco:/coco pytorch/pytorch", set()),
+        (
+            "docker run -u 1 -v /srv/coco:/coco pytorch/pytorch python eval.py --data /coco",
+            {"CH004"},
+        ),
+        (
+            "docker run --device nvidia.com/gpu=all -u 1 -v c:/c pytorch/pytorch torchrun train.py",
+            {"CH008"},
+        ),
+        (
+            "docker run -v $v:/data ghcr.io/huggingface/text-generation-inference --model-id x",
+            set(),
+        ),
+        ("docker run ghcr.io/huggingface/text-generation-inference --model-id x", {"CH002"}),
         ("docker run -d -v pg:/var/lib/postgresql/data postgres:16", set()),
     ],
 )
@@ -202,6 +239,13 @@ def test_suppression_select_and_ignore() -> None:
         b"a: &a [*a]\n",
         b"services:\n  x: " + b"[" * 2000 + b"]" * 2000 + b"\n",
         b"services:\n  x:\n    extends: x\n",
+        b"a: &a [x,x,x,x,x,x,x,x,x,x]\n"
+        + b"".join(
+            b"%c: &%c [*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c]\n"
+            % ((ord("b") + i, ord("b") + i) + (ord("a") + i,) * 10)
+            for i in range(8)
+        )
+        + b"services:\n  x:\n    image: *i\n",
     ],
 )
 def test_hostile_compose_files_are_usage_errors_or_lint(tmp_path: Path, content: bytes) -> None:

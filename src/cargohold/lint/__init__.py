@@ -140,9 +140,15 @@ def _run(services: list[Service], rules: set[str], texts: dict[str, str]) -> Rep
         note = describe_image(service)
         if note:
             report.notes.append(note)
-        unchecked |= not service.checkout and any(
-            m.kind == "bind" and m.source and service.base_dir.resolve() in Path(m.source).parents
-            for m in service.mounts
+        unchecked |= (
+            service.where.file != "docker-run"
+            and not service.checkout
+            and any(
+                m.kind == "bind"
+                and m.source
+                and service.base_dir.resolve() in Path(m.source).parents
+                for m in service.mounts
+            )
         )
         for rule in sorted(REGISTRY.values(), key=lambda r: r.id):
             if rule.id not in rules:

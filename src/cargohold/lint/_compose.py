@@ -175,7 +175,15 @@ class _Project:
 
 def _split_volume(text: str) -> list[str]:
     """A short volume string into its parts; a Windows drive letter stays with its path."""
-    parts = text.split(":")
+    parts, depth, current = [], 0, ""
+    for char in text:  # colons inside an unresolved ${VAR:-…} are not separators
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if char == ":" and depth <= 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
     windows = len(parts) > 2 and parts[1].startswith(("\\", "/")) and parts[2].startswith("/")
     if len(parts[0]) == 1 and parts[0].isalpha() and (windows or parts[1:2] == ["\\"]):
         parts = [parts[0] + ":" + parts[1], *parts[2:]]
@@ -185,15 +193,18 @@ def _split_volume(text: str) -> list[str]:
 def parse_short_volume(text: Text, base_dir: Path | None) -> Mount:
     """``[SOURCE:]TARGET[:MODE]`` as Compose and ``docker run -v`` read it."""
     parts = _split_volume(str(text))
+
+    def part(value: str) -> Text:  # only a part that still holds a variable is unknown
+        return text.derive(value, unresolved=text.unresolved and ("$" in value or "`" in value))
+
     if len(parts) == 1 or (len(parts) == 2 and parts[1] in ("ro", "rw")):
-        return Mount("anonymous", text.derive(parts[0]), None, len(parts) == 2 and parts[1] == "ro")
+        return Mount("anonymous", part(parts[0]), None, len(parts) == 2 and parts[1] == "ro")
     source, target = parts[0], parts[1]
     readonly = len(parts) > 2 and "ro" in parts[2].split(",")
     is_path = source.startswith(("/", ".", "~", "$", "`")) or "\\" in source or ":" in source
     if is_path:
-        resolved = _host_path(source, base_dir)
-        return Mount("bind", text.derive(target), text.derive(resolved), readonly)
-    return Mount("volume", text.derive(target), text.derive(source), readonly)
+        return Mount("bind", part(target), part(_host_path(source, base_dir)), readonly)
+    return Mount("volume", part(target), part(source), readonly)
 
 
 def _host_path(source: str, base_dir: Path | None) -> str:
@@ -242,6 +253,9 @@ def _gpu(definition: dict[str, Any]) -> Text | None:
                 getattr(device, "file", ""),
                 getattr(device, "line", 0),
             )
+    for device in definition.get("devices") or []:  # CDI (nvidia.com/gpu=all) or /dev/nvidia0
+        if isinstance(device, Text) and ("nvidia.com/gpu" in device or "/dev/nvidia" in device):
+            return device.derive(f"devices: {device}")
     env = _as_map(definition.get("environment"))
     visible = env.get("NVIDIA_VISIBLE_DEVICES")
     if isinstance(visible, Text) and visible.strip() not in ("", "void", "none"):

@@ -77,6 +77,11 @@ _OUTPUT_NAMES = {
     "save",
     "project",
     "weights_dir_out",
+    "logdir",
+    "log_path",
+    "tensorboard_dir",
+    "summary_dir",
+    "model_dir",
 }
 _PATHLIKE_ONLY = {"output", "save", "project"}  # ambiguous names: only when the value is a path
 _CACHE_NAMES = {
@@ -294,6 +299,9 @@ def path_uses(service: Service) -> list[PathUse]:
     def add(value: Text, use: Use, evidence: str) -> None:
         if use == "output" and kind in ("tensorboard", "serving"):
             return  # `tensorboard --logdir` reads; servers' --output flags are not training data
+        if use == "output" and evidence.lstrip("-").lower().startswith(("model_dir", "model-dir")):
+            if kind != "training":
+                return  # a model folder is read by everything but a training job
         uses.append(PathUse(value, _resolve(value, service), use, evidence))
 
     for index, word in enumerate(words):
@@ -360,7 +368,8 @@ _PREP = re.compile(
 def workload(service: Service) -> tuple[Workload, str]:
     """What kind of work the service does, and the evidence."""
     words = workload_words(service)
-    text = " ".join(words).lower()
+    # Paths are not the workload: `--data /data/train` does not make an evaluation a training.
+    text = " ".join(w for w in words if "/" not in w or w.endswith(".py")).lower()
     first = " ".join(words[:3]).lower()
     known = image_facts(service)
     if "tensorboard" in first or re.search(r"\btensorboard\s+--logdir", text):

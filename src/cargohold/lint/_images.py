@@ -218,6 +218,11 @@ _KNOWN: list[tuple[re.Pattern[str], KnownImage]] = [
             KnownImage("infra", "root", label="engine tool"),
         ),
         (r"^(grafana/grafana(-oss)?)$", KnownImage("infra", "non-root", label="Grafana")),
+        (
+            r"^(coreos/etcd|etcd-development/etcd|bitnami/etcd)$",
+            KnownImage("infra", "root", label="etcd"),
+        ),
+        (r"^apache/airflow$", KnownImage("infra", "non-root", label="Airflow")),
         (r"^(prom/prometheus)$", KnownImage("infra", "non-root", label="Prometheus")),
         (
             r"^(nginx|httpd|caddy|redis|rabbitmq|memcached|busybox)$",

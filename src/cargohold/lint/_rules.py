@@ -281,18 +281,25 @@ def state_not_on_volume(service: Service) -> Iterator[Hit]:
         return
     known = image_facts(service)
     notebook = known is not None and known.role == "notebook"
-    for directory in dirs:
+    mlflow = evidence.startswith("mlflow server")
+
+    def kept(directory: str) -> bool:
         if directory.startswith("./"):
-            continue
+            return False  # relative to an unknown working directory, with no mount at all
         path = PurePosixPath(directory)
         mount = mount_for(path, service.mounts)
         if mount is not None and mount.kind in ("volume", "bind"):
-            return
-        if notebook and any(
+            return True
+        return notebook and any(
             m.kind in ("volume", "bind") and path in (m.path, *m.path.parents)
             for m in service.mounts
-        ):
-            return
+        )
+
+    # MLflow needs both its store and its artifacts kept; an image's alternatives need one.
+    lost = [d for d in dirs if not kept(d)]
+    if (mlflow and not lost) or (not mlflow and len(lost) < len(dirs)):
+        return
+    dirs = lost if mlflow else dirs
     where = service.image or service.where
     state = "notebooks" if notebook else "data"
     anonymous = [m for m in service.mounts if m.kind == "anonymous"]
@@ -394,6 +401,16 @@ def writable_dataset(service: Service) -> Iterator[Hit]:
     if kind in ("prep", "serving", "notebook", "tensorboard", "tracking"):
         return
     if known is not None and known.role not in ("training",):
+        return
+    # A training job, or any job an input argument shows reading the mount; a bare shell
+    # (`docker run -it IMAGE`) may well download its dataset there.
+    # A training job, or a Python job an input argument shows reading the mount (`--data-dir`
+    # of a database is its state); a bare shell (`docker run -it IMAGE`) may well download its
+    # dataset there.
+    words = workload_words(service)
+    python = any(w.rsplit("/", 1)[-1].startswith("python") or w.endswith(".py") for w in words)
+    inputs = python and any(u.use == "input" for u in path_uses(service))
+    if kind != "training" and not inputs:
         return
     base, _ = workdir(service)
     uses = path_uses(service)
@@ -609,6 +626,9 @@ def missing_shm_size(service: Service) -> Iterator[Hit]:
     kind, why = workload(service)
     if kind != "training":
         return
+    framework = " ".join([str(service.image or ""), *workload_words(service)]).lower()
+    if re.search(r"tensorflow|keras|\bjax\b", framework) and "torch" not in framework:
+        return  # /dev/shm is PyTorch's (DataLoader workers, NCCL), not TensorFlow's
     yield Hit(
         service.gpu,
         "GPU training with Docker's default 64 MB /dev/shm: DataLoader workers and NCCL "

@@ -45,7 +45,23 @@ def _line(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
 
 
-def _convert(node: yaml.Node, file: str, env: Mapping[str, str], depth: int = 0) -> Any:
+_BUDGET = 200_000  # values one file may expand to: aliases can multiply a small file
+
+
+def _convert(
+    node: yaml.Node,
+    file: str,
+    env: Mapping[str, str],
+    depth: int = 0,
+    spent: list[int] | None = None,
+) -> Any:
+    spent = [0] if spent is None else spent
+    spent[0] += 1
+    if spent[0] > _BUDGET:
+        raise UsageError(
+            f"{file} expands to more than {_BUDGET} values through its aliases.",
+            hint="Is it a compose file? (a YAML alias bomb would look like this)",
+        )
     if depth > 64:
         raise UsageError(f"{file} nests deeper than 64 levels.", hint="Is it a compose file?")
     if isinstance(node, yaml.ScalarNode):
@@ -57,7 +73,7 @@ def _convert(node: yaml.Node, file: str, env: Mapping[str, str], depth: int = 0)
             text.rows = tuple(raw.split("\n"))
         return interpolate(text, env)
     if isinstance(node, yaml.SequenceNode):
-        items = LList(_convert(n, file, env, depth + 1) for n in node.value)
+        items = LList(_convert(n, file, env, depth + 1, spent) for n in node.value)
         items.line, items.file = _line(node), file
         return items
     if isinstance(node, yaml.MappingNode):
@@ -68,12 +84,12 @@ def _convert(node: yaml.Node, file: str, env: Mapping[str, str], depth: int = 0)
             if key.tag == _MERGE:
                 sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
                 for source in sources:
-                    converted = _convert(source, file, env, depth + 1)
+                    converted = _convert(source, file, env, depth + 1, spent)
                     if isinstance(converted, dict):
                         merged.append(converted)
                 continue
             name = str(key.value) if isinstance(key, yaml.ScalarNode) else ""
-            result[name] = _convert(value, file, env, depth + 1)
+            result[name] = _convert(value, file, env, depth + 1, spent)
             result.key_lines[name] = _line(key)
         # Explicit keys win over merged ones; of several merged maps, the first wins.
         for source in merged:
