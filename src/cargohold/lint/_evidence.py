@@ -299,9 +299,9 @@ def path_uses(service: Service) -> list[PathUse]:
     def add(value: Text, use: Use, evidence: str) -> None:
         if use == "output" and kind in ("tensorboard", "serving"):
             return  # `tensorboard --logdir` reads; servers' --output flags are not training data
-        if use == "output" and evidence.lstrip("-").lower().startswith(("model_dir", "model-dir")):
-            if kind != "training":
-                return  # a model folder is read by everything but a training job
+        model_dir = evidence.lstrip("-").lower().startswith(("model_dir", "model-dir"))
+        if use == "output" and model_dir and kind != "training":
+            return  # a model folder is read by everything but a training job
         uses.append(PathUse(value, _resolve(value, service), use, evidence))
 
     for index, word in enumerate(words):
