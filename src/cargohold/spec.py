@@ -20,7 +20,16 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
 
 from cargohold.errors import SpecError
 from cargohold.kinds import Backing, StoreKind, parse_size
@@ -108,11 +117,11 @@ class StoreSpec(_Model):
     target: str
     source: str | None = None
     backing: Backing | None = None
-    readonly: bool | None = None
+    readonly: StrictBool | None = None
     volume: str | None = None
     driver: str | None = None
     driver_opts: dict[str, str] = Field(default_factory=dict)
-    external: bool = False
+    external: StrictBool = False
     size: str | int | None = None
     # Clusters (issue 10): where a checkpoint store is mirrored, the PVC's class and size, and a
     # dataset restored from a snapshot repository instead of a local folder.
@@ -167,7 +176,7 @@ class BuildSpec(_Model):
 
 
 class RestartSpec(_Model):
-    max: int = Field(default=0, ge=0, le=100)
+    max: StrictInt = Field(default=0, ge=0, le=100)
 
 
 class UlimitSpec(_Model):
@@ -176,9 +185,9 @@ class UlimitSpec(_Model):
 
 
 class ResourcesSpec(_Model):
-    cpus: float | None = Field(default=None, gt=0, le=4096)
+    cpus: StrictInt | StrictFloat | None = Field(default=None, gt=0, le=4096)
     memory: str | int | None = None
-    pids_limit: int | None = Field(default=None, ge=1, le=4_194_304)
+    pids_limit: StrictInt | None = Field(default=None, ge=1, le=4_194_304)
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -234,13 +243,13 @@ class JobSpec(_Model):
     gpus: str | int | list[str] | None = None
     ipc: IpcMode | None = None
     ulimits: dict[str, int | UlimitSpec] = Field(default_factory=dict)
-    stop_timeout: int | None = Field(default=None, ge=0, le=MAX_STOP_TIMEOUT)
-    init: bool | None = None
+    stop_timeout: StrictInt | None = Field(default=None, ge=0, le=MAX_STOP_TIMEOUT)
+    init: StrictBool | None = None
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     devices: list[str] = Field(default_factory=list)
     network: str | None = None
-    read_only: bool = False
-    hardening: bool = True
+    read_only: StrictBool = False
+    hardening: StrictBool = True
 
     @field_validator("gpus", mode="before")
     @classmethod
@@ -313,6 +322,13 @@ class JobSpec(_Model):
                 raise ValueError(f"{device!r} is not a device under /dev (HOST[:CONTAINER[:rwm]])")
             if ".." in PurePosixPath(host).parts:
                 raise ValueError(f"{device!r} climbs with '..'")
+            parts = device.split(":")
+            if len(parts) > 3 or (len(parts) == 3 and not set(parts[2]) <= set("rwm")):
+                raise ValueError(
+                    f"{device!r}: write HOST[:CONTAINER[:PERMISSIONS]], permissions of r, w, m"
+                )
+            if len(parts) >= 2 and not parts[1].startswith("/"):
+                raise ValueError(f"{device!r}: the container path must be absolute")
         return value
 
     @field_validator("network")
@@ -644,12 +660,18 @@ def _backing_guess(store: StoreSpec) -> Backing:
     return Backing.VOLUME
 
 
+_UNION_TAG_RE = re.compile(
+    r"^(int|float|str|bool|none|(list|dict)\[.*\]|function-.*|[A-Z]\w*Spec)$"
+)
+
+
 def _error_from_validation(exc: ValidationError) -> SpecError:
     """One paragraph for the first problem pydantic found, naming its key."""
     errors = exc.errors()
     # A misspelt key also makes the intended one "missing": name the misspelling first.
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = [str(part) for part in err["loc"]]
+    # A union's member type joins the location ("cpus.int"); the user wrote only "cpus".
+    loc = [str(part) for part in err["loc"] if not _UNION_TAG_RE.match(str(part))]
     key = ".".join(loc) or "(top level)"
     kind = err["type"]
     if kind == "missing":
@@ -786,6 +808,16 @@ def check_host_paths(spec: Spec) -> None:
     Raises:
         SpecError: naming the store whose source is missing.
     """
+    for name, job in spec.jobs.items():
+        for env_file in job.env_file:
+            path = spec.host_path(env_file)
+            if not path.is_file():
+                raise SpecError(
+                    f"Job {name!r}: env file {path} "
+                    + ("is not a file." if path.exists() else "does not exist."),
+                    key=f"jobs.{name}.env_file",
+                    hint="Create it (KEY=VALUE lines), or remove it from env_file.",
+                )
     for name, store in spec.stores.items():
         if store.source is None:
             continue

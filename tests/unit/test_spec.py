@@ -253,3 +253,40 @@ def test_usage_errors_are_one_clear_message(tmp_path: Path, args: tuple[str, ...
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "Usage" in result.stdout or "hint:" in result.stderr
+
+
+def test_missing_env_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "cargohold.toml").write_text(_job('env_file = "./train.env"'))
+    with pytest.raises(SpecError, match="does not exist") as info:
+        load_spec(tmp_path)
+    assert info.value.key == "jobs.train.env_file"
+    (tmp_path / "train.env").write_text("A=1\n")
+    assert load_spec(tmp_path).jobs["train"].env_file == ["./train.env"]
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("stop_timeout = true", "jobs.train.stop_timeout"),
+        ("init = 1", "jobs.train.init"),
+        ('read_only = "yes"', "jobs.train.read_only"),
+        ('hardening = "no"', "jobs.train.hardening"),
+        ("resources = { cpus = true }", "jobs.train.resources.cpus"),
+        ("resources = { pids_limit = true }", "jobs.train.resources.pids_limit"),
+        ('devices = ["/dev/null:/x:rwmz"]', "jobs.train.devices"),
+        ('devices = ["/dev/null:x"]', "jobs.train.devices"),
+    ],
+)
+def test_no_silent_coercion_of_runtime_values(line: str, key: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(_job(line), base_dir=Path("/p"))
+    assert info.value.key == key
+
+
+def test_runtime_values_that_are_fine() -> None:
+    spec = parse_spec(_job('gpus = [0, 1]\nresources = { cpus = 2 }\nsecrets = "HF_TOKEN"\n'
+                           'devices = ["/dev/null:/dev/x:rw"]\nulimits = { nofile = -1 }'),
+                      base_dir=Path("/p"))
+    job = spec.jobs["train"]
+    assert job.gpus == ["0", "1"] and job.secrets == ["HF_TOKEN"]
