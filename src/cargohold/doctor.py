@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from cargohold.engine import Engine, EngineInfo
+from cargohold.gpus import INSTALL_HINT, gpu_support
 from cargohold.guard import scan_container
 from cargohold.inventory import VolumeSummary, volume_summaries
 from cargohold.kinds import Backing, StoreKind
 from cargohold.plan import LABEL_PROJECT
-from cargohold.volumes import open_volume, volume_usage
+from cargohold.volumes import engine_is_local, open_volume, volume_usage
 
 if TYPE_CHECKING:
     from cargohold.plan import Mount, Plan
@@ -110,20 +111,18 @@ def check_uid_mapping(info: EngineInfo) -> Check:
     return Check("uid mapping", "ok", "none: container uids are host uids")
 
 
-def check_gpus(info: EngineInfo, plan: Plan | None) -> Check | None:
-    """Only when the job asks for GPUs: the engine needs the NVIDIA runtime (or CDI)."""
+def check_gpus(info: EngineInfo, plan: Plan | None, *, local: bool | None = None) -> Check | None:
+    """Only when the job asks for GPUs: the NVIDIA driver and runtime, toolkit hook or CDI
+    specification (the same rule ``cargohold run`` applies before creating the container)."""
     if plan is None or plan.runtime.gpus is None:
         return None
-    if "nvidia" in info.runtimes:
-        return Check(
-            "gpu runtime", "ok", f"nvidia runtime present for {plan.runtime.gpus.describe()}"
-        )
+    support = gpu_support(info, local=engine_is_local() if local is None else local)
+    wanted = plan.runtime.gpus.describe()
+    problem = support.problem()
+    if problem is None:
+        return Check("gpu runtime", "ok", f"{support.describe()} for GPUs {wanted}")
     return Check(
-        "gpu runtime",
-        "fail",
-        f"the job asks for GPUs ({plan.runtime.gpus.describe()}) and the engine has no nvidia "
-        f"runtime (runtimes: {', '.join(info.runtimes) or 'none'}); install the NVIDIA "
-        "Container Toolkit and restart dockerd",
+        "gpu runtime", "fail", f"the job asks for GPUs ({wanted}), but {problem}. {INSTALL_HINT}"
     )
 
 

@@ -367,6 +367,10 @@ def test_gpu_settings_reach_the_engine_identically_without_a_gpu(
     assert "asks for GPUs" in ran.stderr and "nvidia-container-toolkit" in ran.stderr
     assert "could not select device driver" not in ran.stderr
     assert not docker_client.containers.list(all=True, filters={"name": f"{project}-train"})
+    # doctor says the same, as a failed check.
+    doctor = run_cli("doctor", cwd=tmp_path)
+    assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+    assert "gpu runtime" in doctor.stdout and "nvidia-ctk" in doctor.stdout
 
 
 STOPPER = """

@@ -79,10 +79,13 @@ def test_gpu_runtime_is_checked_only_when_the_job_wants_gpus(tmp_path: Path) -> 
     wants = _plan(tmp_path, "gpus = 1")
     missing = doctor.check_gpus(INFO, wants)
     assert missing is not None and missing.status == "fail" and "nvidia" in missing.detail
-    present = doctor.check_gpus(
-        dataclasses.replace(INFO, runtimes=(*INFO.runtimes, "nvidia")), wants
-    )
+    with_runtime = dataclasses.replace(INFO, runtimes=(*INFO.runtimes, "nvidia"))
+    present = doctor.check_gpus(with_runtime, wants, local=False)  # a remote engine: trusted
     assert present is not None and present.status == "ok"
+    # Here (no GPU on this machine) the runtime alone is not enough: no driver is loaded.
+    no_driver = doctor.check_gpus(with_runtime, wants, local=True)
+    assert no_driver is not None and no_driver.status == "fail"
+    assert "no NVIDIA driver" in no_driver.detail and "nvidia-ctk" in no_driver.detail
 
 
 def test_bind_stores_by_owner(tmp_path: Path) -> None:
