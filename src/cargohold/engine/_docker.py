@@ -511,6 +511,19 @@ class DockerEngine:
             events = self._client.api.events(**kwargs)
         for event in translated(events, "Following engine events"):
             yield _parse.parse_stop(event)
+        if until is not None and time.monotonic() >= until:
+            return
+        # The engine ends the stream only at ``until`` (by its own clock); ending earlier, the
+        # connection may have been cut: a dead engine closes its socket without an error, and
+        # docker-py just stops reading. Ask whether it is still there.
+        with translate("Following engine events"):
+            self._client.ping()
+        if until is not None:
+            return
+        raise EngineError(
+            "Following engine events: the engine ended the stream early.",
+            hint="Run the command again; check the engine's log if it repeats.",
+        )
 
     def run_helper(
         self,
