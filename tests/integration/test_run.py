@@ -273,12 +273,15 @@ def test_rendered_docker_run_and_compose_match_cargohold_run(
 
     # The docker run line, pasted into a shell right after cargohold run: the stopped
     # container of the same job is replaced, not a name conflict. It holds no secret value.
+    # The seed is copied once: a changed host folder does not reach the filled volume.
+    (tmp_path / "seed" / "seed.txt").write_text("changed\n")
     line = run_cli("render", "docker-run", cwd=tmp_path, env=secret)
     assert line.returncode == 0, line.stderr
     assert "s3cr3t-value" not in line.stdout
     shell = subprocess.run(["sh", "-c", line.stdout], capture_output=True, text=True,
                            timeout=120, env={**os.environ, **secret})
     assert shell.returncode == 0, shell.stderr
+    assert shell.stdout.splitlines() == ["ran", "seeded"]
     from_line = docker_client.api.inspect_container(f"{project}-train")
     assert _normalized(from_line) == expected
     # The line also runs from scratch: it creates the volumes, labelled, and prepares them.
@@ -288,7 +291,7 @@ def test_rendered_docker_run_and_compose_match_cargohold_run(
     shell = subprocess.run(["sh", "-c", line.stdout], capture_output=True, text=True,
                            timeout=120, env={**os.environ, **secret})
     assert shell.returncode == 0, shell.stderr
-    assert shell.stdout.splitlines() == ["ran", "seeded"]
+    assert shell.stdout.splitlines() == ["ran", "changed"]  # a fresh volume is seeded again
     assert _normalized(docker_client.api.inspect_container(f"{project}-train")) == expected
     assert docker_client.volumes.get(f"{project}-checkpoints").attrs["Labels"][
         "cargohold.kind"] == "checkpoints"

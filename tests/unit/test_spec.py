@@ -290,3 +290,29 @@ def test_runtime_values_that_are_fine() -> None:
                       base_dir=Path("/p"))
     job = spec.jobs["train"]
     assert job.gpus == ["0", "1"] and job.secrets == ["HF_TOKEN"]
+
+
+def test_run_takes_everything_after_double_dash_as_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """click's own parsing, with the words after `--` set aside first (no module global)."""
+    import cargohold.engine
+    import cargohold.jobs
+    from cargohold.cli import main
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "cargohold.toml").write_text(GOOD)
+    seen: list[tuple[str, ...] | None] = []
+
+    def fake_run_job(engine: object, plan: object, **kwargs: object) -> object:
+        seen.append(kwargs["command"])  # type: ignore[arg-type]
+        return cargohold.jobs.RunResult("c", 0, 1, None)
+
+    monkeypatch.setattr(cargohold.engine, "connect", lambda: object())
+    monkeypatch.setattr(cargohold.jobs, "run_job", fake_run_job)
+    spec = str(tmp_path / "cargohold.toml")
+    assert main(["run", "-f", spec, "--", "python3", "--resume", "x", "--", "-d"]) == 0
+    assert main(["run", "train", "-f", spec, "--resume", "never"]) == 0
+    assert main(["run", "-f", spec, "--"]) == 0
+    assert seen == [("python3", "--resume", "x", "--", "-d"), None, None]
+    assert main(["run", "-f", spec, "--bogus", "--", "x"]) == 2
