@@ -64,7 +64,12 @@ _NETWORK_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # (which is committed, printed by `plan` and copied into every rendered file).
 _SECRET_KEY_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY)", re.I)
 # Where the Docker socket lives; a job that mounts it (or a folder holding it) owns the host.
-DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+DOCKER_SOCKETS = (
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/run/containerd/containerd.sock",
+    "/run/podman/podman.sock",
+)
 # The resource limits `ulimit`/Docker know; anything else is a typo that Docker would refuse late.
 ULIMIT_NAMES = frozenset(
     {
@@ -794,6 +799,9 @@ def _holds_docker_socket(path: Path) -> bool:
     host = os.environ.get("DOCKER_HOST", "")
     if host.startswith("unix://"):
         sockets.append(host.removeprefix("unix://"))
+    # A rootless engine's socket, whether or not DOCKER_HOST names it.
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}"
+    sockets.append(f"{runtime_dir}/docker.sock")
     return any(
         path == real or real.is_relative_to(path)
         for real in (Path(os.path.realpath(sock)) for sock in sockets)

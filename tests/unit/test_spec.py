@@ -316,3 +316,17 @@ def test_run_takes_everything_after_double_dash_as_the_command(
     assert main(["run", "-f", spec, "--"]) == 0
     assert seen == [("python3", "--resume", "x", "--", "-d"), None, None]
     assert main(["run", "-f", spec, "--bogus", "--", "x"]) == 2
+
+
+def test_a_rootless_engine_socket_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime_dir = tmp_path / "run-user"
+    runtime_dir.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
+    (tmp_path / "data").mkdir()
+    text = GOOD + f'\n[stores.sock]\nkind = "cache"\ntarget = "/s"\nsource = "{runtime_dir}"\n'
+    (tmp_path / "cargohold.toml").write_text(text)
+    with pytest.raises(SpecError, match="Docker socket") as info:
+        load_spec(tmp_path)
+    assert info.value.key == "stores.sock.source"
