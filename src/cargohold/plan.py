@@ -526,13 +526,13 @@ def _runtime(
     elif ipc != "host":
         words = [job.image, *(job.entrypoint or ()), *(command or ())]
         torch = next((w for w in words if _TORCH_RE.search(w)), None)
-        why = "the job has GPUs (NCCL)" if gpus is not None else None
+        why = "the job has GPUs: NCCL and DataLoader workers" if gpus is not None else None
         if why is None and torch is not None:
-            why = f"the job looks like PyTorch ({torch!r}): DataLoader workers"
+            why = f"the job looks like PyTorch ({torch!r}): its DataLoader workers"
         if why is not None:
             shm_size = DEFAULT_SHM
             reasons["shm_size"] = (
-                f"/dev/shm of 1g because {why} pass data through shared memory and Docker's "
+                f"/dev/shm of 1g because {why} pass data through shared memory, and Docker's "
                 "64 MB ends in 'bus error' (set shm_size to change it)"
             )
 
