@@ -249,7 +249,7 @@ def test_rendered_docker_run_and_compose_match_cargohold_run(
                   command='["echo ran; cat /seeded/seed.txt"]')
     (tmp_path / "seed").mkdir()
     (tmp_path / "seed" / "seed.txt").write_text("seeded\n")
-    (tmp_path / "job.env").write_text("# comment\nLR=0.1\n")
+    (tmp_path / "job.env").write_text('# comment\nLR=0.1\n  Q="as $HOME is" \n')
     secret = {"CHT_SECRET_TOKEN": "s3cr3t-value"}
     ran = run_cli("run", cwd=tmp_path, env=secret)
     assert ran.returncode == 0, ran.stderr
@@ -260,6 +260,7 @@ def test_rendered_docker_run_and_compose_match_cargohold_run(
     assert targets == {"/data", "/ckpt", "/artifacts", "/scratch", "/seeded"}
     assert ("/scratch", 64 << 20) in expected["tmpfs"]
     assert "CHT_SECRET_TOKEN=s3cr3t-value" in expected["env"] and "LR=0.1" in expected["env"]
+    assert 'Q="as $HOME is" ' in expected["env"]  # literal, as docker run --env-file reads it
     assert expected["stop_timeout"] == 120 and expected["init"] is True
     assert expected["read_only"] is True and expected["tmpfs_folders"] == {"/tmp": ""}
     assert expected["security_opt"] == ["no-new-privileges"]
@@ -548,3 +549,23 @@ def test_render_line_is_parseable(tmp_path: Path, job_image: str) -> None:
     words = shlex.split(line)
     assert words[:3] == ["docker", "volume", "create"]
     assert words.count("run") == 2  # the ownership helper, then the job
+
+
+def test_a_seed_copy_killed_half_way_is_redone(
+    tmp_path: Path, job_image: str, docker_resources: Resources, docker_client: Any
+) -> None:
+    project = docker_resources.project
+    write_project(tmp_path, project, job_image, extra_stores=SEEDED,
+                  command='["sh", "-c", "ls -A /seeded"]')
+    (tmp_path / "seed").mkdir()
+    for name in ("a.bin", "b.bin"):
+        (tmp_path / "seed" / name).write_text(name)
+    # What a killed seeding leaves: one file copied, the marker still there.
+    volume = f"{project}-seeded"
+    docker_client.volumes.create(volume, labels={"cargohold.project": project})
+    docker_client.containers.run(
+        job_image, ["sh", "-c", "echo a.bin > /v/a.bin && touch /v/.cargohold-seeding"],
+        volumes={volume: {"bind": "/v", "mode": "rw"}}, remove=True)
+    ran = run_cli("run", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["a.bin", "b.bin"]

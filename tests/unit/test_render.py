@@ -130,8 +130,9 @@ def test_runtime_settings_in_the_docker_run_line() -> None:
     assert "--read-only" in job and job[job.index("--tmpfs") + 1] == "/tmp"
     assert job[job.index("--env-file") + 1] == "/p/train.env"
     assert "HF_TOKEN" in job  # a name without a value: Docker takes the caller's
-    seed = next(w for w in words if w.startswith("[ -n"))
+    seed = next(w for w in words if w.startswith("if ["))
     assert "cp -a /cargohold-seed/0/from/. /cargohold-seed/0/to/" in seed
+    assert "[ -e /cargohold-seed/0/to/.cargohold-seeding ]" in seed  # a killed copy is redone
 
 
 def test_renders_never_hold_a_secret_value(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,7 +151,7 @@ def test_compose_escapes_dollars_from_the_spec() -> None:
 
 def test_docker_compose_config_accepts_runtime_settings(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
-    (tmp_path / "train.env").write_text("LR=0.1\n")
+    (tmp_path / "train.env").write_text('LR=0.1\nQ="as $HOME is"\n')
     plans = _runtime_plans(tmp_path)
     document = render_compose(plans)
     jsonschema_validate(document)
@@ -169,6 +170,8 @@ def test_docker_compose_config_accepts_runtime_settings(tmp_path: Path) -> None:
     assert train["stop_grace_period"] == "2m0s"
     assert train["ulimits"]["memlock"] == {"single": -1} or train["ulimits"]["memlock"] == -1
     assert train["environment"]["LR"] == "0.1"  # the env file was read by Compose itself
+    # ... literally, as docker run --env-file reads it: quotes kept, nothing interpolated.
+    assert train["environment"]["Q"] == '"as $$HOME is"'
     assert train["entrypoint"] == ["python3"] and train["command"][0] == "-u"
     seed = config["services"]["train-seed"]
     assert "$(ls -A" in seed["command"][1]  # $$ became $ again, nothing interpolated

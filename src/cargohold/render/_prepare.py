@@ -7,7 +7,9 @@ volumes are left as they are: they belong to someone else.
 
 A volume seeded from a host folder is filled by another short root container, once: while the
 volume is empty. It mounts the volume and the folder at paths no image has, so that Docker's
-copy-up of image content into a fresh volume cannot make it look filled.
+copy-up of image content into a fresh volume cannot make it look filled. A marker file lives in
+the volume only while the copy runs: a copy that was killed half-way leaves it, and the next run
+copies again instead of taking a partial dataset for a seeded one.
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ from dataclasses import replace
 from cargohold.kinds import Backing, StoreKind
 from cargohold.plan import Mount, Plan
 
-__all__ = ["SEED_ROOT", "seed_mounts", "seed_script", "stores_to_chown", "volumes_to_chown"]
+__all__ = [
+    "SEED_MARKER",
+    "SEED_ROOT",
+    "seed_mounts",
+    "seed_script",
+    "stores_to_chown",
+    "volumes_to_chown",
+]
 
 SEED_ROOT = "/cargohold-seed"
+SEED_MARKER = ".cargohold-seeding"
 
 
 def volumes_to_chown(plan: Plan) -> list[Mount]:
@@ -69,8 +79,11 @@ def seed_mounts(plan: Plan) -> list[Mount]:
 def seed_script(plan: Plan) -> str | None:
     """The POSIX shell script of the seeding helper: copy each folder into its volume when the
     volume is empty. None when nothing is seeded."""
-    steps = [
-        f'[ -n "$(ls -A {SEED_ROOT}/{i}/to)" ] || cp -a {SEED_ROOT}/{i}/from/. {SEED_ROOT}/{i}/to/'
-        for i in range(len(_seeded(plan)))
-    ]
+    steps = []
+    for i in range(len(_seeded(plan))):
+        src, dst = f"{SEED_ROOT}/{i}/from", f"{SEED_ROOT}/{i}/to"
+        steps.append(
+            f'if [ -z "$(ls -A {dst})" ] || [ -e {dst}/{SEED_MARKER} ]; then '
+            f"touch {dst}/{SEED_MARKER} && cp -a {src}/. {dst}/ && rm {dst}/{SEED_MARKER}; fi"
+        )
     return " && ".join(steps) if steps else None

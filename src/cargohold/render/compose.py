@@ -10,7 +10,8 @@ GPUs use the service-level ``gpus:`` attribute: the bundled Compose (v2.40) turn
 same ``DeviceRequests`` as ``docker run --gpus`` (empty driver, capability ``gpu``), where
 ``deploy.resources.reservations.devices`` would need a driver name. ``stop_grace_period`` becomes
 the container's ``StopTimeout``, so ``docker stop`` without ``-t`` honours it. Secrets are listed
-by name without a value (Compose passes the caller's), env files by path.
+by name without a value (Compose passes the caller's), env files by path in Compose's ``raw``
+format, which reads them as ``docker run --env-file`` does.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def _runtime(service: dict[str, Any], runtime: Runtime) -> None:
     if runtime.network is not None:
         service["network_mode"] = runtime.network
     if runtime.env_files:
-        service["env_file"] = list(runtime.env_files)
+        # raw: values as `docker run --env-file` reads them (no quote stripping, no ${...}).
+        service["env_file"] = [{"path": path, "format": "raw"} for path in runtime.env_files]
 
 
 def _service(plan: Plan) -> dict[str, Any]:
