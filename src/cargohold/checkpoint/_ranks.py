@@ -26,6 +26,7 @@ they are fast and fail with the job instead of at a timeout; the files stay the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -171,6 +172,9 @@ class Coordinator(Protocol):
     def any_preempted(self, local: bool) -> bool:
         """True on every rank, at the same call, once any rank is preempted."""
 
+    def preempted_now(self) -> None:
+        """Called from the SIGTERM handler."""
+
     def close(self) -> None: ...
 
 
@@ -244,6 +248,9 @@ class FileCoordinator:
             found = read_json(path)
             if isinstance(found, dict) and "value" in found:
                 return found["value"]
+            if not self._stop_proposed and (self.folder / "stop").exists():
+                # Another rank was preempted and may wait for us at its next check.
+                self.preempted_now()
             if not self._leader_alive() or time.monotonic() > deadline:
                 raise _timeout_error(
                     f"Waiting for rank 0 ({key})",
@@ -271,16 +278,14 @@ class FileCoordinator:
             time.sleep(_POLL)
 
     def any_preempted(self, local: bool) -> bool:
-        """Every rank counts its calls; a preempted rank proposes to stop at its current call,
-        the others join as soon as they see a proposal, and all stop at the largest one."""
+        """Every rank counts its calls. A preempted rank proposes to stop at its next call (from
+        the signal handler, so that a rank blocked in a save still proposes), the others join
+        as soon as they see a proposal, and all stop at the largest one."""
         self._stop_calls += 1
-        marker = self.folder / "stop"
         if not self._stop_proposed:
-            if not local and not marker.exists():
+            if not local and not (self.folder / "stop").exists():
                 return False
-            write_json_atomically(self.folder / f"stop-{self.rank:05d}.json", self._stop_calls)
-            marker.touch()
-            self._stop_proposed = True
+            self._propose(self._stop_calls)
         deadline = time.monotonic() + self.timeout
         while True:
             proposals = [
@@ -295,6 +300,23 @@ class FileCoordinator:
                 missing = [r for r, p in enumerate(proposals) if not isinstance(p, int)]
                 raise _timeout_error("Agreeing on the final step", missing, self.timeout, [])
             time.sleep(_POLL)
+
+    def preempted_now(self) -> None:
+        self._propose(self._stop_calls + 1)
+
+    def _propose(self, call: int) -> None:
+        """Write this rank's proposal once: the first one wins and never changes (a signal
+        handler may run in the middle of any_preempted)."""
+        if self._stop_proposed:
+            return
+        self._stop_proposed = True
+        path = self.folder / f"stop-{self.rank:05d}.json"
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp.write_text(json.dumps(call))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        tmp.unlink()
+        (self.folder / "stop").touch()
 
     def close(self) -> None:
         self._me.release()
@@ -373,6 +395,9 @@ class TorchCoordinator:
 
         self._collective(reduce, "agreeing on preemption")
         return bool(flag.item())
+
+    def preempted_now(self) -> None:
+        pass  # the flag travels with the next all_reduce
 
     def close(self) -> None:
         if self._leader is not None:

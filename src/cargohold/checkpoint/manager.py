@@ -85,6 +85,22 @@ def _checkpoint_from(folder: Path, manifest: dict[str, Any]) -> Checkpoint:
     )
 
 
+WritePart = Callable[[Path], dict[str, dict[str, Any]]]
+"""Writes this process's files of a save into a folder; returns their manifest entries."""
+
+
+@dataclass
+class _Slot:
+    """One save in flight: where its files go and what names its liveness."""
+
+    step: int
+    folder: Path  # the temporary (one process) or pending (many ranks) folder
+    final: Path
+    seq: int  # the how-many-th save or restore of the session (many ranks)
+    token: str  # names the lock held while this save is alive
+    liveness: LivenessLock | None  # held by this process (one process only)
+
+
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     with open(folder / _format.MANIFEST, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
@@ -351,7 +367,8 @@ class CheckpointManager:
         with self._operation():
             self.wait()
             sources = self._prepare(step, files)
-            return self._save_now(step, sources, dict(metrics or {}))
+            slot = self._begin(step)
+            return self._finish(slot, dict(metrics or {}), self._file_writer(sources))
 
     def save_async(
         self,
@@ -364,6 +381,7 @@ class CheckpointManager:
         One save is in flight at a time: this waits for the previous one first, and raises its
         error if it failed. Bytes are kept as they are, writer functions run now into memory,
         framework helpers copy their tensors now; serialising and flushing happen later.
+        With many ranks the background thread also waits for the others and the commit.
 
         Raises:
             CheckpointError: the previous asynchronous save failed.
@@ -375,18 +393,24 @@ class CheckpointManager:
             captured = {
                 name: src.capture(self._staging.area(name)) for name, src in sources.items()
             }
-            frozen_metrics = dict(metrics or {})
+            slot = self._begin(step)
+            self._in_background(slot, dict(metrics or {}), self._file_writer(captured))
 
-            def work() -> None:
-                try:
-                    self._save_now(step, captured, frozen_metrics)
-                except BaseException as exc:  # surfaced by wait()
-                    self._error = exc
+    def _in_background(self, slot: _Slot, metrics: dict[str, float], write: WritePart) -> None:
+        def work() -> None:
+            try:
+                self._finish(slot, metrics, write)
+            except BaseException as exc:  # surfaced by wait()
+                self._error = exc
 
-            self._thread = threading.Thread(
-                target=work, name=f"cargohold-save-{step}", daemon=False
-            )
-            self._thread.start()
+        self._thread = threading.Thread(
+            target=work, name=f"cargohold-save-{slot.step}", daemon=False
+        )
+        self._thread.start()
+
+    def _file_writer(self, sources: dict[str, FileSource]) -> WritePart:
+        exclusive = self._coordinator is not None  # another rank's name must not be overwritten
+        return lambda folder: self._write_files(folder, sources, exclusive=exclusive)
 
     def wait(self) -> None:
         """Block until the in-flight asynchronous save is done.
@@ -443,65 +467,79 @@ class CheckpointManager:
                 str(exc) + ".", hint="See cargohold.checkpoint.sources."
             ) from None
 
-    def _save_now(
-        self, step: int, sources: dict[str, FileSource], metrics: dict[str, float]
-    ) -> Checkpoint:
+    def _begin(self, step: int) -> _Slot:
+        """Claim the folder this save writes into; in the caller's thread, in call order."""
+        final = self.directory / _format.step_dir_name(step)
+        coordinator = self._coordinator
+        if coordinator is not None:
+            seq, self._seq = self._seq, self._seq + 1
+            pending = self.directory / (
+                f"{PENDING_PREFIX}{coordinator.session}-{seq:06d}-{final.name}"
+            )
+            # Every rank creates it (whoever comes first); failures are this rank's error,
+            # reported to rank 0 through its record in _finish.
+            with contextlib.suppress(OSError):
+                pending.mkdir(exist_ok=True)
+            return _Slot(step, pending, final, seq, coordinator.session, None)
+        token = secrets.token_hex(8)
+        tmp = self.directory / f"{_format.TMP_PREFIX}{final.name}-{token}"
+        try:
+            # Held until the folder is published: tells any cleaner, in any container, that
+            # this temporary folder is a live save and not debris.
+            liveness = LivenessLock(lock_path(self.directory, token))
+        except OSError as exc:
+            raise self._save_failed(step, exc) from None
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            liveness.release()
+            raise self._save_failed(step, exc) from None
+        return _Slot(step, tmp, final, 0, token, liveness)
+
+    def _finish(self, slot: _Slot, metrics: dict[str, float], write: WritePart) -> Checkpoint:
+        """Write this process's files into the slot and commit (or, on rank > 0, see it done)."""
         if self._coordinator is not None:
-            return self._save_ranked(self._coordinator, step, sources, metrics)
+            return self._finish_ranked(self._coordinator, slot, metrics, write)
+        assert slot.liveness is not None
         with self._lock:
-            final = self.directory / _format.step_dir_name(step)
-            token = secrets.token_hex(8)
-            tmp = self.directory / f"{_format.TMP_PREFIX}{final.name}-{token}"
             try:
-                # Held until the folder is published: tells any cleaner, in any container,
-                # that this temporary folder is a live save and not debris.
-                liveness = LivenessLock(lock_path(self.directory, token))
-            except OSError as exc:
-                raise self._save_failed(step, exc) from None
-            try:
-                tmp.mkdir()
-                files = self._write_files(tmp, sources, exclusive=False)
+                files = write(slot.folder)
                 manifest = {
                     "format": _format.FORMAT_NAME,
                     "version": _format.FORMAT_VERSION,
-                    "step": step,
+                    "step": slot.step,
                     "created": time.time(),
                     "metrics": metrics,
                     "files": files,
                 }
-                _write_manifest(tmp, manifest)
-                self._publish(tmp, final, token)
+                _write_manifest(slot.folder, manifest)
+                self._publish(slot.folder, slot.final, slot.token)
             except OSError as exc:
-                shutil.rmtree(tmp, ignore_errors=True)
-                liveness.release()
-                raise self._save_failed(step, exc) from None
+                shutil.rmtree(slot.folder, ignore_errors=True)
+                slot.liveness.release()
+                raise self._save_failed(slot.step, exc) from None
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                liveness.release()
+                shutil.rmtree(slot.folder, ignore_errors=True)
+                slot.liveness.release()
                 raise
-            liveness.release()
-            checkpoint = _checkpoint_from(final, manifest)
+            slot.liveness.release()
+            checkpoint = _checkpoint_from(slot.final, manifest)
             self._apply_retention()
             return checkpoint
 
-    def _save_ranked(
+    def _finish_ranked(
         self,
         coordinator: Coordinator,
-        step: int,
-        sources: dict[str, FileSource],
+        slot: _Slot,
         metrics: dict[str, float],
+        write: WritePart,
     ) -> Checkpoint:
         """This rank's part of a save; on rank 0 also the commit (protocol in ``_ranks.py``)."""
+        step, seq, pending = slot.step, slot.seq, slot.folder
         with self._lock:
-            seq, self._seq = self._seq, self._seq + 1
-            final = self.directory / _format.step_dir_name(step)
-            pending = self.directory / (
-                f"{PENDING_PREFIX}{coordinator.session}-{seq:06d}-{final.name}"
-            )
             record: dict[str, Any] = {"rank": self.rank, "step": step}
             try:
-                pending.mkdir(exist_ok=True)
-                record["files"] = self._write_files(pending, sources, exclusive=True)
+                record["files"] = write(pending)
             except OSError as exc:
                 record["error"] = (
                     f"rank {self.rank} could not write its files: {exc.strerror or exc}"
@@ -513,7 +551,7 @@ class CheckpointManager:
             if self.rank == 0:
                 try:
                     coordinator.all_durable(pending, "error" not in record, self.timeout)
-                    manifest = self._commit_ranked(coordinator, pending, final, step, metrics)
+                    manifest = self._commit_ranked(coordinator, pending, slot.final, step, metrics)
                     outcome: dict[str, Any] = {"ok": True, "manifest": manifest}
                 except CheckpointError as exc:
                     outcome = {"ok": False, "message": exc.message, "hint": exc.hint}
@@ -534,7 +572,7 @@ class CheckpointManager:
                     str(message or f"The checkpoint of step {step} was not committed."),
                     hint=str(hint or "Check free space and the other ranks' errors."),
                 )
-            return _checkpoint_from(final, outcome["manifest"])
+            return _checkpoint_from(slot.final, outcome["manifest"])
 
     def _commit_ranked(
         self,
@@ -747,6 +785,7 @@ class CheckpointManager:
             if self._final_started:
                 return  # a second SIGTERM while the final save runs: it is already coming
             if self._coordinator is not None:
+                self._coordinator.preempted_now()
                 return  # many ranks: all save the same step, at preemption_point()
             if self._busy:
                 self._final_pending = True  # run by _operation() when the save returns
