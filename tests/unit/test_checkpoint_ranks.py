@@ -219,7 +219,7 @@ def test_a_single_process_reader_never_deletes_a_live_ranked_save(tmp_path: Path
     assert not pending.exists()
 
 
-KILLS = 20
+KILLS = 26
 
 
 def test_sigkill_a_random_rank_at_random_moments(tmp_path: Path) -> None:

@@ -344,7 +344,7 @@ class TorchCoordinator:
         wait = timedelta(seconds=timeout)
         # Saves may run in a background thread while the loop checks for preemption: each
         # has its own group, so their collectives never interleave.
-        self._saves = dist.new_group(backend="gloo", timeout=wait)
+        self.save_group = dist.new_group(backend="gloo", timeout=wait)
         self._loop = dist.new_group(backend="gloo", timeout=wait)
         self._leader: LivenessLock | None = None
         token = None
@@ -355,7 +355,7 @@ class TorchCoordinator:
 
     def _bcast(self, value: object) -> Any:
         box = [value]
-        self._dist.broadcast_object_list(box, src=0, group=self._saves)
+        self._dist.broadcast_object_list(box, src=0, group=self.save_group)
         return box[0]
 
     def _collective(self, call: Callable[[], Any], what: str, pending: Path | None = None) -> Any:
@@ -381,7 +381,7 @@ class TorchCoordinator:
         box: list[object] = [None] * self.world_size
 
         def gather() -> None:
-            self._dist.all_gather_object(box, ok, group=self._saves)
+            self._dist.all_gather_object(box, ok, group=self.save_group)
 
         self._collective(gather, f"waiting for every rank's part of {pending.name}", pending)
 

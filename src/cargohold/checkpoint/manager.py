@@ -670,6 +670,17 @@ class CheckpointManager:
             for name, path in paths.items()
         }
 
+    def _record_existing(self, folder: Path, names: builtins.list[str]) -> dict[str, Any]:
+        """Manifest entries of files another writer (DCP) put into ``folder``, made durable."""
+        paths = {_safe_name(name): folder / name for name in names}
+        digests = fsync_and_checksum(paths.values(), self.checksum, {})
+        for sub in {p.parent for p in paths.values()}:
+            fsync_dir(sub)
+        return {
+            name: {"size": path.stat().st_size, self.checksum: digests[path]}
+            for name, path in paths.items()
+        }
+
     def _save_failed(self, step: int, exc: OSError) -> CheckpointError:
         return CheckpointError(
             f"Saving the checkpoint of step {step} into {self.directory} failed: "
