@@ -48,9 +48,11 @@ elif ! "$python" -c "" 2>/dev/null; then
 fi
 
 # 3. cargohold (editable, from this checkout) and the extra's packages, again whenever
-#    pyproject.toml changes. The stamp lives in the environment itself.
-prefix=$("$python" -c "import sys; print(sys.prefix)")
-stamp=$prefix/.cargohold-setup-$extra
+#    pyproject.toml changes. The stamp lives in the virtual environment itself (an interpreter
+#    that is not a venv gets no stamp: pip decides each time).
+read -r is_venv prefix < <("$python" -c "import sys; print(sys.prefix != sys.base_prefix, sys.prefix)")
+stamp=/dev/null
+[ "$is_venv" = True ] && stamp=$prefix/.cargohold-setup-$extra
 want="$here $(sha256sum pyproject.toml | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   what="cargohold"
@@ -63,7 +65,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     fi
     exit 1
   fi
-  echo "$want" >"$stamp" 2>/dev/null || true
+  [ "$stamp" = /dev/null ] || echo "$want" >"$stamp"
 fi
 
 # 4. The Python base image. Building it needs debootstrap and root: as root install debootstrap

@@ -9,6 +9,10 @@ root=$(cd ../.. && pwd -P)
 source "$root/scripts/lib.sh"
 PYTHON=${PYTHON:-$root/${VENV:-.venv}/bin/python}
 logs=${CARGOHOLD_LOG_DIR:-$root/build/logs}
+if ! "$PYTHON" -c "import cargohold, numpy" 2>/dev/null; then
+  echo "demo: $PYTHON has no cargohold; run \`make demo\` at the repository's root (it makes .venv)" >&2
+  exit 1
+fi
 CARGOHOLD=("$PYTHON" -m cargohold)
 if [ -t 1 ]; then
   step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }

@@ -112,19 +112,29 @@ def _kill_processes_of(uid: int) -> None:
             os.kill(int(pid), signal.SIGKILL)
 
 
-@pytest.fixture
-def newcomer() -> Iterator[pwd.struct_passwd]:
-    """A fresh user in the docker group, with a home; removed with everything it owns."""
+def _remove_user(user: pwd.struct_passwd) -> None:
+    _kill_processes_of(user.pw_uid)
+    subprocess.run(["userdel", "--remove", user.pw_name], capture_output=True)
+    shutil.rmtree(user.pw_dir, ignore_errors=True)
+    for folder in (Path("/tmp"), Path("/var/tmp")):
+        for leftover in folder.iterdir():
+            with contextlib.suppress(OSError):
+                if leftover.lstat().st_uid == user.pw_uid:
+                    if leftover.is_dir() and not leftover.is_symlink():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        leftover.unlink()
+
+
+@contextlib.contextmanager
+def _a_user(*groups: str) -> Iterator[pwd.struct_passwd]:
+    """A fresh user with a home; removed with everything it owns, pass or fail."""
     if os.geteuid() != 0:
         _unavailable("creating a user needs root (CI runs as root)")
-    try:
-        grp.getgrnam("docker")
-    except KeyError:
-        _unavailable("no docker group: dockerd must start after it exists (ensure-engine.sh)")
     name = f"chnew{secrets.token_hex(4)}"
+    extra = ["--groups", ",".join(groups)] if groups else []
     subprocess.run(
-        ["useradd", "--create-home", "--user-group", "--groups", "docker",
-         "--shell", "/bin/bash", name],
+        ["useradd", "--create-home", "--user-group", *extra, "--shell", "/bin/bash", name],
         check=True,
         capture_output=True,
     )
@@ -132,17 +142,33 @@ def newcomer() -> Iterator[pwd.struct_passwd]:
     try:
         yield user
     finally:
-        _kill_processes_of(user.pw_uid)
-        subprocess.run(["userdel", "--remove", name], capture_output=True)
-        shutil.rmtree(user.pw_dir, ignore_errors=True)
-        for folder in (Path("/tmp"), Path("/var/tmp")):
-            for leftover in folder.iterdir():
-                with contextlib.suppress(OSError):
-                    if leftover.lstat().st_uid == user.pw_uid:
-                        if leftover.is_dir() and not leftover.is_symlink():
-                            shutil.rmtree(leftover, ignore_errors=True)
-                        else:
-                            leftover.unlink()
+        _remove_user(user)
+
+
+@pytest.fixture
+def newcomer() -> Iterator[pwd.struct_passwd]:
+    """A fresh user in the docker group."""
+    try:
+        grp.getgrnam("docker")
+    except KeyError:
+        _unavailable("no docker group: dockerd must start after it exists (ensure-engine.sh)")
+    with _a_user("docker") as user:
+        yield user
+
+
+@pytest.fixture
+def outsider() -> Iterator[pwd.struct_passwd]:
+    """A fresh user in no group but its own."""
+    with _a_user() as user:
+        yield user
+
+
+def _as(user: pwd.struct_passwd, env: dict[str, str]) -> list[str]:
+    """The command prefix that runs as ``user`` with exactly ``env``, as a fresh login would."""
+    full = {"HOME": user.pw_dir, "USER": user.pw_name, "LOGNAME": user.pw_name,
+            "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", **env}
+    return ["runuser", "-u", user.pw_name, "--", "env", "-i",
+            *[f"{key}={value}" for key, value in full.items()]]
 
 
 def _docker_socket_is_for_the_group() -> None:
@@ -195,19 +221,13 @@ def test_make_demo_as_a_newcomer_with_the_system_python(
     docker_resources.images.append(image)
     clone = _clone_for(newcomer, docker_resources.project, image)
     env = {
-        "HOME": newcomer.pw_dir,
-        "USER": newcomer.pw_name,
-        "LOGNAME": newcomer.pw_name,
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
         "PIP_NO_INDEX": "1",
         "PIP_FIND_LINKS": str(wheels),
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
     if os.environ.get("DOCKER_HOST"):
         env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
-    as_user = ["runuser", "-u", newcomer.pw_name, "--", "env", "-i",
-               *[f"{key}={value}" for key, value in env.items()]]
+    as_user = _as(newcomer, env)
     which = subprocess.run([*as_user, "sh", "-c", "command -v python3"], capture_output=True,
                            text=True)
     assert which.stdout.strip() == str(python), f"the user's python3 is {which.stdout!r}"
@@ -240,3 +260,76 @@ def test_make_demo_as_a_newcomer_with_the_system_python(
     lines = output.splitlines()
     assert len(lines) <= MAX_DEMO_LINES, f"{len(lines)} lines:\n{output}"
     assert "Traceback" not in output
+
+
+# What needs root, checked before it is attempted: each message names the command to run as root.
+
+
+def _ensure_engine(
+    user: pwd.struct_passwd, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    # A copy of the script the user can read (the repository may sit in root's home).
+    scripts = Path(user.pw_dir) / "scripts"
+    shutil.copytree(REPO / "scripts", scripts)
+    return subprocess.run(
+        [*_as(user, env), "bash", str(scripts / "ensure-engine.sh")],
+        capture_output=True, text=True, timeout=120, cwd="/",
+    )
+
+
+def test_a_user_outside_the_docker_group_is_told_the_usermod_line(
+    outsider: pwd.struct_passwd, docker_client: object
+) -> None:
+    _docker_socket_is_for_the_group()
+    result = _ensure_engine(outsider, {})
+    assert result.returncode == 1
+    assert "not in the docker group" in result.stderr
+    assert f"usermod -aG docker {outsider.pw_name}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_without_docker_the_user_is_told_the_apt_line(outsider: pwd.struct_passwd) -> None:
+    # A PATH with the shell's tools and no docker at all.
+    tools = Path(outsider.pw_dir) / "bin"
+    tools.mkdir()
+    for tool in ("bash", "dirname", "id", "grep", "head", "tail", "sed", "cat"):
+        found = shutil.which(tool)
+        assert found, tool
+        (tools / tool).symlink_to(found)
+    result = _ensure_engine(outsider, {"PATH": str(tools)})
+    assert result.returncode == 1, result.stderr
+    assert "Docker is not installed" in result.stderr
+    assert f"apt-get install -y docker.io && usermod -aG docker {outsider.pw_name}" in (
+        result.stderr
+    )
+
+
+def test_an_engine_that_does_not_answer_is_named(newcomer: pwd.struct_passwd) -> None:
+    result = _ensure_engine(newcomer, {"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode == 1
+    assert "No Docker engine answers at DOCKER_HOST=unix:///nonexistent/docker.sock" in (
+        result.stderr
+    )
+
+
+def test_without_python3_venv_the_message_is_the_apt_line(tmp_path: Path) -> None:
+    # A python3 like Debian's without python3-venv: `import ensurepip` fails.
+    python = tmp_path / "python3"
+    python.write_text(
+        f"#!/bin/sh\ncase \"$*\" in *ensurepip*) exit 1;; esac\nexec {sys.executable} \"$@\"\n"
+    )
+    python.chmod(0o755)
+    venv = f".venv-test-{secrets.token_hex(4)}"
+    env = {**os.environ, "SYSTEM_PYTHON": str(python), "VENV": venv,
+           "CARGOHOLD_LOG_DIR": str(tmp_path / "logs")}
+    for name in ("PYTHON", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    try:
+        result = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh"), "demo"], env=env,
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(REPO / venv, ignore_errors=True)
+    assert result.returncode == 1
+    assert "python3 -m venv is not installed" in result.stderr
+    assert "apt-get install -y python3-venv" in result.stderr
+    assert not (REPO / venv).exists()
