@@ -47,6 +47,13 @@ def _expected(path: Path) -> set[tuple[str, int, str]]:
     return expected
 
 
+@pytest.fixture(autouse=True)
+def _builtin_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The corpus runs on lint's own resolver (fast, no subprocess); test_lint_outputs holds the
+    # Compose binary's path to the same findings, file by file.
+    monkeypatch.setenv("CARGOHOLD_COMPOSE", "none")
+
+
 def _lint(path: Path) -> list:  # type: ignore[type-arg]
     return lint([path], []).findings
 

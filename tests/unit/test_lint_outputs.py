@@ -155,3 +155,24 @@ def test_resolver_agrees_with_compose_config(path: Path) -> None:
     assert set(ours) == set(theirs)
     for name, service in ours.items():
         assert _ours(service) == _theirs(theirs[name]), name
+
+
+def test_compose_binary_and_builtin_resolver_find_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_STORE", "/srv/models")  # Compose refuses it unset (rightly)
+    with_compose = {p: lint([p], []) for p in COMPOSE_FILES}
+    assert all(r.resolver == "compose" for r in with_compose.values())
+    monkeypatch.setenv("CARGOHOLD_COMPOSE", "none")
+    for path, report in with_compose.items():
+        alone = lint([path], [])
+        assert alone.resolver == "cargohold"
+        assert alone.findings == report.findings, path.name
+
+
+def test_a_project_compose_refuses_is_said_and_still_linted(tmp_path: Path) -> None:
+    (tmp_path / "compose.yml").write_text(
+        "services:\n  db:\n    image: postgres:16\n    env_file: [missing.env]\n"
+    )
+    report = lint([tmp_path / "compose.yml"], [])
+    assert report.resolver == "cargohold"
+    assert any("Compose refused" in note for note in report.notes)
+    assert [f.rule for f in report.findings] == ["CH011"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from cargohold.errors import UsageError
 from cargohold.lint import _rules  # noqa: F401 - registers the rules
 from cargohold.lint._compose import compose_services, override_for
+from cargohold.lint._compose_binary import compose_model, overlay
 from cargohold.lint._dockerrun import docker_run_services
 from cargohold.lint._model import Service
 from cargohold.lint._registry import REGISTRY, SEVERITY_ORDER, Finding, Rule, rules_table
@@ -48,12 +49,14 @@ class Report:
     notes: list[str] = field(default_factory=list)
     inputs: int = 0
     suppressed: int = 0
+    resolver: str = "cargohold"  # "compose" when the Compose binary resolved the project
 
     def extend(self, other: Report) -> None:
         self.findings += other.findings
         self.notes += other.notes
         self.inputs += other.inputs
         self.suppressed += other.suppressed
+        self.resolver = other.resolver
 
 
 def select_rules(select: list[str] | None, ignore: list[str] | None) -> set[str]:
@@ -190,7 +193,16 @@ def lint_compose(files: list[Path], rules: set[str] | None = None) -> Report:
     paths = list(files)
     if len(paths) == 1 and (extra := override_for(paths[0])) is not None:
         paths.append(extra)
-    report = _run(compose_services(paths), set(REGISTRY) if rules is None else rules, {})
+    services = compose_services(paths)  # also the validation: a clear error for a bad file
+    model, refused = compose_model(paths)
+    if model is not None:
+        services = overlay(services, model)
+    report = _run(services, set(REGISTRY) if rules is None else rules, {})
+    report.resolver = "compose" if model is not None else "cargohold"
+    if refused:
+        report.notes.append(
+            f"Compose refused {paths[0]} ({refused}); linted with cargohold's own resolver."
+        )
     report.inputs = 1
     return report
 
