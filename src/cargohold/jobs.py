@@ -36,7 +36,6 @@ from cargohold.gpus import gpu_support, require_gpus
 from cargohold.kinds import Backing
 from cargohold.plan import LABEL_PROJECT, Plan
 from cargohold.render._prepare import seed_mounts, seed_script, stores_to_chown
-from cargohold.render.docker_run import job_command
 from cargohold.volumes import engine_is_local, open_volume
 
 __all__ = [
@@ -263,7 +262,7 @@ def container_request(
 ) -> ContainerRequest:
     """The engine request for the job's container: the plan's stores and runtime settings."""
     rt = plan.runtime
-    entrypoint, cmd = job_command(plan, command)
+    entrypoint, cmd = plan.entrypoint_and_command(command)
     return ContainerRequest(
         image=plan.image,
         name=plan.container_name,

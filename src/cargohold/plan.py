@@ -250,6 +250,18 @@ class Plan:
     def checkpoint_mount(self) -> Mount | None:
         return next((m for m in self.mounts if m.kind is StoreKind.CHECKPOINTS), None)
 
+    def entrypoint_and_command(
+        self, command: tuple[str, ...] | None = None
+    ) -> tuple[list[str] | None, list[str] | None]:
+        """(entrypoint, command) as every runner passes them; ``command`` replaces the job's.
+        ``docker run --entrypoint`` takes one word, so the entrypoint's other words lead the
+        command, and every runner splits it that way (their ``docker inspect`` must agree)."""
+        cmd = list(command if command is not None else self.command or ())
+        entrypoint = self.runtime.entrypoint
+        if entrypoint is None:
+            return None, cmd or None
+        return [entrypoint[0]], [*entrypoint[1:], *cmd]
+
     def volumes(self) -> list[Mount]:
         """The named volumes this job uses, in mount order."""
         return [m for m in self.mounts if m.backing is Backing.VOLUME]

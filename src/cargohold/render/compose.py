@@ -21,7 +21,6 @@ from typing import Any
 from cargohold.kinds import Backing
 from cargohold.plan import Mount, Plan, Runtime
 from cargohold.render._prepare import seed_mounts, seed_script, stores_to_chown
-from cargohold.render.docker_run import job_command
 
 __all__ = ["render_compose"]
 
@@ -118,7 +117,7 @@ def _service(plan: Plan) -> dict[str, Any]:
         if plan.build.args:
             build["args"] = dict(plan.build.args)
         service["build"] = build
-    entrypoint, command = job_command(plan)
+    entrypoint, command = plan.entrypoint_and_command()
     if entrypoint is not None:
         service["entrypoint"] = entrypoint
     if command is not None:

@@ -21,7 +21,7 @@ from cargohold.kinds import Backing
 from cargohold.plan import LABEL_PROJECT, Mount, Plan, Runtime
 from cargohold.render._prepare import seed_mounts, seed_script, stores_to_chown
 
-__all__ = ["docker_run_argv", "job_command", "mount_option", "render_docker_run", "runtime_options"]
+__all__ = ["docker_run_argv", "mount_option", "render_docker_run", "runtime_options"]
 
 
 def _csv_field(text: str) -> str:
@@ -55,18 +55,6 @@ def gpus_option(runtime: Runtime) -> str | None:
     if gpus.device_ids:
         return _csv_field("device=" + ",".join(gpus.device_ids))
     return "all" if gpus.all else str(gpus.count)
-
-
-def job_command(
-    plan: Plan, command: tuple[str, ...] | None = None
-) -> tuple[list[str] | None, list[str] | None]:
-    """(entrypoint, command) as every runner passes them. ``docker run --entrypoint`` takes one
-    word, so the entrypoint's other words lead the command; all runners split it the same way."""
-    cmd = list(command if command is not None else plan.command or ())
-    entrypoint = plan.runtime.entrypoint
-    if entrypoint is None:
-        return None, cmd or None
-    return [entrypoint[0]], [*entrypoint[1:], *cmd]
 
 
 def runtime_options(runtime: Runtime) -> list[str]:
@@ -129,7 +117,7 @@ def docker_run_argv(
         argv += ["--env", f"{key}={value}"]
     for name in plan.runtime.secrets:
         argv += ["--env", name]  # no value: Docker passes the caller's, never the line
-    entrypoint, cmd = job_command(plan, command)
+    entrypoint, cmd = plan.entrypoint_and_command(command)
     if entrypoint is not None:
         argv += ["--entrypoint", entrypoint[0]]
     argv.append(plan.image)
