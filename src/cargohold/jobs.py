@@ -85,8 +85,11 @@ def _quiet(_: str) -> None:
     pass
 
 
-def ensure_image(engine: Engine, plan: Plan, say: Say = _quiet) -> None:
-    """Build the job's image when it has ``build``; else make sure it is present.
+def ensure_image(
+    engine: Engine, plan: Plan, say: Say = _quiet, progress: Say | None = None
+) -> None:
+    """Build the job's image when it has ``build``; else make sure it is present. ``progress``
+    gets each line of a build (for a status line), ``say`` the few lines worth keeping.
 
     Raises:
         ImageNotFound: no build and the image is neither local nor pullable.
@@ -118,7 +121,9 @@ def ensure_image(engine: Engine, plan: Plan, say: Say = _quiet) -> None:
     args = dict(plan.build.args)
     default_base = baseimage.dockerfile_base_default(dockerfile)
     if default_base is not None and baseimage.BASE_ARG not in args:
-        args[baseimage.BASE_ARG] = baseimage.ensure_base_image(engine, default_base, on_output=say)
+        args[baseimage.BASE_ARG] = baseimage.ensure_base_image(
+            engine, default_base, on_output=say, on_progress=progress
+        )
     say(f"Building {plan.image} from {context}")
     engine.build(
         context=str(context),
@@ -126,7 +131,7 @@ def ensure_image(engine: Engine, plan: Plan, say: Say = _quiet) -> None:
         dockerfile=plan.build.dockerfile,
         buildargs=args,
         labels={LABEL_PROJECT: plan.project},
-        on_output=None,
+        on_output=progress,
     )
 
 
@@ -367,6 +372,7 @@ def run_job(
     detach: bool = False,
     say: Say = _quiet,
     on_log: Callable[[int, bytes], None] | None = None,
+    progress: Say | None = None,
 ) -> RunResult:
     """Run the job to its end (or start it, with ``detach``).
 
@@ -377,6 +383,7 @@ def run_job(
         command: replaces the job's command.
         detach: start and return; Docker's ``on-failure`` policy does the restarts.
         say: receives progress lines for the user.
+        progress: receives each line of an image build, for a status line.
         on_log: receives the container's output as it comes: (1 stdout | 2 stderr, bytes).
 
     Returns:
@@ -388,7 +395,7 @@ def run_job(
     if plan.runtime.gpus is not None:
         require_gpus(gpu_support(engine.info(), local=engine_is_local()), plan.job)
     base_env = job_environment(plan, say)
-    ensure_image(engine, plan, say)
+    ensure_image(engine, plan, say, progress)
     prepare_stores(engine, plan, say)
     grace = plan.runtime.stop_timeout if plan.runtime.stop_timeout is not None else 10
     attempts = 0

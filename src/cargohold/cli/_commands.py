@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cargohold._atomic import write_text_atomic
+from cargohold.cli._status import StatusLine
 from cargohold.errors import UsageError
 
 if TYPE_CHECKING:
@@ -230,14 +231,31 @@ def run(
     trailing = ctx.meta.get(TRAILING_KEY)
     command = tuple(trailing) if trailing else None
 
+    status = StatusLine(err)
+
+    def say(message: str) -> None:
+        status.clear()
+        _say(message)
+
     def on_log(stream: int, chunk: bytes) -> None:
+        status.clear()
         target = sys.stdout.buffer if stream == 1 else sys.stderr.buffer
         target.write(chunk)
         target.flush()
 
-    result = jobs.run_job(
-        engine, the_plan, resume=how, command=command, detach=detach, say=_say, on_log=on_log
-    )
+    try:
+        result = jobs.run_job(
+            engine,
+            the_plan,
+            resume=how,
+            command=command,
+            detach=detach,
+            say=say,
+            on_log=on_log,
+            progress=status.update if status.active else None,
+        )
+    finally:
+        status.clear()
     if detach:
         out.print(result.container)
     elif result.exit_code != 0:
@@ -261,25 +279,27 @@ def base_image(
 ) -> None:
     """Make sure a Python base image exists, building one from Debian packages when no registry
     can be reached. On a terminal a status line shows the build; the full log goes to a file."""
-    from rich.text import Text
-
     from cargohold import baseimage
     from cargohold.engine import connect
 
     engine = connect()
     if rebuild:
         engine.remove_image(baseimage.LOCAL_BASE)
-    if not err.is_terminal:
-        name = baseimage.ensure_base_image(engine, on_output=_say, log_path=log)
-    else:
-        with err.status("cargohold: looking for a Python base image") as status:
+    status = StatusLine(err)
 
-            def progress(text: str) -> None:
-                status.update(Text(f"cargohold: {text}"))
+    def say(message: str) -> None:
+        status.clear()
+        _say(message)
 
-            name = baseimage.ensure_base_image(
-                engine, on_output=_say, on_progress=progress, log_path=log
-            )
+    try:
+        name = baseimage.ensure_base_image(
+            engine,
+            on_output=say,
+            on_progress=status.update if status.active else None,
+            log_path=log,
+        )
+    finally:
+        status.clear()
     out.print(name)
 
 
