@@ -333,3 +333,22 @@ def test_without_python3_venv_the_message_is_the_apt_line(tmp_path: Path) -> Non
     assert "python3 -m venv is not installed" in result.stderr
     assert "apt-get install -y python3-venv" in result.stderr
     assert not (REPO / venv).exists()
+
+
+def test_the_system_python_named_as_python_is_refused_with_the_way_out(
+    newcomer: pwd.struct_passwd, docker_resources: Resources
+) -> None:
+    python = _system_python()
+    if not _externally_managed(python):
+        pytest.skip(f"{python} carries no EXTERNALLY-MANAGED marker here")
+    clone = _clone_for(newcomer, docker_resources.project, f"{docker_resources.project}-digits")
+    env = {"PYTHON": str(python), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(_wheelhouse())}
+    result = subprocess.run(
+        [*_as(newcomer, env), "bash", str(clone / "scripts" / "setup.sh"), "demo"],
+        capture_output=True, text=True, timeout=300, cwd="/",
+    )
+    assert result.returncode == 1, result.stderr
+    assert "may not be changed with pip (PEP 668)" in result.stderr
+    assert "Leave PYTHON unset" in result.stderr
+    assert "externally-managed-environment" in result.stderr  # the log's tail, pip's own words
+    assert not (clone / ".venv").exists()
