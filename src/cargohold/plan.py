@@ -612,7 +612,12 @@ def _runtime(
         pids_limit=res.pids_limit,
     )
     if resources != Resources():
-        reasons["resources"] = "resource limits the spec sets"
+        limits_text = [
+            f"{resources.cpus:g} CPUs" if resources.cpus is not None else "",
+            f"memory {res.memory}" if res.memory is not None else "",
+            f"at most {resources.pids_limit} processes" if resources.pids_limit else "",
+        ]
+        reasons["resources"] = "limits the spec sets: " + ", ".join(t for t in limits_text if t)
     if job.devices:
         reasons["devices"] = "host devices the spec passes through: " + ", ".join(job.devices)
     if job.network is not None:
