@@ -229,6 +229,8 @@ class Plan:
     nodes: int = 1
     placement: tuple[str, ...] = ()
     runtime: Runtime = field(default_factory=Runtime)
+    # The job runs as the invoking user (user = "host"): folders it creates are already its own.
+    as_invoking_user: bool = False
 
     @property
     def container_name(self) -> str:
@@ -725,6 +727,7 @@ def make_plan(spec: Spec, job: str | None, *, host_user: tuple[int, int]) -> Pla
         nodes=job_spec.nodes,
         placement=tuple(job_spec.placement),
         runtime=runtime,
+        as_invoking_user=job_spec.user == "host",
     )
 
 

@@ -40,9 +40,10 @@ def volumes_to_chown(plan: Plan) -> list[Mount]:
 
 
 def stores_to_chown(plan: Plan) -> list[Mount]:
-    """The volumes of ``volumes_to_chown`` plus the writable artifacts folders."""
-    if plan.uid == 0:
-        return []
+    """The volumes of ``volumes_to_chown`` plus the writable artifacts folders when the job runs
+    as someone else than the invoking user (who creates those folders)."""
+    if plan.uid == 0 or plan.as_invoking_user:
+        return volumes_to_chown(plan)
     folders = [
         m
         for m in plan.mounts
