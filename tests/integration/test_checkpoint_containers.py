@@ -4,18 +4,29 @@
   must never delete the trainer's in-flight save (both are PID 1 in their own containers).
 - ``handle_sigterm`` under ``docker stop`` at random moments: the final checkpoint is complete
   every time and the container exits 143 within the grace period.
+- The distributed example: 2 ranks under torchrun inside ``cargohold run``; a rank dies in the
+  middle of a save, the job restarts and every rank resumes from the last committed step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import random
+import subprocess
+import sys
 import textwrap
 import time
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cargohold.checkpoint import CheckpointManager
-from tests.conftest import Resources
+from tests.conftest import REPO, Resources, run_cli
 
 TRAINER = textwrap.dedent(
     """
@@ -153,3 +164,101 @@ def test_docker_stop_at_random_moments_always_commits_the_final_checkpoint(
         assert latest.read_bytes("final") == b"yes", f"run {run}: the final save is missing"
         rnd = random.Random(latest.step)
         assert latest.read_bytes("model.bin") == rnd.randbytes(rnd.randint(1 << 20, 6 << 20))
+
+
+# -- the distributed example: torchrun, 2 ranks, inside `cargohold run` ---------------------------
+
+WHEELS = Path(os.environ.get("CARGOHOLD_TEST_WHEELS", "/var/tmp/cargohold-torch-wheels"))
+TORCH_LAYER = textwrap.dedent(
+    """
+    ARG BASE_IMAGE
+    FROM ${BASE_IMAGE}
+    COPY wheels /tmp/wheels
+    RUN python3 -c "import glob, zipfile; \\
+        [zipfile.ZipFile(w).extractall('/usr/local/lib/python3.11/dist-packages') \\
+         for w in glob.glob('/tmp/wheels/*.whl')]" \\
+        && rm -rf /tmp/wheels && python3 -c "import torch.distributed"
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def torch_image(docker_client: Any, base_image: str, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[str]:
+    """The base image plus torch 2.13.0 (CPU), from the wheel pip has on this machine (there is
+    no registry). The wheels are kept in /var/tmp between runs; the image is removed when this
+    session built it."""
+    import docker.errors
+
+    from cargohold.engine import connect
+
+    if not list(WHEELS.glob("torch-2.13.0*.whl")):
+        WHEELS.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "torch==2.13.0",
+                        "-d", str(WHEELS)], check=True, timeout=900)
+    tag = "cargohold-test-torch:2.13.0"
+    try:
+        docker_client.images.get(tag)
+        built = False
+    except docker.errors.ImageNotFound:
+        context = tmp_path_factory.mktemp("torch-image")
+        (context / "Dockerfile").write_text(TORCH_LAYER)
+        (context / "wheels").mkdir()
+        for wheel in WHEELS.glob("*.whl"):
+            os.link(wheel, context / "wheels" / wheel.name)
+        connect().build(context=str(context), tag=tag, dockerfile="Dockerfile",
+                        buildargs={"BASE_IMAGE": base_image},
+                        labels={"cargohold.test": "true"})
+        built = True
+    yield tag
+    if built and not os.environ.get("CARGOHOLD_KEEP_TEST_IMAGES"):
+        with contextlib.suppress(docker.errors.DockerException):
+            docker_client.images.remove(tag, force=True)
+
+
+def test_distributed_example_under_torchrun_in_cargohold_run_survives_a_dead_rank(
+    tmp_path: Path, torch_image: str, docker_resources: Resources, docker_client: Any
+) -> None:
+    example = tomllib.loads((REPO / "examples/distributed/cargohold.toml").read_text())
+    job = example["jobs"]["train"]
+    command = [*job["command"][: job["command"].index("--steps")], "--steps", "16",
+               "--kill-rank-at", "7"]
+    project = docker_resources.project
+    image = f"{project}-distributed"
+    docker_resources.images.append(image)
+    dockerfile = "examples/distributed/Dockerfile"
+    args = f'BASE_IMAGE = "{torch_image}"'
+    (tmp_path / "cargohold.toml").write_text(textwrap.dedent(f"""
+        [project]
+        name = "{project}"
+
+        [stores.checkpoints]
+        kind = "checkpoints"
+        target = "/ckpt"
+
+        [jobs.train]
+        image = "{image}"
+        build = {{ context = "{REPO}", dockerfile = "{dockerfile}", args = {{ {args} }} }}
+        command = {json.dumps(command)}
+        shm_size = "{job['shm_size']}"
+        restart = {{ max = 1 }}
+        """))
+    result = run_cli("run", cwd=tmp_path, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    # First attempt: rank 1 died in the middle of a save; torchrun stopped the job; cargohold
+    # restarted it and both ranks resumed from the last checkpoint they had all committed.
+    assert "world 2: fresh start" in result.stdout, output[-4000:]
+    assert "restart 1 of 1" in result.stderr, output[-4000:]
+    resumed = int(result.stdout.split("world 2: resumed from step ")[1].split()[0])
+    assert 5 <= resumed <= 10, output[-4000:]
+    assert "done: step 15" in result.stdout
+    folder = Path(docker_client.volumes.get(f"{project}-checkpoints").attrs["Mountpoint"])
+    ckpt = CheckpointManager(folder, keep_last=3, metric="loss", warn_ephemeral=False,
+                             rank=0, world_size=1)
+    latest = ckpt.restore_latest()
+    assert latest is not None and latest.step == 15
+    manifest = json.loads((latest.path / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and ".metadata" in manifest["files"]
+    # The dead session's pending folder was removed by the second start.
+    assert not [n for n in os.listdir(folder) if n.startswith(".pending-")]
