@@ -127,6 +127,9 @@ def test_evidence_says_why_a_mount_is_a_dataset() -> None:
         ("docker run -u 1 pytorch/pytorch python t.py --output_dir /path/to/output", set()),
         ("docker run -u 1 pytorch/pytorch python t.py --output_dir s3://bucket/run", set()),
         ("docker run -d postgres:16", {"CH011"}),
+        ("$ docker run -u 1 pytorch/pytorch python t.py --output_dir /o", {"CH001"}),
+        ("if docker run -u 1 pytorch/pytorch python t.py --output_dir /o; then :; fi", {"CH001"}),
+        ("\t@docker run -u 1 pytorch/pytorch python t.py --output_dir /o", {"CH001"}),
         ("docker run -d ghcr.io/mlflow/mlflow mlflow server --host 0.0.0.0", {"CH011"}),
         (
             "docker run -d -v m:/m ghcr.io/mlflow/mlflow mlflow server --backend-store-uri "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cargohold.errors import UsageError
 from cargohold.lint import _rules  # noqa: F401 - registers the rules
-from cargohold.lint._compose import compose_services, override_for
+from cargohold.lint._compose import add_image_volumes, compose_services, override_for
 from cargohold.lint._compose_binary import compose_model, overlay
 from cargohold.lint._dockerrun import docker_run_services
 from cargohold.lint._model import Service
@@ -197,6 +197,7 @@ def lint_compose(files: list[Path], rules: set[str] | None = None) -> Report:
     model, refused = compose_model(paths)
     if model is not None:
         services = overlay(services, model)
+    add_image_volumes(services)
     report = _run(services, set(REGISTRY) if rules is None else rules, {})
     report.resolver = "compose" if model is not None else "cargohold"
     if refused:

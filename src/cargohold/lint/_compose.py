@@ -20,7 +20,7 @@ from cargohold.lint._dockerfile import dockerfile_facts
 from cargohold.lint._model import Mount, Service, Text, at
 from cargohold.lint._yaml import LDict, LList, load_yaml, read_env_file
 
-__all__ = ["compose_services", "override_for", "parse_short_volume"]
+__all__ = ["add_image_volumes", "compose_services", "override_for", "parse_short_volume"]
 
 _DEFAULT_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
 _KEYED_LISTS = ("volumes", "tmpfs")
@@ -372,3 +372,13 @@ def compose_services(files: list[Path]) -> list[Service]:
 
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
+
+
+def add_image_volumes(services: list[Service]) -> None:
+    """The ``VOLUME``s of a local Dockerfile, as the anonymous volumes Docker gives them."""
+    for service in services:
+        for volume in service.build.volumes if service.build else ():
+            if not volume.startswith("/"):
+                continue
+            if not any(m.target == volume for m in service.mounts):
+                service.mounts.append(Mount("anonymous", Text(volume)))

@@ -21,7 +21,10 @@ __all__ = ["docker_run_services", "find_docker_runs"]
 
 _SEPARATORS = {"&&", "||", ";", "|", "&", ";;", "|&"}
 _RUNNERS = {"docker", "podman", "nvidia-docker", "docker.io", "sudo-docker"}
-_PREFIX_WORDS = {"sudo", "time", "exec", "env", "command", "nohup", "doas", "eval"}
+_PREFIX_WORDS = {
+    "sudo", "time", "exec", "env", "command", "nohup", "doas", "eval", "then", "else", "do",
+    "if", "while", "until", "!", "$", "%", ">", "PS>", "#", "-", "*",
+}  # fmt: skip
 _SUDO_VALUED = {"-u", "-g", "-h", "-p", "-C", "-D", "-r", "-t", "-U", "--user", "--group"}
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # Flags of `docker run` / `podman run` that take a value (so the image is found after them).
@@ -206,6 +209,11 @@ def _run_args(command: list[Text]) -> tuple[str, list[Text]] | None:
     while i < len(command):
         word = command[i]
         base = os.path.basename(word)
+        if word.startswith("@"):  # a Makefile's silent command
+            word = word.derive(word[1:])
+            base = os.path.basename(word)
+            if base in _RUNNERS:
+                break
         if _ASSIGNMENT.match(word) or base in _PREFIX_WORDS or word.startswith("-"):
             if base in ("sudo", "doas"):
                 i += 1
@@ -217,7 +225,7 @@ def _run_args(command: list[Text]) -> tuple[str, list[Text]] | None:
         break
     if i >= len(command):
         return None
-    runner = os.path.basename(command[i])
+    runner = os.path.basename(command[i].lstrip("@"))
     if runner not in _RUNNERS:
         return None
     rest = command[i + 1 :]
