@@ -24,7 +24,7 @@ from cargohold.engine import Engine, EngineInfo
 from cargohold.gpus import INSTALL_HINT, gpu_support
 from cargohold.guard import scan_container
 from cargohold.inventory import VolumeSummary, volume_summaries
-from cargohold.kinds import Backing, StoreKind
+from cargohold.kinds import Backing, StoreKind, format_size
 from cargohold.plan import LABEL_PROJECT
 from cargohold.volumes import engine_is_local, open_volume, volume_usage
 
@@ -44,7 +44,6 @@ __all__ = [
     "check_uid_mapping",
     "diagnose",
     "doctor",
-    "human_size",
     "project_status",
     "worst",
 ]
@@ -60,14 +59,6 @@ class Check:
     name: str
     status: Status
     detail: str
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 def worst(checks: list[Check]) -> Status:
@@ -129,11 +120,11 @@ def check_gpus(info: EngineInfo, plan: Plan | None, *, local: bool | None = None
 def check_shm(shm_size: int | None) -> Check:
     shm = shm_size or SHM_DEFAULT
     if shm >= SHM_ENOUGH:
-        return Check("shm", "ok", f"/dev/shm of the job: {human_size(shm)}")
+        return Check("shm", "ok", f"/dev/shm of the job: {format_size(shm)}")
     return Check(
         "shm",
         "warn",
-        f"/dev/shm of the job: {human_size(shm)} (PyTorch DataLoader workers want more: "
+        f"/dev/shm of the job: {format_size(shm)} (PyTorch DataLoader workers want more: "
         'shm_size = "1g")',
     )
 
@@ -147,7 +138,7 @@ def check_free_space(free: int, checkpoint_sizes: dict[str, int]) -> Check:
     """
     if not checkpoint_sizes:
         return Check(
-            "free space", "ok", f"{human_size(free)} free where volumes live (no checkpoints yet)"
+            "free space", "ok", f"{format_size(free)} free where volumes live (no checkpoints yet)"
         )
     each = max(checkpoint_sizes.values())
     kept = len(checkpoint_sizes)
@@ -155,8 +146,8 @@ def check_free_space(free: int, checkpoint_sizes: dict[str, int]) -> Check:
     return Check(
         "free space",
         "ok" if free > need else "fail",
-        f"{human_size(free)} free where volumes live; checkpoints of {human_size(each)} x "
-        f"({kept} kept + 1 in flight) need {human_size(need)}",
+        f"{format_size(free)} free where volumes live; checkpoints of {format_size(each)} x "
+        f"({kept} kept + 1 in flight) need {format_size(need)}",
     )
 
 
@@ -245,7 +236,7 @@ def diagnose(
     free = free_at(info.root_dir)
     if plan is None:
         if free is not None:
-            checks.append(Check("free space", "ok", f"{human_size(free)} free in {info.root_dir}"))
+            checks.append(Check("free space", "ok", f"{format_size(free)} free in {info.root_dir}"))
         return checks
     ckpt = plan.checkpoint_mount
     if ckpt is not None and ckpt.backing is Backing.VOLUME and ckpt.source and free is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-__all__ = ["MAX_SIZE", "Backing", "StoreKind", "parse_size"]
+__all__ = ["MAX_SIZE", "Backing", "StoreKind", "format_size", "parse_size"]
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
@@ -54,3 +54,12 @@ def parse_size(value: str | int) -> int:
     if size > MAX_SIZE:
         raise ValueError(f"{value!r} is larger than any machine's memory or disk (1 PiB)")
     return size
+
+
+def format_size(n: float) -> str:
+    """Bytes for people: ``"1.5 GB"`` (powers of 1000, as ``df -H`` and file managers show)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"

@@ -23,7 +23,10 @@ from rich.progress import (
 from cargohold.cli._commands import app, emit_json, err, out
 from cargohold.engine import connect
 from cargohold.errors import UsageError
+from cargohold.kinds import format_size
 from cargohold.volumes import open_volume, split_volume_path
+
+_size = format_size  # the name the other command modules use
 
 volume_app = typer.Typer(
     help="Browse and size volumes without writing a helper container.", no_args_is_help=True
@@ -40,14 +43,6 @@ RepoOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 @contextlib.contextmanager

@@ -9,9 +9,10 @@ import typer
 from rich.text import Text
 
 from cargohold.cli._commands import SpecOption, app, emit_json, out
-from cargohold.cli._data import JsonOption, _progress, _size
+from cargohold.cli._data import JsonOption, _progress
 from cargohold.engine import connect
 from cargohold.errors import CargoholdError
+from cargohold.kinds import format_size as _size
 
 RescueTo = Annotated[
     str | None,

@@ -173,12 +173,7 @@ class DockerEngine:
     # -- images ---------------------------------------------------------------------------
 
     def image_exists(self, name: str) -> bool:
-        with translate(f"Looking up image {name}"):
-            try:
-                self._client.images.get(name)
-            except docker.errors.ImageNotFound:
-                return False
-            return True
+        return _exists(f"Looking up image {name}", lambda: self._client.api.inspect_image(name))
 
     def pull(self, name: str) -> bool:
         """Try to pull an image; False when no registry can provide it (air-gapped, unknown)."""
@@ -242,12 +237,7 @@ class DockerEngine:
     # -- volumes --------------------------------------------------------------------------
 
     def volume_exists(self, name: str) -> bool:
-        with translate(f"Looking up volume {name}"):
-            try:
-                self._client.api.inspect_volume(name)
-            except docker.errors.NotFound:
-                return False
-            return True
+        return _exists(f"Looking up volume {name}", lambda: self._client.api.inspect_volume(name))
 
     def create_volume(
         self,
@@ -554,6 +544,16 @@ class DockerEngine:
             finally:
                 self._remove_helper(container_id)
         return code, bytes(output).decode("utf-8", "replace")
+
+
+def _exists(what: str, inspect: Callable[[], object]) -> bool:
+    """Whether an inspect finds its object (ImageNotFound is a NotFound)."""
+    with translate(what):
+        try:
+            inspect()
+        except docker.errors.NotFound:
+            return False
+    return True
 
 
 def _error_message(response: requests.Response) -> str:
