@@ -25,6 +25,10 @@ API::
         a_ip, b_ip = link(a, b)         # a veth pair between the two namespaces, one /30
                                         # address on each end (none on the host)
 
+    private_engine(dockerd_args=[...])  # replaces the default extra flags
+                                        # (--iptables=false --ip-masq=false: nothing in a
+                                        # private engine needs NAT); e.g. [] for a swarm node
+
 Needs root, ``ip``, ``nsenter`` and ``dockerd``; ``private_engine`` skips the test (fails in
 CI, ``CI=true``) when they are missing. Starting one takes about 1-2 s.
 """
@@ -87,6 +91,7 @@ class PrivateEngine:
 
     name: str
     folder: Path
+    dockerd_args: tuple[str, ...] = ("--iptables=false", "--ip-masq=false")
     pid: int = 0
     _process: subprocess.Popen[bytes] | None = None
     _clients: list[Any] = field(default_factory=list)
@@ -163,7 +168,7 @@ class PrivateEngine:
                  "-H", self.host, "--pidfile", str(self.pidfile),
                  "--containerd-namespace", self.name,
                  "--containerd-plugins-namespace", f"{self.name}-plugins",
-                 "--iptables=false", "--ip-masq=false"],
+                 *self.dockerd_args],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         # nsenter execs dockerd: the child's pid is dockerd's.
@@ -250,12 +255,15 @@ def _unmount_under(folder: Path) -> None:
 
 @contextlib.contextmanager
 def private_engine(name: str | None = None, *, images: tuple[str, ...] | list[str] = (),
+                   dockerd_args: tuple[str, ...] | list[str] | None = None,
                    ) -> Iterator[PrivateEngine]:
     """A private dockerd in its own network namespace, removed afterwards (see module doc).
 
     Args:
         name: the engine's name (netns, socket, folders); default ``chx-<random>``.
         images: images copied from the shared engine before the engine is handed over.
+        dockerd_args: extra dockerd flags instead of the defaults (never ``--bridge=none``:
+            that deletes the host's docker0).
     """
     missing = [tool for tool in ("ip", "nsenter", "dockerd", "docker") if not shutil.which(tool)]
     if os.geteuid() != 0 or missing:
@@ -265,6 +273,9 @@ def private_engine(name: str | None = None, *, images: tuple[str, ...] | list[st
         pytest.skip(reason)
     name = name or f"chx-{secrets.token_hex(3)}"
     engine = PrivateEngine(name, ROOT / name)
+    if dockerd_args is not None:
+        assert "--bridge=none" not in dockerd_args, "--bridge=none deletes the host's docker0"
+        engine.dockerd_args = tuple(dockerd_args)
     engine.folder.mkdir(parents=True, exist_ok=False)
     _run("ip", "netns", "add", name)
     try:
