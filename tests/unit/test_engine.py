@@ -227,3 +227,14 @@ def test_commands_that_do_not_talk_to_docker_do_not_load_its_sdk(tmp_path: Path,
                             text=True, env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
                             timeout=60)
     assert "LOADED 0 []" in result.stdout, result.stdout + result.stderr
+
+
+def test_public_surface_is_what_all_says() -> None:
+    import cargohold.engine as engine
+    from cargohold.engine import types
+
+    assert sorted(engine.__all__) == sorted(set(engine.__all__))
+    for name in engine.__all__:
+        assert hasattr(engine, name), name
+    for name in types.__all__:
+        assert getattr(engine, name) is getattr(types, name)
