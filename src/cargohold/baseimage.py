@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from cargohold.buildlog import default_log_path
 from cargohold.engine import Engine
 from cargohold.errors import ImageNotFound
 
@@ -35,7 +36,6 @@ __all__ = [
     "DEFAULT_BASE",
     "LOCAL_BASE",
     "build_local_base",
-    "default_log_path",
     "dockerfile_base_default",
     "ensure_base_image",
 ]
@@ -66,18 +66,6 @@ def dockerfile_base_default(dockerfile: Path) -> str | None:
     return match.group(1).strip("\"'") if match else None
 
 
-def default_log_path() -> Path:
-    """Where the base image build writes its full log: ``$XDG_CACHE_HOME/cargohold``, else
-    ``~/.cache/cargohold``, else the temporary folder."""
-    cache = os.environ.get("XDG_CACHE_HOME")
-    if not cache:
-        try:
-            cache = str(Path.home() / ".cache")
-        except RuntimeError:  # no HOME and no passwd entry
-            cache = tempfile.gettempdir()
-    return Path(cache) / "cargohold" / "base-image.log"
-
-
 def ensure_base_image(
     engine: Engine,
     wanted: str = DEFAULT_BASE,
@@ -94,7 +82,7 @@ def ensure_base_image(
         wanted: the image a Dockerfile asks for.
         on_output: told a few milestones (what is built, where its log is).
         on_progress: told each step of a build, for a status line that overwrites itself.
-        log_path: where a build writes its full log (default: :func:`default_log_path`).
+        log_path: where a build writes its full log (default: in the user's cache folder).
 
     Raises:
         ImageNotFound: neither can be had (no registry, and debootstrap cannot run here).
@@ -193,7 +181,7 @@ def build_local_base(
     debootstrap = debootstrap or _find_debootstrap()
     if debootstrap is None or os.geteuid() != 0:
         raise _needs_root_error(name, debootstrap)
-    log_path = log_path or default_log_path()
+    log_path = log_path or default_log_path("base-image")
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = log_path.open("w", encoding="utf-8")

@@ -29,9 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cargohold import baseimage
+from cargohold.buildlog import LineLog, default_log_path
 from cargohold.checkpoint import _format
 from cargohold.engine import ContainerRequest, Engine
-from cargohold.errors import EngineError, ImageNotFound, UsageError, VolumeNotFound
+from cargohold.errors import (
+    BuildFailed,
+    EngineError,
+    ImageNotFound,
+    UsageError,
+    VolumeNotFound,
+)
 from cargohold.gpus import gpu_support, require_gpus
 from cargohold.kinds import Backing
 from cargohold.plan import LABEL_PROJECT, Plan
@@ -124,15 +131,25 @@ def ensure_image(
         args[baseimage.BASE_ARG] = baseimage.ensure_base_image(
             engine, default_base, on_output=say, on_progress=progress
         )
-    say(f"Building {plan.image} from {context}")
-    engine.build(
-        context=str(context),
-        tag=plan.image,
-        dockerfile=plan.build.dockerfile,
-        buildargs=args,
-        labels={LABEL_PROJECT: plan.project},
-        on_output=progress,
-    )
+    with LineLog(default_log_path(f"build-{plan.image}"), then=progress) as build_log:
+        where = f" (log: {build_log.path})" if build_log.path else ""
+        say(f"Building {plan.image} from {context}{where}")
+        try:
+            engine.build(
+                context=str(context),
+                tag=plan.image,
+                dockerfile=plan.build.dockerfile,
+                buildargs=args,
+                labels={LABEL_PROJECT: plan.project},
+                on_output=build_log,
+            )
+        except BuildFailed as exc:
+            build_log.record(exc.message)  # the engine's error line is not among the lines
+            if build_log.path is None:
+                raise
+            raise BuildFailed(
+                exc.message, hint=f"{exc.hint or ''} Full log: {build_log.path}".strip()
+            ) from exc
 
 
 def _make_owned_dirs(path: Path, uid: int, gid: int) -> None:

@@ -116,8 +116,3 @@ def test_an_unwritable_log_is_a_clear_error(tmp_path: Path) -> None:
             log_path=blocker / "base-image.log",
         )
     assert "Cannot write the build log" in str(caught.value)
-
-
-def test_default_log_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert baseimage.default_log_path() == tmp_path / "cargohold" / "base-image.log"

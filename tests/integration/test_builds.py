@@ -1,5 +1,6 @@
-"""The base image build end to end on the real engine, with a stand-in for debootstrap (the
-real one downloads 130 packages; CI builds the real image once, through `make test`'s set-up)."""
+"""Long builds on the real engine: quiet, with the full log in a file. The base image is built
+with a stand-in for debootstrap (the real one downloads 130 packages; CI builds the real image
+once, through `make test`'s set-up)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,7 @@ import pytest
 
 from cargohold import baseimage
 from cargohold.engine import connect
-from tests.conftest import run_cli
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap runs only as root")
+from tests.conftest import Resources, run_cli
 
 # Prints what debootstrap prints, and makes a root file system with a `python3` in it.
 FAKE_DEBOOTSTRAP = """#!/bin/sh
@@ -27,6 +26,7 @@ echo "I: Base system installed successfully."
 """
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="debootstrap runs only as root")
 def test_build_imports_the_root_file_system_quietly(tmp_path: Path, docker_client: Any) -> None:
     tool = tmp_path / "debootstrap"
     tool.write_text(FAKE_DEBOOTSTRAP)
@@ -57,3 +57,28 @@ def test_base_image_command_in_a_pipe_prints_only_the_name(base_image: str) -> N
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == base_image
     assert result.stderr == ""
+
+
+def test_a_failing_image_build_names_its_full_log(
+    tmp_path: Path, base_image: str, docker_resources: Resources
+) -> None:
+    project = docker_resources.project
+    image = f"{project}-img"
+    docker_resources.images.append(image)
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {base_image}\nRUN echo step-one-output\nRUN echo the-last-words && false\n"
+    )
+    (tmp_path / "cargohold.toml").write_text(
+        f'[project]\nname = "{project}"\n\n[jobs.train]\nimage = "{image}"\nbuild = "."\n'
+        'command = ["true"]\n'
+    )
+    cache = tmp_path / "cache"
+    result = run_cli("run", cwd=tmp_path, env={"XDG_CACHE_HOME": str(cache)})
+    log = cache / "cargohold" / f"build-{image}.log"
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"(log: {log})" in result.stderr  # said before the build started
+    assert f"Full log: {log}" in result.stderr  # and again with the failure
+    text = log.read_text()
+    assert "step-one-output" in text and "the-last-words" in text
+    assert "returned a non-zero code: 1" in text  # the engine's own error line
