@@ -10,12 +10,14 @@ package index. The cluster then pulls the image from the user's registry: ``dock
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as metadata
 import logging
 import re
 import shutil
 import sys
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -62,6 +64,21 @@ def _extra_of(marker: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _declared_requirements(root: str) -> list[str]:
+    """cargohold's requirements: those of the pyproject.toml beside the running code (a checkout
+    or an editable install, whose installed metadata may be older), else the installed ones."""
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+        if project.get("name") == root:
+            extras = project.get("optional-dependencies", {})
+            return [
+                *project.get("dependencies", []),
+                *(f"{r}; extra == {e!r}" for e in _EXTRAS for r in extras.get(e, [])),
+            ]
+    return list(metadata.requires(root) or [])
+
+
 def runtime_distributions(root: str = "cargohold") -> list[metadata.Distribution]:
     """cargohold's run-time requirement closure (with the s3 extra), as installed here.
 
@@ -72,7 +89,7 @@ def runtime_distributions(root: str = "cargohold") -> list[metadata.Distribution
     # is taken when it is installed and skipped when not; one that only an extra asks for is
     # skipped, except cargohold's own s3 extra.
     queue: list[tuple[str, bool]] = []
-    for requirement in metadata.requires(root) or []:
+    for requirement in _declared_requirements(root):
         name, marker = _name_of(requirement)
         extra = _extra_of(marker)
         if extra is None or extra in _EXTRAS:

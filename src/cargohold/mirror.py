@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 from cargohold._atomic import write_text_atomic
 from cargohold.checkpoint._format import STEP_DIR_RE, check_folder
-from cargohold.errors import CargoholdError, UsageError
+from cargohold.errors import CargoholdError, ChecksumMismatch, UsageError
 
 if TYPE_CHECKING:
     from cargohold.snapshots import Repository
@@ -356,7 +356,9 @@ class Mirror:
             self._pushed = {tag: (0, 0) for tag in self.mirrored()}
             self._listed = True
         pushed = []
-        for found in committed_checkpoints(self.directory, settle=self.settle):
+        # Newest first: when the mirror lags, the checkpoint a restart needs goes out first,
+        # and older ones may be gone to the writer's retention before their turn.
+        for found in reversed(committed_checkpoints(self.directory, settle=self.settle)):
             if found.tag in self._pushed and self._pushed[found.tag] == found.stamp:
                 continue
             try:
@@ -364,6 +366,15 @@ class Mirror:
                     info = snapshot_path(folder, repo, tag=found.tag)
             except RepositoryError as exc:
                 raise MirrorUnreachable(exc.message, hint=exc.hint) from None
+            except (CargoholdError, OSError):
+                if os.path.lexists(found.path):
+                    raise
+                log.info("%s was removed (retention) before it was mirrored", found.name)
+                continue
+            if not os.path.lexists(found.path):
+                # Removed while it was read: the snapshot may lack files. Restore checks a
+                # cargohold checkpoint's manifest and skips such a copy.
+                log.info("%s was removed while it was mirrored", found.name)
             self._pushed[found.tag] = found.stamp
             self.status.pushed += 1
             self.status.last_pushed = found.name
@@ -386,8 +397,6 @@ class Mirror:
         """
         if committed_checkpoints(self.directory, settle=0):
             return None
-        from cargohold.snapshots import restore_to_path
-
         mirrored = self.mirrored()
         if not mirrored:
             return None
@@ -397,30 +406,50 @@ class Mirror:
             assert match is not None
             return int(match.group(2)), mirrored[tag][1]
 
-        tag = max(mirrored, key=order)
+        for tag in sorted(mirrored, key=order, reverse=True):
+            target = self._restore_one(tag, mirrored[tag][0])
+            if target is not None:
+                break
+        else:
+            return None
+        self._pushed[tag] = (0, 0)
+        self.status.restored = target.name
+        self._say(f"restored {target.name} from the mirror {self.url}", False)
+        self._note("ok", f"restored {target.name} from {self.url}")
+        return target
+
+    def _restore_one(self, tag: str, snapshot_id: str) -> Path | None:
+        """Restore one mirrored checkpoint; None (and nothing left behind) when it is not whole."""
+        from cargohold.snapshots import restore_to_path
+
         match = _TAG_RE.match(tag)
         assert match is not None
         writer, name = match.group(1), match.group(3)
         if "/" in name or name in (".", "..") or name.startswith("."):
-            raise MirrorUnreachable(
-                f"The mirror holds a checkpoint named {name!r}, which is not a plain name.",
-                hint="The repository was written by something else; mirror to a fresh URL.",
-            )
+            log.warning("skipping mirrored checkpoint %r: not a plain name", name)
+            return None
         repo = self._repository()
         target = self.directory / name
         if writer == "lightning":
             staging = Path(tempfile.mkdtemp(prefix=".cargohold-mirror-", dir=self.directory))
             try:
-                restore_to_path(repo, mirrored[tag][0], staging / "ckpt", force=True)
+                restore_to_path(repo, snapshot_id, staging / "ckpt", force=True)
                 os.replace(staging / "ckpt" / name, target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-        else:
-            restore_to_path(repo, mirrored[tag][0], target)
-        self._pushed[tag] = (0, 0)
-        self.status.restored = name
-        self._say(f"restored {name} from the mirror {self.url}", False)
-        self._note("ok", f"restored {name} from {self.url}")
+            return target
+        try:
+            restore_to_path(repo, snapshot_id, target)
+        except ChecksumMismatch as exc:
+            self._say(f"mirrored {name} is damaged ({exc.message}); trying an older one", True)
+            return None
+        if writer == "cargohold":
+            try:
+                check_folder(target, verify=True)
+            except ValueError as exc:
+                self._say(f"mirrored {name} is not whole ({exc}); trying an older one", True)
+                shutil.rmtree(target, ignore_errors=True)
+                return None
         return target
 
     # -- running ---------------------------------------------------------------------------
@@ -439,6 +468,11 @@ class Mirror:
             except MirrorAuthError as exc:
                 self._note("refused", exc.message)
                 raise
+            except (CargoholdError, OSError) as exc:
+                # Anything else is said loudly and tried again: the job must keep running.
+                text = exc.message if isinstance(exc, CargoholdError) else str(exc)
+                self._note("failing", text)
+                self._say(f"MIRRORING FAILED, will retry: {text}", True)
             if last:
                 return
             stop.wait(interval)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -191,3 +193,163 @@ def test_swarm_stack_fails_once_restarts_and_resumes(
     assert "SAVED 1" not in second  # resumed, not started over
     volume = docker_client.volumes.get(f"{project}-checkpoints")
     assert volume.attrs["Labels"]["cargohold.project"] == project
+
+
+# A job long enough to lose its node in the middle; it never fails by itself.
+STEADY = """
+import os, sys, time
+from cargohold.checkpoint import CheckpointManager
+ckpt = CheckpointManager(keep_last=3)
+latest = ckpt.restore_latest()
+print("RESUME_FROM", os.environ.get("CARGOHOLD_RESUME_FROM", "-"), flush=True)
+print("RESTORED", latest.step if latest else "none", flush=True)
+for step in range((latest.step + 1) if latest else 1, int(sys.argv[1]) + 1):
+    ckpt.save(step, {"frozen.bin": b"F" * 300_000, "head.bin": f"head {step}".encode()})
+    print("SAVED", step, flush=True)
+    time.sleep(float(sys.argv[2]))
+ckpt.close()
+print("DONE", flush=True)
+"""
+
+
+def _say(text: str) -> None:
+    """The demo's narration (`make demo-cluster` runs this test with -s)."""
+    print(f"\n[demo-cluster] {text}", flush=True)
+
+
+@contextlib.contextmanager
+def _s3_in(namespaces: list[str], endpoint: str, folder: Path) -> Iterator[str]:
+    """The host's S3 server at the same loopback address inside each namespace (tests/forward.py
+    carries it through a unix socket); yields that endpoint."""
+    host_port = endpoint.rsplit(":", 1)[1]
+    script = str(Path(__file__).resolve().parent.parent / "forward.py")
+    sock = folder / "s3.sock"
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        commands = [[sys.executable, script, f"unix:{sock}", f"tcp:127.0.0.1:{host_port}"]]
+        commands += [
+            ["nsenter", f"--net=/var/run/netns/{ns}", sys.executable, script,
+             f"tcp:127.0.0.1:{host_port}", f"unix:{sock}"]
+            for ns in namespaces
+        ]
+        for command in commands:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE)
+            started.append(process)
+            assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+        yield f"http://127.0.0.1:{host_port}"
+    finally:
+        for process in started:
+            process.kill()
+            process.wait(timeout=30)
+            if process.stdout is not None:
+                process.stdout.close()
+
+
+def _mirrored_steps(url: str, env: dict[str, str]) -> list[int]:
+    listed = run_cli("snapshots", "--repo", url, "--json", env=env)
+    if listed.returncode != 0:
+        return []
+    return sorted(int(s["tag"].split(":")[2]) for s in json.loads(listed.stdout)
+                  if (s.get("tag") or "").startswith("mirror:cargohold:"))
+
+
+def _task_node(engine: Any, task: str) -> str:
+    return str(engine.docker("inspect", task, "--format", "{{.NodeID}}").stdout.strip())
+
+
+def test_a_job_survives_losing_its_node(
+    tmp_path: Path, cargohold_image: str, s3_endpoint: dict[str, str], docker_client: Any
+) -> None:
+    from tests.engines import link, private_engine
+
+    project = f"cht-{secrets.token_hex(4)}"
+    url = f"s3://{project}/train"
+    with (
+        private_engine(images=[cargohold_image]) as manager,
+        private_engine(images=[cargohold_image]) as worker,
+        _s3_in([manager.netns, worker.netns], s3_endpoint["CARGOHOLD_S3_ENDPOINT"],
+               manager.folder) as endpoint,
+    ):
+        manager_ip, _ = link(manager, worker)
+        _say(f"two Docker nodes in network namespaces; S3 at {endpoint} on both")
+        manager.docker("swarm", "init", "--advertise-addr", manager_ip,
+                       "--dispatcher-heartbeat", "1s")
+        token = manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
+        worker.docker("swarm", "join", "--token", token, f"{manager_ip}:2377")
+        manager_id = manager.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+        worker_id = worker.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+        # The job starts on the worker: the manager takes no tasks for now.
+        manager.docker("node", "update", "--availability", "drain", manager_id)
+
+        (tmp_path / "cargohold.toml").write_text(textwrap.dedent(f"""
+            [project]
+            name = "{project}"
+
+            [stores.checkpoints]
+            kind = "checkpoints"
+            target = "/ckpt"
+            mirror = "{url}"
+
+            [jobs.train]
+            image = "{cargohold_image}"
+            command = ["python3", "-c", {json.dumps(STEADY)}, "80", "0.4"]
+            user = "0:0"
+            network = "host"
+            restart = {{ max = 3 }}
+        """))
+        rendered = run_cli("render", "swarm", "-o", str(tmp_path / "stack.yml"), cwd=tmp_path)
+        assert rendered.returncode == 0, rendered.stderr
+        # The credentials come from the deploying shell, never from the file.
+        assert s3_endpoint["AWS_SECRET_ACCESS_KEY"] not in (tmp_path / "stack.yml").read_text()
+        deploy_env = {**os.environ, **s3_endpoint, "CARGOHOLD_S3_ENDPOINT": endpoint}
+        subprocess.run(["docker", "-H", manager.host, "stack", "deploy", "-c",
+                        str(tmp_path / "stack.yml"), project], env=deploy_env, check=True,
+                       capture_output=True, timeout=120)
+        service = f"{project}_train"
+        first = _wait_for("the job to run on the worker", lambda: [
+            t for t in _tasks(service, manager.host) if t["CurrentState"].startswith("Running")
+        ], timeout=120)[0]
+        assert _task_node(manager, first["ID"]) == worker_id
+        _say("the job runs on the worker and mirrors its checkpoints to S3")
+        host_env = dict(s3_endpoint)
+        job_container = worker.docker(
+            "ps", "-aq", "--filter", f"label=com.docker.swarm.service.name={service}"
+        ).stdout.split()[0]
+        try:
+            _wait_for("checkpoints mirrored from the worker",
+                      lambda: len(_mirrored_steps(url, host_env)) >= 3, timeout=90)
+        finally:
+            worker_logs = worker.docker("logs", job_container)
+            print(worker_logs.stdout[-3000:], worker_logs.stderr[-3000:])
+        assert "RESTORED none" in worker_logs.stdout
+
+        manager.docker("node", "update", "--availability", "active", manager_id)
+        worker.kill()
+        # A power cut takes the job's processes too, not only the engine.
+        for pid in subprocess.run(["ip", "netns", "pids", worker.netns], capture_output=True,
+                                  text=True).stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), 9)
+        mirrored = _mirrored_steps(url, host_env)
+        _say(f"worker lost (dockerd, containerd and the job killed); mirrored steps: "
+             f"{mirrored[0]}..{mirrored[-1]}")
+
+        second = _wait_for("Swarm to reschedule the job on the manager", lambda: [
+            t for t in _tasks(service, manager.host)
+            if t["ID"] != first["ID"] and t["CurrentState"].startswith(("Running", "Complete"))
+        ], timeout=180)[0]
+        assert _task_node(manager, second["ID"]) == manager_id
+        _wait_for("the rescheduled job to finish", lambda: any(
+            t["ID"] == second["ID"] and t["CurrentState"].startswith("Complete")
+            for t in _tasks(service, manager.host)), timeout=180)
+        container = manager.docker("ps", "-aq", "--filter",
+                                   f"label=com.docker.swarm.task.id={second['ID']}").stdout.split()
+        logs = manager.docker("logs", container[0])
+        output, errors = logs.stdout, logs.stderr
+        restored = int(output.split("RESTORED ")[1].split()[0])
+        _say(f"rescheduled on the manager, restored step {restored} from S3, finished")
+        assert restored >= mirrored[0] and restored in _mirrored_steps(url, host_env)
+        assert f"RESUME_FROM /ckpt/step-{restored:010d}" in output
+        assert "restored step-" in errors and "DONE" in output
+        assert "SAVED 1\n" not in output  # resumed, not started again
+        manager.docker("stack", "rm", project, check=False)

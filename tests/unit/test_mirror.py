@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from cargohold.checkpoint import CheckpointManager
-from cargohold.mirror import MirrorStatus, committed_checkpoints
+from cargohold.mirror import Mirror, MirrorStatus, committed_checkpoints
 
 
 def _age(path: Path, seconds: float) -> None:
@@ -115,3 +118,56 @@ def test_status_is_a_versioned_record(tmp_path: Path) -> None:
     path.write_text(json.dumps({"format": "cargohold-mirror-status", "version": 1, "pushed": 3}))
     status = MirrorStatus.read(path)
     assert status is not None and status.pushed == 3 and status.state == "starting"
+
+
+def test_a_checkpoint_removed_by_retention_is_skipped_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cargohold.snapshots as snapshots
+
+    store = tmp_path / "ckpt"
+    manager = CheckpointManager(store, keep_last=0)
+    for step in (1, 2):
+        manager.save(step, {"w.bin": b"x" * 1000})
+    manager.close()
+    real = snapshots.snapshot_path
+
+    def retention_strikes(folder: Path, repo: object, **kwargs: object) -> object:
+        if folder.name == "step-0000000001":
+            shutil.rmtree(folder)  # the writer's keep_last removed it under the mirror
+        return real(folder, repo, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshots, "snapshot_path", retention_strikes)
+    mirror = Mirror(store, str(tmp_path / "repo"), say=lambda text, loud: None)
+    pushed = mirror.push_new()
+    assert [f.name for f in pushed] == ["step-0000000002"]
+    assert mirror.status.state == "ok"
+
+
+def test_restore_skips_a_mirrored_copy_that_is_not_whole(tmp_path: Path) -> None:
+    from cargohold.snapshots import open_repository, snapshot_path
+
+    store = tmp_path / "ckpt"
+    manager = CheckpointManager(store, keep_last=0)
+    manager.save(5, {"w.bin": b"five" * 100})
+    manager.save(9, {"w.bin": b"nine" * 100})
+    manager.close()
+    url = str(tmp_path / "repo")
+    Mirror(store, url, say=lambda text, loud: None).push_new()
+    # A copy of step 9 taken while it was being deleted: its file is missing.
+    broken = tmp_path / "broken" / "step-0000000010"
+    shutil.copytree(store / "step-0000000009", broken)
+    (broken / "manifest.json").write_text(
+        (broken / "manifest.json").read_text().replace('"step": 9', '"step": 10')
+    )
+    (broken / "w.bin").unlink()
+    snapshot_path(broken, open_repository(url), tag="mirror:cargohold:10:step-0000000010")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    said: list[str] = []
+    restored = Mirror(fresh, url, say=lambda text, loud: said.append(text)).restore_latest()
+    assert restored == fresh / "step-0000000009"
+    assert sorted(p.name for p in fresh.iterdir() if not p.name.startswith(".")) == [
+        "step-0000000009"
+    ]
+    assert any("not whole" in line for line in said)
