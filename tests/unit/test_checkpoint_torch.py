@@ -70,6 +70,12 @@ WORKER = textwrap.dedent(
         ckpt = CheckpointManager(folder, keep_last=2, metric="loss", timeout=30,
                                  warn_ephemeral=False)
         assert (ckpt.rank, ckpt.world_size) == (rank, world)
+        step = 0
+        if os.environ.get("FINAL"):
+            ckpt.handle_sigterm(lambda: ckpt.save(step, {
+                f"params-{rank}.pt": torch_file(flat()[rank::world].clone()),
+                f"final-{rank}": b"yes", **({"digest.txt": digest(flat()).encode()}
+                                            if rank == 0 else {})}))
         latest = ckpt.restore_latest()
         if latest is not None:
             if mode == "files":
@@ -113,6 +119,7 @@ WORKER = textwrap.dedent(
                 state = {f"params-{rank}": full[rank::world].clone(), "replicated": full,
                          "digest": torch.tensor(list(digest(full).encode()), dtype=torch.uint8)}
                 (dcp_save if step % 2 else dcp_async_save)(ckpt, step, state, metrics)
+            ckpt.preemption_point()
         ckpt.close()
         dist.destroy_process_group()
         return 0
@@ -129,6 +136,8 @@ WORKER = textwrap.dedent(
             code = 1
             try:
                 code = rank_main(folder, steps, mode)
+            except SystemExit as exc:  # handle_sigterm's exit
+                code = exc.code
             except BaseException:
                 import traceback
                 traceback.print_exc()
@@ -155,10 +164,10 @@ def _free_port() -> int:
 class Job:
     """Four ranks forked from one launcher process."""
 
-    def __init__(self, folder: Path, steps: int, mode: str) -> None:
+    def __init__(self, folder: Path, steps: int, mode: str, **extra: str) -> None:
         env = {**os.environ, "PYTHONPATH": str(SRC), "WORLD_SIZE": str(WORLD),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-               "OMP_NUM_THREADS": "1"}
+               "OMP_NUM_THREADS": "1", **extra}
         self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(folder), str(steps), mode],
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
@@ -256,3 +265,47 @@ def test_sigkill_a_random_gloo_rank_then_resume_every_shard(tmp_path: Path) -> N
             assert len(set(resumed)) == 1 and resumed[0] is not None, resumed
             codes, output = job.finish(timeout=120)
         assert codes == [0] * WORLD, output[-3000:]
+
+
+def test_sigterm_on_every_gloo_rank_commits_one_final_checkpoint(tmp_path: Path) -> None:
+    """The orchestrator signals every rank, each somewhere else in its step: the ranks agree
+    on one step at preemption_point, save it once, whole, and exit 143."""
+    with Job(tmp_path, 10**6, "files", FINAL="1") as job:
+        job.resumed()
+        time.sleep(1.0)
+        for pid in job.pids:
+            os.kill(pid, signal.SIGTERM)
+        codes, output = job.finish(timeout=120)
+    assert codes == [143] * WORLD, output[-3000:]
+    finals = [n for n in os.listdir(tmp_path)
+              if n.startswith("step-") and (tmp_path / n / "final-0").exists()]
+    assert len(finals) == 1, finals
+    manifest = json.loads((tmp_path / finals[0] / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == sorted(
+        ["digest.txt", *(f"params-{r}.pt" for r in range(WORLD)),
+         *(f"final-{r}" for r in range(WORLD))])
+    with Job(tmp_path, 0, "files") as job:  # and it restores, bit for bit, on every rank
+        assert len(set(job.resumed())) == 1
+        codes, output = job.finish(timeout=120)
+    assert codes == [0] * WORLD, output[-3000:]
+
+
+def test_dcp_in_one_process_without_a_process_group(tmp_path: Path) -> None:
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from cargohold.checkpoint import CheckpointManager
+    from cargohold.checkpoint.dcp import dcp_async_save, dcp_save
+
+    ckpt = CheckpointManager(tmp_path, keep_last=2, warn_ephemeral=False, rank=0, world_size=1)
+    weights = torch.arange(1000, dtype=torch.float32)
+    dcp_save(ckpt, 1, {"w": weights})
+    dcp_async_save(ckpt, 2, {"w": weights * 2})
+    weights.add_(5)  # training goes on: the async save staged its copy already
+    ckpt.close()
+    latest = ckpt.restore_latest()
+    assert latest is not None and latest.step == 2
+    loaded = {"w": torch.empty(1000)}
+    with pytest.warns(UserWarning, match="single process"):  # plain DCP, one process
+        dcp.load(loaded, checkpoint_id=latest.path)
+    assert torch.equal(loaded["w"], torch.arange(1000, dtype=torch.float32) * 2)

@@ -5,6 +5,12 @@
     start = ckpt.restore_latest()                               # None on a fresh start
     ckpt.save(step, {"model.pt": torch_file(model.state_dict())}, metrics={"val_loss": 0.12})
 
+Under torchrun, Slurm or MPI every rank creates its manager on the same shared folder: each
+saves its own files, rank 0 commits once all are durable, ``restore_latest()`` gives every rank
+the same step, and ``preemption_point()`` makes all ranks save one final step on SIGTERM (see
+``_ranks.py``). ``cargohold.checkpoint.dcp`` lets ``torch.distributed.checkpoint`` write the
+shards under that commit.
+
 ``pip install --no-deps cargohold`` is enough inside any image: nothing here imports a package
 outside the standard library (a test proves it); the PyTorch, NumPy and safetensors helpers
 import their framework only when used.

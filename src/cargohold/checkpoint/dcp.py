@@ -33,8 +33,10 @@ torch is imported only when these functions are called: the package stays standa
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,15 @@ def _dcp_options(manager: CheckpointManager) -> dict[str, Any]:
         "when the CheckpointManager was created.",
         hint="Call torch.distributed.init_process_group(...) before CheckpointManager(...).",
     )
+
+
+@contextlib.contextmanager
+def _single_process_is_intended(options: dict[str, Any]) -> Iterator[None]:
+    """DCP warns that it assumes one process even when told so (``no_dist``): it is no news."""
+    with warnings.catch_warnings():
+        if options.get("no_dist"):
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _my_share(manager: CheckpointManager, folder: Path, metadata: Any) -> dict[str, Any]:
@@ -106,9 +117,10 @@ def dcp_save(
         slot = manager._begin(step)
 
         def write(folder: Path) -> dict[str, Any]:
-            metadata = dcp.save(
-                dict(state_dict), checkpoint_id=str(folder), planner=planner, **options
-            )
+            with _single_process_is_intended(options):
+                metadata = dcp.save(
+                    dict(state_dict), checkpoint_id=str(folder), planner=planner, **options
+                )
             return _my_share(manager, folder, metadata)
 
         return manager._finish(slot, dict(metrics or {}), write)
@@ -137,9 +149,10 @@ def dcp_async_save(
         manager.wait()
         slot = manager._begin(step)
         try:
-            started = dcp.async_save(
-                dict(state_dict), checkpoint_id=str(slot.folder), planner=planner, **options
-            )
+            with _single_process_is_intended(options):
+                started = dcp.async_save(
+                    dict(state_dict), checkpoint_id=str(slot.folder), planner=planner, **options
+                )
         except Exception as exc:
             error = CheckpointError(
                 f"dcp.async_save failed on rank {manager.rank}: {exc}.",
