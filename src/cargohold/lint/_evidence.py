@@ -19,6 +19,7 @@ from cargohold.lint._images import KnownImage, know
 from cargohold.lint._model import Mount, Service, Text
 
 __all__ = [
+    "OUTPUT_PARTS",
     "PathUse",
     "image_facts",
     "looks_placeholder",
@@ -157,21 +158,11 @@ _CACHE_ENV = {
 _INPUT_ENV = re.compile(
     r"^(?:[A-Z0-9]+_)*(DATA|DATASETS?|TRAIN|TRAINING|CORPUS|IMAGENET|COCO)_(DIR|PATH|ROOT|FOLDER)$"
 )
-_OUTPUT_PARTS = {
-    "checkpoints",
-    "checkpoint",
-    "ckpt",
-    "ckpts",
-    "outputs",
-    "output",
-    "results",
-    "saved_models",
-    "saved_model",
-    "model_checkpoints",
-    "experiments",
-    "runs",
-    "out",
-}
+# Folders named for what a job writes: checkpoints and outputs.
+OUTPUT_PARTS = {
+    "checkpoints", "checkpoint", "ckpt", "ckpts", "outputs", "output", "results",
+    "saved_models", "saved_model", "model_checkpoints",
+}  # fmt: skip
 _PLACEHOLDER = re.compile(
     r"(^|/)(path/to|your[_-]?\w*|my[_-]?(path|dir|folder|data)|absolute/path|abs/path|"
     r"some/path|local/path|host/path|<[^>]*>|x{3,}|\.\.\.|changeme|CHANGE_ME|"
@@ -327,7 +318,7 @@ def path_uses(service: Service) -> list[PathUse]:
             continue
         if index and "/" in word and not re.search(r"\.(py|sh|ipynb|yaml|yml|json|toml)$", word):
             parts = {p.lower() for p in PurePosixPath(word).parts}
-            hit = parts & _OUTPUT_PARTS
+            hit = parts & (OUTPUT_PARTS | {"runs", "experiments"})
             previous = words[index - 1]
             if hit and not previous.startswith("-") and not looks_placeholder(word):
                 add(word, "output", f"positional argument {word} (a {sorted(hit)[0]} folder)")

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from cargohold.lint._evidence import (
+    OUTPUT_PARTS,
     PathUse,
     image_facts,
     looks_placeholder,
@@ -70,47 +71,12 @@ _DATASET_PARTS = {
     "train-data",
 }
 _DATA_SPLITS = {"train", "val", "valid", "validation", "test", "raw", "images", "labels"}
-_WRITTEN_PARTS = {
-    "checkpoints",
-    "checkpoint",
-    "ckpt",
-    "ckpts",
-    "outputs",
-    "output",
-    "results",
-    "models",
-    "model",
-    "cache",
-    ".cache",
-    "logs",
-    "log",
-    "runs",
-    "weights",
-    "artifacts",
-    "mlruns",
-    "saved_models",
-    "experiments",
-    "out",
-    "tmp",
-    "scratch",
-    "exports",
-    "processed",
-    "features",
-    "embeddings",
-    "index",
-    "predictions",
-}
-_STRONG_OUTPUT_PARTS = {
-    "checkpoints",
-    "checkpoint",
-    "ckpt",
-    "ckpts",
-    "outputs",
-    "output",
-    "results",
-    "saved_models",
-    "model_checkpoints",
-}
+# Folders a job writes into: a mount named so is not a read-only dataset.
+_WRITTEN_PARTS = OUTPUT_PARTS | {
+    "models", "model", "cache", ".cache", "logs", "log", "runs", "weights", "artifacts",
+    "mlruns", "experiments", "out", "tmp", "scratch", "exports", "processed", "features",
+    "embeddings", "index", "predictions",
+}  # fmt: skip
 
 
 def _parts(path: str) -> set[str]:
@@ -345,7 +311,7 @@ def anonymous_volume(service: Service) -> Iterator[Hit]:
             and u.use != "input"
             and mount_for(u.path, service.mounts) is mount
         ]
-        parts = _parts(mount.target) & (_STRONG_OUTPUT_PARTS | {"cache", ".cache", "models"})
+        parts = _parts(mount.target) & (OUTPUT_PARTS | {"cache", ".cache", "models"})
         if parts:
             why.append(f"the path names {sorted(parts)[0]}")
         if not why:
@@ -471,7 +437,7 @@ def outputs_on_tmpfs(service: Service) -> Iterator[Hit]:
     for mount in service.mounts:
         if mount.kind != "tmpfs" or str(mount.target) in reported:
             continue
-        parts = _parts(mount.target) & _STRONG_OUTPUT_PARTS
+        parts = _parts(mount.target) & OUTPUT_PARTS
         if parts:
             yield Hit(
                 mount.target,
@@ -591,7 +557,7 @@ def bind_without_user(service: Service) -> Iterator[Hit]:
             continue
         mine = [u for u in uses if u.path and mount_for(u.path, service.mounts) is mount]
         writes = [u.evidence for u in mine]
-        named = _parts(mount.target) & _STRONG_OUTPUT_PARTS
+        named = _parts(mount.target) & OUTPUT_PARTS
         if named:
             writes.append(f"the path names {sorted(named)[0]}")
         if writes:
