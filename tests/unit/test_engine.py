@@ -13,7 +13,15 @@ import pytest
 import requests
 
 from cargohold.engine import _errors, _parse
-from cargohold.engine.helpers import FOREIGN_AGE, LABEL_OWNER, Owner, is_stale, this_process
+from cargohold.engine.helpers import (
+    FOREIGN_AGE,
+    LABEL_OWNER,
+    UNSEEN,
+    Owner,
+    is_stale,
+    process_start,
+    this_process,
+)
 from cargohold.errors import (
     BuildFailed,
     CargoholdError,
@@ -173,6 +181,25 @@ def test_helper_of_a_dead_process_is_stale_however_young() -> None:
     assert is_stale(_labels(other), 1e9, now=1e9 + 1, here=HERE, start_of=lambda pid: "")
 
 
+def test_a_process_we_may_not_look_at_keeps_its_helper() -> None:
+    other = Owner("boot-a", "4026531836", 200, "6000")
+    assert not is_stale(_labels(other), 0.0, now=1e9, here=HERE, start_of=lambda pid: UNSEEN)
+
+
+def test_process_start_of_real_processes() -> None:
+    import os
+    import subprocess
+
+    assert process_start(os.getpid()) == this_process().start
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert process_start(child.pid) not in ("", UNSEEN)
+    finally:
+        child.kill()
+        child.wait()
+    assert process_start(child.pid) == ""  # reaped: no such process
+
+
 def test_a_reused_pid_does_not_keep_a_helper_alive() -> None:
     other = Owner("boot-a", "4026531836", 200, "6000")
     assert is_stale(_labels(other), 1e9, now=1e9, here=HERE, start_of=lambda pid: "7777")
@@ -185,6 +212,7 @@ def test_a_reused_pid_does_not_keep_a_helper_alive() -> None:
         _labels(Owner("boot-a", "4026532999", 200, "6000")),  # another pid namespace
         {"cargohold.helper": "true"},  # made by an older cargohold
         {"cargohold.helper": "true", LABEL_OWNER: "garbage"},
+        {"cargohold.helper": "true", LABEL_OWNER: "boot-a:4026531836:0:1"},  # pid 0: no owner
     ],
 )
 def test_foreign_helpers_are_stale_only_when_old(labels: dict[str, str]) -> None:

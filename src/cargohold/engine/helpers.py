@@ -30,6 +30,7 @@ __all__ = [
     "LABEL_HELPER",
     "LABEL_HOST",
     "LABEL_OWNER",
+    "UNSEEN",
     "Owner",
     "helper_labels",
     "is_stale",
@@ -61,24 +62,36 @@ class Owner:
     @classmethod
     def from_label(cls, text: str) -> Owner | None:
         parts = text.split(":")
-        if len(parts) != 4 or not parts[2].isdigit():
+        if len(parts) != 4 or not parts[2].isdigit() or int(parts[2]) <= 0:
             return None
         return cls(parts[0], parts[1], int(parts[2]), parts[3])
 
 
 def _read(path: str) -> str:
     try:
-        return Path(path).read_text().strip()
+        return Path(path).read_bytes().decode("utf-8", "replace").strip()
     except OSError:
         return ""
 
 
+UNSEEN = "?"
+
+
 def process_start(pid: int) -> str:
-    """The start time of a live process, or "" when there is none with that pid."""
+    """The start time of a live process; "" when there is none with that pid; ``UNSEEN`` when
+    one exists that this user may not look at (``/proc`` mounted with ``hidepid``)."""
     stat = _read(f"/proc/{pid}/stat")
     # The command name (field 2) may hold spaces and parentheses: split after its last ")".
     fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else ""
+    if len(fields) > 19:
+        return "" if fields[0] == "Z" else fields[19]  # a zombie has ended already
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return ""
+    except PermissionError:
+        return UNSEEN  # another user's process: alive, its start time hidden
+    return UNSEEN
 
 
 def _pid_namespace() -> str:
@@ -126,4 +139,6 @@ def is_stale(
         return now - created > FOREIGN_AGE
     if owner.pid == here.pid and owner.start == here.start:
         return False
-    return start_of(owner.pid) != owner.start
+    start = start_of(owner.pid)
+    # A process we cannot see into might be the owner: keep its helper (never guess "gone").
+    return start != UNSEEN and start != owner.start
