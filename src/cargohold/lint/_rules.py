@@ -186,6 +186,12 @@ def _data_dirs(service: Service) -> tuple[list[str], str]:
     text = " ".join(words)
     if re.search(r"\bmlflow\s+(server|ui)\b", text):
         return _mlflow_dirs(service, words)
+    if (
+        service.image
+        and repository(service.image) in ("redis", "redis/redis-stack-server", "valkey/valkey")
+        and re.search(r"--appendonly\s+yes|--save\s+\d", text)
+    ):
+        return ["/data"], "redis-server is told to persist (--appendonly/--save) into /data"
     if known is None or not known.data_dirs:
         return [], ""
     if known.data_env and service.env.get(known.data_env):
@@ -248,6 +254,12 @@ def state_not_on_volume(service: Service) -> Iterator[Hit]:
     known = image_facts(service)
     notebook = known is not None and known.role == "notebook"
     mlflow = evidence.startswith("mlflow server")
+    if any(
+        (m := mount_for(PurePosixPath(d), service.mounts)) is not None and m.kind == "tmpfs"
+        for d in dirs
+        if d.startswith("/")
+    ):
+        return  # state put on a tmpfs on purpose: a throw-away database for tests
 
     def kept(directory: str) -> bool:
         if directory.startswith("./"):
