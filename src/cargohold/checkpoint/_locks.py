@@ -85,49 +85,52 @@ class LivenessLock:
         self._fd = -1
 
 
+def _take_if_free(path: Path, *, exclusive: bool) -> int | None:
+    """A descriptor holding the lock on ``path`` when no live process holds it, else None.
+
+    Raises:
+        FileNotFoundError: there is no such lock file.
+    """
+    with _registry_lock:
+        if str(path.absolute()) in _held_here:
+            return None
+    fd = os.open(path, os.O_RDWR if exclusive else os.O_RDONLY)
+    try:
+        fcntl.lockf(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
 def is_alive(path: Path) -> bool:
     """Does a live process (any container, any host sharing the lock manager) hold ``path``?
 
     A missing lock file means nobody holds it.
     """
-    with _registry_lock:
-        if str(path.absolute()) in _held_here:
-            return True
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _take_if_free(path, exclusive=False)
     except FileNotFoundError:
         return False
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return True
-        raise
-    finally:
-        os.close(fd)  # also drops the probe's own shared lock
+    if fd is None:
+        return True
+    os.close(fd)  # drops the probe's own shared lock
     return False
 
 
 def remove_if_dead(path: Path) -> bool:
     """Remove the lock file ``path`` if no live process holds it; True if it is gone."""
-    with _registry_lock:
-        if str(path.absolute()) in _held_here:
-            return False
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = _take_if_free(path, exclusive=True)
     except FileNotFoundError:
         return True
+    if fd is None:
+        return False
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while we hold its lock: see the module docstring
     finally:
         os.close(fd)
     return True

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from cargohold.checkpoint._ranks import TorchCoordinator
-from cargohold.checkpoint.manager import Checkpoint, CheckpointManager, WritePart
+from cargohold.checkpoint.manager import Checkpoint, CheckpointManager, WritePart, _Slot
 from cargohold.errors import CheckpointError
 
 __all__ = ["dcp_async_save", "dcp_save"]
@@ -96,6 +96,18 @@ def _check_step(step: int, state_dict: Mapping[str, Any]) -> None:
         )
 
 
+@contextlib.contextmanager
+def _claimed(
+    manager: CheckpointManager, step: int, state_dict: Mapping[str, Any]
+) -> Iterator[tuple[_Slot, dict[str, Any]]]:
+    """The folder of the next save, once the previous one is done (the manager's save steps)."""
+    _check_step(step, state_dict)
+    options = _dcp_options(manager)
+    with manager._operation():
+        manager.wait()
+        yield manager._begin(step), options
+
+
 def dcp_save(
     manager: CheckpointManager,
     step: int,
@@ -110,11 +122,7 @@ def dcp_save(
         CheckpointError: DCP failed on some rank, or a rank did not finish.
     """
     dcp = _torch_dcp()
-    _check_step(step, state_dict)
-    options = _dcp_options(manager)
-    with manager._operation():
-        manager.wait()
-        slot = manager._begin(step)
+    with _claimed(manager, step, state_dict) as (slot, options):
 
         def write(folder: Path) -> dict[str, Any]:
             with _single_process_is_intended(options):
@@ -143,11 +151,7 @@ def dcp_async_save(
         CheckpointError: the previous asynchronous save failed.
     """
     dcp = _torch_dcp()
-    _check_step(step, state_dict)
-    options = _dcp_options(manager)
-    with manager._operation():
-        manager.wait()
-        slot = manager._begin(step)
+    with _claimed(manager, step, state_dict) as (slot, options):
         try:
             with _single_process_is_intended(options):
                 started = dcp.async_save(

@@ -101,6 +101,15 @@ class _Slot:
     liveness: LivenessLock | None  # held by this process (one process only)
 
 
+def _checked(folder: Path, verify: bool, what: str, hint: str) -> Checkpoint:
+    """The checkpoint in ``folder``, or a CheckpointError: ``what``, the reason, ``hint``."""
+    try:
+        manifest = _format.check_folder(folder, verify=verify)
+    except ValueError as exc:
+        raise CheckpointError(f"{what}: {exc}.", hint=hint) from None
+    return _checkpoint_from(folder, manifest)
+
+
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     with open(folder / _format.MANIFEST, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
@@ -256,15 +265,12 @@ class CheckpointManager:
         Raises:
             CheckpointError: it does not exist or fails verification.
         """
-        folder = self.directory / _format.step_dir_name(step)
-        try:
-            manifest = _format.check_folder(folder, verify=verify)
-        except ValueError as exc:
-            raise CheckpointError(
-                f"Checkpoint of step {step} in {self.directory} cannot be used: {exc}.",
-                hint="`restore_latest()` falls back to the newest valid checkpoint.",
-            ) from None
-        return _checkpoint_from(folder, manifest)
+        return _checked(
+            self.directory / _format.step_dir_name(step),
+            verify,
+            f"Checkpoint of step {step} in {self.directory} cannot be used",
+            "`restore_latest()` falls back to the newest valid checkpoint.",
+        )
 
     def best(self) -> Checkpoint | None:
         """The finished checkpoint with the best ``metric``, or None."""
@@ -308,15 +314,24 @@ class CheckpointManager:
         if answer.get("path") is None:
             return None
         folder = Path(str(answer["path"]))
-        try:
-            # Rank 0 verified the checksums; the others check that every file is there.
-            manifest = _format.check_folder(folder, verify=verify and self.rank == 0)
-        except ValueError as exc:
+        chosen_by_user = os.environ.get("CARGOHOLD_RESUME") == "path" and folder == Path(
+            os.environ.get("CARGOHOLD_RESUME_FROM", "")
+        )
+        if not chosen_by_user and (
+            folder.parent != self.directory or not _format.STEP_DIR_RE.match(folder.name)
+        ):
             raise CheckpointError(
-                f"Rank {self.rank} cannot use the checkpoint rank 0 chose, {folder}: {exc}.",
-                hint="Every rank must see the same shared folder.",
-            ) from None
-        return _checkpoint_from(folder, manifest)
+                f"Rank {self.rank}: rank 0's restore decision names {folder}, which is not a "
+                f"checkpoint of {self.directory}.",
+                hint="Something else writes into the checkpoint folder's session files.",
+            )
+        # Rank 0 verified the checksums already; every rank checks that every file is there.
+        return _checked(
+            folder,
+            False,
+            f"Rank {self.rank} cannot use the checkpoint rank 0 chose, {folder}",
+            "Every rank must see the same shared folder.",
+        )
 
     def _choose_restore(self, verify: bool) -> Checkpoint | None:
         policy = os.environ.get("CARGOHOLD_RESUME", "auto")
