@@ -30,7 +30,9 @@ API::
                                         # private engine needs NAT); e.g. [] for a swarm node
 
 Needs root, ``ip``, ``nsenter`` and ``dockerd``; ``private_engine`` skips the test (fails in
-CI, ``CI=true``) when they are missing. Starting one takes about 1-2 s.
+CI, ``CI=true``) when they are missing. Starting one takes about 1-2 s. Each engine's folder
+records the test process that owns it; a new engine first removes the engines of test processes
+that were killed before their teardown could run.
 """
 
 from __future__ import annotations
@@ -244,6 +246,47 @@ class PrivateEngine:
         self.kill()  # containerd and shims, if any survived
 
 
+def _processes_using(folder: Path) -> list[int]:
+    """Processes whose command line names ``folder`` (a dockerd, its containerd and shims)."""
+    needle = str(folder).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if needle in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+    return found
+
+
+def _owner_gone(folder: Path) -> bool:
+    from cargohold.engine.helpers import process_start
+
+    try:
+        pid, start = (folder / "owner").read_text().split()
+    except (OSError, ValueError):
+        # Being created this very moment, or by a version without owner files.
+        return time.time() - folder.stat().st_mtime > 600
+    return process_start(int(pid)) != start
+
+
+def _reap_abandoned() -> None:
+    """Private engines whose test process was killed (no teardown ran): stop them by pid and
+    remove their namespace, socket and folders, so that they cannot pile up."""
+    if not ROOT.is_dir():
+        return
+    for folder in ROOT.iterdir():
+        if not folder.is_dir() or not _owner_gone(folder):
+            continue
+        for pid in _processes_using(folder):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _unmount_under(folder)
+        _run("ip", "netns", "delete", folder.name, check=False)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/tmp/{folder.name}.sock")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _unmount_under(folder: Path) -> None:
     """Mounts a killed engine left under its folders (overlays, netns files), deepest first."""
     prefix = str(folder) + "/"
@@ -276,7 +319,11 @@ def private_engine(name: str | None = None, *, images: tuple[str, ...] | list[st
     if dockerd_args is not None:
         assert "--bridge=none" not in dockerd_args, "--bridge=none deletes the host's docker0"
         engine.dockerd_args = tuple(dockerd_args)
+    _reap_abandoned()
     engine.folder.mkdir(parents=True, exist_ok=False)
+    from cargohold.engine.helpers import process_start
+
+    (engine.folder / "owner").write_text(f"{os.getpid()} {process_start(os.getpid())}\n")
     _run("ip", "netns", "add", name)
     try:
         _run("ip", "-n", name, "link", "set", "lo", "up")

@@ -185,3 +185,39 @@ def test_linked_private_engines_reach_each_other(engine: PrivateEngine) -> None:
         # The host has no route into either namespace.
         assert here not in subprocess.run(["ip", "addr"], capture_output=True,
                                           text=True).stdout
+
+
+def test_an_engine_whose_test_was_killed_is_reaped_by_the_next(tmp_path: Path) -> None:
+    """The fixture's promise when no teardown can run: a SIGKILLed test process leaves its
+    engine, and the next private_engine() removes it (processes, netns, socket, folders)."""
+    from tests.conftest import REPO
+    from tests.engines import ROOT
+
+    ready = tmp_path / "ready"
+    code = (
+        "import sys, time, pathlib\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from tests.engines import private_engine\n"
+        "with private_engine() as e:\n"
+        f"    pathlib.Path({str(ready)!r}).write_text(e.name)\n"
+        "    time.sleep(600)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", code],
+                          env={**os.environ, "PYTHONPATH": str(SRC)}) as owner:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert owner.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        name = ready.read_text()
+        owner.kill()
+    abandoned = ROOT / name
+    dockerd = int((abandoned / "dockerd.pid").read_text())
+    assert abandoned.exists() and Path(f"/proc/{dockerd}").exists()
+    with private_engine():
+        assert not abandoned.exists()
+        assert name not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                          text=True).stdout
+        assert not Path(f"/tmp/{name}.sock").exists()
+        time.sleep(0.2)
+        assert not Path(f"/proc/{dockerd}").exists() or \
+            Path(f"/proc/{dockerd}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
