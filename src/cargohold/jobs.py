@@ -30,7 +30,6 @@ from pathlib import Path
 
 from cargohold import baseimage
 from cargohold.buildlog import LineLog, default_log_path
-from cargohold.checkpoint import _format
 from cargohold.engine import ContainerRequest, Engine
 from cargohold.errors import (
     BuildFailed,
@@ -43,6 +42,7 @@ from cargohold.gpus import gpu_support, require_gpus
 from cargohold.kinds import Backing
 from cargohold.plan import LABEL_PROJECT, Plan
 from cargohold.render._prepare import seed_mounts, seed_script, stores_to_chown
+from cargohold.resume import latest_whole_checkpoint
 from cargohold.volumes import engine_is_local, open_volume
 
 __all__ = [
@@ -358,8 +358,7 @@ def _latest_checkpoint_name(engine: Engine, plan: Plan) -> str | None:
             mount.source,
         )
         return None
-    found = _format.latest_valid(host_dir)
-    return found.name if found else None
+    return latest_whole_checkpoint(host_dir)
 
 
 def _replace_old_container(engine: Engine, plan: Plan) -> None:
