@@ -172,13 +172,14 @@ def test_scan_prints_paths_with_brackets_literally(job_image: str, docker_resour
     """Issue 8, defect 12: a file named like rich markup is shown as it is, never styled or
     dropped, and "[/]" does not crash the listing."""
     name = f"{docker_resources.project}-brackets"
-    paths = ["/out/[bold]model[/].pt", "/out/a[/]b.safetensors", "/out/[red]"]
+    paths = ["/out/[bold]model[/].pt", "/out/a[/]b.safetensors", "/out/:thumbs_up:.ckpt",
+             "/out/[red]"]
     _start(docker_client, docker_resources, job_image, name,
            f"import os\nfor p in {paths!r}:\n"
            "    os.makedirs(os.path.dirname(p), exist_ok=True); open(p, 'wb').write(b'w')")
     scanned = run_cli("scan", name)
     assert scanned.returncode == 1, scanned.stderr
     assert "Traceback" not in scanned.stderr
-    for path in paths[:2]:
+    for path in paths[:3]:
         assert f"  {path}  (model weights or checkpoint" in scanned.stdout
     assert "/out/[red]  (written to the container's layer)" in scanned.stdout

@@ -1,5 +1,6 @@
 """Issue 8, defect 12: user text (paths, names, hints) is printed as it is, never read as rich
-markup: "[...]" does not vanish and "[/]" does not crash. Runs the real CLI; no daemon."""
+markup: "[...]" does not vanish, "[/]" does not crash, ":thumbs_up:" stays text. Runs the real
+CLI; no daemon."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-WEIRD = ["[bold]data[/]", "a[/]b", "[red]", "x[/red]y", "[link=x]l[/link]"]
+WEIRD = ["[bold]data[/]", "a[/]b", "[red]", "x[/red]y", "[link=x]l[/link]", ":thumbs_up:"]
 
 
 @pytest.mark.parametrize("name", WEIRD)

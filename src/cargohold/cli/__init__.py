@@ -34,7 +34,7 @@ _NoArgsIsHelp = getattr(click_errors, "NoArgsIsHelpError", ())
 
 __all__ = ["main"]
 
-_stderr = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+_stderr = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 _OS_HINTS = {
     errno.ENOSPC: "Free space on that disk (or write somewhere else); what was being written "

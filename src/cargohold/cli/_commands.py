@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 # them: every command starts faster, and `cargohold snapshot` never loads the spec machinery.
 SPEC_FILENAME = "cargohold.toml"
 
-# markup=False: whatever is printed is printed as it is (a path may hold "[/]"); styled
-# output passes rich Text objects (or markup=True with escape()d user text).
-out = Console(highlight=False, soft_wrap=True, markup=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+# markup=False, emoji=False: whatever is printed is printed as it is (a path may hold "[/]" or
+# ":smile:"); styled output passes rich Text objects (or markup=True with escape()d user text).
+out = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 app = typer.Typer(
     name="cargohold",
