@@ -421,7 +421,10 @@ def decode_tree(data: bytes, what: str) -> list[Node]:
             or not isinstance(body.get("nodes"), list)
         ):
             raise ValueError("not a tree of version 1")
-        return [_node(raw) for raw in body["nodes"]]
+        nodes = [_node(raw) for raw in body["nodes"]]
+        if len({n.name for n in nodes}) != len(nodes):
+            raise ValueError("a name appears twice in one folder")
+        return nodes
     except (ValueError, TypeError) as exc:
         raise damaged(what, str(exc)) from None
 

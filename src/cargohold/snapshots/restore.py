@@ -279,21 +279,30 @@ def _sync(folder: Path) -> None:
         os.close(fd)
 
 
-def _resume(root: Path) -> bool:
-    """Finish or clean an interrupted restore into ``root``; True if there was one."""
+def _state_snapshot(path: Path) -> str:
+    try:
+        return str(json.loads(path.read_bytes()).get("snapshot") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _resume(root: Path) -> str | None:
+    """Finish or clean an interrupted restore into ``root``. Returns None if there was none,
+    the snapshot id if an interrupted swap was completed, "" if a partial staging was removed."""
     state, staging, old = root / STATE, root / STAGING, root / OLD
     phase = _read_state(state)
     if phase is None:
         for leftover in (staging, old):  # a state file lost with its folders still there
             _remove(leftover)
-        return False
+        return None
     if phase == "writing":
         _remove(staging)
         _remove(old)
         os.unlink(state)
-    else:
-        _swap_in_folder(root, state, staging, old, "")
-    return True
+        return ""
+    snapshot_id = _state_snapshot(state)
+    _swap_in_folder(root, state, staging, old, snapshot_id)
+    return snapshot_id
 
 
 def _has_content(root: Path) -> bool:
@@ -371,7 +380,10 @@ def restore_volume(
             )
     interrupted = False
     if files is not None and files.local_root is not None:
-        interrupted = _resume(files.local_root)
+        resumed = _resume(files.local_root)
+        interrupted = resumed is not None
+        if resumed == snapshot_id:  # the interrupted run of this same restore is now complete
+            return RestoreResult(snapshot_id, source, volume, 0, 0, files.access, True)
         if _has_content(files.local_root) and not force:
             raise _not_empty(volume)
     elif files is not None and not files.is_empty() and not force:
@@ -436,7 +448,10 @@ def restore_to_path(
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise UsageError(f"{target} exists and is not a folder.", hint="Pick a folder.")
     target.mkdir(parents=True, exist_ok=True)
-    interrupted = _resume(target)
+    resumed = _resume(target)
+    if resumed == snapshot_id:  # the interrupted run of this same restore is now complete
+        return RestoreResult(snapshot_id, source, str(target), 0, 0, "local", True)
+    interrupted = resumed is not None
     if _has_content(target) and not force:
         raise _not_empty(str(target))
     verify_snapshot(repo, snapshot_id, tree_root, read_data=False)

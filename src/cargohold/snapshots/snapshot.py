@@ -45,7 +45,7 @@ from typing import IO, Any
 
 from pyfastcdc import FastCDC
 
-from cargohold.archive import CHUNK, Entry, Opener, Progress, data_stamp
+from cargohold.archive import Entry, Opener, Progress, data_stamp
 from cargohold.engine import Engine
 from cargohold.errors import UsageError
 from cargohold.snapshots._format import TREE_NODES, Node, SnapshotRecord
@@ -146,14 +146,20 @@ class _Chunker:
         return blob
 
     def store(self, source: IO[bytes], size_hint: int) -> tuple[list[str], int]:
-        """Cut a stream into blobs; returns their ids and the bytes read."""
+        """Cut a stream into blobs; returns their ids and the bytes read.
+
+        A small file is read with one exactly-sized read: over-sized buffers shrunk afterwards
+        fragment the heap, and at a million files that alone costs hundreds of MB.
+        """
+        head: list[bytes] = []
         if size_hint <= self._params.min:
-            data = source.read(self._params.min + 1)
-            if len(data) <= self._params.min:
-                return ([self._blob(data)] if data else []), len(data)
-            rest: Iterable[bytes] = [data]
-        else:
-            rest = []
+            data = source.read(size_hint + 1) or b""
+            while len(data) <= self._params.min:
+                more = source.read(self._params.min + 1 - len(data))
+                if not more:
+                    return ([self._blob(data)] if data else []), len(data)
+                data += more
+            head.append(data)
         cdc = FastCDC(
             self._params.avg - self._params.min,
             min_size=self._params.min,
@@ -162,8 +168,7 @@ class _Chunker:
         )
         refs: list[str] = []
         total = 0
-        reader = _Prefixed(rest, source)
-        for chunk in cdc.cut_stream(reader):
+        for chunk in cdc.cut_stream(_Prefixed(head, source)):
             refs.append(self._blob(chunk.data))
             total += chunk.length
         return refs, total
@@ -179,7 +184,7 @@ class _Prefixed:
     def read(self, n: int) -> bytes:
         if self._head:
             return self._head.pop(0)
-        return self._source.read(n)
+        return self._source.read(n) or b""
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
@@ -276,6 +281,10 @@ class _Builder:
             refs.append(self.repo.store_tree(nodes))
         name = folder.path.rsplit("/", 1)[-1] if folder.path else "root"
         folder.result = _node(folder.entry, name, folder.st, refs=tuple(refs))
+        # Only the result outlives the folder: its nodes (and their futures) must not stay
+        # reachable from the parent, or memory would grow with the number of files.
+        folder.items = []
+        folder.parent = None
         if not self.stack:
             self.root = folder.result
 
@@ -344,7 +353,7 @@ class _Builder:
         top.items.append(_node(entry, name, None, size=size, refs=tuple(refs)))
 
     def _read_fd(self, entry: Entry, name: str, st: os.stat_result, fd: int) -> Node | None:
-        with os.fdopen(fd, "rb", buffering=CHUNK) as source:
+        with os.fdopen(fd, "rb", buffering=0) as source:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode) or before.st_ino != st.st_ino:
                 self.stats.note_changed(entry.path)
