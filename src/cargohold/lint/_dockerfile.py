@@ -108,7 +108,8 @@ def dockerfile_facts(path: Path) -> ImageFacts | None:
             source = f"{path.name} line {line}: USER {user}"
         elif word == "WORKDIR" and args:
             target = args.strip().strip("\"'")
-            workdir = str(PurePosixPath(workdir or "/") / target)
+            # WORKDIR $HOME/app: a build argument lint cannot know makes the folder unknown
+            workdir = None if "$" in target else str(PurePosixPath(workdir or "/") / target)
         elif word == "ENV":
             for key, value in _env_pairs(args):
                 env[key] = Text(value, file, line)

@@ -235,8 +235,6 @@ def workdir(service: Service) -> tuple[str | None, str]:
         image_dir, source = service.build.workdir, "WORKDIR of the local Dockerfile"
     elif (known := image_facts(service)) is not None and known.workdir:
         image_dir, source = known.workdir, f"the working directory of {known.label} images"
-    elif service.build is not None and service.build.user is not None:
-        image_dir, source = "/", "the local Dockerfile sets no WORKDIR"
     if service.working_dir and not service.working_dir.unresolved:
         own = str(service.working_dir)
         if own.startswith("/"):

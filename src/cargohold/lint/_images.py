@@ -206,9 +206,10 @@ _KNOWN: list[tuple[re.Pattern[str], KnownImage]] = [
         (r"^tensorflow/tensorflow$", KnownImage("training", "root", label="TensorFlow")),
         (
             r"^(python|ubuntu|debian|alpine|continuumio/miniconda3|continuumio/anaconda3|"
-            r"condaforge/miniforge3|mambaorg/micromamba)$",
-            KnownImage("training", "root", label="base OS"),
+            r"condaforge/miniforge3)$",
+            KnownImage("training", "root", workdir="/", label="base OS"),
         ),
+        (r"^mambaorg/micromamba$", KnownImage("training", "non-root", label="micromamba")),
         (
             r"^(traefik|portainer/portainer(-ce|-ee)?|containrrr/watchtower|"
             r"gcr.io/cadvisor/cadvisor|cadvisor/cadvisor|google/cadvisor|nginxproxy/nginx-proxy|"

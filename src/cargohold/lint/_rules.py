@@ -281,16 +281,23 @@ def state_not_on_volume(service: Service) -> Iterator[Hit]:
     where = service.image or service.where
     state = "notebooks" if notebook else "data"
     anonymous = [m for m in service.mounts if m.kind == "anonymous"]
+    joined = (" and " if mlflow else " or ").join(dirs)
+    fix = (
+        "Give mlflow absolute paths (`--backend-store-uri sqlite:////mlflow/mlflow.db "
+        "--default-artifact-root /mlflow/artifacts`) and mount a named volume at /mlflow."
+        if dirs[0].startswith("./")
+        else f"Mount a named volume there (e.g. `{service.name}-data:{dirs[0]}`)."
+    )
     yield Hit(
         where,
-        f"{service.name} keeps its {state} in {' or '.join(dirs)}, which no named volume or "
+        f"{service.name} keeps its {state} in {joined}, which no named volume or "
         "host folder holds: `compose down` or `docker rm` loses it"
         + (
             " (its anonymous volume is not re-attached to the next container)."
             if anonymous
             else "."
         ),
-        f"Mount a named volume there (e.g. `{service.name}-data:{dirs[0].lstrip('.')}`).",
+        fix,
         (evidence,),
         dirs[0],
     )
