@@ -131,6 +131,9 @@ def test_four_ranks_commit_one_checkpoint_per_step(tmp_path: Path) -> None:
     assert _resumed(procs) == [None] * WORLD
     for code, output in _finish(procs):
         assert code == 0, output
+    # The ended session keeps no pile of answers (one per save would grow without end).
+    session = next(tmp_path.glob(".session-*"))
+    assert len(list(session.glob("outcome-*"))) == 1, os.listdir(session)
     assert _committed(tmp_path) == [4, 5]
     manifest = json.loads((tmp_path / "step-0000000005" / "manifest.json").read_text())
     assert manifest["world_size"] == WORLD

@@ -184,7 +184,8 @@ def _timeout_error(what: str, ranks: list[int], timeout: float, dead: list[int])
     return CheckpointError(
         f"{what}: rank {names} did not finish within {timeout:.0f} s{died}. Nothing was committed.",
         hint="A rank died or hangs; restart all ranks: the next start removes the pending folder "
-        "and every rank resumes from the last committed checkpoint.",
+        "and every rank resumes from the last committed checkpoint. Every rank must create its "
+        "CheckpointManager and save; to save from rank 0 alone, pass rank=0, world_size=1.",
     )
 
 
@@ -209,6 +210,7 @@ class FileCoordinator:
         self._me = LivenessLock(self._rank_lock(self.rank), wait=5.0)
         self._stop_calls = 0
         self._stop_proposed = False
+        self._written: list[Path] = []
 
     def _rank_lock(self, rank: int) -> Path:
         return self.folder / f"rank-{rank:05d}.lock"
@@ -241,6 +243,14 @@ class FileCoordinator:
         path = self.folder / f"{key}.json"
         if self.rank == 0:
             write_json_atomically(path, {"value": value})
+            if key.startswith("outcome-"):
+                # Every rank recorded its part of this save, so each has read all earlier
+                # answers: they can go (a long run would pile up one file per save).
+                for old in self._written:
+                    with contextlib.suppress(OSError):
+                        old.unlink()
+                self._written.clear()
+            self._written.append(path)
             return value
         # Rank 0 itself may wait up to `timeout` for the others before it answers.
         deadline = time.monotonic() + 2 * self.timeout + 5
@@ -342,10 +352,16 @@ class TorchCoordinator:
         self.timeout = timeout
         self._dist = dist
         wait = timedelta(seconds=timeout)
-        # Saves may run in a background thread while the loop checks for preemption: each
-        # has its own group, so their collectives never interleave.
-        self.save_group = dist.new_group(backend="gloo", timeout=wait)
-        self._loop = dist.new_group(backend="gloo", timeout=wait)
+
+        def groups() -> tuple[Any, Any]:
+            # Saves may run in a background thread while the loop checks for preemption: each
+            # has its own group, so their collectives never interleave.
+            return (
+                dist.new_group(backend="gloo", timeout=wait),
+                dist.new_group(backend="gloo", timeout=wait),
+            )
+
+        self.save_group, self._loop = self._collective(groups, "creating its gloo groups")
         self._leader: LivenessLock | None = None
         token = None
         if self.rank == 0:

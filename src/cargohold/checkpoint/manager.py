@@ -191,6 +191,11 @@ class CheckpointManager:
                 f"checksum must be one of {_format.CHECKSUMS}, not {checksum!r}.",
                 hint="Use 'crc32' (the default) or 'sha256'.",
             )
+        if not timeout > 0:
+            raise CheckpointError(
+                f"timeout must be a positive number of seconds, not {timeout!r}.",
+                hint="The default, 600, suits most jobs.",
+            )
         if keep_best and metric is None:
             raise CheckpointError(
                 "keep_best needs a metric to rank checkpoints by.",
