@@ -13,6 +13,7 @@ import textwrap
 import time
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -432,3 +433,47 @@ def test_torch_state_dicts_sync_and_async(tmp_path: Path) -> None:
     ckpt.close()
     assert torch.equal(torch.load(ckpt.get(3).files["model.pt"], weights_only=True)["weight"],
                        model.weight.detach())
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MB file system (a tmpfs; mounting needs root, as CI runs)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_full_disk_fails_the_save_cleanly_and_keeps_the_previous_checkpoints(
+    small_disk: Path,
+) -> None:
+    ckpt = _manager(small_disk, keep_last=2)
+    ckpt.save(1, {"a": b"x" * 500_000})
+    with pytest.raises(CheckpointError, match="No space left") as failed:
+        ckpt.save(2, {"a": b"y" * 3_000_000})
+    assert failed.value.hint
+    ckpt.save_async(3, {"a": b"z" * 3_000_000})
+    with pytest.raises(CheckpointError, match="No space left"):
+        ckpt.wait()
+    assert [c.step for c in ckpt.list()] == [1]
+    assert ckpt.get(1).read_bytes("a") == b"x" * 500_000
+    assert sorted(os.listdir(small_disk)) == ["step-0000000001"]  # no debris, no lock files
+
+
+def test_full_disk_on_one_rank_fails_the_save_on_every_rank(small_disk: Path) -> None:
+    ranks = [CheckpointManager(small_disk, rank=r, world_size=2, timeout=20,
+                               warn_ephemeral=False) for r in (0, 1)]
+    ranks[0].save_async(1, {"shard-0": b"x" * 100})  # rank 0 waits for rank 1 in the background
+    with pytest.raises(CheckpointError, match=r"No space left|rank 1"):
+        ranks[1].save(1, {"shard-1": b"y" * 3_000_000})
+    with pytest.raises(CheckpointError, match="rank 1"):
+        ranks[0].wait()
+    for manager in ranks:
+        manager.close()
+    assert not [n for n in os.listdir(small_disk) if n.startswith("step-")]

@@ -253,7 +253,8 @@ class FileCoordinator:
             self._written.append(path)
             return value
         # Rank 0 itself may wait up to `timeout` for the others before it answers.
-        deadline = time.monotonic() + 2 * self.timeout + 5
+        patience = 2 * self.timeout + 5
+        deadline = time.monotonic() + patience
         while True:
             found = read_json(path)
             if isinstance(found, dict) and "value" in found:

@@ -656,35 +656,45 @@ class CheckpointManager:
     def _write_files(
         self, folder: Path, sources: dict[str, FileSource], *, exclusive: bool
     ) -> dict[str, dict[str, Any]]:
-        """Write, fsync and checksum every file into ``folder``; their manifest entries."""
+        """Write, fsync and checksum every file into ``folder``; their manifest entries.
+
+        On failure the files written so far are removed: on a full disk the space they hold
+        is what the other ranks need to record the failure.
+        """
         paths: dict[str, Path] = {}
         known: dict[Path, str] = {}
-        for name, source in sources.items():
-            path = folder / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                raw = open(path, "xb" if exclusive else "wb", buffering=0)  # noqa: SIM115
-            except FileExistsError:
-                raise CheckpointError(
-                    f"Rank {self.rank}: checkpoint file {name!r} was already written by another "
-                    "rank of the same save.",
-                    hint="Give every rank its own file names, e.g. f'model-rank{rank}.pt'.",
-                ) from None
-            with raw:
-                if getattr(source, "stream_only", False):
-                    # Our own sources only call write(): checksum on the way to disk.
-                    writer = ChecksumWriter(raw, self.checksum, self._checksummer)
-                    source.write(writer)  # type: ignore[arg-type]
-                    known[path] = writer.hexdigest()
-                else:
-                    # A user's writer may want a real file (fileno, seek): read back later.
-                    with io.BufferedWriter(raw) as buffered:
-                        source.write(buffered)
-                        buffered.flush()
-            paths[name] = path
-        digests = fsync_and_checksum(paths.values(), self.checksum, known)
-        for sub in {p.parent for p in paths.values()}:
-            fsync_dir(sub)
+        try:
+            for name, source in sources.items():
+                path = folder / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    raw = open(path, "xb" if exclusive else "wb", buffering=0)  # noqa: SIM115
+                except FileExistsError:
+                    raise CheckpointError(
+                        f"Rank {self.rank}: checkpoint file {name!r} was already written by "
+                        "another rank of the same save.",
+                        hint="Give every rank its own file names, e.g. f'model-rank{rank}.pt'.",
+                    ) from None
+                paths[name] = path
+                with raw:
+                    if getattr(source, "stream_only", False):
+                        # Our own sources only call write(): checksum on the way to disk.
+                        writer = ChecksumWriter(raw, self.checksum, self._checksummer)
+                        source.write(writer)  # type: ignore[arg-type]
+                        known[path] = writer.hexdigest()
+                    else:
+                        # A user's writer may want a real file (fileno, seek): read back later.
+                        with io.BufferedWriter(raw) as buffered:
+                            source.write(buffered)
+                            buffered.flush()
+            digests = fsync_and_checksum(paths.values(), self.checksum, known)
+            for sub in {p.parent for p in paths.values()}:
+                fsync_dir(sub)
+        except BaseException:
+            for path in paths.values():
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
         return {
             name: {"size": path.stat().st_size, self.checksum: digests[path]}
             for name, path in paths.items()
