@@ -91,6 +91,11 @@ ULIMIT_NAMES = frozenset(
     }
 )
 MAX_STOP_TIMEOUT = 24 * 3600
+# Devices that are the host itself: raw memory and I/O ports, and whole disks or their partitions.
+_HOST_OWNING_DEVICE_RE = re.compile(
+    r"^/dev/(mem|kmem|port|(sd|hd|vd|xvd)[a-z]+\d*|nvme\d+(n\d+(p\d+)?)?|dm-\d+|md\d+|"
+    r"loop\d+|mapper/.*|disk/.*|block/.*)$"
+)
 
 
 class IpcMode(StrEnum):
@@ -334,6 +339,11 @@ class JobSpec(_Model):
                 )
             if len(parts) >= 2 and not parts[1].startswith("/"):
                 raise ValueError(f"{device!r}: the container path must be absolute")
+            if _HOST_OWNING_DEVICE_RE.match(host):
+                raise ValueError(
+                    f"{host} gives the job the host's memory or disks, and with them the host; "
+                    "jobs are never privileged"
+                )
         return value
 
     @field_validator("network")
@@ -817,6 +827,20 @@ def check_host_paths(spec: Spec) -> None:
         SpecError: naming the store whose source is missing.
     """
     for name, job in spec.jobs.items():
+        for device in job.devices:
+            host = device.split(":", 1)[0]
+            try:
+                is_block = stat.S_ISBLK(os.stat(host).st_mode)
+            except OSError:
+                is_block = False
+            if is_block:
+                raise SpecError(
+                    f"Job {name!r}: {host} is a block device (a disk): the job would own the "
+                    "host's data.",
+                    key=f"jobs.{name}.devices",
+                    hint="Mount the data as a store instead; pass only devices like "
+                    "/dev/infiniband or /dev/fuse.",
+                )
         for env_file in job.env_file:
             path = spec.host_path(env_file)
             if not path.is_file():

@@ -330,3 +330,20 @@ def test_a_rootless_engine_socket_folder_is_refused(
     with pytest.raises(SpecError, match="Docker socket") as info:
         load_spec(tmp_path)
     assert info.value.key == "stores.sock.source"
+
+
+@pytest.mark.parametrize("device", ["/dev/mem", "/dev/sda1", "/dev/nvme0n1", "/dev/mapper/vg"])
+def test_devices_that_are_the_host_are_refused(device: str) -> None:
+    with pytest.raises(SpecError, match="never privileged") as info:
+        parse_spec(_job(f'devices = ["{device}"]'), base_dir=Path("/p"))
+    assert info.value.key == "jobs.train.devices"
+
+
+@pytest.mark.skipif(not Path("/dev/zram0").is_block_device(), reason="needs a block device "
+                    "whose name the pattern does not know")
+def test_any_block_device_is_refused_when_the_spec_is_loaded(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "cargohold.toml").write_text(_job('devices = ["/dev/zram0"]'))
+    with pytest.raises(SpecError, match="block device") as info:
+        load_spec(tmp_path)
+    assert info.value.key == "jobs.train.devices"
