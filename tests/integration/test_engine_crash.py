@@ -42,6 +42,15 @@ def _start_cli(engine: PrivateEngine, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _sparse_source(tmp_path: Path, name: str) -> Path:
+    """A folder with one sparse file of SIZE: no disk here, all of it through the engine."""
+    source = tmp_path / "data"
+    source.mkdir()
+    with open(source / name, "wb") as f:
+        f.truncate(SIZE)
+    return source
+
+
 def _helpers(engine: PrivateEngine) -> list[str]:
     listed = engine.docker("ps", "-aq", "--filter", "label=cargohold.helper")
     return listed.stdout.split()
@@ -84,10 +93,7 @@ def _crash_and_recover(engine: PrivateEngine, process: subprocess.Popen[str],
 
 
 def test_engine_killed_mid_ingest_then_rerun(engine: PrivateEngine, tmp_path: Path) -> None:
-    source = tmp_path / "data"
-    source.mkdir()
-    with open(source / "shard-000.bin", "wb") as f:
-        f.truncate(SIZE)  # sparse: no disk on this side, all of it through the engine
+    source = _sparse_source(tmp_path, "shard-000.bin")
     (source / "labels.csv").write_text("id,label\n1,cat\n")
     volume = "crash-ingest"
     try:
@@ -104,10 +110,7 @@ def test_engine_killed_mid_ingest_then_rerun(engine: PrivateEngine, tmp_path: Pa
 
 
 def test_engine_killed_mid_export_then_rerun(engine: PrivateEngine, tmp_path: Path) -> None:
-    source = tmp_path / "data"
-    source.mkdir()
-    with open(source / "model.safetensors", "wb") as f:
-        f.truncate(SIZE)
+    source = _sparse_source(tmp_path, "model.safetensors")
     volume = "crash-export"
     try:
         ingested = run_cli("ingest", str(source), volume, env=_env(engine), timeout=600)
@@ -125,10 +128,7 @@ def test_engine_killed_mid_export_then_rerun(engine: PrivateEngine, tmp_path: Pa
 
 def test_sigkilled_cargohold_leaves_no_helper_for_long(engine: PrivateEngine,
                                                       tmp_path: Path) -> None:
-    source = tmp_path / "data"
-    source.mkdir()
-    with open(source / "weights.bin", "wb") as f:
-        f.truncate(SIZE)
+    source = _sparse_source(tmp_path, "weights.bin")
     volume = "killed-cli"
     try:
         process = _start_cli(engine, "ingest", str(source), volume)

@@ -13,18 +13,16 @@ from tests.conftest import run_cli
 WEIRD = ["[bold]data[/]", "a[/]b", "[red]", "x[/red]y", "[link=x]l[/link]", ":thumbs_up:"]
 
 
+def _spec_with_dataset(folder: Path, source: str) -> None:
+    (folder / "cargohold.toml").write_text(
+        f'[project]\nname = "p"\n[stores.dataset]\nkind = "dataset"\nsource = "./{source}"\n'
+        'target = "/data"\n[jobs.train]\nimage = "img"\n'
+    )
+
+
 @pytest.mark.parametrize("name", WEIRD)
 def test_error_message_and_hint_keep_brackets(tmp_path: Path, name: str) -> None:
-    (tmp_path / "cargohold.toml").write_text(f"""
-[project]
-name = "p"
-[stores.dataset]
-kind = "dataset"
-source = "./{name}"
-target = "/data"
-[jobs.train]
-image = "img"
-""")
+    _spec_with_dataset(tmp_path, name)
     result = run_cli("plan", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -42,16 +40,7 @@ def test_a_missing_spec_path_with_markup_is_printed_literally(tmp_path: Path) ->
 
 def test_plan_output_keeps_brackets(tmp_path: Path) -> None:
     (tmp_path / "[in]").mkdir()
-    (tmp_path / "cargohold.toml").write_text("""
-[project]
-name = "p"
-[stores.dataset]
-kind = "dataset"
-source = "./[in]"
-target = "/data"
-[jobs.train]
-image = "img"
-""")
+    _spec_with_dataset(tmp_path, "[in]")
     result = run_cli("plan", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"{tmp_path}/[in] -> /data" in result.stdout
