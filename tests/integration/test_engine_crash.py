@@ -221,3 +221,21 @@ def test_an_engine_whose_test_was_killed_is_reaped_by_the_next(tmp_path: Path) -
         time.sleep(0.2)
         assert not Path(f"/proc/{dockerd}").exists() or \
             Path(f"/proc/{dockerd}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+
+
+def test_engine_killed_mid_snapshot_then_rerun(engine: PrivateEngine, tmp_path: Path) -> None:
+    volume = "crash-snapshot"
+    repo = str(tmp_path / "repo")
+    try:
+        ingested = run_cli("ingest", str(_sparse_source(tmp_path, "weights.bin")), volume,
+                           env=_env(engine), timeout=600)
+        assert ingested.returncode == 0, ingested.stderr
+        process = _start_cli(engine, "snapshot", volume, "--repo", repo)
+        _crash_and_recover(engine, process, volume)
+        rerun = run_cli("snapshot", volume, "--repo", repo, env=_env(engine), timeout=600)
+        assert rerun.returncode == 0, rerun.stderr
+        listed = run_cli("snapshots", "--repo", repo, "--json", env=_env(engine))
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.count(f'"{volume}"') == 1  # the interrupted one is not listed
+    finally:
+        engine.docker("volume", "rm", "-f", volume, check=False)
