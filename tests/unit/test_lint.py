@@ -127,6 +127,15 @@ def test_evidence_says_why_a_mount_is_a_dataset() -> None:
         ("docker run -u 1 pytorch/pytorch python t.py --output_dir /path/to/output", set()),
         ("docker run -u 1 pytorch/pytorch python t.py --output_dir s3://bucket/run", set()),
         ("docker run -d postgres:16", {"CH011"}),
+        (
+            "docker run -u 1 -v c:/c pytorch/pytorch sh -c 'ls /results/checkpoints && "
+            "python train.py /c'",
+            set(),
+        ),
+        (
+            "docker run -u 1 -v c:/c pytorch/pytorch python train.py /c /results/checkpoints",
+            {"CH001"},
+        ),
         ("docker run -d --tmpfs /var/lib/postgresql/data postgres:16", set()),
         ("docker run -d redis:7 redis-server --appendonly yes", {"CH011"}),
         ("docker run -d redis:7", set()),

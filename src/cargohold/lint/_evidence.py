@@ -169,6 +169,7 @@ _PLACEHOLDER = re.compile(
     r"\w*_here)(/|$)|^/path(/|$)|^<|<.*>|\{\{",
     re.IGNORECASE,
 )
+_SCRIPT = re.compile(r"\.py$|^(torchrun|accelerate|deepspeed|composer)$|^python[\d.]*$")
 _SHELLS = {"sh", "bash", "/bin/sh", "/bin/bash", "/usr/bin/bash", "zsh", "dash", "ash"}
 _DROP_PRIVILEGES = re.compile(r"\b(gosu|su-exec|setpriv|runuser|s6-setuidgid|chpst)\b|su -c")
 
@@ -318,7 +319,9 @@ def path_uses(service: Service) -> list[PathUse]:
             parts = {p.lower() for p in PurePosixPath(word).parts}
             hit = parts & (OUTPUT_PARTS | {"runs", "experiments"})
             previous = words[index - 1]
-            if hit and not previous.startswith("-") and not looks_placeholder(word):
+            # only a script's arguments: `ls /checkpoints` or `cp` read, `train.py … /ckpt` writes
+            script = any(_SCRIPT.search(w) for w in words[:index])
+            if hit and script and not previous.startswith("-") and not looks_placeholder(word):
                 add(word, "output", f"positional argument {word} (a {sorted(hit)[0]} folder)")
     env = dict(service.build.env) if service.build else {}
     env.update(service.env)
@@ -346,7 +349,7 @@ _TRAINING = re.compile(
     r"finetun\w*|fine[_-]tun\w*|pretrain\w*|\bsft\b|run_(clm|mlm|glue|qa|ner|translation|"
     r"summarization|seq2seq|speech_recognition|image_classification|swag|plm|t5_mlm)\w*\.py|"
     r"train_net\.py|tools/train\.py|\btrain\b|\bfit\b|fairseq-train|llamafactory-cli|axolotl|"
-    r"tune run|composer|lightning|trainer|\.fit\(|horovodrun|mpirun)"
+    r"tune run|composer\s+\S+\.py|lightning|trainer|\.fit\(|horovodrun|mpirun)"
 )
 _PREP = re.compile(
     r"\b(download\w*|prepare\w*|preprocess\w*|prep_\w+|convert\w*|extract\w*|ingest\w*|"
