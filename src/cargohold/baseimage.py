@@ -137,11 +137,11 @@ _DEBOOTSTRAP_PHASES = {
 
 
 class _DebootstrapStatus:
-    """Turns debootstrap's ``I: Retrieving libc6 2.36-9`` lines into a short status."""
+    """Turns debootstrap's ``I: Retrieving libc6 2.36-9`` lines into a short status: the phase,
+    how many packages it has done (of how many were downloaded, once that is known), which one."""
 
     def __init__(self) -> None:
-        self.phase = ""
-        self.count = 0
+        self.done: dict[str, int] = {}
 
     def update(self, line: str) -> str | None:
         if not line.startswith("I: "):
@@ -153,10 +153,12 @@ class _DebootstrapStatus:
         general = rest.endswith("packages") or rest.startswith("the ") or rest[:1].isupper()
         if phase is None or not package or general:
             return f"debootstrap: {text}"
-        if phase != self.phase:
-            self.phase, self.count = phase, 0
-        self.count += 1
-        return f"debootstrap: {phase} packages ({self.count}): {package}"
+        self.done[phase] = self.done.get(phase, 0) + 1
+        count = str(self.done[phase])
+        total = self.done.get("downloading", 0)
+        if phase != "downloading" and self.done[phase] <= total:
+            count += f"/{total}"
+        return f"debootstrap: {phase} packages ({count}): {package}"
 
 
 def build_local_base(
