@@ -315,8 +315,9 @@ def container_request(
     )
 
 
-def resolve_resume(engine: Engine, plan: Plan, resume: Resume) -> dict[str, str]:
-    """The resume environment for the job: ``CARGOHOLD_RESUME`` and ``CARGOHOLD_RESUME_FROM``."""
+def resolve_resume(engine: Engine, plan: Plan, resume: Resume, say: Say = _quiet) -> dict[str, str]:
+    """The resume environment for the job: ``CARGOHOLD_RESUME`` and ``CARGOHOLD_RESUME_FROM``.
+    ``say`` hears when the newest checkpoint is left for the job's library to find."""
     mount = plan.checkpoint_mount
     if resume.policy == "never":
         return {"CARGOHOLD_RESUME": "never"}
@@ -333,13 +334,13 @@ def resolve_resume(engine: Engine, plan: Plan, resume: Resume) -> dict[str, str]
         return {"CARGOHOLD_RESUME": "path", "CARGOHOLD_RESUME_FROM": path}
     if mount is None:
         return {}
-    name = _latest_checkpoint_name(engine, plan)
+    name = _latest_checkpoint_name(engine, plan, say)
     if not name:
         return {"CARGOHOLD_RESUME": "auto"}
     return {"CARGOHOLD_RESUME": "auto", "CARGOHOLD_RESUME_FROM": f"{mount.target}/{name}"}
 
 
-def _latest_checkpoint_name(engine: Engine, plan: Plan) -> str | None:
+def _latest_checkpoint_name(engine: Engine, plan: Plan, say: Say) -> str | None:
     """The newest valid checkpoint's folder name, read from this host; None when there is none
     or the store cannot be read from here (then the job's library decides, see the module
     docstring: nothing runs in the job's image, which may have no Python)."""
@@ -352,10 +353,9 @@ def _latest_checkpoint_name(engine: Engine, plan: Plan) -> str | None:
         local_root = open_volume(engine, mount.source).local_root
         host_dir = str(local_root) if local_root is not None else None
     if host_dir is None:
-        log.info(
-            "volume %s is not readable from here; the job's checkpoint library picks the "
-            "newest valid checkpoint itself",
-            mount.source,
+        say(
+            f"volume {mount.source} cannot be read from here: the job's CheckpointManager "
+            "resumes from its newest valid checkpoint (CARGOHOLD_RESUME=auto)"
         )
         return None
     return latest_whole_checkpoint(host_dir)
@@ -419,7 +419,7 @@ def run_job(
     while True:
         attempts += 1
         _replace_old_container(engine, plan)
-        resume_env = resolve_resume(engine, plan, resume)
+        resume_env = resolve_resume(engine, plan, resume, say if attempts == 1 else _quiet)
         resumed = resume_env.get("CARGOHOLD_RESUME_FROM")
         if attempts == 1:
             first_resume = resumed

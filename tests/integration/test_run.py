@@ -464,6 +464,7 @@ def test_resume_lookup_needs_no_python_in_the_job_image(
                      cwd=tmp_path, env={"CARGOHOLD_VOLUME_ACCESS": "archive"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["no-python", "RESUME=auto"]
+    assert "resumes from its newest valid checkpoint" in result.stderr
 
 
 def test_job_image_is_built_on_the_local_base_without_a_registry(
