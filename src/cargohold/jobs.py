@@ -361,6 +361,26 @@ def _latest_checkpoint_name(engine: Engine, plan: Plan, say: Say) -> str | None:
     return latest_whole_checkpoint(host_dir)
 
 
+def _start(engine: Engine, plan: Plan, container_id: str) -> None:
+    """Start the job's container; a limit the engine itself may not grant gets a way out."""
+    try:
+        engine.start(container_id)
+    except EngineError as exc:
+        if "rlimit" not in exc.message or not plan.runtime.ulimits:
+            raise
+        asked = ", ".join(
+            f"{u.name}={'unlimited' if u.hard == -1 else u.hard}" for u in plan.runtime.ulimits
+        )
+        raise EngineError(
+            f"The engine may not give job {plan.job!r} the ulimits it asks for ({asked}): "
+            "dockerd's own hard limits are lower.",
+            hint="Raise dockerd's limits (systemd: LimitMEMLOCK=infinity and LimitSTACK=infinity "
+            "in docker.service, then `systemctl daemon-reload && systemctl restart docker`), "
+            "or set lower ulimits in cargohold.toml (with GPUs cargohold asks for memlock "
+            "unlimited and a 64 MB stack, as NVIDIA recommends for NCCL).",
+        ) from None
+
+
 def _replace_old_container(engine: Engine, plan: Plan) -> None:
     old = engine.container(plan.container_name)
     if old is None:
@@ -433,7 +453,7 @@ def run_job(
                 restart_max=plan.restart_max if detach else 0,
             )
         )
-        engine.start(container_id)
+        _start(engine, plan, container_id)
         if detach:
             say(f"Started {plan.container_name} in the background")
             return RunResult(plan.container_name, 0, attempts, first_resume)

@@ -570,3 +570,32 @@ def test_a_seed_copy_killed_half_way_is_redone(
     ran = run_cli("run", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split() == ["a.bin", "b.bin"]
+
+
+def _dockerd_hard_memlock() -> int | None:
+    """dockerd's hard RLIMIT_MEMLOCK in bytes (None: unlimited), read from /proc."""
+    # The default engine's pid file; other dockerds (private test engines) may differ.
+    pidfile = Path("/var/run/docker.pid")
+    pids = pidfile.read_text() if pidfile.exists() else subprocess.run(
+        ["pgrep", "-o", "-x", "dockerd"], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        with open(f"/proc/{pid}/limits") as limits:
+            for line in limits:
+                if line.startswith("Max locked memory"):
+                    hard = line.split()[4]
+                    return None if hard == "unlimited" else int(hard)
+    pytest.fail("no dockerd process to read the limits of")
+
+
+def test_ulimits_the_engine_cannot_grant_are_explained(
+    tmp_path: Path, job_image: str, docker_resources: Resources
+) -> None:
+    write_project(tmp_path, docker_resources.project, job_image,
+                  extra_job="ulimits = { memlock = -1 }", command='["true"]')
+    result = run_cli("run", cwd=tmp_path)
+    if _dockerd_hard_memlock() is None:
+        assert result.returncode == 0, result.stderr  # this engine may grant it
+        return
+    assert result.returncode == 3
+    assert "memlock=unlimited" in result.stderr and "LimitMEMLOCK=infinity" in result.stderr
+    assert "Traceback" not in result.stderr
