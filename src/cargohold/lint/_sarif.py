@@ -48,17 +48,19 @@ def sarif_log(findings: list[Finding], notes: list[str], version: str) -> dict[s
                     "driver": {
                         "name": "cargohold lint",
                         "semanticVersion": version,
-                        "informationUri": "https://pypi.org/project/cargohold/",
                         "rules": [
                             {
                                 "id": r.id,
                                 "name": r.name,
                                 "shortDescription": {"text": r.summary},
                                 "fullDescription": {"text": r.description},
-                                "help": {"text": r.description, "markdown": r.description},
-                                "helpUri": r.anchor,
+                                "help": {
+                                    "text": f"{r.description} (cargohold's {r.anchor})",
+                                    "markdown": f"{r.description}\n\nSee `{r.anchor}`.",
+                                },
                                 "defaultConfiguration": {"level": r.severity},
-                                "properties": {"tags": ["ml", "data-loss"]},
+                                # helpUri must be absolute; the anchor is in the README
+                                "properties": {"tags": ["ml", "data-loss"], "helpAnchor": r.anchor},
                             }
                             for r in rules
                         ],
