@@ -223,7 +223,9 @@ class Job:
         return codes, text
 
 
-@pytest.mark.parametrize("mode", ["files", "dcp"])
+# Through cargohold's own files ("files") the ranks also resume bit for bit in the SIGKILL and
+# SIGTERM tests below; one clean run of each kind is enough here.
+@pytest.mark.parametrize("mode", ["dcp"])
 def test_four_gloo_ranks_train_save_and_resume_bit_exact(tmp_path: Path, mode: str) -> None:
     with Job(tmp_path, 5, mode) as job:
         assert job.resumed() == [None] * WORLD
@@ -255,6 +257,9 @@ def test_sigkill_a_random_gloo_rank_then_resume_every_shard(tmp_path: Path) -> N
         with Job(tmp_path / mode, 10**6, mode) as job:
             resumed = job.resumed()
             assert len(set(resumed)) == 1, f"ranks resumed from different steps: {resumed}"
+            deadline = time.monotonic() + 120  # a first commit, however busy the machine
+            while not any((tmp_path / mode).glob("step-*")) and time.monotonic() < deadline:
+                time.sleep(0.1)
             time.sleep(rng.uniform(0.1, 1.5))
             os.kill(job.pids[rng.randrange(WORLD)], signal.SIGKILL)
             _, output = job.finish(timeout=45)
