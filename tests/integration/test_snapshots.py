@@ -223,5 +223,73 @@ def test_a_full_disk_gives_a_clear_error_and_publishes_nothing(
             assert exported.returncode != 0 and "No space left" in exported.stderr
             assert "Traceback" not in exported.stderr and "hint:" in exported.stderr
         assert sorted(p.name for p in small.iterdir()) == ["repo"]  # no partial export
+        # A restore that runs out of space leaves the target as it was.
+        snap = json.loads(_ok(run_cli("snapshot", volume, "--json", env=env)))
+        target = small / "restored"
+        target.mkdir()
+        (target / "keep.txt").write_text("old content")
+        failed = run_cli("restore", snap["id"], "--to", str(target), "--force", env=env)
+        assert failed.returncode != 0 and "No space left" in failed.stderr, failed.stderr
+        assert "Traceback" not in failed.stderr and "hint:" in failed.stderr
+        assert [p.name for p in target.iterdir()] == ["keep.txt"]
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_restore_force_refuses_a_volume_a_running_container_uses(
+    tmp_path: Path, access: str, base_image: str, docker_resources: Resources,
+    docker_client: Any
+) -> None:
+    volume = f"{docker_resources.project}-live"
+    docker_resources.volumes.append(volume)
+    env = _env(tmp_path, access)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("from the snapshot")
+    _ok(run_cli("ingest", str(tmp_path / "src"), volume, env=env))
+    snap = json.loads(_ok(run_cli("snapshot", volume, "--json", env=env)))
+    job = docker_client.containers.run(
+        base_image, ["sleep", "120"], detach=True, volumes={volume: {"bind": "/data"}},
+        labels={"cargohold.project": docker_resources.project})
+    docker_resources.containers.append(job.name)
+    (tmp_path / "src" / "a.txt").write_text("written by the job")
+    refused = run_cli("restore", snap["id"], volume, "--force", env=env)
+    assert refused.returncode == 2 and "in use" in refused.stderr and job.name in refused.stderr
+    # --pause freezes the job for the read and unfreezes it afterwards, on both paths.
+    paused = json.loads(_ok(run_cli("snapshot", volume, "--pause", "--json", env=env)))
+    assert paused["files"] == 1
+    job.reload()
+    assert job.status == "running"
+    job.remove(force=True)
+    _ok(run_cli("restore", snap["id"], volume, "--force", env=env))
+    assert _ok(run_cli("volume", "cat", volume, "a.txt", env=env)) == "from the snapshot"
+
+
+def test_an_interrupted_restore_is_visible_and_a_rerun_finishes_it(
+    tmp_path: Path, docker_resources: Resources
+) -> None:
+    import random
+    import signal
+    import time
+
+    data, target = (f"{docker_resources.project}-{n}" for n in ("data", "target"))
+    docker_resources.volumes += [data, target]
+    env = _env(tmp_path, "local")
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = random.Random(4)
+    for i in range(200):
+        (source / f"{i}.bin").write_bytes(rng.randbytes(100_000))
+    _ok(run_cli("ingest", str(source), data, env=env))
+    snap = json.loads(_ok(run_cli("snapshot", data, "--json", env=env)))
+    full_env = {**os.environ, **env, "PYTHONPATH": str(SRC)}
+    for delay in (0.8, 1.2, 1.6):
+        proc = subprocess.Popen([sys.executable, "-m", "cargohold", "restore", snap["id"], target,
+                                 "--force"], env=full_env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        rerun = run_cli("restore", snap["id"], target, "--force", env=env)
+        assert rerun.returncode == 0, rerun.stderr
+        _ok(run_cli("export", target, str(tmp_path / f"out-{delay}"), env=env))
+        assert listing(tmp_path / f"out-{delay}") == listing(source)

@@ -1,0 +1,184 @@
+"""cargohold's repository against restic, borg and cp -a, on the same folder in the same run.
+
+    python3 benchmarks/repository.py [--small-files 5000] [--float-mb 512] [--csv-mb 200]
+                                     [--dir /var/tmp] [--s3]
+
+The data set (issue 12): small random files, a float32 array, a CSV. Operations: first
+snapshot, unchanged snapshot, a small change (1% of the small files rewritten, 10 MB appended to
+the CSV), restore into an empty folder, and the repository's size after the three snapshots.
+One table: each tool's time, peak memory, and cargohold's ratio to each peer; the issue's goals
+are printed below it. ``--s3`` runs cargohold and restic again against a radosgw started by
+tests/services/radosgw.sh. borg runs unencrypted (``-e none``) like cargohold's default;
+restic always encrypts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _peers import (
+    REPO,
+    Borg,
+    Cargohold,
+    Measured,
+    Restic,
+    Tool,
+    ensure_peers,
+    ratio,
+    settle,
+    size_text,
+    timed,
+    tree_bytes,
+)
+
+
+def make_data(root: Path, small: int, float_mb: int, csv_mb: int) -> None:
+    import numpy as np
+
+    rng = random.Random(12)
+    for i in range(small):
+        folder = root / "images" / f"{i // 500:03}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i}.bin").write_bytes(rng.randbytes(rng.randint(1000, 100_000)))
+    gen = np.random.default_rng(1)
+    gen.standard_normal(float_mb * (1 << 18), dtype=np.float32).tofile(root / "weights.f32")
+    with (root / "table.csv").open("w") as f:
+        row = 0
+        while f.tell() < csv_mb << 20:
+            f.write(f"{row},{rng.random():.6f},{rng.randint(0, 10**6)},label-{row % 97}\n")
+            row += 1
+
+
+def small_change(root: Path) -> None:
+    rng = random.Random(99)
+    files = sorted((root / "images").rglob("*.bin"))
+    for path in rng.sample(files, max(1, len(files) // 100)):
+        path.write_bytes(rng.randbytes(path.stat().st_size))
+    with (root / "table.csv").open("a") as f:
+        target = f.tell() + (10 << 20)
+        row = 0
+        while f.tell() < target:
+            f.write(f"new-{row},{rng.random():.6f}\n")
+            row += 1
+
+
+def run_tool(tool: Tool, source: Path, pristine: Path, work: Path) -> Measured:
+    m = Measured()
+    shutil.rmtree(source, ignore_errors=True)
+    subprocess.run(["cp", "-a", str(pristine), str(source)], check=True)
+    tool.init()
+    env = tool.env()
+    for label in ("first", "unchanged", "change"):
+        if label == "change":
+            small_change(source)
+        settle()
+        m.seconds[label], m.peak_mb[label] = timed(tool.backup(source), env)
+    m.size["repository"] = tool.size()
+    target = work / f"restore-{tool.name}"
+    shutil.rmtree(target, ignore_errors=True)
+    settle()
+    m.seconds["restore"], m.peak_mb["restore"] = timed(tool.restore(target), env)
+    shutil.rmtree(target, ignore_errors=True)
+    return m
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small-files", type=int, default=5000)
+    parser.add_argument("--float-mb", type=int, default=512)
+    parser.add_argument("--csv-mb", type=int, default=200)
+    parser.add_argument("--dir", default="/var/tmp")
+    parser.add_argument("--s3", action="store_true", help="also cargohold and restic on S3")
+    args = parser.parse_args()
+    ensure_peers()
+    work = Path(tempfile.mkdtemp(prefix="cargohold-bench-", dir=args.dir))
+    try:
+        pristine = work / "pristine"
+        make_data(pristine, args.small_files, args.float_mb, args.csv_mb)
+        data_bytes = tree_bytes(pristine)
+        source = work / "data"
+        results: dict[str, Measured] = {}
+        for tool in (Cargohold(work), Restic(work), Borg(work)):
+            results[tool.name] = run_tool(tool, source, pristine, work)
+        cp = Measured()
+        settle()
+        cp.seconds["first"], cp.peak_mb["first"] = timed(["cp", "-a", str(pristine),
+                                                          str(work / "cp-copy")])
+        cp.seconds["restore"] = cp.seconds["first"]
+        results["cp -a"] = cp
+        if args.s3:
+            results.update(run_s3(work, source, pristine))
+        report(results, data_bytes)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_s3(work: Path, source: Path, pristine: Path) -> dict[str, Measured]:
+    folder = str(work / "radosgw")
+    started = subprocess.run(["bash", str(REPO / "tests/services/radosgw.sh"), "start", folder],
+                             capture_output=True, text=True, check=True)
+    endpoint = next(w.split("=", 1)[1] for w in started.stdout.split()
+                    if w.startswith("S3_ENDPOINT="))
+    keys = {"AWS_ACCESS_KEY_ID": os.environ.get("S3_ACCESS_KEY", "cargoholdtest"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("S3_SECRET_KEY", "cargoholdtestsecret")}
+    try:
+        import s3fs
+
+        s3fs.S3FileSystem(key=keys["AWS_ACCESS_KEY_ID"], secret=keys["AWS_SECRET_ACCESS_KEY"],
+                          client_kwargs={"endpoint_url": endpoint}).mkdir("bench")
+        ours = Cargohold(work, "s3://bench/cargohold", {**keys, "CARGOHOLD_S3_ENDPOINT": endpoint})
+        theirs = Restic(work, f"s3:{endpoint}/bench/restic", keys)
+        out = {}
+        for tool, label in ((ours, "cargohold S3"), (theirs, "restic S3")):
+            measured = run_tool(tool, source, pristine, work)
+            measured.size.pop("repository", None)
+            out[label] = measured
+        return out
+    finally:
+        subprocess.run(["bash", str(REPO / "tests/services/radosgw.sh"), "stop", folder],
+                       capture_output=True)
+
+
+def report(results: dict[str, Measured], data_bytes: int) -> None:
+    ours = results["cargohold"]
+    rows = [("first snapshot", "first"), ("unchanged snapshot", "unchanged"),
+            ("small change", "change"), ("restore", "restore")]
+    names = list(results)
+    print(f"\ndata: {size_text(data_bytes)}")
+    print(f"{'operation':<20}" + "".join(f"{n:>16}" for n in names)
+          + "   cargohold vs restic / borg / cp -a")
+    for title, key in rows:
+        cells = []
+        for n in names:
+            s = results[n].seconds.get(key)
+            cells.append(f"{s:>10.2f} s" + (f" {results[n].peak_mb.get(key, 0):>3.0f}M"
+                                              if key in results[n].peak_mb else "     ")
+                         if s is not None else f"{'—':>16}")
+        peers = " / ".join(ratio(ours.seconds.get(key), results[p].seconds.get(key))
+                           for p in ("restic", "borg", "cp -a") if p in results)
+        print(f"{title:<20}" + "".join(f"{c:>16}" for c in cells) + f"   {peers}")
+    sizes = [size_text(results[n].size["repository"]) if "repository" in results[n].size
+             else "—" for n in names]
+    print(f"{'repository size':<20}" + "".join(f"{s:>16}" for s in sizes) + "   " + " / ".join(
+        ratio(ours.size["repository"], results[p].size.get("repository"))
+        for p in ("restic", "borg")))
+    if "cargohold S3" in results:
+        s3, rs3 = results["cargohold S3"], results["restic S3"]
+        print("S3 (radosgw): cargohold vs restic: " + ", ".join(
+            f"{t} {ratio(s3.seconds[k], rs3.seconds[k])}" for t, k in rows))
+    print("\ngoals: first ≤ 0.8x borg and ≤ 2x cp -a; unchanged ≤ 0.5x best peer; small change "
+          "≤ 0.8x borg; restore ≤ 1.2x cp -a; size ≤ borg + 5%; peak memory < 300 MB")
+    print(f"peak memory of cargohold: {max(ours.peak_mb.values()):.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
