@@ -109,7 +109,8 @@ def check_gpus(info: EngineInfo, plan: Plan | None, *, local: bool | None = None
         return None
     support = gpu_support(info, local=engine_is_local() if local is None else local)
     wanted = plan.runtime.gpus.describe()
-    problem = support.problem()
+    memlock = next((u.hard for u in plan.runtime.ulimits if u.name == "memlock"), None)
+    problem = support.problem(memlock)
     if problem is None:
         return Check("gpu runtime", "ok", f"{support.describe()} for GPUs {wanted}")
     return Check(

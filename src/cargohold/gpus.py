@@ -44,6 +44,8 @@ class GpuSupport:
     hook: str | None  # the toolkit's hook binary that backs `--gpus`
     cdi: tuple[str, ...]  # CDI specification files that name nvidia.com/gpu
     driver: str | None  # the NVIDIA kernel driver's version
+    # dockerd's hard RLIMIT_MEMLOCK in bytes when finite and readable (NCCL wants unlimited).
+    engine_memlock: int | None = None
 
     @property
     def usable(self) -> bool:
@@ -51,9 +53,13 @@ class GpuSupport:
             return self.runtime
         return (self.runtime or self.hook is not None or bool(self.cdi)) and bool(self.driver)
 
-    def problem(self) -> str | None:
-        """Why GPUs cannot work, or None."""
-        if self.usable:
+    def problem(self, memlock: int | None = -1) -> str | None:
+        """Why GPUs cannot work for a job asking for ``memlock`` bytes of locked memory (-1:
+        unlimited, as NCCL wants; None: no limit asked), or None."""
+        short = self.engine_memlock is not None and (
+            memlock == -1 or (memlock is not None and memlock > self.engine_memlock)
+        )
+        if self.usable and not short:
             return None
         if not self.local:
             return "the remote engine reports no nvidia runtime"
@@ -65,10 +71,17 @@ class GpuSupport:
                 "no NVIDIA Container Toolkit: no nvidia runtime in the engine, no "
                 "nvidia-container-runtime-hook, no CDI specification in /etc/cdi or /var/run/cdi"
             )
+        if short:
+            missing.append(
+                f"dockerd's hard memlock limit is {self.engine_memlock} bytes, so the unlimited "
+                "memlock NCCL needs cannot be granted (LimitMEMLOCK=infinity in docker.service)"
+            )
         return "; ".join(missing)
 
     def describe(self) -> str:
         parts = [f"driver {self.driver}" if self.driver else "no NVIDIA driver"]
+        if self.engine_memlock is not None:
+            parts.append(f"dockerd memlock limit {self.engine_memlock} bytes")
         if self.runtime:
             parts.append("nvidia runtime")
         if self.hook:
@@ -113,6 +126,20 @@ def _cdi_specs(root: Path) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _engine_memlock(root: Path) -> int | None:
+    """The default dockerd's hard memlock limit, when finite and readable here."""
+    try:
+        pid = int((root / "var/run/docker.pid").read_text().strip())
+        limits = (root / f"proc/{pid}/limits").read_text()
+    except (OSError, ValueError):
+        return None
+    for line in limits.splitlines():
+        if line.startswith("Max locked memory"):
+            hard = line.split()[4]
+            return None if hard == "unlimited" else int(hard) if hard.isdigit() else None
+    return None
+
+
 def gpu_support(info: EngineInfo, *, local: bool, root: Path = Path("/")) -> GpuSupport:
     """Look at the engine's runtimes and (for a local engine) the host's driver, toolkit and CDI
     specifications. ``root`` is where the host's file system starts (tests point it elsewhere)."""
@@ -127,16 +154,26 @@ def gpu_support(info: EngineInfo, *, local: bool, root: Path = Path("/")) -> Gpu
             (str(p) for name in HOOKS for p in [root / "usr/bin" / name] if p.exists()), None
         )
     return GpuSupport(
-        local=True, runtime=runtime, hook=hook, cdi=_cdi_specs(root), driver=_driver_version(root)
+        local=True,
+        runtime=runtime,
+        hook=hook,
+        cdi=_cdi_specs(root),
+        driver=_driver_version(root),
+        engine_memlock=_engine_memlock(root),
     )
 
 
-def require_gpus(support: GpuSupport, job: str) -> None:
+def require_gpus(support: GpuSupport, job: str, memlock: int | None = -1) -> None:
     """Fail before creating a container that Docker could not start.
+
+    Args:
+        support: what the engine offers.
+        job: the job's name, for the message.
+        memlock: the hard memlock limit the job asks for (-1 unlimited, None none).
 
     Raises:
         EngineError: naming what is missing, with the commands that install it.
     """
-    problem = support.problem()
+    problem = support.problem(memlock)
     if problem is not None:
         raise EngineError(f"Job {job!r} asks for GPUs, but {problem}.", hint=INSTALL_HINT)

@@ -429,7 +429,8 @@ def run_job(
         EngineError: the engine failed; SpecError/UsageError for an impossible job.
     """
     if plan.runtime.gpus is not None:
-        require_gpus(gpu_support(engine.info(), local=engine_is_local()), plan.job)
+        memlock = next((u.hard for u in plan.runtime.ulimits if u.name == "memlock"), None)
+        require_gpus(gpu_support(engine.info(), local=engine_is_local()), plan.job, memlock)
     base_env = job_environment(plan, say)
     ensure_image(engine, plan, say, progress)
     prepare_stores(engine, plan, say)

@@ -73,3 +73,34 @@ def test_remote_engine_trusts_its_runtimes() -> None:
 def test_this_machine_has_no_gpu() -> None:
     # The integration tests rely on it: `cargohold run` with gpus must fail fast here.
     assert not gpu_support(_info(), local=True).usable
+
+
+def _dockerd_limits(root: Path, memlock: str) -> None:
+    (root / "var/run").mkdir(parents=True)
+    (root / "var/run/docker.pid").write_text("4242\n")
+    (root / "proc/4242").mkdir(parents=True)
+    (root / "proc/4242/limits").write_text(
+        "Limit                     Soft Limit           Hard Limit           Units     \n"
+        "Max stack size            8388608              unlimited            bytes     \n"
+        f"Max locked memory         {memlock:<20} {memlock:<20} bytes     \n")
+
+
+def test_a_dockerd_that_cannot_grant_nccl_memlock(tmp_path: Path) -> None:
+    _driver(tmp_path)
+    (tmp_path / "etc/cdi").mkdir(parents=True)
+    (tmp_path / "etc/cdi/nvidia.json").write_text('{"kind": "nvidia.com/gpu"}')
+    _dockerd_limits(tmp_path, "8388608")
+    support = gpu_support(_info(), local=True, root=tmp_path)
+    assert support.engine_memlock == 8388608 and support.usable
+    assert "LimitMEMLOCK=infinity" in (support.problem() or "")  # NCCL's unlimited
+    assert support.problem(memlock=1 << 20) is None  # a job that asks for less
+    assert support.problem(memlock=None) is None
+
+
+def test_a_dockerd_with_unlimited_memlock(tmp_path: Path) -> None:
+    _driver(tmp_path)
+    (tmp_path / "etc/cdi").mkdir(parents=True)
+    (tmp_path / "etc/cdi/nvidia.json").write_text('{"kind": "nvidia.com/gpu"}')
+    _dockerd_limits(tmp_path, "unlimited")
+    support = gpu_support(_info(), local=True, root=tmp_path)
+    assert support.engine_memlock is None and support.problem() is None
