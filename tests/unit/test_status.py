@@ -37,3 +37,14 @@ def test_in_a_pipe_nothing_is_shown() -> None:
     status.update("Step 1/7 : ARG BASE_IMAGE")
     status.clear()
     assert buffer.getvalue() == ""
+
+
+def test_a_kept_line_clears_the_status_first() -> None:
+    term, buffer = console(terminal=True)
+    status = StatusLine(term)
+    kept: list[str] = []
+    say = status.first_clearing(kept.append)
+    status.update("Step 1/2")
+    say("Built it")
+    assert kept == ["Built it"]
+    assert buffer.getvalue() == "\r\x1b[Kcargohold: Step 1/2\r\x1b[K"

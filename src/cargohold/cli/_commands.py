@@ -232,10 +232,7 @@ def run(
     command = tuple(trailing) if trailing else None
 
     status = StatusLine(err)
-
-    def say(message: str) -> None:
-        status.clear()
-        _say(message)
+    say = status.first_clearing(_say)
 
     def on_log(stream: int, chunk: bytes) -> None:
         status.clear()
@@ -286,11 +283,7 @@ def base_image(
     if rebuild:
         engine.remove_image(baseimage.LOCAL_BASE)
     status = StatusLine(err)
-
-    def say(message: str) -> None:
-        status.clear()
-        _say(message)
-
+    say = status.first_clearing(_say)
     try:
         name = baseimage.ensure_base_image(
             engine,

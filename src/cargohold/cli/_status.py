@@ -4,6 +4,8 @@ it shows nothing: logs and CI output stay free of progress noise."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.console import Console
 
 __all__ = ["StatusLine"]
@@ -38,3 +40,12 @@ class StatusLine:
             self._console.file.write("\r\033[K")
             self._console.file.flush()
             self._shown = False
+
+    def first_clearing(self, say: Callable[[str], None]) -> Callable[[str], None]:
+        """``say``, clearing the status first: its line is kept, the status comes back after."""
+
+        def clear_then_say(message: str) -> None:
+            self.clear()
+            say(message)
+
+        return clear_then_say
