@@ -117,7 +117,3 @@ class Service:
     # path it names (a bind source, a build context, an env file) exists here. Only then is a
     # missing bind source evidence of anything.
     checkout: bool = False
-    lines: dict[str, int] = field(default_factory=dict)  # key -> line, for placing findings
-
-    def line_of(self, key: str) -> int:
-        return self.lines.get(key, self.where.line)

@@ -131,8 +131,12 @@ def output_not_on_mount(service: Service) -> Iterator[Hit]:
             continue  # on a volume, a bind mount, or a tmpfs (CH005)
         yield Hit(
             found.value,
-            f"{found.evidence} writes into the container's own layer: `docker rm` "
-            "(or `compose down`) deletes it with the container.",
+            f"{found.evidence} writes into the container's own layer: "
+            + (
+                "`--rm` deletes it the moment the container stops."
+                if service.removed_on_exit
+                else "`docker rm` (or `compose down`) deletes it with the container."
+            ),
             f"Mount a named volume or a host folder at {found.path} "
             f"(e.g. `-v outputs:{found.path}`).",
             _relative_note(found, service),
