@@ -127,6 +127,10 @@ def test_evidence_says_why_a_mount_is_a_dataset() -> None:
         ("docker run -u 1 pytorch/pytorch python t.py --output_dir /path/to/output", set()),
         ("docker run -u 1 pytorch/pytorch python t.py --output_dir s3://bucket/run", set()),
         ("docker run -d postgres:16", {"CH011"}),
+        ("docker run -d -p 8080:8080 wandb/local", {"CH011"}),
+        ("docker run -d -v w:/vol -p 8080:8080 wandb/local", set()),
+        ("docker run -u 1 pytorch/pytorch python train.py --out /results/run1", {"CH001"}),
+        ("docker run -u 1 pytorch/pytorch python train.py --out json", set()),
         (
             "docker run -u 1 -v c:/c pytorch/pytorch sh -c 'ls /results/checkpoints && "
             "python train.py /c'",

@@ -83,8 +83,24 @@ _OUTPUT_NAMES = {
     "tensorboard_dir",
     "summary_dir",
     "model_dir",
+    "out",
+    "out_path",
+    "output_file",
+    "results_path",
+    "save_model_path",
+    "export_path",
+    "model_output_dir",
+    "model_output_path",
+    "tensorboard_logdir",
+    "checkpoints_path",
 }
-_PATHLIKE_ONLY = {"output", "save", "project"}  # ambiguous names: only when the value is a path
+_PATHLIKE_ONLY = {
+    "output",
+    "save",
+    "project",
+    "out",
+    "output_file",
+}  # ambiguous names: only when the value is a path
 _CACHE_NAMES = {
     "cache_dir",
     "download_dir",

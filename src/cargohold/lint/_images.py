@@ -162,6 +162,18 @@ _KNOWN: list[tuple[re.Pattern[str], KnownImage]] = [
             KnownImage("web-ui", "root", ("/app/backend/data",), label="Open WebUI"),
         ),
         (r"^mlflow/mlflow$", KnownImage("tracking", "root", label="MLflow")),
+        (r"^doccano/doccano$", KnownImage("labelling", "root", ("/data",), label="doccano")),
+        (r"^cvat/server$", KnownImage("labelling", "root", ("/home/django/data",), label="CVAT")),
+        (r"^wandb/local$", KnownImage("tracking", "root", ("/vol",), label="W&B Server")),
+        (
+            r"^mintplexlabs/anythingllm$",
+            KnownImage("web-ui", "non-root", ("/app/server/storage",), label="AnythingLLM"),
+        ),
+        (
+            r"^flowiseai/flowise$",
+            KnownImage("web-ui", "root", ("/root/.flowise",), label="Flowise"),
+        ),
+        (r"^n8nio/n8n$", KnownImage("web-ui", "non-root", ("/home/node/.n8n",), label="n8n")),
         (
             r"^(jupyter|quay.io/jupyter|jupyterhub)/",
             KnownImage(
