@@ -43,6 +43,7 @@ from cargohold.kinds import Backing
 from cargohold.plan import LABEL_PROJECT, Plan
 from cargohold.render._prepare import seed_mounts, seed_script, stores_to_chown
 from cargohold.resume import latest_whole_checkpoint
+from cargohold.sidecar import start_mirror, stop_mirror
 from cargohold.volumes import engine_is_local, open_volume
 
 __all__ = [
@@ -434,6 +435,40 @@ def run_job(
     base_env = job_environment(plan, say)
     ensure_image(engine, plan, say, progress)
     prepare_stores(engine, plan, say)
+    mirror = start_mirror(engine, plan, say)
+    try:
+        result = _run_attempts(
+            engine,
+            plan,
+            base_env,
+            resume=resume,
+            command=command,
+            detach=detach,
+            say=say,
+            on_log=on_log,
+        )
+    except BaseException:
+        if mirror is not None:
+            stop_mirror(engine, mirror, say)
+        raise
+    if mirror is not None and detach:
+        say(f"{mirror} keeps mirroring until you remove it (docker rm -f {mirror})")
+    elif mirror is not None:
+        stop_mirror(engine, mirror, say)
+    return result
+
+
+def _run_attempts(
+    engine: Engine,
+    plan: Plan,
+    base_env: dict[str, str],
+    *,
+    resume: Resume,
+    command: tuple[str, ...] | None,
+    detach: bool,
+    say: Say,
+    on_log: Callable[[int, bytes], None] | None,
+) -> RunResult:
     grace = plan.runtime.stop_timeout if plan.runtime.stop_timeout is not None else 10
     attempts = 0
     first_resume: str | None = None

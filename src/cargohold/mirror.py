@@ -220,8 +220,16 @@ class MirrorStatus:
     def read(cls, path: Path) -> MirrorStatus | None:
         """A status file, or None when it is missing or not one."""
         try:
-            data = json.loads(path.read_bytes())
-        except (OSError, ValueError):
+            return cls.parse(path.read_bytes())
+        except OSError:
+            return None
+
+    @classmethod
+    def parse(cls, raw: bytes) -> MirrorStatus | None:
+        """A status record from its JSON, or None when it is not one (wrong format or version)."""
+        try:
+            data = json.loads(raw)
+        except ValueError:
             return None
         if not isinstance(data, dict) or data.get("format") != STATUS_FORMAT:
             return None

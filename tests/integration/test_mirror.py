@@ -3,13 +3,19 @@ restore on a fresh store, and a mirror that cannot be reached or refuses the cre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from cargohold.checkpoint import CheckpointManager
-from tests.conftest import run_cli
+from tests.conftest import Resources, run_cli
 
 
 def _saved(folder: Path, steps: range, *, size: int = 200_000) -> None:
@@ -122,3 +128,93 @@ def test_wrong_credentials_exit_2_with_a_hint(tmp_path: Path, s3_endpoint: dict[
         assert "refused the credentials" in result.stderr
         assert "AWS_SECRET_ACCESS_KEY" in result.stderr  # the hint
         assert "Traceback" not in result.stderr and "SHOULD NOT RUN" not in result.stdout
+
+
+SAVE_THREE = """
+import os
+from cargohold.checkpoint import CheckpointManager
+m = CheckpointManager(keep_last=0)
+latest = m.restore_latest()
+print("RESTORED", latest.step if latest else "none", flush=True)
+start = latest.step + 1 if latest else 1
+for step in range(start, start + 3):
+    m.save(step, {"w.bin": f"weights {step}".encode() * 1000})
+m.close()
+"""
+
+
+@pytest.fixture
+def mirror_image(docker_client: Any, base_image: str) -> Iterator[str]:
+    """The cargohold image `cargohold run` uses for its mirror; removed if this test made it."""
+    from cargohold.image import DEFAULT_TAG
+
+    existed = bool(docker_client.images.list(name=DEFAULT_TAG))
+    yield DEFAULT_TAG
+    if not existed:
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(DEFAULT_TAG, force=True)
+
+
+def _project(folder: Path, project: str, image: str, mirror: str) -> None:
+    (folder / "cargohold.toml").write_text(textwrap.dedent(f"""
+        [project]
+        name = "{project}"
+
+        [stores.checkpoints]
+        kind = "checkpoints"
+        target = "/ckpt"
+        mirror = "{mirror}"
+
+        [jobs.train]
+        image = "{image}"
+        command = ["python3", "-c", {json.dumps(SAVE_THREE)}]
+    """))
+
+
+def test_cargohold_run_mirrors_beside_the_job_and_a_fresh_machine_resumes(
+    tmp_path: Path, job_image: str, mirror_image: str, docker_resources: Resources,
+    docker_client: Any, s3_endpoint: dict[str, str],
+) -> None:
+    project = docker_resources.project
+    url = f"s3://{project}/ckpt"
+    _project(tmp_path, project, job_image, url)
+    first = run_cli("run", cwd=tmp_path, env=s3_endpoint, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "RESTORED none" in first.stdout
+    assert f"Mirroring checkpoints to {url}" in first.stderr
+    assert "mirror: 3 checkpoint(s) pushed" in first.stderr
+    assert not docker_client.containers.list(all=True, filters={"name": f"{project}-train-mirror"})
+    # The credentials reached the mirror, never the job.
+    job = docker_client.containers.get(f"{project}-train")
+    assert not any(e.startswith("AWS_SECRET") for e in job.attrs["Config"]["Env"])
+
+    # Another machine: no checkpoint volume at all. The newest mirrored checkpoint comes back.
+    job.remove(force=True)
+    docker_client.volumes.get(f"{project}-checkpoints").remove(force=True)
+    second = run_cli("run", cwd=tmp_path, env=s3_endpoint, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert "restored step-0000000003" in second.stderr
+    assert "RESTORED 3" in second.stdout
+
+
+def test_an_unreachable_mirror_shows_in_ps_and_the_job_runs(
+    tmp_path: Path, job_image: str, mirror_image: str, docker_resources: Resources,
+) -> None:
+    project = docker_resources.project
+    _project(tmp_path, project, job_image, f"s3://{project}/ckpt")
+    env = {"CARGOHOLD_S3_ENDPOINT": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k",
+           "AWS_SECRET_ACCESS_KEY": "s", "AWS_MAX_ATTEMPTS": "1"}
+    ran = run_cli("run", "-d", cwd=tmp_path, env=env, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    assert "NOTHING RESTORED" in ran.stderr  # said loudly, and the job started anyway
+    deadline = time.monotonic() + 60
+    mirrors: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        mirrors = json.loads(run_cli("ps", "--json", cwd=tmp_path).stdout)["mirrors"]
+        if mirrors and mirrors[0]["state"] == "unreachable":
+            break
+        time.sleep(1)
+    assert mirrors and mirrors[0]["state"] == "unreachable", mirrors
+    assert mirrors[0]["name"] == f"{project}-train-mirror"
+    text = run_cli("ps", cwd=tmp_path).stdout
+    assert "unreachable" in text and "cannot be reached" in text

@@ -172,6 +172,7 @@ def mirror_command(
 ) -> int:
     """Push every committed checkpoint to a repository; restore the newest on an empty store."""
     import os
+    import signal
     import threading
 
     from cargohold.mirror import (
@@ -216,6 +217,8 @@ def mirror_command(
         _say(f"{len(pushed)} new checkpoint(s) mirrored")
         return 0
     stop = threading.Event()
+    # `docker stop` (and the end of an attached `cargohold run`): one last push, then exit.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if until_pod_done:
         seen = threading.Event()
 
