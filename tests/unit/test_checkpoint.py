@@ -472,8 +472,8 @@ def test_full_disk_on_one_rank_fails_the_save_on_every_rank(small_disk: Path) ->
     ranks[0].save_async(1, {"shard-0": b"x" * 100})  # rank 0 waits for rank 1 in the background
     with pytest.raises(CheckpointError, match=r"No space left|rank 1"):
         ranks[1].save(1, {"shard-1": b"y" * 3_000_000})
-    with pytest.raises(CheckpointError, match="rank 1"):
-        ranks[0].wait()
+    with pytest.raises(CheckpointError, match=r"No space left|rank 1"):
+        ranks[0].wait()  # whichever rank found the disk full first, both fail
     for manager in ranks:
         manager.close()
     assert not [n for n in os.listdir(small_disk) if n.startswith("step-")]

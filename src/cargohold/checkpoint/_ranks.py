@@ -272,8 +272,8 @@ class FileCoordinator:
             time.sleep(_POLL)
 
     def all_durable(self, pending: Path, ok: bool, timeout: float) -> None:
-        if self.rank != 0:
-            return
+        if self.rank != 0 or not ok:
+            return  # rank 0 failed itself: nothing to wait for
         deadline = time.monotonic() + timeout
         while True:
             missing = missing_ranks(pending, self.world_size)

@@ -566,11 +566,19 @@ class CheckpointManager:
                 )
             except CheckpointError as exc:
                 record["error"] = exc.message
-            with contextlib.suppress(OSError):
+            try:
                 write_json_atomically(pending / rank_record_name(self.rank), record)
+            except OSError as exc:  # rank 0 reports it; the others are missed by rank 0
+                record.setdefault("error", f"rank {self.rank} could not record its part: {exc}")
             if self.rank == 0:
                 try:
                     coordinator.all_durable(pending, "error" not in record, self.timeout)
+                    if "error" in record:  # its own record may be unwritable (a full disk)
+                        raise CheckpointError(
+                            f"The checkpoint of step {step} failed on rank 0: {record['error']}.",
+                            hint="Free space on the shared folder; the previous checkpoints "
+                            "are intact.",
+                        )
                     manifest = self._commit_ranked(coordinator, pending, slot.final, step, metrics)
                     outcome: dict[str, Any] = {"ok": True, "manifest": manifest}
                 except CheckpointError as exc:
