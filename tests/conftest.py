@@ -90,6 +90,23 @@ def job_image(docker_client: object, base_image: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def cargohold_image(docker_client: Any, base_image: str) -> Iterator[str]:
+    """The image `cargohold image` builds (the one `cargohold run` uses for its mirror), built
+    once through the CLI; removed at the end if this session built it."""
+    from cargohold.image import DEFAULT_TAG
+
+    existed = bool(docker_client.images.list(name=DEFAULT_TAG))
+    if not existed:
+        built = run_cli("image", "--tag", DEFAULT_TAG, timeout=900)
+        assert built.returncode == 0, built.stderr
+        assert built.stdout.strip() == DEFAULT_TAG
+    yield DEFAULT_TAG
+    if not existed:
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(DEFAULT_TAG, force=True)
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[dict[str, str]]:
     """A real S3 server: radosgw on loopback, started for the session (about 15 s) unless
     CARGOHOLD_TEST_S3_ENDPOINT names one already running. Its packages are cached in

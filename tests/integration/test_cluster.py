@@ -45,20 +45,6 @@ print("DONE", flush=True)
 """
 
 
-@pytest.fixture(scope="module")
-def cargohold_image(docker_client: Any, base_image: str) -> Iterator[str]:
-    """`cargohold image` under a unique tag; removed at the end."""
-    tag = f"cargohold-test-image:{secrets.token_hex(4)}"
-    try:
-        built = run_cli("image", "--tag", tag, timeout=600)
-        assert built.returncode == 0, built.stderr
-        assert built.stdout.strip() == tag
-        yield tag
-    finally:
-        with contextlib.suppress(Exception):
-            docker_client.images.remove(tag, force=True)
-
-
 def test_the_cargohold_image_runs_the_cli_without_a_network(
     cargohold_image: str, docker_client: Any
 ) -> None:

@@ -3,16 +3,12 @@ restore on a fresh store, and a mirror that cannot be reached or refuses the cre
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from cargohold.checkpoint import CheckpointManager
 from tests.conftest import Resources, run_cli
@@ -143,18 +139,6 @@ m.close()
 """
 
 
-@pytest.fixture
-def mirror_image(docker_client: Any, base_image: str) -> Iterator[str]:
-    """The cargohold image `cargohold run` uses for its mirror; removed if this test made it."""
-    from cargohold.image import DEFAULT_TAG
-
-    existed = bool(docker_client.images.list(name=DEFAULT_TAG))
-    yield DEFAULT_TAG
-    if not existed:
-        with contextlib.suppress(Exception):
-            docker_client.images.remove(DEFAULT_TAG, force=True)
-
-
 def _project(folder: Path, project: str, image: str, mirror: str) -> None:
     (folder / "cargohold.toml").write_text(textwrap.dedent(f"""
         [project]
@@ -172,7 +156,7 @@ def _project(folder: Path, project: str, image: str, mirror: str) -> None:
 
 
 def test_cargohold_run_mirrors_beside_the_job_and_a_fresh_machine_resumes(
-    tmp_path: Path, job_image: str, mirror_image: str, docker_resources: Resources,
+    tmp_path: Path, job_image: str, cargohold_image: str, docker_resources: Resources,
     docker_client: Any, s3_endpoint: dict[str, str],
 ) -> None:
     project = docker_resources.project
@@ -198,7 +182,7 @@ def test_cargohold_run_mirrors_beside_the_job_and_a_fresh_machine_resumes(
 
 
 def test_an_unreachable_mirror_shows_in_ps_and_the_job_runs(
-    tmp_path: Path, job_image: str, mirror_image: str, docker_resources: Resources,
+    tmp_path: Path, job_image: str, cargohold_image: str, docker_resources: Resources,
 ) -> None:
     project = docker_resources.project
     _project(tmp_path, project, job_image, f"s3://{project}/ckpt")
@@ -218,3 +202,46 @@ def test_an_unreachable_mirror_shows_in_ps_and_the_job_runs(
     assert mirrors[0]["name"] == f"{project}-train-mirror"
     text = run_cli("ps", cwd=tmp_path).stdout
     assert "unreachable" in text and "cannot be reached" in text
+
+
+def test_the_kubernetes_sidecar_mirrors_until_the_pods_job_ends(
+    cargohold_image: str, docker_resources: Resources, docker_client: Any,
+    s3_endpoint: dict[str, str],
+) -> None:
+    """A pod, built from Docker parts: a pause process owns one process namespace that the job
+    and the `--until-pod-done` sidecar share (shareProcessNamespace), one volume between them."""
+    import docker
+
+    project = docker_resources.project
+    volume = f"{project}-checkpoints"
+    docker_resources.volumes.append(volume)
+    url = f"s3://{project}/ckpt"
+    env = {**s3_endpoint, "CARGOHOLD_CHECKPOINT_DIR": "/ckpt", "CARGOHOLD_MIRROR": url}
+    labels = {"cargohold.project": project}
+    pause = docker_client.containers.run(
+        cargohold_image, ["sleep", "infinity"], name=f"{project}-pause", labels=labels,
+        detach=True, network_mode="none",
+    )
+    shared = {"pid_mode": f"container:{pause.id}", "labels": labels, "detach": True,
+              "environment": env, "network_mode": "host"}
+    sidecar = docker_client.containers.run(
+        cargohold_image, ["cargohold", "mirror", "--until-pod-done", "--interval", "1"],
+        name=f"{project}-mirror", user="0:0",
+        mounts=[docker.types.Mount("/ckpt", volume, type="volume", read_only=True)], **shared,
+    )
+    job = (
+        "import time; from cargohold.checkpoint import CheckpointManager; "
+        "m = CheckpointManager(keep_last=0); "
+        "[(m.save(s, {'w.bin': b'x' * 1000}), time.sleep(0.5)) for s in (1, 2, 3)]; m.close()"
+    )
+    docker_client.containers.run(
+        cargohold_image, ["python3", "-c", job], name=f"{project}-job", user="0:0",
+        mounts=[docker.types.Mount("/ckpt", volume, type="volume")], **shared,
+    )
+    # The job ends; the sidecar notices, pushes once more and leaves: the pod can complete.
+    assert sidecar.wait(timeout=180)["StatusCode"] == 0
+    said = sidecar.logs().decode()
+    assert "mirrored step-0000000003" in said, said
+    listed = json.loads(_ok(run_cli("snapshots", "--repo", url, "--json", env=s3_endpoint)))
+    assert {s["tag"] for s in listed} >= {"mirror:cargohold:3:step-0000000003"}
+    pause.remove(force=True)
