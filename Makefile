@@ -8,7 +8,7 @@ VENV ?= .venv
 ifdef VIRTUAL_ENV
 PYTHON ?= $(VIRTUAL_ENV)/bin/python
 else
-PYTHON ?= $(CURDIR)/$(VENV)/bin/python
+PYTHON ?= $(abspath $(VENV))/bin/python
 endif
 export PYTHON VENV
 

@@ -12,22 +12,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 extra=${1:-dev}
-venv=${VENV:-.venv}
 here=$(pwd -P)
+venv=${VENV:-.venv}
+case $venv in /*) ;; *) venv=$here/$venv ;; esac
 logs=${CARGOHOLD_LOG_DIR:-build/logs}
 if [ -n "${PYTHON:-}" ]; then
   python=$PYTHON
 elif [ -n "${VIRTUAL_ENV:-}" ]; then
   python=$VIRTUAL_ENV/bin/python
 else
-  python=$here/$venv/bin/python
+  python=$venv/bin/python
 fi
 
 # 1. The engine (its own messages say what to run as root).
 bash scripts/ensure-engine.sh "${ENGINE_PIDFILE:-}"
 
 # 2. The Python environment: ./.venv is made here; any other one must exist already.
-if [ "$python" = "$here/$venv/bin/python" ] && ! "$python" -c "" 2>/dev/null; then
+if [ "$python" = "$venv/bin/python" ] && ! "$python" -c "" 2>/dev/null; then
   base=${SYSTEM_PYTHON:-python3}
   if ! command -v "$base" >/dev/null 2>&1; then
     note "setup: no $base here. As root: apt-get install -y python3 python3-venv"
@@ -39,11 +40,16 @@ if [ "$python" = "$here/$venv/bin/python" ] && ! "$python" -c "" 2>/dev/null; th
     note "As root, once:  apt-get install -y python3-venv"
     exit 1
   fi
-  rm -rf "$venv"  # a broken one (its Python was removed or upgraded)
+  if [ -f "$venv/pyvenv.cfg" ]; then
+    rm -rf "$venv"  # a broken virtual environment (its Python was removed or upgraded)
+  elif [ -e "$venv" ]; then
+    note "setup: $venv exists and is not a virtual environment; move it away, or set VENV=…"
+    exit 1
+  fi
   run_logged "setup: making the virtual environment $venv" "$logs/venv.log" \
     "$base" -m venv "$venv" || { rm -rf "$venv"; exit 1; }
 elif ! "$python" -c "" 2>/dev/null; then
-  note "setup: PYTHON=$python does not run. Leave PYTHON unset to use ./$venv."
+  note "setup: PYTHON=$python does not run. Leave PYTHON unset to use $venv."
   exit 1
 fi
 
@@ -61,7 +67,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$python" -m pip install --disable-pip-version-check -e ".[$extra]"; then
     if grep -q "externally-managed-environment" "$logs/pip-$extra.log"; then
       note "setup: $python is the system's Python, which may not be changed with pip (PEP 668)."
-      note "Leave PYTHON unset (and leave any virtualenv) to use the project's ./$venv."
+      note "Leave PYTHON unset (and leave any virtualenv) to use the project's $venv."
     fi
     exit 1
   fi

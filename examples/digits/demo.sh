@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 root=$(cd ../.. && pwd -P)
 source "$root/scripts/lib.sh"
-PYTHON=${PYTHON:-$root/${VENV:-.venv}/bin/python}
+venv=${VENV:-.venv}
+case $venv in /*) ;; *) venv=$root/$venv ;; esac
+PYTHON=${PYTHON:-$venv/bin/python}
 logs=${CARGOHOLD_LOG_DIR:-$root/build/logs}
 if ! "$PYTHON" -c "import cargohold, numpy" 2>/dev/null; then
   echo "demo: $PYTHON has no cargohold; run \`make demo\` at the repository's root (it makes .venv)" >&2

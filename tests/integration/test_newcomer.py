@@ -352,3 +352,17 @@ def test_the_system_python_named_as_python_is_refused_with_the_way_out(
     assert "Leave PYTHON unset" in result.stderr
     assert "externally-managed-environment" in result.stderr  # the log's tail, pip's own words
     assert not (clone / ".venv").exists()
+
+
+def test_a_folder_that_is_not_a_venv_is_never_removed(tmp_path: Path) -> None:
+    folder = tmp_path / "precious"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    env = {**os.environ, "VENV": str(folder), "CARGOHOLD_LOG_DIR": str(tmp_path / "logs")}
+    for name in ("PYTHON", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    result = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh"), "demo"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert f"{folder} exists and is not a virtual environment" in result.stderr
+    assert (folder / "notes.txt").read_text() == "keep me"
