@@ -185,8 +185,9 @@ def _docker_socket_is_for_the_group() -> None:
 
 
 def _clone_for(user: pwd.struct_passwd, project: str, image: str) -> Path:
-    """A clean clone of this repository's HEAD in the user's home, owned by the user. Only the
-    example's project and image names change, so that nothing collides on a shared engine."""
+    """A clean clone of this repository's HEAD (what is committed: CI's checkout) in the user's
+    home, owned by the user. Only the example's project and image names change, so that nothing
+    collides with another demo on a shared engine (demo.sh reads the names from the spec)."""
     head = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
     )
