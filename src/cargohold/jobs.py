@@ -7,11 +7,11 @@ The order matters for data safety:
 2. Named volumes are created with cargohold's labels; artifacts folders are created on the host
    and handed to the job's user; fresh volumes are handed to the job's user by a short root
    helper, because Docker creates them owned by root.
-3. The latest *valid* checkpoint is found (by the same rules the in-container library uses) and
-   passed as ``CARGOHOLD_RESUME_FROM``. When the checkpoint volume cannot be read from here (a
-   remote engine, a user without access to ``/var/lib/docker``), nothing is executed in the job's
-   image to look (it may have no Python): ``CARGOHOLD_RESUME=auto`` tells the job's checkpoint
-   library to pick the newest valid checkpoint itself, by the same rules.
+3. The latest *whole* checkpoint is found (by the format's rules, ``resume.py``) and passed as
+   ``CARGOHOLD_RESUME_FROM``, for every user: the store is read through its ``VolumeAccess``
+   (directly, or through the Engine API's archive stream for a remote engine or a user without
+   access to ``/var/lib/docker``); nothing is executed in the job's image (it may have no
+   Python). ``CARGOHOLD_RESUME=auto`` also lets the job's library verify checksums on restore.
 4. The container is created from the plan's runtime settings (``container_request``): GPUs are
    checked first (``gpus.require_gpus``), env files and secrets are read only now, from the
    caller's files and environment, and go into the container's environment, never into a plan,
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cargohold import baseimage
+from cargohold.archive import FolderReader
 from cargohold.buildlog import LineLog, default_log_path
 from cargohold.engine import ContainerRequest, Engine
 from cargohold.errors import (
@@ -316,9 +317,8 @@ def container_request(
     )
 
 
-def resolve_resume(engine: Engine, plan: Plan, resume: Resume, say: Say = _quiet) -> dict[str, str]:
-    """The resume environment for the job: ``CARGOHOLD_RESUME`` and ``CARGOHOLD_RESUME_FROM``.
-    ``say`` hears when the newest checkpoint is left for the job's library to find."""
+def resolve_resume(engine: Engine, plan: Plan, resume: Resume) -> dict[str, str]:
+    """The resume environment for the job: ``CARGOHOLD_RESUME`` and ``CARGOHOLD_RESUME_FROM``."""
     mount = plan.checkpoint_mount
     if resume.policy == "never":
         return {"CARGOHOLD_RESUME": "never"}
@@ -335,31 +335,34 @@ def resolve_resume(engine: Engine, plan: Plan, resume: Resume, say: Say = _quiet
         return {"CARGOHOLD_RESUME": "path", "CARGOHOLD_RESUME_FROM": path}
     if mount is None:
         return {}
-    name = _latest_checkpoint_name(engine, plan, say)
+    name = _latest_checkpoint_name(engine, plan)
     if not name:
         return {"CARGOHOLD_RESUME": "auto"}
     return {"CARGOHOLD_RESUME": "auto", "CARGOHOLD_RESUME_FROM": f"{mount.target}/{name}"}
 
 
-def _latest_checkpoint_name(engine: Engine, plan: Plan, say: Say) -> str | None:
-    """The newest valid checkpoint's folder name, read from this host; None when there is none
-    or the store cannot be read from here (then the job's library decides, see the module
-    docstring: nothing runs in the job's image, which may have no Python)."""
+def _latest_checkpoint_name(engine: Engine, plan: Plan) -> str | None:
+    """The newest whole checkpoint's folder name, or None when there is none.
+
+    A volume is read through its ``VolumeAccess`` -- its folder directly when this user can
+    read it, else the Engine API's archive stream (a non-root user, a remote engine) -- and a
+    bind-mounted folder from this host; nothing runs in the job's image, which may have no
+    Python. ``resume.latest_whole_checkpoint`` applies the format's rules to what they yield."""
     mount = plan.checkpoint_mount
     assert mount is not None
-    host_dir: str | None = None
-    if mount.backing is Backing.BIND:
-        host_dir = mount.source
+    if mount.backing is Backing.BIND and mount.source is not None:
+        if not os.path.isdir(mount.source):
+            return None
+        found = latest_whole_checkpoint(FolderReader(Path(mount.source)))
     elif mount.backing is Backing.VOLUME and mount.source is not None:
-        local_root = open_volume(engine, mount.source).local_root
-        host_dir = str(local_root) if local_root is not None else None
-    if host_dir is None:
-        say(
-            f"volume {mount.source} cannot be read from here: the job's CheckpointManager "
-            "resumes from its newest valid checkpoint (CARGOHOLD_RESUME=auto)"
-        )
+        volume = open_volume(engine, mount.source)
+        with volume.entries() as entries:
+            found = latest_whole_checkpoint(entries)
+    else:
         return None
-    return latest_whole_checkpoint(host_dir)
+    if found is None:
+        log.debug("no whole checkpoint in %s", mount.source)
+    return found
 
 
 def _start(engine: Engine, plan: Plan, container_id: str) -> None:
@@ -475,7 +478,7 @@ def _run_attempts(
     while True:
         attempts += 1
         _replace_old_container(engine, plan)
-        resume_env = resolve_resume(engine, plan, resume, say if attempts == 1 else _quiet)
+        resume_env = resolve_resume(engine, plan, resume)
         resumed = resume_env.get("CARGOHOLD_RESUME_FROM")
         if attempts == 1:
             first_resume = resumed

@@ -1,138 +1,219 @@
-"""Find the newest whole checkpoint in a store's folder on this host, treating it as hostile.
+"""Find the newest whole checkpoint in a checkpoint store, treating everything in it as hostile.
 
-``cargohold run`` (usually as root) looks into a checkpoint volume that containers write: a
-manifest may name ``../../etc/shadow``, a file may be a symlink to ``/dev/zero`` (a read that
-never ends) or a FIFO (a read that never starts), an entry may be a number instead of a table.
-So this lookup applies the checkpoint format's rules (``checkpoint._format``: a manifest written
-last, every file's size and checksum) through directory file descriptors opened with
-``O_NOFOLLOW``, to regular files only, and any surprise makes that checkpoint not whole, never an
-exception. The in-container library keeps the plain version: inside the container nothing of the
-host can be reached.
+``cargohold run`` looks into a store that containers wrote: a manifest may name
+``../../etc/shadow``, a file may be a symlink to ``/dev/zero`` (a read that never ends) or a
+FIFO (a read that never starts), a manifest may be a number instead of a table, or 10 GB.
+
+There is no walker here: the store is read as an ``EntrySource`` -- a ``VolumeAccess``'s
+``entries()`` for a named volume (directly through the volume layer's confined walk when its
+folder is readable here, else through the Engine API's archive stream), or a confined reader of
+a bind-mounted host folder. Those readers already refuse to follow links, skip or refuse FIFOs
+and devices, and judge names; this module only applies the checkpoint format's rules
+(``checkpoint._format``) to the entries they yield:
+
+* a ``step-…`` folder with a ``manifest.json`` (written last: no manifest, no checkpoint) of at
+  most 16 MiB that parses as the format's table (format, version, step, files; for many ranks
+  also ``world_size`` and ``ranks``, every rank's files listed in ``files`` and nothing else);
+* every file the manifest names is a clean relative name inside the folder, reached as a regular
+  file (a symlink, a FIFO, a missing file makes the checkpoint not whole) with the manifest's
+  size and a checksum of a known algorithm;
+* the checksums themselves are verified only where the files can be read again after the walk
+  at disk speed (a folder on this host: ``random_access``), newest candidate first, each read
+  bounded by the manifest's size.
+
+Over the Engine API the store arrives as one tar stream, in name order: the manifest comes in
+the middle of its folder, so the checksums of files before it cannot be checked without holding
+a digest of every file, and checking afterwards would stream the checkpoint a second time. The
+sound cheaper rule used there is sizes and structure on the host (what catches a save that
+was killed, the failure the format guards against) and checksums on restore: the job gets
+``CARGOHOLD_RESUME=auto``, under which the in-container library verifies every checksum of the
+checkpoint it restores and, if bit rot broke that one, takes the next whole one itself. File
+data is skipped as it streams, never buffered and never hashed.
+
+Any surprise makes that checkpoint not whole, never an exception; only a store the reader
+refuses as a whole (a FIFO or a device node in the Engine API's stream) gives ``None``, and
+the library decides.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import stat
 import zlib
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from cargohold.archive import CHUNK, Entry, EntrySource, Opener, clean_member_name
 from cargohold.checkpoint import _format
+from cargohold.errors import TransferError
 
-__all__ = ["latest_whole_checkpoint"]
+__all__ = ["MAX_MANIFEST", "latest_whole_checkpoint"]
 
-_MAX_MANIFEST = 16 << 20
-_CHUNK = 4 << 20
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-
-
-class _NotWhole(Exception):
-    """This checkpoint cannot be trusted (the reason does not matter to the caller)."""
+MAX_MANIFEST = 16 << 20  # a manifest of a million files is ~100 MB of JSON; ours are far less
+_MAX_FILES = 1_000_000  # files remembered across the store: beyond, the library decides
 
 
-@contextlib.contextmanager
-def _fd(fd: int) -> Iterator[int]:
+@dataclass
+class _File:
+    size: int
+    opener: Opener | None  # kept only when openers outlive the walk (random access)
+
+
+@dataclass
+class _Step:
+    step: int
+    name: str
+    manifest: dict[str, Any] | None = None
+    files: dict[str, _File] = field(default_factory=dict)  # relative to the step folder
+
+
+class _TooMany(Exception):
+    """The store holds more files than the lookup remembers."""
+
+
+def latest_whole_checkpoint(entries: EntrySource) -> str | None:
+    """The name of the newest ``step-…`` folder of the store that is whole, or None.
+
+    Args:
+        entries: the store's entries, parents before children, the store's folder as ``""``;
+            its ``random_access`` says whether checksums are verified (module docstring).
+
+    Returns:
+        The folder's name, or None when no checkpoint is whole -- or the store is refused
+        as a whole by its reader (then the in-container library decides).
+    """
+    random_access = entries.random_access
+    steps: dict[str, _Step] = {}
+    known: dict[str, _File] = {}  # every regular file in a step folder, for hardlinks
     try:
-        yield fd
-    finally:
-        os.close(fd)
+        for entry, opener in entries:
+            _take(entry, opener, steps, known, random_access)
+    except (TransferError, _TooMany):
+        return None
+    for step in sorted(steps.values(), key=lambda s: s.step, reverse=True):
+        if _whole(step, verify=random_access):
+            return step.name
+    return None
 
 
-def _open_file(dir_fd: int, relative: str) -> int:
-    """A regular file under ``dir_fd``, reached without following any link; the caller closes."""
-    parts = relative.split("/")
-    if relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise _NotWhole(relative)
-    opened: list[int] = []
+def _take(
+    entry: Entry,
+    opener: Opener | None,
+    steps: dict[str, _Step],
+    known: dict[str, _File],
+    random_access: bool,
+) -> None:
+    """Remember what one entry says about the step folder it lies in."""
+    top, _, rel = entry.path.partition("/")
+    if not rel:
+        match = _format.STEP_DIR_RE.match(top)
+        if match and entry.kind == "dir":
+            steps[top] = _Step(int(match.group(1)), top)
+        return
+    step = steps.get(top)
+    if step is None:
+        return
+    if entry.kind == "file":
+        found = _File(entry.size, opener if random_access else None)
+        if len(known) >= _MAX_FILES:
+            raise _TooMany
+        known[entry.path] = found
+        step.files[rel] = found
+        if rel == _format.MANIFEST and opener is not None:
+            step.manifest = _read_manifest(entry, opener)
+    elif entry.kind == "hardlink" and entry.target in known:
+        step.files[rel] = known[entry.target]  # the same bytes under a second name
+
+
+def _read_manifest(entry: Entry, opener: Opener) -> dict[str, Any] | None:
+    """The manifest's table, or None when it is too large or not the format's table."""
+    if entry.size > MAX_MANIFEST:
+        return None
     try:
-        current = dir_fd
-        for part in parts[:-1]:
-            current = os.open(part, _DIR_FLAGS, dir_fd=current)
-            opened.append(current)
-        fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=current)
-    except OSError:
-        raise _NotWhole(relative) from None
-    finally:
-        for folder in opened:
-            os.close(folder)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise _NotWhole(relative)
-    return fd
-
-
-def _checksum(fd: int, algorithm: str) -> str:
-    digest = hashlib.sha256() if algorithm == "sha256" else None
-    crc = 0
-    while chunk := os.read(fd, _CHUNK):
-        if digest is not None:
-            digest.update(chunk)
-        else:
-            crc = zlib.crc32(chunk, crc)
-    return digest.hexdigest() if digest is not None else f"{crc:08x}"
-
-
-def _manifest(step_fd: int) -> dict[str, Any]:
-    with _fd(_open_file(step_fd, _format.MANIFEST)) as fd:
-        if os.fstat(fd).st_size > _MAX_MANIFEST:
-            raise _NotWhole("manifest too large")
-        raw = b"".join(iter(lambda: os.read(fd, _CHUNK), b""))
-    try:
+        with opener() as data:
+            raw = data.read(MAX_MANIFEST + 1)
         manifest = json.loads(raw)
-    except ValueError:
-        raise _NotWhole("manifest") from None
+    except (OSError, ValueError, RecursionError, TransferError):
+        return None
     if (
-        not isinstance(manifest, dict)
+        len(raw) > MAX_MANIFEST
+        or not isinstance(manifest, dict)
         or manifest.get("format") != _format.FORMAT_NAME
         or manifest.get("version") != _format.FORMAT_VERSION
         or not isinstance(manifest.get("files"), dict)
-        or not isinstance(manifest.get("step"), int)
+        or not _is_int(manifest.get("step"))
     ):
-        raise _NotWhole("manifest")
+        return None
     return manifest
 
 
-def _check(step_fd: int) -> None:
-    for name, entry in _manifest(step_fd)["files"].items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("size"), int):
-            raise _NotWhole(name)
-        algorithm = next((a for a in _format.CHECKSUMS if isinstance(entry.get(a), str)), None)
-        if algorithm is None:
-            raise _NotWhole(name)
-        with _fd(_open_file(step_fd, str(name))) as fd:
-            if (
-                os.fstat(fd).st_size != entry["size"]
-                or _checksum(fd, algorithm) != entry[algorithm]
-            ):
-                raise _NotWhole(name)
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def latest_whole_checkpoint(directory: str) -> str | None:
-    """The name of the newest ``step-…`` folder whose manifest, sizes and checksums hold, or None.
-
-    Never raises for what the folder holds; an unreadable ``directory`` counts as empty.
-    """
+def _clean(name: object) -> bool:
+    if not isinstance(name, str) or name == _format.MANIFEST:
+        return False
     try:
-        root = os.open(directory, _DIR_FLAGS)
-    except OSError:
+        return clean_member_name(name) == name and name != ""
+    except TransferError:
+        return False
+
+
+def _ranks_hold(manifest: dict[str, Any]) -> bool:
+    """A many-rank manifest: every rank 0..world_size-1 listed, together exactly ``files``."""
+    if "ranks" not in manifest and "world_size" not in manifest:
+        return True
+    world, ranks = manifest.get("world_size"), manifest.get("ranks")
+    if not isinstance(world, int) or isinstance(world, bool) or not isinstance(ranks, dict):
+        return False
+    if not 1 <= world <= len(ranks):
+        return False
+    if set(ranks) != {str(r) for r in range(world)}:
+        return False
+    listed: list[object] = []
+    for names in ranks.values():
+        if not isinstance(names, list):
+            return False
+        listed.extend(names)
+    return len(listed) == len(set(map(str, listed))) and set(map(str, listed)) == set(
+        manifest["files"]
+    )
+
+
+def _whole(step: _Step, *, verify: bool) -> bool:
+    manifest = step.manifest
+    if manifest is None or not _ranks_hold(manifest):
+        return False
+    for name, entry in manifest["files"].items():
+        found = step.files.get(name) if _clean(name) else None
+        if found is None or not isinstance(entry, dict) or not _is_int(entry.get("size")):
+            return False
+        algorithm = next((a for a in _format.CHECKSUMS if isinstance(entry.get(a), str)), None)
+        if algorithm is None or found.size != entry["size"]:
+            return False
+        if verify and (
+            found.opener is None
+            or _checksum(found.opener, found.size, algorithm) != entry[algorithm]
+        ):
+            return False
+    return True
+
+
+def _checksum(opener: Opener, size: int, algorithm: str) -> str | None:
+    """The file's checksum, reading at most ``size`` + 1 bytes (None: it is not that size)."""
+    digest = hashlib.sha256() if algorithm == "sha256" else None
+    crc, total = 0, 0
+    try:
+        with opener() as data:
+            while total <= size and (chunk := data.read(min(CHUNK, size + 1 - total))):
+                total += len(chunk)
+                if digest is not None:
+                    digest.update(chunk)
+                else:
+                    crc = zlib.crc32(chunk, crc)
+    except (OSError, TransferError):
         return None
-    with _fd(root):
-        steps = []
-        with os.scandir(root) as entries:
-            for entry in entries:
-                match = _format.STEP_DIR_RE.match(entry.name)
-                if match and entry.is_dir(follow_symlinks=False):
-                    steps.append((int(match.group(1)), entry.name))
-        for _, name in sorted(steps, reverse=True):
-            try:
-                with _fd(os.open(name, _DIR_FLAGS, dir_fd=root)) as step_fd:
-                    _check(step_fd)
-            except (_NotWhole, OSError):
-                continue
-            return name
-    return None
+    if total != size:
+        return None
+    return digest.hexdigest() if digest is not None else f"{crc:08x}"

@@ -442,31 +442,6 @@ def test_explicit_user_can_write_artifacts_from_the_rendered_line(
     assert model.stat().st_uid == 4321
 
 
-def test_resume_lookup_needs_no_python_in_the_job_image(
-    tmp_path: Path, job_image: str, docker_resources: Resources, docker_client: Any
-) -> None:
-    """Issue 8 defect 11: a checkpoint volume this user cannot read directly (forced here with
-    CARGOHOLD_VOLUME_ACCESS=archive, the path a non-root user takes) and an image without
-    python3: nothing runs in the image to look, and the job's library resolves ``auto``."""
-    write_project(tmp_path, docker_resources.project, job_image)
-    saved = run_cli("run", "--", "python3", "-c", SAVER, "2", "0", "0", cwd=tmp_path)
-    assert saved.returncode == 0, saved.stderr
-    image = f"{docker_resources.project}-nopython:1"
-    docker_resources.images.append(image)
-    (tmp_path / "ctx").mkdir()
-    (tmp_path / "ctx" / "Dockerfile").write_text(
-        f"FROM {job_image}\nRUN rm -f /usr/bin/python3* /usr/local/bin/python3*\n")
-    docker_client.images.build(path=str(tmp_path / "ctx"), tag=image, rm=True)
-    spec = tmp_path / "cargohold.toml"
-    spec.write_text(spec.read_text().replace(f'image = "{job_image}"', f'image = "{image}"'))
-    result = run_cli("run", "--", "sh", "-c",
-                     "command -v python3 || echo no-python; echo RESUME=$CARGOHOLD_RESUME",
-                     cwd=tmp_path, env={"CARGOHOLD_VOLUME_ACCESS": "archive"})
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["no-python", "RESUME=auto"]
-    assert "resumes from its newest valid checkpoint" in result.stderr
-
-
 def test_job_image_is_built_on_the_local_base_without_a_registry(
     tmp_path: Path, base_image: str, docker_resources: Resources, docker_client: Any
 ) -> None:

@@ -1,14 +1,53 @@
-"""The host-side lookup of the newest whole checkpoint, on folders a hostile container wrote."""
+"""The lookup of the newest whole checkpoint, on folders a hostile container wrote, read both ways
+``cargohold run`` reads them: a folder on this host (random access: checksums are verified) and
+a tar stream as the Engine API sends it (sizes and structure; the job's library verifies the
+checksums on restore)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 import threading
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from cargohold.archive import EntrySource, FolderReader, TarReader
 from cargohold.checkpoint import CheckpointManager
-from cargohold.resume import latest_whole_checkpoint
+from cargohold.resume import MAX_MANIFEST, latest_whole_checkpoint
+
+
+def _folder(root: Path) -> EntrySource:
+    return FolderReader(root)
+
+
+def _stream(root: Path) -> EntrySource:
+    """The folder as the engine's archive endpoint streams it: a tar whose first member is the
+    folder itself, FIFOs and links as members (the reader judges them), read once."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(root, arcname="_data", recursive=True)
+    buffer.seek(0)
+    return TarReader(buffer, strip=1)
+
+
+Reader = Callable[[Path], EntrySource]
+BOTH = pytest.mark.parametrize("reader", [_folder, _stream], ids=["folder", "stream"])
+
+
+def _lookup(reader: Reader, root: Path) -> str | None:
+    """The lookup, on a thread that must finish: a hostile file must never make it hang."""
+    result: list[str | None] = []
+    worker = threading.Thread(target=lambda: result.append(latest_whole_checkpoint(reader(root))),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "the lookup hung on a hostile file"
+    return result[0]
 
 
 def _saved(folder: Path, *steps: int) -> None:
@@ -23,55 +62,121 @@ def _manifest(folder: Path, step: int) -> tuple[Path, dict[str, object]]:
     return path, json.loads(path.read_text())
 
 
-def test_finds_the_newest_whole_checkpoint(tmp_path: Path) -> None:
+@BOTH
+def test_finds_the_newest_whole_checkpoint(tmp_path: Path, reader: Reader) -> None:
     _saved(tmp_path, 1, 2, 3)
-    assert latest_whole_checkpoint(str(tmp_path)) == "step-0000000003"
-    (tmp_path / "step-0000000003" / "w.bin").write_bytes(b"torn")
-    assert latest_whole_checkpoint(str(tmp_path)) == "step-0000000002"
-    assert latest_whole_checkpoint(str(tmp_path / "absent")) is None
+    assert _lookup(reader, tmp_path) == "step-0000000003"
+    (tmp_path / "step-0000000003" / "w.bin").write_bytes(b"torn")  # a size the manifest denies
+    assert _lookup(reader, tmp_path) == "step-0000000002"
+    (tmp_path / "step-0000000004").mkdir()  # a newer save that never wrote its manifest
+    (tmp_path / "step-0000000004" / "w.bin").write_bytes(b"half")
+    assert _lookup(reader, tmp_path) == "step-0000000002"
 
 
-def test_hostile_manifests_and_files_are_skipped_without_escaping(tmp_path: Path) -> None:
+def test_a_missing_store_has_no_checkpoint(tmp_path: Path) -> None:
+    assert latest_whole_checkpoint(FolderReader(tmp_path / "absent")) is None
+
+
+def test_checksums_are_verified_where_files_can_be_read_again(tmp_path: Path) -> None:
+    """Same size, other bytes (bit rot): the folder path checks the crc32; the stream path
+    leaves it to the library, which verifies on restore and falls back itself."""
+    _saved(tmp_path, 1, 2)
+    rotten = tmp_path / "step-0000000002" / "w.bin"
+    rotten.write_bytes(b"weightz 2")
+    assert _lookup(_folder, tmp_path) == "step-0000000001"
+    assert _lookup(_stream, tmp_path) == "step-0000000002"
+    restored = CheckpointManager(str(tmp_path), keep_last=0)
+    with pytest.warns(UserWarning, match="step 2"):
+        latest = restored.restore_latest()
+    restored.close()
+    assert latest is not None and latest.step == 1
+
+
+@BOTH
+def test_hostile_manifests_and_files_are_skipped_without_escaping(
+    tmp_path: Path, reader: Reader
+) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret").write_bytes(b"host data")
     ckpt = tmp_path / "ckpt"
-    _saved(ckpt, 1, 2, 3, 4, 5, 6)
-    # 6: a file is a link to a device that never ends.
-    data = ckpt / "step-0000000006" / "w.bin"
+    _saved(ckpt, 1, 2, 3, 4, 5, 6, 7, 8)
+    # 8: a file is a link to a device that never ends.
+    data = ckpt / "step-0000000008" / "w.bin"
     data.unlink()
     data.symlink_to("/dev/zero")
-    # 5: the manifest names a host file through "..", with its true size and checksum.
-    path, manifest = _manifest(ckpt, 5)
-    import zlib
-
+    # 7: the manifest names a host file through "..", with its true size and checksum.
+    path, manifest = _manifest(ckpt, 7)
     manifest["files"] = {"../../outside/secret": {
         "size": 9, "crc32": f"{zlib.crc32(b'host data'):08x}"}}
     path.write_text(json.dumps(manifest))
-    # 4: an entry that is not a table; 3: a FIFO where a file should be.
-    path, manifest = _manifest(ckpt, 4)
+    # 6: an entry that is not a table; 5: a manifest nested deeper than any parser recurses.
+    path, manifest = _manifest(ckpt, 6)
     manifest["files"] = {"w.bin": 5}
     path.write_text(json.dumps(manifest))
-    fifo = ckpt / "step-0000000003" / "w.bin"
-    fifo.unlink()
-    os.mkfifo(fifo)
-    # 2: the manifest itself is a link to the host's file.
+    (ckpt / "step-0000000005" / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)
+    # 4: a manifest larger than any real one (sparse: nothing is written).
+    with open(ckpt / "step-0000000004" / "manifest.json", "r+b") as huge:
+        huge.truncate(MAX_MANIFEST + 1)
+    # 3: an absolute name and a number as the step; 2: the manifest is a link to a host file.
+    path, manifest = _manifest(ckpt, 3)
+    manifest["files"] = {"/etc/hostname": {"size": 1, "crc32": "00000000"}}
+    path.write_text(json.dumps(manifest))
     manifest_2 = ckpt / "step-0000000002" / "manifest.json"
     manifest_2.unlink()
     manifest_2.symlink_to(outside / "secret")
-    result: list[str | None] = []
-    worker = threading.Thread(target=lambda: result.append(latest_whole_checkpoint(str(ckpt))),
-                              daemon=True)
-    worker.start()
-    worker.join(timeout=20)
-    assert not worker.is_alive(), "the lookup hung on a hostile file"
-    assert result == ["step-0000000001"]
+    assert _lookup(reader, ckpt) == "step-0000000001"
 
 
-def test_a_step_folder_that_is_a_link_is_ignored(tmp_path: Path) -> None:
+def test_a_fifo_is_never_opened(tmp_path: Path) -> None:
+    """On a folder the FIFO is skipped (its checkpoint is not whole); in the engine's stream a
+    FIFO is refused by the tar reader as a whole, and the library decides."""
+    _saved(tmp_path, 1, 2)
+    fifo = tmp_path / "step-0000000002" / "w.bin"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    assert _lookup(_folder, tmp_path) == "step-0000000001"
+    assert _lookup(_stream, tmp_path) is None
+
+
+@BOTH
+def test_a_step_folder_that_is_a_link_is_ignored(tmp_path: Path, reader: Reader) -> None:
     real = tmp_path / "real"
     _saved(real, 7)
     ckpt = tmp_path / "ckpt"
     _saved(ckpt, 1)
     (ckpt / "step-0000000009").symlink_to(real / "step-0000000007")
-    assert latest_whole_checkpoint(str(ckpt)) == "step-0000000001"
+    assert _lookup(reader, ckpt) == "step-0000000001"
+
+
+@BOTH
+def test_many_rank_manifests_must_name_every_rank(tmp_path: Path, reader: Reader) -> None:
+    """ckpt's rank-aware format: ``world_size`` and ``ranks`` (each rank's files), merged."""
+    _saved(tmp_path, 1, 2)
+    path, manifest = _manifest(tmp_path, 1)
+    path.write_text(json.dumps({**manifest, "world_size": 2,
+                                "ranks": {"0": ["w.bin"], "1": ["sub/x.bin"]}}))
+    path, manifest = _manifest(tmp_path, 2)
+    path.write_text(json.dumps({**manifest, "world_size": 2, "ranks": {"0": ["w.bin"]}}))
+    assert _lookup(reader, tmp_path) == "step-0000000001"
+    path.write_text(json.dumps({**manifest, "world_size": 10**12, "ranks": {}}))
+    assert _lookup(reader, tmp_path) == "step-0000000001"
+    path.write_text(json.dumps({**manifest, "world_size": 1, "ranks": {"0": ["w.bin"]}}))
+    assert _lookup(reader, tmp_path) == "step-0000000001"  # sub/x.bin is nobody's
+    path.write_text(json.dumps({**manifest, "world_size": 1,
+                                "ranks": {"0": ["w.bin", "sub/x.bin"]}}))
+    assert _lookup(reader, tmp_path) == "step-0000000002"
+
+
+@BOTH
+def test_a_hardlinked_file_counts_with_its_bytes(tmp_path: Path, reader: Reader) -> None:
+    _saved(tmp_path, 1, 2)
+    shared = tmp_path / "step-0000000002" / "sub" / "x.bin"
+    shared.unlink()
+    (tmp_path / "step-0000000002" / "sub" / "x.bin").write_bytes(b"xx")
+    path, manifest = _manifest(tmp_path, 2)
+    os.link(tmp_path / "step-0000000002" / "w.bin", tmp_path / "step-0000000002" / "same.bin")
+    files = dict(manifest["files"])  # type: ignore[call-overload]
+    files["same.bin"] = files["w.bin"]
+    path.write_text(json.dumps({**manifest, "files": files}))
+    assert _lookup(reader, tmp_path) == "step-0000000002"
