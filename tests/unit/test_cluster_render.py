@@ -142,9 +142,7 @@ def test_kubernetes_job_fields() -> None:
     security = train["securityContext"]
     assert security["allowPrivilegeEscalation"] is False  # no-new-privileges
     assert "NET_RAW" in security["capabilities"]["drop"]  # the plan's hardening
-    assert train["resources"] == {
-        "limits": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}
-    }
+    assert train["resources"] == {"limits": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"}}
     assert pod["terminationGracePeriodSeconds"] == 300
     token = next(e for e in train["env"] if e["name"] == "HF_TOKEN")
     assert token == {
@@ -370,3 +368,54 @@ def test_plan_and_one_host_renders_say_the_limits_too(tmp_path: Path) -> None:
     assert line.startswith("# jobs.train.placement: placement")
     compose = run_cli("render", "compose", cwd=tmp_path).stdout
     assert "# train: stores.checkpoints.mirror:" in compose
+
+
+def test_compose_runs_the_mirror_beside_the_job(tmp_path: Path) -> None:
+    import subprocess
+
+    import jsonschema
+
+    from cargohold.render import render_compose
+    from tests.unit.test_render import _compose_binary, _compose_schema
+
+    text = CLUSTER.replace(
+        'repository = "s3://bucket/repo"\nsnapshot = "digits-dataset@latest"\n', ""
+    )
+    plan = _plan(text)
+    document = render_compose([plan], mirror_image=IMAGE)
+    services = document["services"]
+    restore, mirror, job = (
+        services["train-mirror-restore"],
+        services["train-mirror"],
+        services["train"],
+    )
+    assert restore["command"] == ["cargohold", "mirror", "--restore-only"]
+    assert restore["image"] == mirror["image"] == IMAGE
+    assert restore["user"] == mirror["user"] == "1000:1000"
+    assert job["depends_on"] == {
+        "train-mirror-restore": {"condition": "service_completed_successfully"}
+    }
+    assert restore["depends_on"] == {
+        "train-prepare": {"condition": "service_completed_successfully"}
+    }
+    assert mirror["volumes"] == [
+        {"type": "volume", "source": "checkpoints", "target": "/ckpt", "read_only": True}
+    ]
+    # Credentials from the shell running Compose; the spec's own dollars stay literal.
+    assert mirror["environment"]["AWS_SECRET_ACCESS_KEY"] == "${AWS_SECRET_ACCESS_KEY:-}"
+    assert job["command"][-1] == "$$LR"
+    jsonschema.validate(document, _compose_schema())
+    compose_file = tmp_path / "compose.yml"
+    compose_file.write_text(yaml.safe_dump(document, sort_keys=False))
+    resolved = subprocess.run(
+        [_compose_binary(), "-f", str(compose_file), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "AWS_SECRET_ACCESS_KEY": "from-the-shell"},
+    )
+    assert resolved.returncode == 0, resolved.stderr
+    config = json.loads(resolved.stdout)["services"]
+    assert config["train-mirror"]["environment"]["AWS_SECRET_ACCESS_KEY"] == "from-the-shell"
+    # Without the image, no mirror services: the golden compose file stays as it was.
+    assert "train-mirror" not in render_compose([plan])["services"]

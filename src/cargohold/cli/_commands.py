@@ -187,7 +187,12 @@ def render_compose_command(
     header += "".join(f"# {p.job}: {line}\n" for p in plans for line in check_limits(p, "compose"))
     if folders:
         header += "# Before `docker compose up`: mkdir -p " + " ".join(folders) + "\n"
-    text = header + yaml.safe_dump(render_compose(plans), sort_keys=False)
+    from cargohold import __version__
+
+    # The mirror services use the image `cargohold image` builds under this name.
+    text = header + yaml.safe_dump(
+        render_compose(plans, mirror_image=f"cargohold:{__version__}"), sort_keys=False
+    )
     if output is None:
         sys.stdout.write(text)
     else:

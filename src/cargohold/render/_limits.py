@@ -176,11 +176,18 @@ def _mirror(plan: Plan, target: str) -> Iterator[Limit]:
             "job's own container (`cargohold mirror --exec -- CMD`), and the job's image needs "
             "cargohold (build it FROM the image `cargohold image` makes).",
         )
-    elif target in _ONE_HOST:
+    elif target == "docker-run":
         yield Limit(
             f"stores.{ckpt.store}.mirror",
-            f"mirror {ckpt.mirror} is not part of this rendering; `cargohold run` runs the mirror "
+            f"mirror {ckpt.mirror} is not part of this line; `cargohold run` runs the mirror "
             "beside the job, or run `cargohold mirror` yourself.",
+        )
+    elif target == "compose":
+        yield Limit(
+            f"stores.{ckpt.store}.mirror",
+            f"{plan.job}-mirror pushes checkpoints to {ckpt.mirror} until `docker compose down`; "
+            "it needs the image `cargohold image` builds, and an S3 server on this machine's "
+            "loopback is not reachable from Compose's network.",
         )
 
 

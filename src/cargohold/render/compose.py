@@ -20,6 +20,7 @@ from typing import Any
 
 from cargohold.kinds import Backing
 from cargohold.plan import Mount, Plan, Runtime
+from cargohold.render._mirror import add_compose_mirrors
 from cargohold.render._prepare import seed_mounts, seed_script, stores_to_chown
 
 __all__ = ["render_compose"]
@@ -159,11 +160,13 @@ def _prepare_service(plan: Plan, mounts: list[Mount]) -> dict[str, Any]:
     }
 
 
-def render_compose(plans: list[Plan]) -> dict[str, Any]:
+def render_compose(plans: list[Plan], *, mirror_image: str | None = None) -> dict[str, Any]:
     """A Compose document running every plan as a service.
 
     Args:
         plans: one plan per job, all of one project.
+        mirror_image: the cargohold image; with it, a checkpoints store's ``mirror`` gets its
+            restore and mirror services (``render/_mirror.py``).
 
     Returns:
         A dict ready for ``yaml.safe_dump``.
@@ -193,6 +196,8 @@ def render_compose(plans: list[Plan]) -> dict[str, Any]:
     if volumes:
         document["volumes"] = volumes
     escaped: dict[str, Any] = _escaped(document)
+    if mirror_image is not None:
+        add_compose_mirrors(escaped, plans, mirror_image)
     return escaped
 
 
