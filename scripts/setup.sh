@@ -60,7 +60,9 @@ read -r is_venv prefix < <("$python" -c "import sys; print(sys.prefix != sys.bas
 stamp=/dev/null
 [ "$is_venv" = True ] && stamp=$prefix/.cargohold-setup-$extra
 want="$here $(sha256sum pyproject.toml | cut -c1-16)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+# The dev extra holds the demo's packages too.
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] \
+  && { [ "$extra" != demo ] || [ "$(cat "${stamp%-demo}-dev" 2>/dev/null)" != "$want" ]; }; then
   what="cargohold"
   [ "$extra" = dev ] && what="cargohold and its test tools"
   if ! run_logged "setup: installing $what into $prefix" "$logs/pip-$extra.log" \

@@ -35,7 +35,8 @@ fi
 read -r PROJECT VOLUME < <("${CARGOHOLD[@]}" plan --json | "$PYTHON" -c '
 import json, sys
 plan = json.load(sys.stdin)
-print(plan["project"], next(s["source"] for s in plan["stores"] if s["kind"] == "checkpoints"))')
+print(plan["project"], next(s["source"] for s in plan["stores"] if s["kind"] == "checkpoints"))') \
+  || fail "cargohold plan cannot read cargohold.toml (its message is above)"
 CONTAINER=$PROJECT-train
 
 step "2. A fresh start: no container, no checkpoint volume, no artifacts from an earlier demo"
