@@ -239,3 +239,39 @@ def test_engine_killed_mid_snapshot_then_rerun(engine: PrivateEngine, tmp_path: 
         assert listed.stdout.count(f'"{volume}"') == 1  # the interrupted one is not listed
     finally:
         engine.docker("volume", "rm", "-f", volume, check=False)
+
+
+def test_a_failing_source_is_not_reported_as_a_dead_engine(engine: PrivateEngine,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tar stream for put_archive is produced while it is sent; an OSError there (an
+    unreadable source file) must surface as itself, not as urllib3's "Connection aborted"
+    read as a lost engine (exit 3 with a hint to start Docker)."""
+    import io
+    import tarfile
+
+    from cargohold.engine import connect
+    from cargohold.errors import EngineUnavailable
+
+    monkeypatch.setenv("DOCKER_HOST", engine.host)
+    volume = "failing-source"
+    docker_engine = connect()
+    docker_engine.create_volume(volume, {})
+
+    def chunks() -> Iterator[bytes]:
+        header = tarfile.TarInfo("v/big.bin")
+        header.size = 64 << 20
+        buffer = io.BytesIO()
+        buffer.write(header.tobuf())
+        yield buffer.getvalue()
+        yield b"\0" * (1 << 20)
+        raise PermissionError(13, "Permission denied", "/data/secret.bin")
+
+    try:
+        with docker_engine.archive_helper(volume, readonly=False) as helper, \
+                pytest.raises(PermissionError) as raised:
+            helper.put_archive(chunks())
+        assert not isinstance(raised.value, EngineUnavailable)
+        assert raised.value.filename == "/data/secret.bin"
+        assert _helpers(engine) == []  # the helper went away with the failure
+    finally:
+        engine.docker("volume", "rm", "-f", volume, check=False)

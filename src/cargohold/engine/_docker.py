@@ -43,7 +43,7 @@ from cargohold.engine.types import (
     MountRequest,
     VolumeInfo,
 )
-from cargohold.errors import ContainerNotFound, EngineError, VolumeNotFound
+from cargohold.errors import CargoholdError, ContainerNotFound, EngineError, VolumeNotFound
 
 __all__ = ["ArchiveHelper", "DockerEngine"]
 
@@ -152,9 +152,29 @@ class ArchiveHelper:
         self._open.clear()
 
     def put_archive(self, data: Iterator[bytes]) -> None:
-        """Extract a tar stream at the helper's root: names must start with ``v/``."""
-        with translate("Writing into the volume"):
-            self._engine._client.api.put_archive(self._id, "/", data)
+        """Extract a tar stream at the helper's root: names must start with ``v/``.
+
+        The stream is produced while it is sent. When producing fails (an unreadable source
+        file, a hostile archive), that error is raised, not what the HTTP stack made of it:
+        urllib3 turns any OSError raised by a request body into "Connection aborted", which
+        would read as an engine that went away.
+        """
+        failed: list[BaseException] = []
+
+        def produce() -> Iterator[bytes]:
+            try:
+                yield from data
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+
+        try:
+            with translate("Writing into the volume"):
+                self._engine._client.api.put_archive(self._id, "/", produce())
+        except CargoholdError:
+            if failed:
+                raise failed[0] from None
+            raise
 
 
 class DockerEngine:
