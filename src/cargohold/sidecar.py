@@ -27,6 +27,7 @@ from cargohold.errors import EngineError
 from cargohold.image import DEFAULT_TAG, build_cargohold_image
 from cargohold.mirror import MirrorStatus
 from cargohold.plan import Plan
+from cargohold.render._mirror import CREDENTIAL_ENV
 
 __all__ = [
     "ROLE_LABEL",
@@ -39,13 +40,6 @@ __all__ = [
 
 ROLE_LABEL = "cargohold.role"
 STATUS_PATH = "/tmp/cargohold-mirror.json"
-PASSED_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "CARGOHOLD_S3_ENDPOINT",
-)
 _MAX_STATUS = 64 * 1024
 
 Say = Callable[[str], None]
@@ -71,7 +65,7 @@ def _request(plan: Plan, name: str, command: list[str], *, readonly: bool) -> Co
     ckpt = plan.checkpoint_mount
     assert ckpt is not None and ckpt.mirror is not None
     network, extra = _network(ckpt.mirror)
-    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    env = {k: os.environ[k] for k in CREDENTIAL_ENV if k in os.environ}
     env.update(CARGOHOLD_CHECKPOINT_DIR=ckpt.target, CARGOHOLD_MIRROR=ckpt.mirror)
     volume = ckpt.request()
     volume = MountRequest(**{**volume.__dict__, "readonly": readonly})

@@ -14,9 +14,10 @@ from typing import Any
 
 from cargohold.plan import Plan
 
-__all__ = ["MIRROR_ENV", "add_compose_mirrors"]
+__all__ = ["CREDENTIAL_ENV", "add_compose_mirrors", "literal"]
 
-MIRROR_ENV = (
+# What a mirror needs from the environment of whoever starts it; never written into a file.
+CREDENTIAL_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -25,7 +26,8 @@ MIRROR_ENV = (
 )
 
 
-def _literal(text: str) -> str:
+def literal(text: str) -> str:
+    """A spec value in a Compose or stack file: ``$`` doubled, so nothing interpolates it."""
     return text.replace("$", "$$")
 
 
@@ -37,12 +39,12 @@ def add_compose_mirrors(document: dict[str, Any], plans: list[Plan], image: str)
         if ckpt is None or ckpt.mirror is None:
             continue
         env = {
-            "CARGOHOLD_CHECKPOINT_DIR": _literal(ckpt.target),
-            "CARGOHOLD_MIRROR": _literal(ckpt.mirror),
-            **{name: "${" + name + ":-}" for name in MIRROR_ENV},
+            "CARGOHOLD_CHECKPOINT_DIR": literal(ckpt.target),
+            "CARGOHOLD_MIRROR": literal(ckpt.mirror),
+            **{name: "${" + name + ":-}" for name in CREDENTIAL_ENV},
         }
-        volume = {"type": "volume", "source": ckpt.store, "target": _literal(ckpt.target)}
-        labels = {**{k: _literal(v) for k, v in plan.labels}, "cargohold.role": "mirror"}
+        volume = {"type": "volume", "source": ckpt.store, "target": literal(ckpt.target)}
+        labels = {**{k: literal(v) for k, v in plan.labels}, "cargohold.role": "mirror"}
         restore_name, mirror_name = f"{plan.job}-mirror-restore", f"{plan.job}-mirror"
         job = services[plan.job]
         restore: dict[str, Any] = {

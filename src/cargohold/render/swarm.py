@@ -18,29 +18,18 @@ from typing import Any
 
 from cargohold.kinds import Backing
 from cargohold.plan import Mount, Plan
+from cargohold.render._mirror import CREDENTIAL_ENV, literal
 
-__all__ = ["MIRROR_ENV", "render_swarm"]
+__all__ = ["render_swarm"]
 
 # The node's own network namespace, as a stack names it.
 _HOST_NETWORK = "hostnet"
-
-# Taken from the environment of `docker stack deploy`, never written into the file.
-MIRROR_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_DEFAULT_REGION",
-    "CARGOHOLD_S3_ENDPOINT",
-)
-
-
-def _literal(text: str) -> str:
-    return text.replace("$", "$$")
 
 
 def _service_volume(mount: Mount) -> dict[str, Any]:
     entry: dict[str, Any] = {"type": mount.backing.value, "target": mount.target}
     if mount.backing is Backing.BIND:
-        entry["source"] = _literal(mount.source or "")
+        entry["source"] = literal(mount.source or "")
     elif mount.backing is Backing.VOLUME:
         entry["source"] = mount.store
     elif mount.tmpfs_size is not None:
@@ -56,7 +45,7 @@ def _top_level_volume(plan: Plan, mount: Mount) -> dict[str, Any]:
     volume: dict[str, Any] = {"name": mount.source}
     if mount.driver:
         volume["driver"] = mount.driver
-        volume["driver_opts"] = {k: _literal(v) for k, v in mount.driver_opts}
+        volume["driver_opts"] = {k: literal(v) for k, v in mount.driver_opts}
     volume["labels"] = mount.volume_labels(plan.project)
     return volume
 
@@ -82,9 +71,9 @@ def _service(plan: Plan) -> dict[str, Any]:
     service: dict[str, Any] = {"image": plan.image}
     ckpt = plan.checkpoint_mount
     mirror = ckpt.mirror if ckpt is not None else None
-    command = [_literal(word) for word in plan.command] if plan.command is not None else None
+    command = [literal(word) for word in plan.command] if plan.command is not None else None
     rt = plan.runtime
-    entrypoint = [_literal(word) for word in rt.entrypoint] if rt.entrypoint is not None else None
+    entrypoint = [literal(word) for word in rt.entrypoint] if rt.entrypoint is not None else None
     if mirror is not None:
         service["entrypoint"] = ["cargohold", "mirror", "--exec", "--", *(entrypoint or [])]
     elif entrypoint is not None:
@@ -93,18 +82,18 @@ def _service(plan: Plan) -> dict[str, Any]:
         service["command"] = command
     service["user"] = plan.user
     if plan.workdir is not None:
-        service["working_dir"] = _literal(plan.workdir)
-    env = {k: _literal(v) for k, v in plan.env}
+        service["working_dir"] = literal(plan.workdir)
+    env = {k: literal(v) for k, v in plan.env}
     env["CARGOHOLD_NODE_HOSTNAME"] = "{{.Node.Hostname}}"
     for name in rt.secrets:  # from the deploying shell, never written here
         env[name] = "${" + name + "}"
     if mirror is not None:
-        env["CARGOHOLD_MIRROR"] = _literal(mirror)
-        for name in MIRROR_ENV:
+        env["CARGOHOLD_MIRROR"] = literal(mirror)
+        for name in CREDENTIAL_ENV:
             env[name] = "${" + name + ":-}"
     service["environment"] = env
     if rt.env_files:
-        service["env_file"] = [_literal(f) for f in rt.env_files]
+        service["env_file"] = [literal(f) for f in rt.env_files]
     service["labels"] = dict(plan.labels)
     if rt.init:
         service["init"] = True
