@@ -6,10 +6,27 @@ hostile newer checkpoint in the store and an image that has no python3."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Resources, run_cli
+import pytest
+
+from tests.conftest import REPO, SRC, Resources, run_cli
+from tests.integration.test_newcomer import (
+    _as,
+    _docker_socket_is_for_the_group,
+    _system_python,
+    _wheelhouse,
+    newcomer,  # noqa: F401 - a fixture
+)
 from tests.integration.test_run import SAVER, write_project
 
 # Planted by a container, as a job could: 9 never finished (no manifest), 8 names a host file
@@ -33,6 +50,16 @@ SHOW = ("command -v python3 || echo no-python; "
         "echo RESUME=$CARGOHOLD_RESUME FROM=$CARGOHOLD_RESUME_FROM")
 
 
+def _no_python_image(tmp_path: Path, job_image: str, resources: Resources, client: Any) -> str:
+    image = f"{resources.project}-nopython:1"
+    resources.images.append(image)
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(
+        f"FROM {job_image}\nRUN rm -f /usr/bin/python3* /usr/local/bin/python3*\n")
+    client.images.build(path=str(tmp_path / "ctx"), tag=image, rm=True)
+    return image
+
+
 def test_every_access_path_resumes_from_the_newest_whole_checkpoint(
     tmp_path: Path, job_image: str, docker_resources: Resources, docker_client: Any
 ) -> None:
@@ -43,19 +70,82 @@ def test_every_access_path_resumes_from_the_newest_whole_checkpoint(
     docker_client.containers.run(job_image, ["sh", "-c", PLANT], remove=True,
                                  volumes={volume: {"bind": "/ckpt", "mode": "rw"}})
 
-    image = f"{docker_resources.project}-nopython:1"
-    docker_resources.images.append(image)
-    (tmp_path / "ctx").mkdir()
-    (tmp_path / "ctx" / "Dockerfile").write_text(
-        f"FROM {job_image}\nRUN rm -f /usr/bin/python3* /usr/local/bin/python3*\n")
-    docker_client.images.build(path=str(tmp_path / "ctx"), tag=image, rm=True)
+    image = _no_python_image(tmp_path, job_image, docker_resources, docker_client)
     spec = tmp_path / "cargohold.toml"
     spec.write_text(spec.read_text().replace(f'image = "{job_image}"', f'image = "{image}"'))
 
-    for access in ("archive", "local", "auto"):
+    for access in ("archive", "local"):
         result = run_cli("run", "--", "sh", "-c", SHOW, cwd=tmp_path, timeout=120,
                          env={"CARGOHOLD_VOLUME_ACCESS": access})
         assert result.returncode == 0, (access, result.stderr)
         assert result.stdout.splitlines() == [
             "no-python", "RESUME=auto FROM=/ckpt/step-0000000003"], (access, result.stdout)
         assert "Resuming from /ckpt/step-0000000003" in result.stderr
+
+
+@pytest.fixture(scope="session")
+def user_cargohold() -> Iterator[Path]:
+    """What any user can run cargohold from, with the system's python3: the test python's
+    site-packages live under /root, which no other user may read, so its dependencies are
+    installed (``pip --target``, from the newcomer test's local wheel cache) beside a copy of
+    this checkout's sources in a folder under /var/tmp. Made once per session, removed at its
+    end."""
+    _system_python()
+    wheels = _wheelhouse()
+    folder = Path(f"/var/tmp/cargohold-test-user-{secrets.token_hex(4)}")
+    try:
+        deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+        installed = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-index",
+             "--find-links", str(wheels), "--target", str(folder / "site"), *deps],
+            capture_output=True, text=True, timeout=300)
+        assert installed.returncode == 0, installed.stderr[-2000:]
+        shutil.copytree(SRC, folder / "src", ignore=shutil.ignore_patterns("__pycache__"))
+        # Compiled once here: the user cannot write __pycache__ in a folder root owns.
+        subprocess.run([str(_system_python()), "-m", "compileall", "-q", str(folder / "src")],
+                       check=True, capture_output=True, timeout=120)
+        for path in [folder, *folder.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else path.stat().st_mode | 0o444)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_non_root_user_gets_the_resume_path_from_an_image_without_python(
+    tmp_path: Path,
+    job_image: str,
+    docker_resources: Resources,
+    docker_client: Any,
+    newcomer: pwd.struct_passwd,  # noqa: F811 - the fixture imported above
+    user_cargohold: Path,
+) -> None:
+    """Issue 8 defect 11 as it was met: an ordinary user in the docker group, who cannot read
+    /var/lib/docker, runs a job whose image has no python3 and gets CARGOHOLD_RESUME_FROM."""
+    _docker_socket_is_for_the_group()
+    project = Path(newcomer.pw_dir) / "project"
+    project.mkdir()
+    write_project(project, docker_resources.project, job_image)
+    saved = run_cli("run", "--", "python3", "-c", SAVER, "2", "0", "0", cwd=project)
+    assert saved.returncode == 0, saved.stderr
+    volume = f"{docker_resources.project}-checkpoints"
+    docker_client.containers.run(job_image, ["sh", "-c", PLANT], remove=True,
+                                 volumes={volume: {"bind": "/ckpt", "mode": "rw"}})
+    image = _no_python_image(tmp_path, job_image, docker_resources, docker_client)
+    spec = project / "cargohold.toml"
+    spec.write_text(spec.read_text().replace(f'image = "{job_image}"', f'image = "{image}"'))
+    for path in [project, *project.rglob("*")]:
+        os.lchown(path, newcomer.pw_uid, newcomer.pw_gid)
+    mountpoint = docker_client.volumes.get(volume).attrs["Mountpoint"]
+    readable = subprocess.run([*_as(newcomer, {}), "test", "-r", mountpoint])
+    assert readable.returncode != 0, "the user can read the volume's folder: not the case tested"
+
+    env = {"PYTHONPATH": f"{user_cargohold / 'src'}:{user_cargohold / 'site'}",
+           "DOCKER_HOST": os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")}
+    result = subprocess.run(
+        [*_as(newcomer, env), str(_system_python()), "-m", "cargohold", "run", "--", "sh", "-c",
+         SHOW],
+        cwd=project, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "no-python", "RESUME=auto FROM=/ckpt/step-0000000002"], result.stdout
