@@ -827,6 +827,10 @@ class CheckpointManager:
         the middle of ``save()`` or ``save_async()``, running ``final_save`` there would re-enter
         the save under its own lock (a deadlock until SIGKILL). So the final save is deferred to
         the moment that call returns: it still happens, once, within the time of one save.
+
+        With many ranks the handler only records the signal: ``final_save`` runs on every rank
+        at the ``preemption_point()`` where they agree to stop (see there). A loop that never
+        calls it is not stopped by SIGTERM.
         """
 
         def on_sigterm(signum: int, frame: FrameType | None) -> None:
