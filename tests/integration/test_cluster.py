@@ -339,3 +339,59 @@ def test_a_job_survives_losing_its_node(
         assert "restored step-" in errors and "DONE" in output
         assert "SAVED 1\n" not in output  # resumed, not started again
         manager.docker("stack", "rm", project, check=False)
+
+
+def test_the_rendered_dataset_init_container_restores_into_its_claim(
+    tmp_path: Path, cargohold_image: str, docker_resources: Resources, docker_client: Any
+) -> None:
+    """The initContainer exactly as `render kubernetes` writes it, run by Docker with a volume
+    in place of the claim: the dataset lands in the folder the job mounts (subPath), and a
+    retried pod leaves a filled claim alone."""
+    import docker
+    import yaml
+
+    project = docker_resources.project
+    repo = tmp_path / "repo"
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "0.csv").write_text("x,y\n1,2\n")
+    made = run_cli("snapshot", str(data), "--repo", str(repo), "--tag", "digits-v1")
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "cargohold.toml").write_text(textwrap.dedent(f"""
+        [project]
+        name = "{project}"
+
+        [stores.dataset]
+        kind = "dataset"
+        target = "/data"
+        repository = "{repo}"
+        snapshot = "digits-v1"
+
+        [jobs.train]
+        image = "registry.example.com/train:1"
+        user = "0:0"
+    """))
+    rendered = run_cli("render", "kubernetes", "--image", cargohold_image, cwd=tmp_path)
+    assert rendered.returncode == 0, rendered.stderr
+    job = next(o for o in yaml.safe_load_all(rendered.stdout) if o["kind"] == "Job")
+    init = job["spec"]["template"]["spec"]["initContainers"][0]
+    volume = f"{project}-dataset"
+    docker_resources.volumes.append(volume)
+    mounts = [
+        docker.types.Mount(init["volumeMounts"][0]["mountPath"], volume, type="volume"),
+        docker.types.Mount(str(repo), str(repo), type="bind", read_only=True),
+    ]
+    env = {e["name"]: e["value"] for e in init["env"]}
+    for attempt in ("first", "retried"):
+        output = docker_client.containers.run(
+            cargohold_image, init["command"], mounts=mounts, environment=env, user="0:0",
+            network_mode="none", remove=True, labels={"cargohold.project": project},
+        ).decode()
+        if attempt == "retried":
+            assert "already holds data; not restoring" in output
+    reader = docker_client.containers.run(
+        cargohold_image, ["cat", "/claim/content/train/0.csv"], remove=True, network_mode="none",
+        mounts=[docker.types.Mount("/claim", volume, type="volume", read_only=True)],
+        labels={"cargohold.project": project},
+    )
+    assert reader.decode() == "x,y\n1,2\n"

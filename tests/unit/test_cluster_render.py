@@ -155,7 +155,7 @@ def test_kubernetes_job_fields() -> None:
     assert env["HF_HOME"] == "/cache/huggingface"
     assert env["LR"] == "0.1"
     mounts = {m["mountPath"]: m for m in train["volumeMounts"]}
-    assert mounts["/data"].get("readOnly") is True
+    assert mounts["/data"].get("readOnly") is True and mounts["/data"]["subPath"] == "content"
     assert "readOnly" not in mounts["/ckpt"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}
@@ -206,9 +206,23 @@ def test_kubernetes_restore_and_mirror_containers() -> None:
     pod = _objects()["Job"]["spec"]["template"]["spec"]
     restore, mirror_restore = pod["initContainers"]
     assert restore["image"] == IMAGE
-    assert restore["command"][-2:] == ["digits-dataset@latest", "/data"]
+    # Restored into a folder of the claim (a mount point cannot be swapped in), which the job
+    # mounts read-only through subPath.
+    assert restore["command"][-2:] == [
+        "digits-dataset@latest",
+        "/cargohold-restore/dataset/content",
+    ]
     assert {"name": "CARGOHOLD_REPO", "value": "s3://bucket/repo"} in restore["env"]
-    assert restore["volumeMounts"] == [{"name": "dataset", "mountPath": "/data"}]  # writable
+    assert restore["volumeMounts"] == [
+        {"name": "dataset", "mountPath": "/cargohold-restore/dataset"}
+    ]
+    train_mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert train_mounts["/data"] == {
+        "name": "dataset",
+        "mountPath": "/data",
+        "subPath": "content",
+        "readOnly": True,
+    }
     assert mirror_restore["args"] == ["cargohold", "mirror", "--restore-only"]
     sidecar = pod["containers"][1]
     assert sidecar["args"] == ["cargohold", "mirror", "--until-pod-done"]

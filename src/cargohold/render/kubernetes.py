@@ -44,9 +44,13 @@ DEFAULT_CAPACITY = 10 * 1024**3
 _DNS_BAD = re.compile(r"[^a-z0-9-]+")
 # Restores a snapshot into an empty folder; a retried pod finds its claim already filled.
 _RESTORE_IF_EMPTY = (
-    'if [ -n "$(ls -A "$2")" ]; then echo "cargohold: $2 already holds data; not restoring"; '
-    'else exec cargohold restore "$1" --to "$2"; fi'
+    'if [ -n "$(ls -A "$2" 2>/dev/null)" ]; then echo "cargohold: $2 already holds data; '
+    'not restoring"; else exec cargohold restore "$1" --to "$2"; fi'
 )
+# A restore is staged beside its target and renamed into place, which cannot work on a mount
+# point: the initContainer restores into this folder of the claim, the job mounts it (subPath).
+RESTORED_SUBPATH = "content"
+_RESTORE_ROOT = "/cargohold-restore"
 
 
 def dns_name(text: str, limit: int = 52) -> str:
@@ -110,6 +114,8 @@ def _pod_volume(mount: Mount) -> dict[str, Any]:
 
 def _mount(mount: Mount, *, readonly: bool | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": dns_name(mount.store, 63), "mountPath": mount.target}
+    if mount.snapshot is not None:
+        entry["subPath"] = RESTORED_SUBPATH
     if mount.readonly if readonly is None else readonly:
         entry["readOnly"] = True
     return entry
@@ -125,13 +131,21 @@ def _secret_env(plan: Plan) -> list[dict[str, Any]]:
 
 def _restore_dataset(plan: Plan, mount: Mount, image: str) -> dict[str, Any]:
     assert mount.snapshot is not None and mount.repository is not None
+    root = f"{_RESTORE_ROOT}/{dns_name(mount.store, 63)}"
     return {
         "name": dns_name(f"restore-{mount.store}", 63),
         "image": image,
-        "command": ["sh", "-c", _RESTORE_IF_EMPTY, "sh", mount.snapshot, mount.target],
+        "command": [
+            "sh",
+            "-c",
+            _RESTORE_IF_EMPTY,
+            "sh",
+            mount.snapshot,
+            f"{root}/{RESTORED_SUBPATH}",
+        ],
         "env": [{"name": "CARGOHOLD_REPO", "value": mount.repository}],
         "envFrom": _secret_env(plan),
-        "volumeMounts": [_mount(mount, readonly=False)],
+        "volumeMounts": [{"name": dns_name(mount.store, 63), "mountPath": root}],
         "securityContext": {"allowPrivilegeEscalation": False},
     }
 
