@@ -22,13 +22,27 @@ import pytest
 from tests.conftest import SRC, run_cli
 from tests.engines import PrivateEngine, link, private_engine
 
-SIZE = 320 << 20  # big enough that the transfer is still running when the engine is killed
+SIZE = 256 << 20  # big enough that the transfer is still running when the engine is killed
 
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[PrivateEngine]:
     with private_engine() as started:
         yield started
+
+
+@pytest.fixture(scope="module")
+def full_volume(engine: PrivateEngine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A volume holding one SIZE file (model.safetensors), read by the export and snapshot
+    tests (ingested once for both)."""
+    volume = "crash-full"
+    source = _sparse_source(tmp_path_factory.mktemp("full"), "model.safetensors")
+    ingested = run_cli("ingest", str(source), volume, env=_env(engine), timeout=600)
+    assert ingested.returncode == 0, ingested.stderr
+    try:
+        yield volume
+    finally:
+        engine.docker("volume", "rm", "-f", volume, check=False)
 
 
 def _env(engine: PrivateEngine) -> dict[str, str]:
@@ -63,7 +77,7 @@ def _when_streaming(engine: PrivateEngine, process: subprocess.Popen[str]) -> No
         assert process.poll() is None, f"ended before the transfer started: {process.stderr}"
         assert time.monotonic() < deadline, "no helper container appeared"
         time.sleep(0.05)
-    time.sleep(0.3)
+    time.sleep(0.1)
     assert process.poll() is None, "the transfer finished before it could be interrupted"
 
 
@@ -109,21 +123,15 @@ def test_engine_killed_mid_ingest_then_rerun(engine: PrivateEngine, tmp_path: Pa
         engine.docker("volume", "rm", "-f", volume, check=False)
 
 
-def test_engine_killed_mid_export_then_rerun(engine: PrivateEngine, tmp_path: Path) -> None:
-    source = _sparse_source(tmp_path, "model.safetensors")
-    volume = "crash-export"
-    try:
-        ingested = run_cli("ingest", str(source), volume, env=_env(engine), timeout=600)
-        assert ingested.returncode == 0, ingested.stderr
-        out = tmp_path / "out"
-        process = _start_cli(engine, "export", volume, str(out))
-        _crash_and_recover(engine, process, volume)
-        rerun = run_cli("export", volume, str(out), "--force", env=_env(engine), timeout=600)
-        assert rerun.returncode == 0, rerun.stderr
-        assert (out / "model.safetensors").stat().st_size == SIZE
-        assert _helpers(engine) == []
-    finally:
-        engine.docker("volume", "rm", "-f", volume, check=False)
+def test_engine_killed_mid_export_then_rerun(engine: PrivateEngine, full_volume: str,
+                                            tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    process = _start_cli(engine, "export", full_volume, str(out))
+    _crash_and_recover(engine, process, full_volume)
+    rerun = run_cli("export", full_volume, str(out), "--force", env=_env(engine), timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / "model.safetensors").stat().st_size == SIZE
+    assert _helpers(engine) == []
 
 
 def test_sigkilled_cargohold_leaves_no_helper_for_long(engine: PrivateEngine,
@@ -223,22 +231,16 @@ def test_an_engine_whose_test_was_killed_is_reaped_by_the_next(tmp_path: Path) -
             Path(f"/proc/{dockerd}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
 
 
-def test_engine_killed_mid_snapshot_then_rerun(engine: PrivateEngine, tmp_path: Path) -> None:
-    volume = "crash-snapshot"
+def test_engine_killed_mid_snapshot_then_rerun(engine: PrivateEngine, full_volume: str,
+                                              tmp_path: Path) -> None:
     repo = str(tmp_path / "repo")
-    try:
-        ingested = run_cli("ingest", str(_sparse_source(tmp_path, "weights.bin")), volume,
-                           env=_env(engine), timeout=600)
-        assert ingested.returncode == 0, ingested.stderr
-        process = _start_cli(engine, "snapshot", volume, "--repo", repo)
-        _crash_and_recover(engine, process, volume)
-        rerun = run_cli("snapshot", volume, "--repo", repo, env=_env(engine), timeout=600)
-        assert rerun.returncode == 0, rerun.stderr
-        listed = run_cli("snapshots", "--repo", repo, "--json", env=_env(engine))
-        assert listed.returncode == 0, listed.stderr
-        assert listed.stdout.count(f'"{volume}"') == 1  # the interrupted one is not listed
-    finally:
-        engine.docker("volume", "rm", "-f", volume, check=False)
+    process = _start_cli(engine, "snapshot", full_volume, "--repo", repo)
+    _crash_and_recover(engine, process, full_volume)
+    rerun = run_cli("snapshot", full_volume, "--repo", repo, env=_env(engine), timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    listed = run_cli("snapshots", "--repo", repo, "--json", env=_env(engine))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count(f'"{full_volume}"') == 1  # the interrupted one is not listed
 
 
 def test_a_failing_source_is_not_reported_as_a_dead_engine(engine: PrivateEngine,
