@@ -456,3 +456,27 @@ def test_memory_stays_bounded_at_100000_files(tmp_path: Path) -> None:
     assert max(first, back) < 300, (first, back)
     assert sum(1 for _ in (tmp_path / "back").rglob("*.txt")) == files
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 < 2000
+
+
+def test_scheduled_snapshots_run_log_and_apply_retention(tmp_path: Path) -> None:
+    env = _env(tmp_path, PYTHONUNBUFFERED="1")
+    source = _fill(tmp_path / "src", 11)
+    proc = _popen(["snapshot", str(source), "--every", "1s", "--keep-last", "2"], env)
+    runs = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("run "):
+                runs.append(line)
+                (source / "counter").write_text(str(len(runs)))
+            if len(runs) == 4:
+                break
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+    assert [r.split(":")[0] for r in runs] == ["run 1", "run 2", "run 3", "run 4"]
+    assert "kept 2, forgot 1" in runs[-1]
+    snaps = json.loads(_ok(run_cli("snapshots", "--json", env=env)))
+    assert 2 <= len(snaps) <= 3
+    bad = run_cli("snapshot", str(source), "--every", "soon", env=env)
+    assert bad.returncode == 2 and "duration" in bad.stderr
