@@ -17,8 +17,9 @@ gc never takes a lock that writers wait for. It follows the protocol in ``reposi
    read, then the packs, then the records -- a crash anywhere leaves extra data, never an index
    entry a writer could trust that points at nothing.
 
-Packs that are only partly referenced are kept whole (no repacking): a forgotten snapshot's data
-that shares a pack with kept data stays until the rest of that pack is unreferenced too.
+A pack whose bytes are at least ``REPACK`` (30%) unreferenced is condemned too; when it is deleted
+its blobs still referenced are first copied, sealed as they are, into new packs whose index is
+published before the old pack goes -- blobs are found by id, so snapshots never notice.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SKEW = 60.0  # seconds of clock difference tolerated between machines writing one repository
+REPACK = 0.3  # a pack with this share of unreferenced bytes is rewritten without them
+
+
+def _waste(blobs: list[tuple[bytes, int, int]], referenced: set[bytes]) -> float:
+    total = sum(n for _, _, n in blobs)
+    return sum(n for b, _, n in blobs if b not in referenced) / total if total else 1.0
 
 
 def _ensure_modern(repo: Repository) -> None:
@@ -118,6 +125,7 @@ class GcResult:
     condemned_packs: int
     waiting_sessions: int
     kept_packs: int
+    repacked_blobs: int = 0
 
 
 def collect_garbage(repo: Repository) -> GcResult:
@@ -162,10 +170,12 @@ def _collect(repo: Repository, own: str) -> GcResult:
         for pack, kind, blobs in repo._read_index(name):
             indexed[pack] = (kind, blobs)
     used = {p for p, (_, blobs) in indexed.items() if any(b in referenced for b, _, _ in blobs)}
-    unused = (set(indexed) | set(sizes)) - used
+    # Packs mostly garbage are rewritten: their live blobs copied into new packs, then deleted.
+    wasteful = {p for p in used if _waste(indexed[p][1], referenced) >= REPACK}
+    candidates = (set(indexed) | set(sizes)) - used | wasteful
     records = {name: repo.read_condemned(name) for name, _ in repo.backend.list("condemned")}
     already = {p for _, packs in records.values() for p in packs}
-    fresh = sorted(unused - already)
+    fresh = sorted(candidates - already)
     if fresh:
         now = time.time()
         name = f"condemned/{int(now)}-{secrets.token_hex(6)}"
@@ -178,16 +188,24 @@ def _collect(repo: Repository, own: str) -> GcResult:
         blocking = _blocking(repo, own, when)
         waiting = max(waiting, blocking)
         if not blocking:
-            deletable.update(p for p in packs if p in unused)
-    # Re-check references after the sessions: a snapshot published meanwhile rescues its packs.
+            deletable.update(p for p in packs if p in candidates)
+    copied = 0
     if deletable:
+        # References again, after the sessions: a snapshot published meanwhile may use blobs of
+        # these packs. Every blob still referenced and not kept elsewhere is copied first.
         referenced, _ = referenced_blobs(repo)
-        deletable = {
-            p
-            for p in deletable
-            if not any(b in referenced for b, _, _ in indexed.get(p, ("d", []))[1])
-        }
-    if deletable:
+        kept = {b for p, (_, blobs) in indexed.items() if p not in deletable for b, _, _ in blobs}
+        for pack in sorted(deletable):
+            kind, blobs = indexed.get(pack, ("d", []))
+            needed = [(b, o, n) for b, o, n in blobs if b in referenced and b not in kept]
+            if not needed:
+                continue
+            data = repo.backend.read(pack)
+            for blob, offset, length in needed:
+                repo.add_sealed(kind, blob.hex(), data[offset : offset + length])
+                kept.add(blob)
+                copied += 1
+        repo.flush()  # the copies and their index are published before anything goes
         survivors = [
             (p, kind, [(b.hex(), o, n) for b, o, n in blobs])
             for p, (kind, blobs) in indexed.items()
@@ -204,7 +222,7 @@ def _collect(repo: Repository, own: str) -> GcResult:
             repo.backend.delete(pack)
     remaining = 0
     for name, (when, packs) in records.items():
-        left = [p for p in packs if p not in deletable and p in unused]
+        left = [p for p in packs if p not in deletable and p in candidates]
         if not left:
             repo.backend.delete(name)
         elif len(left) != len(packs):
@@ -216,7 +234,8 @@ def _collect(repo: Repository, own: str) -> GcResult:
         deleted_bytes=sum(sizes.get(p, 0) for p in deletable),
         condemned_packs=remaining,
         waiting_sessions=waiting,
-        kept_packs=len(used),
+        kept_packs=len(used - deletable),
+        repacked_blobs=copied,
     )
 
 

@@ -574,6 +574,11 @@ class Repository:
                 return 0
             self._new_blobs[raw] = None
         sealed = self.keys.seal(plain, metadata=kind == "t")
+        self.add_sealed(kind, blob, sealed)
+        return len(sealed)
+
+    def add_sealed(self, kind: str, blob: str, sealed: bytes) -> None:
+        """Append an already sealed blob to this session's open pack (gc's repacking)."""
         with self._lock:
             pack = self._open.get(kind)
             if pack is None:
@@ -586,7 +591,6 @@ class Repository:
             if pack.size >= self.config.pack_size:
                 del self._open[kind]
                 self._finish(kind, pack)
-        return len(sealed)
 
     def _finish(self, kind: str, pack: _OpenPack) -> None:
         """Publish a full pack (in the background on an object store). Holds ``_lock``."""

@@ -432,7 +432,7 @@ def restore_to_path(
     force: bool = False,
     progress: Progress = _no_progress,
 ) -> RestoreResult:
-    """Restore a snapshot into a host folder (no Docker needed), staged beside it.
+    """Restore a snapshot into a host folder (no Docker needed), staged inside it.
 
     Raises:
         UsageError: the folder has data and ``force`` is not set, or it is not a folder.
