@@ -50,7 +50,7 @@ from cargohold.errors import TransferError
 __all__ = ["MAX_MANIFEST", "latest_whole_checkpoint"]
 
 MAX_MANIFEST = 16 << 20  # a manifest of a million files is ~100 MB of JSON; ours are far less
-_MAX_FILES = 1_000_000  # files remembered across the store: beyond, the library decides
+_MAX_FILES = 250_000  # files remembered across the store (~50 MB): beyond, the library decides
 
 
 @dataclass
@@ -171,14 +171,12 @@ def _ranks_hold(manifest: dict[str, Any]) -> bool:
         return False
     if set(ranks) != {str(r) for r in range(world)}:
         return False
-    listed: list[object] = []
+    listed: list[str] = []
     for names in ranks.values():
-        if not isinstance(names, list):
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             return False
         listed.extend(names)
-    return len(listed) == len(set(map(str, listed))) and set(map(str, listed)) == set(
-        manifest["files"]
-    )
+    return len(listed) == len(set(listed)) and set(listed) == set(manifest["files"])
 
 
 def _whole(step: _Step, *, verify: bool) -> bool:

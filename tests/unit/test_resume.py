@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import threading
 import zlib
@@ -19,6 +21,7 @@ import pytest
 from cargohold.archive import EntrySource, FolderReader, TarReader
 from cargohold.checkpoint import CheckpointManager
 from cargohold.resume import MAX_MANIFEST, latest_whole_checkpoint
+from tests.conftest import SRC
 
 
 def _folder(root: Path) -> EntrySource:
@@ -147,6 +150,33 @@ def test_a_step_folder_that_is_a_link_is_ignored(tmp_path: Path, reader: Reader)
     _saved(ckpt, 1)
     (ckpt / "step-0000000009").symlink_to(real / "step-0000000007")
     assert _lookup(reader, ckpt) == "step-0000000001"
+
+
+RANK_WORKER = """
+import sys
+from cargohold.checkpoint import CheckpointManager
+ckpt = CheckpointManager(sys.argv[1], keep_last=0, warn_ephemeral=False, timeout=60)
+for step in (1, 2):
+    ckpt.save(step, {f"shard-{ckpt.rank}.bin": bytes([step]) * (1000 + ckpt.rank)})
+ckpt.close()
+"""
+
+
+def test_a_checkpoint_saved_by_two_ranks_is_whole_only_with_every_shard(tmp_path: Path) -> None:
+    """The real many-rank format (two processes, ``RANK``/``WORLD_SIZE``), read both ways."""
+    ranks = [subprocess.Popen([sys.executable, "-c", RANK_WORKER, str(tmp_path)],
+                              env={**os.environ, "PYTHONPATH": str(SRC), "RANK": str(rank),
+                                   "WORLD_SIZE": "2"}, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
+    for rank in ranks:
+        _, err = rank.communicate(timeout=120)
+        assert rank.returncode == 0, err
+    assert _manifest(tmp_path, 2)[1]["ranks"] == {"0": ["shard-0.bin"], "1": ["shard-1.bin"]}
+    for reader in (_folder, _stream):
+        assert _lookup(reader, tmp_path) == "step-0000000002"
+    (tmp_path / "step-0000000002" / "shard-1.bin").unlink()
+    for reader in (_folder, _stream):
+        assert _lookup(reader, tmp_path) == "step-0000000001"
 
 
 @BOTH
