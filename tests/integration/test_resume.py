@@ -50,30 +50,32 @@ SHOW = ("command -v python3 || echo no-python; "
         "echo RESUME=$CARGOHOLD_RESUME FROM=$CARGOHOLD_RESUME_FROM")
 
 
-def _no_python_image(tmp_path: Path, job_image: str, resources: Resources, client: Any) -> str:
+def _store_with_hostile_checkpoints(project: Path, steps: int, job_image: str,
+                                    resources: Resources, client: Any) -> str:
+    """A project whose job saved ``steps`` checkpoints with the real library (as root), then
+    planted the hostile ones (``PLANT``), and now runs an image without python3; its volume."""
+    write_project(project, resources.project, job_image)
+    saved = run_cli("run", "--", "python3", "-c", SAVER, str(steps), "0", "0", cwd=project)
+    assert saved.returncode == 0, saved.stderr
+    volume = f"{resources.project}-checkpoints"
+    client.containers.run(job_image, ["sh", "-c", PLANT], remove=True,
+                          volumes={volume: {"bind": "/ckpt", "mode": "rw"}})
     image = f"{resources.project}-nopython:1"
     resources.images.append(image)
-    (tmp_path / "ctx").mkdir()
-    (tmp_path / "ctx" / "Dockerfile").write_text(
+    context = project / "nopython"
+    context.mkdir()
+    (context / "Dockerfile").write_text(
         f"FROM {job_image}\nRUN rm -f /usr/bin/python3* /usr/local/bin/python3*\n")
-    client.images.build(path=str(tmp_path / "ctx"), tag=image, rm=True)
-    return image
+    client.images.build(path=str(context), tag=image, rm=True)
+    spec = project / "cargohold.toml"
+    spec.write_text(spec.read_text().replace(f'image = "{job_image}"', f'image = "{image}"'))
+    return volume
 
 
 def test_every_access_path_resumes_from_the_newest_whole_checkpoint(
     tmp_path: Path, job_image: str, docker_resources: Resources, docker_client: Any
 ) -> None:
-    write_project(tmp_path, docker_resources.project, job_image)
-    saved = run_cli("run", "--", "python3", "-c", SAVER, "3", "0", "0", cwd=tmp_path)
-    assert saved.returncode == 0, saved.stderr
-    volume = f"{docker_resources.project}-checkpoints"
-    docker_client.containers.run(job_image, ["sh", "-c", PLANT], remove=True,
-                                 volumes={volume: {"bind": "/ckpt", "mode": "rw"}})
-
-    image = _no_python_image(tmp_path, job_image, docker_resources, docker_client)
-    spec = tmp_path / "cargohold.toml"
-    spec.write_text(spec.read_text().replace(f'image = "{job_image}"', f'image = "{image}"'))
-
+    _store_with_hostile_checkpoints(tmp_path, 3, job_image, docker_resources, docker_client)
     for access in ("archive", "local"):
         result = run_cli("run", "--", "sh", "-c", SHOW, cwd=tmp_path, timeout=120,
                          env={"CARGOHOLD_VOLUME_ACCESS": access})
@@ -113,7 +115,6 @@ def user_cargohold() -> Iterator[Path]:
 
 
 def test_a_non_root_user_gets_the_resume_path_from_an_image_without_python(
-    tmp_path: Path,
     job_image: str,
     docker_resources: Resources,
     docker_client: Any,
@@ -125,15 +126,8 @@ def test_a_non_root_user_gets_the_resume_path_from_an_image_without_python(
     _docker_socket_is_for_the_group()
     project = Path(newcomer.pw_dir) / "project"
     project.mkdir()
-    write_project(project, docker_resources.project, job_image)
-    saved = run_cli("run", "--", "python3", "-c", SAVER, "2", "0", "0", cwd=project)
-    assert saved.returncode == 0, saved.stderr
-    volume = f"{docker_resources.project}-checkpoints"
-    docker_client.containers.run(job_image, ["sh", "-c", PLANT], remove=True,
-                                 volumes={volume: {"bind": "/ckpt", "mode": "rw"}})
-    image = _no_python_image(tmp_path, job_image, docker_resources, docker_client)
-    spec = project / "cargohold.toml"
-    spec.write_text(spec.read_text().replace(f'image = "{job_image}"', f'image = "{image}"'))
+    volume = _store_with_hostile_checkpoints(project, 2, job_image, docker_resources,
+                                             docker_client)
     for path in [project, *project.rglob("*")]:
         os.lchown(path, newcomer.pw_uid, newcomer.pw_gid)
     mountpoint = docker_client.volumes.get(volume).attrs["Mountpoint"]
