@@ -22,20 +22,22 @@ The order matters for data safety:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cargohold import baseimage
-from cargohold.archive import FolderReader
+from cargohold.archive import EntrySource, FolderReader
 from cargohold.buildlog import LineLog, default_log_path
 from cargohold.engine import ContainerRequest, Engine
 from cargohold.errors import (
     BuildFailed,
     EngineError,
     ImageNotFound,
+    TransferError,
     UsageError,
     VolumeNotFound,
 )
@@ -347,22 +349,34 @@ def _latest_checkpoint_name(engine: Engine, plan: Plan) -> str | None:
     A volume is read through its ``VolumeAccess`` -- its folder directly when this user can
     read it, else the Engine API's archive stream (a non-root user, a remote engine) -- and a
     bind-mounted folder from this host; nothing runs in the job's image, which may have no
-    Python. ``resume.latest_whole_checkpoint`` applies the format's rules to what they yield."""
+    Python. ``resume.latest_whole_checkpoint`` applies the format's rules to what they yield;
+    a store whose folder cannot be walked at all leaves the choice to the job's library."""
     mount = plan.checkpoint_mount
     assert mount is not None
-    if mount.backing is Backing.BIND and mount.source is not None:
-        if not os.path.isdir(mount.source):
-            return None
-        found = latest_whole_checkpoint(FolderReader(Path(mount.source)))
-    elif mount.backing is Backing.VOLUME and mount.source is not None:
-        volume = open_volume(engine, mount.source)
-        with volume.entries() as entries:
-            found = latest_whole_checkpoint(entries)
+    if mount.source is None:
+        return None
+    opened: contextlib.AbstractContextManager[EntrySource]
+    if mount.backing is Backing.BIND:
+        opened = _host_folder(Path(mount.source))
+    elif mount.backing is Backing.VOLUME:
+        opened = open_volume(engine, mount.source).entries()
     else:
+        return None
+    try:
+        with opened as entries:
+            found = latest_whole_checkpoint(entries)
+    except (TransferError, OSError) as exc:
+        log.debug("checkpoint store %s cannot be walked: %s", mount.source, exc)
         return None
     if found is None:
         log.debug("no whole checkpoint in %s", mount.source)
     return found
+
+
+@contextlib.contextmanager
+def _host_folder(path: Path) -> Iterator[EntrySource]:
+    """A bind-mounted store's entries (a container wrote them, like a volume's)."""
+    yield FolderReader(path)
 
 
 def _start(engine: Engine, plan: Plan, container_id: str) -> None:

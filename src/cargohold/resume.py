@@ -88,7 +88,7 @@ def latest_whole_checkpoint(entries: EntrySource) -> str | None:
     try:
         for entry, opener in entries:
             _take(entry, opener, steps, known, random_access)
-    except (TransferError, _TooMany):
+    except (TransferError, OSError, _TooMany):
         return None
     for step in sorted(steps.values(), key=lambda s: s.step, reverse=True):
         if _whole(step, verify=random_access):

@@ -8,19 +8,25 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import textwrap
 import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cargohold.archive import EntrySource, FolderReader, TarReader
 from cargohold.checkpoint import CheckpointManager
+from cargohold.jobs import Resume, resolve_resume
+from cargohold.plan import Plan, make_plan
 from cargohold.resume import MAX_MANIFEST, latest_whole_checkpoint
+from cargohold.spec import parse_spec
 from tests.conftest import SRC
 
 
@@ -155,6 +161,8 @@ def test_a_step_folder_that_is_a_link_is_ignored(tmp_path: Path, reader: Reader)
 RANK_WORKER = """
 import sys
 from cargohold.checkpoint import CheckpointManager
+from cargohold.jobs import Resume, resolve_resume
+from cargohold.plan import Plan, make_plan
 ckpt = CheckpointManager(sys.argv[1], keep_last=0, warn_ephemeral=False, timeout=60)
 for step in (1, 2):
     ckpt.save(step, {f"shard-{ckpt.rank}.bin": bytes([step]) * (1000 + ckpt.rank)})
@@ -210,3 +218,34 @@ def test_a_hardlinked_file_counts_with_its_bytes(tmp_path: Path, reader: Reader)
     files["same.bin"] = files["w.bin"]
     path.write_text(json.dumps({**manifest, "files": files}))
     assert _lookup(reader, tmp_path) == "step-0000000002"
+
+
+def _bind_plan(tmp_path: Path) -> Plan:
+    spec = parse_spec(textwrap.dedent("""
+        [project]
+        name = "p"
+        [stores.checkpoints]
+        kind = "checkpoints"
+        source = "./ckpt"
+        target = "/ckpt"
+        [jobs.train]
+        image = "busybox"
+        command = ["true"]
+    """), base_dir=tmp_path)
+    return make_plan(spec, "train", host_user=(0, 0))
+
+
+def test_a_bind_mounted_store_is_read_from_this_host(tmp_path: Path) -> None:
+    """A store in a host folder needs no engine: the newest whole checkpoint, none for an
+    empty or missing folder, and a folder that cannot be walked leaves it to the library."""
+    plan = _bind_plan(tmp_path)
+    no_engine: Any = None
+    assert resolve_resume(no_engine, plan, Resume("auto")) == {"CARGOHOLD_RESUME": "auto"}
+    _saved(tmp_path / "ckpt", 1, 2)
+    (tmp_path / "ckpt" / "step-0000000002" / "w.bin").write_bytes(b"torn")
+    assert resolve_resume(no_engine, plan, Resume("auto")) == {
+        "CARGOHOLD_RESUME": "auto", "CARGOHOLD_RESUME_FROM": "/ckpt/step-0000000001"}
+    assert resolve_resume(no_engine, plan, Resume("never")) == {"CARGOHOLD_RESUME": "never"}
+    shutil.rmtree(tmp_path / "ckpt")
+    (tmp_path / "ckpt").write_text("a file where the folder should be")
+    assert resolve_resume(no_engine, plan, Resume("auto")) == {"CARGOHOLD_RESUME": "auto"}
