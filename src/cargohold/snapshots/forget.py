@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from cargohold.snapshots.maintenance import ensure_modern
 from cargohold.snapshots.repository import Repository
 from cargohold.snapshots.snapshot import SnapshotInfo, list_snapshots
 
@@ -93,6 +94,7 @@ def forget_snapshots(
 ) -> ForgetResult:
     """Apply ``policy`` to every source's snapshots (or one source's) and delete the records
     of those it does not keep (unless ``dry_run``)."""
+    ensure_modern(repo)
     by_source: dict[str, list[SnapshotInfo]] = {}
     for snap in list_snapshots(repo, source):
         by_source.setdefault(snap.volume, []).append(snap)

@@ -53,12 +53,12 @@ def _waste(blobs: list[tuple[bytes, int, int]], referenced: set[bytes]) -> float
     return sum(n for b, _, n in blobs if b not in referenced) / total if total else 1.0
 
 
-def _ensure_modern(repo: Repository) -> None:
+def ensure_modern(repo: Repository) -> None:
     if getattr(repo, "legacy", False):
         raise RepositoryError(
             f"{repo.url} is a format-1 repository: it can only be restored from.",
-            hint="`cargohold repo migrate` is not available yet; restore its snapshots and "
-            "snapshot them again into a `cargohold repo init` repository.",
+            hint="Restore its snapshots and take them again into a new repository "
+            "(`cargohold repo init --repo NEW`).",
         )
 
 
@@ -134,7 +134,7 @@ def collect_garbage(repo: Repository) -> GcResult:
     Raises:
         RepositoryError: another gc is running, or the repository is damaged.
     """
-    _ensure_modern(repo)
+    ensure_modern(repo)
     own = repo.begin_session(prefix="gc")
     try:
         others = [s for s in repo.live_sessions() if s.startswith("gc-") and s != own]
@@ -254,7 +254,7 @@ def check_repository(repo: Repository, *, read_data: bool = False) -> CheckResul
     """Every index readable, every indexed pack present and long enough, every snapshot's trees
     readable and every blob they name indexed; ``read_data``: every blob of every pack read
     and verified against its id."""
-    _ensure_modern(repo)
+    ensure_modern(repo)
     problems: list[str] = []
     try:
         repo.load_index()
@@ -318,7 +318,7 @@ class RepoStats:
 
 
 def repository_stats(repo: Repository) -> RepoStats:
-    _ensure_modern(repo)
+    ensure_modern(repo)
     packs = repo.backend.list("packs")
     metadata = sum(size for _, size in repo.backend.list("index"))
     metadata += sum(size for _, size in repo.backend.list("snapshots"))

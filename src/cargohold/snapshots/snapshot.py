@@ -412,7 +412,8 @@ def _snapshot(
     if repo.legacy:
         raise RepositoryError(
             f"{repo.url} is a format-1 repository: it can be restored from, not written to.",
-            hint="`cargohold repo migrate --repo OLD --to NEW` copies it into format 2.",
+            hint="Snapshot into a new repository (`cargohold repo init --repo NEW`); this one "
+            "stays readable for restores.",
         )
     began = time.monotonic()
     repo.begin_session()
