@@ -356,10 +356,9 @@ def encode_tree(nodes: list[Node]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _int(value: Any, low: int, high: int) -> int:
-    if type(value) is not int or not low <= value <= high:
-        raise ValueError(f"{value!r} is not an integer in [{low}, {high}]")
-    return value
+_BIG = (1 << 63) - 1
+_U32 = 1 << 32
+_U64 = 1 << 64
 
 
 def valid_name(name: Any) -> str:
@@ -390,19 +389,19 @@ def _node(raw: Any) -> Node:
         raise ValueError(f"{kind} without a target")
     if kind == "dir" and not refs:
         raise ValueError("a folder without a tree")
-    big = (1 << 63) - 1
+    numbers = (mode, uid, gid, mtime, size, ino, ctime)
+    if any(type(v) is not int for v in numbers) or not (
+        0 <= mode <= 0o7777
+        and 0 <= uid < _U32
+        and 0 <= gid < _U32
+        and -_BIG <= mtime <= _BIG
+        and 0 <= size <= _BIG
+        and 0 <= ino < _U64
+        and -_BIG <= ctime <= _BIG
+    ):
+        raise ValueError(f"a number out of range in {numbers!r}")
     return Node(
-        name=valid_name(name),
-        kind=kind,
-        mode=_int(mode, 0, 0o7777),
-        uid=_int(uid, 0, (1 << 32) - 1),
-        gid=_int(gid, 0, (1 << 32) - 1),
-        mtime_ns=_int(mtime, -big, big),
-        size=_int(size, 0, big),
-        target=target,
-        refs=tuple(refs),
-        ino=_int(ino, 0, (1 << 64) - 1),
-        ctime_ns=_int(ctime, -big, big),
+        valid_name(name), kind, mode, uid, gid, mtime, size, target, tuple(refs), ino, ctime
     )
 
 
