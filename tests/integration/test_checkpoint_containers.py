@@ -206,9 +206,13 @@ def torch_image(docker_client: Any, base_image: str, tmp_path_factory: pytest.Te
         (context / "wheels").mkdir()
         for wheel in WHEELS.glob("*.whl"):
             os.link(wheel, context / "wheels" / wheel.name)
-        connect().build(context=str(context), tag=tag, dockerfile="Dockerfile",
-                        buildargs={"BASE_IMAGE": base_image},
-                        labels={"cargohold.test": "true"})
+        engine = connect()
+        try:
+            engine.build(context=str(context), tag=tag, dockerfile="Dockerfile",
+                         buildargs={"BASE_IMAGE": base_image},
+                         labels={"cargohold.test": "true"})
+        finally:
+            engine.close()
         built = True
     yield tag
     if built and not os.environ.get("CARGOHOLD_KEEP_TEST_IMAGES"):
