@@ -272,3 +272,42 @@ def test_sigterm_on_every_rank_commits_the_final_checkpoint_once(tmp_path: Path)
         assert latest.read_bytes(f"shard-{rank}.bin") == _payload(latest.step, rank)
     finals = [c.step for c in ckpt.list() if (c.path / "final-0").exists()]
     assert finals == [latest.step]
+
+
+@pytest.mark.parametrize(("record", "reason"), [
+    ({"rank": 1, "step": 1, "files": {"../escape": {"size": 1, "crc32": "0"}}}, "plain relative"),
+    ({"rank": 1, "step": 1, "files": {"shard-0": {"size": 1, "crc32": "0"}}}, "two ranks"),
+    ({"rank": 1, "step": 2, "files": {}}, "saved step 2"),
+    ({"rank": 1, "step": 1, "files": {"shard-1": {"size": 99, "crc32": "0"}}}, "99"),
+    ({"rank": 1, "step": 1, "files": "not a mapping"}, "lists no files"),
+    ("not even an object", "unreadable"),
+])
+def test_a_hostile_rank_record_never_gets_committed(tmp_path: Path, record: object,
+                                                    reason: str) -> None:
+    """Whoever can write the shared folder can forge a rank's record: rank 0 judges it."""
+    import threading
+
+    leader = CheckpointManager(tmp_path, rank=0, world_size=2, timeout=10, warn_ephemeral=False)
+    session = leader._coordinator.session  # type: ignore[union-attr]
+    failure: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            leader.save(1, {"shard-0": b"x"})
+        except CheckpointError as exc:
+            failure.append(exc)
+
+    saving = threading.Thread(target=save)
+    saving.start()
+    pending = tmp_path / f".pending-{session}-000000-step-0000000001"
+    deadline = time.monotonic() + 10
+    while not (pending / ".rank-00000.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (pending / "shard-1").write_bytes(b"y")
+    (pending / ".rank-00001.json").write_text(json.dumps(record))
+    saving.join(timeout=30)
+    assert failure and failure[0].hint, "a forged record was committed"
+    assert reason in str(failure[0])
+    leader.close()
+    assert not (tmp_path / "step-0000000001").exists()
+    assert not (tmp_path.parent / "escape").exists()

@@ -625,10 +625,15 @@ class CheckpointManager:
                     f"The checkpoint of step {step} failed on rank {rank}: {record['error']}.",
                     hint="Free space on the shared folder; the previous checkpoints are intact.",
                 )
-            if record.get("step") != step or not isinstance(record.get("files"), dict):
+            if record.get("step") != step:
                 raise CheckpointError(
                     f"Rank {rank} saved step {record.get('step')!r} where rank 0 saved {step}.",
                     hint="Every rank must call save() with the same steps, in the same order.",
+                )
+            if not isinstance(record.get("files"), dict):
+                raise CheckpointError(
+                    f"Rank {rank}'s record of checkpoint step {step} lists no files.",
+                    hint="Restart all ranks; the last committed checkpoint is intact.",
                 )
             for name, entry in record["files"].items():
                 if _safe_name(name) in files or not isinstance(entry, dict):
