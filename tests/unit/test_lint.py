@@ -367,3 +367,9 @@ def test_mutated_corpus_never_crashes(tmp_path: Path) -> None:
             lint_docker_run("docker run " + mutated[:300])
         except UsageError:
             pass
+
+
+def test_rules_are_listed_from_the_registry() -> None:
+    listed = json.loads(run_cli("lint", "--rules", "--json").stdout)
+    assert [r["id"] for r in listed] == sorted(REGISTRY)
+    assert all(r["description"] and r["summary"] for r in listed)

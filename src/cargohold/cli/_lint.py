@@ -40,12 +40,30 @@ def lint_command(
         bool,
         typer.Option("--merge", help="Lint the compose files as one project (like -f a -f b)."),
     ] = False,
+    list_rules: Annotated[
+        bool, typer.Option("--rules", help="List the rules (with --json: as JSON) and exit.")
+    ] = False,
 ) -> int:
     """ML data-loss and safety risks in compose files or docker run lines, on the model Compose
     would run. Exit 1 on any warning or error. Silence one finding with
     `# cargohold: ignore CH004` on its line or on its service."""
     from cargohold import __version__
-    from cargohold.lint import lint, sarif_log
+    from cargohold.lint import REGISTRY, lint, sarif_log
+
+    if list_rules:
+        rules = sorted(REGISTRY.values(), key=lambda r: r.id)
+        if as_json:
+            emit_json(
+                [
+                    {"id": r.id, "name": r.name, "severity": r.severity, "summary": r.summary,
+                     "description": r.description, "help": r.anchor}
+                    for r in rules
+                ]
+            )  # fmt: skip
+        else:
+            for r in rules:
+                out.print(f"{r.id}  {r.severity:<7}  {r.name:<22}  {r.summary}", highlight=False)
+        return 0
 
     report = lint(files or [], docker_run or [], select=select, ignore=ignore, merge=merge)
     bad = any(f.severity in ("error", "warning") for f in report.findings)
