@@ -53,17 +53,25 @@ def _helper_image_cleanup(request: pytest.FixtureRequest) -> Iterator[None]:
 
     from cargohold.engine import HELPER_IMAGE
 
+    # A client per use, closed at once: one held open for the whole session leaves an idle
+    # socket that the engine closes and the garbage collector reports (filterwarnings=error).
     try:
         client = docker.from_env(timeout=60)
-        existed = bool(client.images.list(name=HELPER_IMAGE))
+        try:
+            existed = bool(client.images.list(name=HELPER_IMAGE))
+        finally:
+            client.close()
     except docker.errors.DockerException:
         yield
         return
     yield
     if not existed:
         with contextlib.suppress(docker.errors.DockerException):
-            client.images.remove(HELPER_IMAGE, force=True)
-    client.close()
+            client = docker.from_env(timeout=60)
+            try:
+                client.images.remove(HELPER_IMAGE, force=True)
+            finally:
+                client.close()
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +91,13 @@ def job_image(docker_client: object, base_image: str) -> Iterator[str]:
 
     tag = f"cargohold-test-job:{secrets.token_hex(4)}"
     engine = connect()
-    engine.build(context=str(REPO), tag=tag, dockerfile="tests/integration/Dockerfile",
-                 buildargs={"BASE_IMAGE": base_image}, labels={"cargohold.test": "true"})
+    engine.build(
+        context=str(REPO),
+        tag=tag,
+        dockerfile="tests/integration/Dockerfile",
+        buildargs={"BASE_IMAGE": base_image},
+        labels={"cargohold.test": "true"},
+    )
     yield tag
     engine.remove_image(tag)
 
@@ -111,22 +124,26 @@ def s3_endpoint() -> Iterator[dict[str, str]]:
     """A real S3 server: radosgw on loopback, started for the session (about 15 s) unless
     CARGOHOLD_TEST_S3_ENDPOINT names one already running. Its packages are cached in
     /var/tmp/cargohold-radosgw between runs."""
-    keys = {"AWS_ACCESS_KEY_ID": os.environ.get("S3_ACCESS_KEY", "cargoholdtest"),
-            "AWS_SECRET_ACCESS_KEY": os.environ.get("S3_SECRET_KEY", "cargoholdtestsecret")}
+    keys = {
+        "AWS_ACCESS_KEY_ID": os.environ.get("S3_ACCESS_KEY", "cargoholdtest"),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("S3_SECRET_KEY", "cargoholdtestsecret"),
+    }
     if os.environ.get("CARGOHOLD_TEST_S3_ENDPOINT"):
         yield {**keys, "CARGOHOLD_S3_ENDPOINT": os.environ["CARGOHOLD_TEST_S3_ENDPOINT"]}
         return
     script = REPO / "tests" / "services" / "radosgw.sh"
     folder = os.environ.get("CARGOHOLD_TEST_RADOSGW_DIR", "/var/tmp/cargohold-radosgw")
-    started = subprocess.run(["bash", str(script), "start", folder], capture_output=True,
-                             text=True, timeout=600)
+    started = subprocess.run(
+        ["bash", str(script), "start", folder], capture_output=True, text=True, timeout=600
+    )
     if started.returncode != 0:
         message = f"radosgw did not start: {started.stderr[-2000:]}"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    endpoint = next(w.split("=", 1)[1] for w in started.stdout.split()
-                    if w.startswith("S3_ENDPOINT="))
+    endpoint = next(
+        w.split("=", 1)[1] for w in started.stdout.split() if w.startswith("S3_ENDPOINT=")
+    )
     try:
         yield {**keys, "CARGOHOLD_S3_ENDPOINT": endpoint}
     finally:
@@ -169,12 +186,22 @@ def docker_resources(docker_client: Any) -> Iterator[Resources]:
         resources.cleanup()
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
     """Run the real `cargohold` console entry point in a subprocess."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = str(SRC) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run(
-        [sys.executable, "-m", "cargohold", *args], cwd=cwd, env=full_env, capture_output=True,
-        text=True, timeout=timeout, input=input,
+        [sys.executable, "-m", "cargohold", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
     )
