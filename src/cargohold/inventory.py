@@ -1,23 +1,40 @@
 """What volumes exist, what they hold, who uses them, whether they are safe -- and prune.
 
-A cargohold volume may be pruned only when all three hold: no container (running or stopped)
-mounts it, it is not protected (label ``cargohold.protect=true``), and its latest snapshot is
-current -- the newest mtime/ctime in the volume is no newer than the one the snapshot recorded.
-Volumes without cargohold's labels are never touched.
+One removal rule, ``removal_decision``, serves ``prune`` and ``volume rm``: a volume may go only
+when no container (running or stopped) mounts it, it is not protected (label
+``cargohold.protect=true``), and its current content is *proven* to be in its latest snapshot.
+The proof is cheap when the volume is read directly: the newest mtime/ctime in it is no newer
+than the one the snapshot recorded (a ctime cannot be set back by ``cp -p``, ``tar x`` or
+``touch -d``). Through the Engine API only mtimes are visible, and those can be set back, so
+there -- and whenever the stamp does not prove it -- the content is compared with the
+snapshot's manifest file by file (paths, types, sizes, link targets, sha256). When neither
+proves it, the volume stays. ``prune`` touches only volumes with cargohold's labels.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
+from cargohold.archive import CHUNK, Opener
 from cargohold.engine import Engine
 from cargohold.errors import CargoholdError
 from cargohold.plan import LABEL_KIND, LABEL_PROJECT, LABEL_STORE
-from cargohold.snapshots import SnapshotInfo, list_snapshots, open_repository
-from cargohold.volumes import open_volume, volume_usage
+from cargohold.snapshots import SnapshotInfo, list_snapshots, open_repository, resolve_snapshot
+from cargohold.snapshots.repository import Repository
+from cargohold.volumes import VolumeAccess, open_volume, volume_usage
 
-__all__ = ["LABEL_PROTECT", "PruneDecision", "VolumeSummary", "prune_volumes", "volume_summaries"]
+__all__ = [
+    "LABEL_PROTECT",
+    "PruneDecision",
+    "VolumeSummary",
+    "prune_volumes",
+    "removal_decision",
+    "removal_decision_for",
+    "volume_summaries",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +61,19 @@ class PruneDecision:
     volume: str
     remove: bool
     reason: str
+    used_by: tuple[str, ...] = ()  # containers that mount it: nothing may remove it
 
 
-def _latest_snapshots(repo_url: str | None) -> dict[str, SnapshotInfo]:
+def _latest_snapshots(repo_url: str | None) -> tuple[Repository | None, dict[str, SnapshotInfo]]:
     try:
         repo = open_repository(repo_url)
     except CargoholdError as exc:
         log.info("no snapshot repository: %s", exc)
-        return {}
+        return None, {}
     latest: dict[str, SnapshotInfo] = {}
     for snap in list_snapshots(repo):
         latest[snap.volume] = snap
-    return latest
+    return repo, latest
 
 
 def volume_summaries(
@@ -70,7 +88,7 @@ def volume_summaries(
     if names is not None:
         volumes = [v for v in volumes if v.name in names]
     users = engine.volume_users()
-    snapshots = _latest_snapshots(repo_url)
+    _, snapshots = _latest_snapshots(repo_url)
     summaries = []
     for info in volumes:
         files = open_volume(engine, info.name)
@@ -87,35 +105,107 @@ def volume_summaries(
                 used_by=sorted(users.get(info.name, [])),
                 protected=info.labels.get(LABEL_PROTECT, "").lower() == "true",
                 last_snapshot=snap.id if snap else None,
-                snapshot_current=bool(snap and snap.data_version >= usage.data_version),
+                snapshot_current=bool(
+                    snap and files.keeps_stats and snap.data_version >= usage.data_version
+                ),
                 access=files.access,
             )
         )
     return summaries
 
 
+def _sha256(opener: Opener) -> str:
+    digest = hashlib.sha256()
+    with opener() as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_difference(files: VolumeAccess, manifest: dict[str, Any]) -> str | None:
+    """The first difference between a volume's content and a snapshot manifest, None when the
+    snapshot holds exactly what the volume holds (paths, types, sizes, link targets, sha256).
+
+    A manifest this rule cannot read counts as a difference: keeping a volume is always safe.
+    """
+    expected: dict[str, dict[str, Any]] = {}
+    try:
+        for item in manifest["entries"]:
+            expected[str(item["path"])] = item
+    except (KeyError, TypeError):
+        return "its snapshot's manifest cannot be compared"
+    with files.entries() as entries:
+        for entry, opener in entries:
+            item = expected.pop(entry.path, None)
+            where = entry.path or "the root"
+            if item is None:
+                return f"{where} is not in the snapshot"
+            if item.get("kind") != entry.kind:
+                return f"{where} is a {entry.kind}, the snapshot has a {item.get('kind')}"
+            if entry.kind in ("symlink", "hardlink") and item.get("target") != entry.target:
+                return f"{where} points elsewhere"
+            if entry.kind == "file":
+                if item.get("size") != entry.size:
+                    return f"{where} changed size"
+                if opener is None or item.get("hash") != _sha256(opener):
+                    return f"{where} changed"
+    if expected:
+        return f"{next(iter(expected))} was removed"
+    return None
+
+
+def removal_decision(
+    engine: Engine, summary: VolumeSummary, repo: Repository | None
+) -> PruneDecision:
+    """May this volume be removed? The one rule behind ``prune`` and ``volume rm``."""
+    name = summary.name
+    if summary.used_by:
+        return PruneDecision(
+            name, False, f"used by {', '.join(summary.used_by)}", tuple(summary.used_by)
+        )
+    if summary.protected:
+        return PruneDecision(name, False, f"protected ({LABEL_PROTECT}=true)")
+    if summary.last_snapshot is None or repo is None:
+        return PruneDecision(name, False, "never snapshotted (its data is not in any snapshot)")
+    if summary.snapshot_current:
+        return PruneDecision(name, True, f"unused; data is in snapshot {summary.last_snapshot}")
+    try:
+        manifest = resolve_snapshot(repo, summary.last_snapshot)
+    except CargoholdError as exc:
+        return PruneDecision(name, False, f"its snapshot cannot be read ({exc})")
+    difference = content_difference(open_volume(engine, name), manifest)
+    if difference is not None:
+        return PruneDecision(
+            name, False, f"changed since snapshot {summary.last_snapshot}: {difference}"
+        )
+    return PruneDecision(
+        name, True, f"unused; content compared equal to snapshot {summary.last_snapshot}"
+    )
+
+
+def removal_decision_for(engine: Engine, volume: str, repo_url: str | None) -> PruneDecision:
+    """``removal_decision`` for one volume, cargohold's or not.
+
+    Raises:
+        VolumeNotFound: no such volume.
+    """
+    rows = volume_summaries(engine, repo_url, only_cargohold=False, names=[volume])
+    if not rows:
+        engine.volume(volume)  # raises VolumeNotFound with a hint
+    repo, _ = _latest_snapshots(repo_url)
+    return removal_decision(engine, rows[0], repo)
+
+
 def prune_volumes(engine: Engine, repo_url: str | None, *, dry_run: bool) -> list[PruneDecision]:
-    """Remove the cargohold volumes that are unused, unprotected and snapshotted.
+    """Remove the cargohold volumes that are unused, unprotected and provably snapshotted.
 
     Returns:
         A decision with its reason for every cargohold volume.
     """
+    repo, _ = _latest_snapshots(repo_url)
     decisions = []
     for summary in volume_summaries(engine, repo_url):
-        if summary.used_by:
-            decision = PruneDecision(summary.name, False, f"used by {', '.join(summary.used_by)}")
-        elif summary.protected:
-            decision = PruneDecision(summary.name, False, f"protected ({LABEL_PROTECT}=true)")
-        elif summary.last_snapshot is None:
-            decision = PruneDecision(summary.name, False, "never snapshotted")
-        elif not summary.snapshot_current:
-            decision = PruneDecision(
-                summary.name, False, f"changed since snapshot {summary.last_snapshot}"
-            )
-        else:
-            decision = PruneDecision(
-                summary.name, True, f"unused; data is in snapshot {summary.last_snapshot}"
-            )
+        decision = removal_decision(engine, summary, repo)
         if decision.remove and not dry_run:
             engine.remove_volume(summary.name)
         decisions.append(decision)

@@ -11,6 +11,7 @@ that stat what they walk also give each entry's ``os.stat_result``, which caches
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Literal, Protocol
@@ -20,6 +21,7 @@ __all__ = [
     "Entry",
     "EntrySource",
     "EntryStream",
+    "Foreign",
     "Kind",
     "Opener",
     "Progress",
@@ -97,3 +99,38 @@ def data_stamp(entry: Entry, st: os.stat_result | None) -> int:
     current one, so both must compute it here, the same way.
     """
     return entry.mtime_ns if st is None else max(st.st_mtime_ns, st.st_ctime_ns)
+
+
+class Foreign:
+    """A source from outside cargohold (an archive, an object store), tamed as PEP 706's
+    ``data`` filter does: setuid and setgid bits are dropped and every entry belongs to the
+    user running cargohold. cargohold's own snapshots are not foreign: they keep exact modes
+    and owners."""
+
+    def __init__(self, source: EntrySource) -> None:
+        self._source = source
+        self._uid, self._gid = os.getuid(), os.getgid()
+
+    @property
+    def random_access(self) -> bool:
+        return self._source.random_access
+
+    def _tame(self, entry: Entry) -> Entry:
+        return Entry(
+            path=entry.path,
+            kind=entry.kind,
+            mode=entry.mode & ~(stat.S_ISUID | stat.S_ISGID),
+            uid=self._uid,
+            gid=self._gid,
+            mtime_ns=entry.mtime_ns,
+            size=entry.size,
+            target=entry.target,
+        )
+
+    def __iter__(self) -> Iterator[tuple[Entry, Opener | None]]:
+        for entry, opener in self._source:
+            yield self._tame(entry), opener
+
+    def walk(self) -> Iterator[Walked]:
+        for entry, opener, st in self._source.walk():
+            yield self._tame(entry), opener, st

@@ -24,7 +24,7 @@ from cargohold.cli._commands import app, emit_json, err, out
 from cargohold.engine import connect
 from cargohold.errors import UsageError
 from cargohold.kinds import format_size
-from cargohold.volumes import open_volume, split_volume_path
+from cargohold.volumes import TransferResult, open_volume, split_volume_path
 
 _size = format_size  # the name the other command modules use
 
@@ -43,6 +43,19 @@ RepoOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _volume_and_path(volume: str, path: str) -> tuple[str, str]:
+    """``VOLUME[:PATH]`` and an optional PATH argument → (volume, path inside it)."""
+    name, inner = split_volume_path(volume)
+    extra = split_volume_path(f"{name}:{path}")[1] if path else ""
+    return name, "/".join(p for p in (inner, extra) if p)
+
+
+def _say_recovered(result: TransferResult) -> None:
+    if result.recovered is not None:
+        what = "finished" if result.recovered.outcome == "completed" else "cleaned up after"
+        err.print(f"{what} an interrupted `cargohold {result.recovered.operation}`", markup=False)
 
 
 @contextlib.contextmanager
@@ -83,10 +96,12 @@ def ingest_command(
     engine = connect()
     with _progress(f"ingest → {destination}") as progress:
         result = ingest(engine, source, destination, verify=verify, progress=progress)
+    _say_recovered(result)
     out.print(
         f"{result.files} files, {_size(result.bytes)} into {destination}"
         f"{' (new volume)' if result.created_volume else ''}"
-        f"{', verified' if result.verified else ''} (via {result.access} access)"
+        f"{', verified' if result.verified else ''} (via {result.access} access)",
+        markup=False,
     )
 
 
@@ -104,8 +119,11 @@ def export_command(
     engine = connect()
     with _progress(f"export {source}") as progress:
         result = export_volume(engine, source, destination, force=force, progress=progress)
+    _say_recovered(result)
     out.print(
-        f"{result.files} files, {_size(result.bytes)} to {destination} (via {result.access} access)"
+        f"{result.files} files, {_size(result.bytes)} to {destination} "
+        f"(via {result.access} access)",
+        markup=False,
     )
 
 
@@ -120,7 +138,13 @@ def clone_command(
     engine = connect()
     with _progress(f"clone {source} → {destination}") as progress:
         result = clone_volume(engine, source, destination, progress=progress)
-    out.print(f"{result.files} files, {_size(result.bytes)} from {source} to {destination}")
+    _say_recovered(result)
+    if result.recovered is not None and result.recovered.outcome == "completed":
+        out.print(f"{destination} is a complete clone of {source}", markup=False)
+        return
+    out.print(
+        f"{result.files} files, {_size(result.bytes)} from {source} to {destination}", markup=False
+    )
 
 
 @volume_app.command("ls")
@@ -170,8 +194,8 @@ def volume_du(
     """Sizes of the top-level entries of a volume (or of a folder in it)."""
     from cargohold.volumes import volume_usage
 
-    files = open_volume(connect(), volume)
-    usage = volume_usage(files, split_volume_path(f"{volume}:{path}")[1])
+    name, rel = _volume_and_path(volume, path)
+    usage = volume_usage(open_volume(connect(), name), rel)
     if as_json:
         emit_json({"entries": usage.by_entry, "files": usage.files, "bytes": usage.bytes})
         return
@@ -187,8 +211,8 @@ def volume_files(
     as_json: JsonOption = False,
 ) -> None:
     """List the files in a volume (recursively), like ls -l."""
-    files = open_volume(connect(), volume)
-    rel = split_volume_path(f"{volume}:{path}")[1]
+    name, rel = _volume_and_path(volume, path)
+    files = open_volume(connect(), name)
     rows: list[dict[str, Any]] = []
     with files.entries(rel) as entries:
         for entry, _ in entries:
@@ -222,9 +246,8 @@ def volume_files(
 @volume_app.command("cat")
 def volume_cat(volume: str, path: str) -> None:
     """Write one file of a volume to stdout."""
-    files = open_volume(connect(), volume)
-    rel = split_volume_path(f"{volume}:{path}")[1]
-    with files.open_file(rel) as f:
+    name, rel = _volume_and_path(volume, path)
+    with open_volume(connect(), name).open_file(rel) as f:
         shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
     sys.stdout.buffer.flush()
 
@@ -239,30 +262,23 @@ def volume_rm(
 ) -> None:
     """Remove a volume; refuses while a container uses it, and (without --force) when its data
     is not in a snapshot or it is protected."""
-    from cargohold.inventory import volume_summaries
+    from cargohold.inventory import removal_decision_for
+    from cargohold.volumes import check_volume_name
 
     engine = connect()
-    row = volume_summaries(engine, repo, only_cargohold=False, names=[volume])
-    if not row:
-        engine.volume(volume)
-    summary = row[0]
-    if summary.used_by:
+    decision = removal_decision_for(engine, check_volume_name(volume), repo)
+    if decision.used_by:
         raise UsageError(
-            f"Volume {volume} is used by {', '.join(summary.used_by)}.",
+            f"Volume {volume} is {decision.reason}.",
             hint="Remove those containers first (`docker rm`).",
         )
-    if not force and (summary.protected or not summary.snapshot_current):
-        why = (
-            "protected (cargohold.protect=true)"
-            if summary.protected
-            else "its data is not in any snapshot"
-        )
+    if not decision.remove and not force:
         raise UsageError(
-            f"Refusing to remove {volume}: {why}.",
+            f"Refusing to remove {volume}: {decision.reason}.",
             hint=f"`cargohold snapshot {volume}` first, or pass --force.",
         )
     engine.remove_volume(volume)
-    out.print(f"removed {volume}")
+    out.print(f"removed {volume}", markup=False)
 
 
 @app.command("prune")

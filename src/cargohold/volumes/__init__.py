@@ -7,8 +7,10 @@ inventory, jobs and the CLI use ``volumes``.
 
 from cargohold.volumes._access import (
     ACCESS_ENV,
+    Recovery,
     VolumeAccess,
     Written,
+    check_volume_name,
     engine_is_local,
     split_volume_path,
 )
@@ -25,10 +27,12 @@ from cargohold.volumes._usage import VolumeUsage, volume_usage
 __all__ = [
     "ACCESS_ENV",
     "ARCHIVE_SUFFIXES",
+    "Recovery",
     "TransferResult",
     "VolumeAccess",
     "VolumeUsage",
     "Written",
+    "check_volume_name",
     "clone_volume",
     "engine_is_local",
     "export_volume",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -28,8 +29,10 @@ from cargohold.errors import TransferError, UsageError
 
 __all__ = [
     "ACCESS_ENV",
+    "Recovery",
     "VolumeAccess",
     "Written",
+    "check_volume_name",
     "engine_is_local",
     "split_volume_path",
 ]
@@ -45,6 +48,14 @@ class Written:
 
     files: int
     bytes: int
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What ``VolumeAccess.recover`` did about an interrupted write it found."""
+
+    operation: str  # as the interrupted command named it, e.g. "clone data"
+    outcome: str  # "discarded": the old content stands; "completed": the new one is whole
 
 
 class VolumeAccess(Protocol):
@@ -89,8 +100,31 @@ class VolumeAccess(Protocol):
 
     def is_empty(self) -> bool: ...
 
-    def write(self, source: EntrySource, path: str = "", *, progress: Progress = ...) -> Written:
-        """Write a source's entries under ``path``."""
+    def write(
+        self,
+        source: EntrySource,
+        path: str = "",
+        *,
+        progress: Progress = ...,
+        operation: str = ...,
+        replace: bool = ...,
+    ) -> Written:
+        """Write a source's entries under ``path`` (merged into what is there), or with
+        ``replace`` make them the volume's whole content.
+
+        On the direct path the write is staged inside the volume and swapped in when complete:
+        a failure changes nothing; a kill leaves a marker naming ``operation`` that
+        ``recover`` finishes or undoes. Through the Engine API the engine extracts as it
+        receives.
+
+        Raises:
+            UnsafeArchive: an entry would replace the root or pass through a link.
+            TransferError: the volume holds an unfinished operation (call ``recover``).
+        """
+        ...
+
+    def recover(self) -> Recovery | None:
+        """Finish or undo an interrupted write found in the volume (None: there was none)."""
         ...
 
     def clear(self) -> None:
@@ -111,12 +145,31 @@ def split_volume_path(text: str) -> tuple[str, str]:
     name, _, path = text.partition(":")
     if not name:
         raise UsageError(f"{text!r} names no volume.", hint="Write VOLUME or VOLUME:PATH.")
+    check_volume_name(name)
     try:
         return name, clean_member_name(path, what="path") if path else ""
     except TransferError as exc:
         raise UsageError(
             str(exc).replace("member", "path"), hint="Paths are relative to the volume's root."
         ) from None
+
+
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_volume_name(name: str) -> str:
+    """Refuse what Docker would not take as a volume name, before asking it.
+
+    Raises:
+        UsageError: the name has characters a volume name cannot have.
+    """
+    if not _VOLUME_NAME.fullmatch(name) or len(name) > 255:
+        raise UsageError(
+            f"{name!r} is not a volume name.",
+            hint="Volume names are letters, digits and _ . - (start with a letter or digit); "
+            "write VOLUME:PATH for a path inside one.",
+        )
+    return name
 
 
 def engine_is_local() -> bool:

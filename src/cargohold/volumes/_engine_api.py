@@ -22,8 +22,8 @@ from cargohold.archive import (
     no_progress,
 )
 from cargohold.engine import HELPER_MOUNT, Engine, VolumeInfo
-from cargohold.errors import TransferError, UsageError
-from cargohold.volumes._access import Written
+from cargohold.errors import TransferError, UnsafeArchive, UsageError
+from cargohold.volumes._access import Recovery, Written
 
 __all__ = ["EngineApiVolume"]
 
@@ -61,8 +61,16 @@ class EngineApiVolume:
         return True
 
     def write(
-        self, source: EntrySource, path: str = "", *, progress: Progress = no_progress
+        self,
+        source: EntrySource,
+        path: str = "",
+        *,
+        progress: Progress = no_progress,
+        operation: str = "write",
+        replace: bool = False,
     ) -> Written:
+        if replace:
+            self.clear()
         # Extract at the helper's root with every name under v/: the engine refuses symlinks
         # that point above the folder it extracts into, and a volume may hold such links
         # (relative ones that dangle); above "/" there is nothing to point at.
@@ -80,10 +88,20 @@ class EngineApiVolume:
     def sync(self) -> None:
         """The engine wrote the files; there is nothing here to flush."""
 
+    def recover(self) -> Recovery | None:
+        """The archive endpoints cannot rename or delete, so nothing is staged on this path."""
+        return None
+
 
 def _under(entries: EntrySource, path: str) -> Iterator[tuple[Entry, Opener | None]]:
     """The entries renamed to lie under ``path`` (the engine creates missing parents)."""
     for entry, data in entries:
+        if not entry.path and entry.kind != "dir":
+            raise UnsafeArchive(
+                f"Refused a {entry.kind} as the root ('.') of the target: the root of a "
+                "volume is never replaced.",
+                hint="Only extract archives you trust.",
+            )
         target = f"{path}/{entry.target}" if entry.kind == "hardlink" else entry.target
         new_path = f"{path}/{entry.path}" if entry.path else path
         yield (

@@ -9,7 +9,12 @@ from pathlib import Path
 
 from cargohold.engine import Engine
 from cargohold.errors import UsageError, VolumeNotFound
-from cargohold.volumes._access import ACCESS_ENV, VolumeAccess, engine_is_local
+from cargohold.volumes._access import (
+    ACCESS_ENV,
+    VolumeAccess,
+    check_volume_name,
+    engine_is_local,
+)
 from cargohold.volumes._engine_api import EngineApiVolume
 from cargohold.volumes._local import LocalVolume
 
@@ -25,7 +30,7 @@ def open_volume(engine: Engine, name: str) -> VolumeAccess:
         VolumeNotFound: no such volume.
         UsageError: ``CARGOHOLD_VOLUME_ACCESS`` holds something else than auto|local|archive.
     """
-    info = engine.volume(name)
+    info = engine.volume(check_volume_name(name))
     wanted = os.environ.get(ACCESS_ENV, "auto")
     if wanted not in ("auto", "local", "archive"):
         raise UsageError(

@@ -25,13 +25,15 @@ from cargohold.archive import (
     EntrySource,
     EntryStream,
     FolderReader,
+    Foreign,
     Opener,
     Progress,
     TarReader,
     TarWriter,
-    TreeWriter,
     no_progress,
 )
+from cargohold.archive.confined import ConfinedDir, ConfinedWriter
+from cargohold.archive.staging import is_internal, recover, staged
 from cargohold.engine import Engine
 from cargohold.errors import (
     ChecksumMismatch,
@@ -40,7 +42,8 @@ from cargohold.errors import (
     UsageError,
     VolumeNotFound,
 )
-from cargohold.volumes._access import VolumeAccess, split_volume_path
+from cargohold.volumes._access import Recovery, VolumeAccess, split_volume_path
+from cargohold.volumes._journal import Journal
 from cargohold.volumes._open import open_volume
 
 __all__ = [
@@ -56,11 +59,14 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".tar.xz", "
 
 @dataclass(frozen=True)
 class TransferResult:
+    """What a transfer did."""
+
     files: int
     bytes: int
     access: str  # local | archive
     verified: bool = False
     created_volume: bool = False
+    recovered: Recovery | None = None  # an interrupted earlier run, finished or undone first
 
 
 def _compression_of(path: str) -> str | None:
@@ -118,7 +124,7 @@ def _prescan_archive(path: Path) -> dict[str, str]:
 def _source_entries(source: str) -> Iterator[tuple[EntrySource, dict[str, str] | None]]:
     """Entries of an ingest source, and the sha256 of each file when already known."""
     if "://" in source and not source.startswith("file://"):
-        yield EntryStream(_fsspec_entries(source), random_access=True), None
+        yield Foreign(EntryStream(_fsspec_entries(source), random_access=True)), None
         return
     path = Path(source.removeprefix("file://")).expanduser()
     if not path.exists():
@@ -126,7 +132,7 @@ def _source_entries(source: str) -> Iterator[tuple[EntrySource, dict[str, str] |
     if path.is_file() and _compression_of(path.name) is not None:
         hashes = _prescan_archive(path)
         with open(path, "rb") as f:
-            yield TarReader(f), hashes
+            yield Foreign(TarReader(f)), hashes
         return
     yield FolderReader(path), None
 
@@ -173,12 +179,38 @@ def _fsspec_opener(fs: Any, path: str) -> Opener:
     return lambda: fs.open(path, "rb")
 
 
-def _volume_for_writing(engine: Engine, name: str) -> tuple[VolumeAccess, bool]:
+def _volume_for_writing(
+    engine: Engine, name: str, journal: Journal, operation: str, labels: dict[str, str]
+) -> tuple[VolumeAccess, bool, Recovery | None]:
+    """The volume to write into (created, with ``labels``, when missing) and what was done
+    about an interrupted earlier run into it."""
     try:
-        return open_volume(engine, name), False
+        files = open_volume(engine, name)
     except VolumeNotFound:
-        engine.create_volume(name, {"cargohold.created-by": "ingest"})
-        return open_volume(engine, name), True
+        journal.begin(name, operation)
+        engine.create_volume(name, labels)
+        return open_volume(engine, name), True, None
+    unfinished = journal.unfinished(name)
+    if unfinished is not None and unfinished != operation:
+        raise TransferError(
+            f"Volume {name} holds a partial copy left by an interrupted `cargohold {unfinished}`.",
+            hint=f"Run that command again to finish it, or remove the volume "
+            f"(`cargohold volume rm {name} --force`).",
+        )
+    if unfinished is not None:
+        # A run of ours created this volume and was killed before it finished: what is in it
+        # is partial, and no one else's. Start it over.
+        files.clear()
+        files = open_volume(engine, name)
+        return files, False, Recovery(unfinished, "discarded")
+    return files, False, files.recover()
+
+
+def _failed(exc: OSError, what: str, changed: str) -> TransferError:
+    return TransferError(
+        f"{what} failed: {exc.strerror or exc}. {changed}",
+        hint="Free space (or fix permissions) and run the same command again.",
+    )
 
 
 def ingest(
@@ -191,23 +223,53 @@ def ingest(
 ) -> TransferResult:
     """Copy a host folder, file, archive or fsspec URL into ``VOLUME[:PATH]``.
 
+    Archives and fsspec sources are foreign: their files lose setuid/setgid bits and belong
+    to the user running cargohold. A host folder keeps its modes and owners.
+
     Raises:
         UnsafeArchive: a hostile archive (nothing is written).
-        TransferError: the source is missing or unreadable.
+        TransferError: the source is missing or unreadable, or the write failed (the message
+            says what changed).
         ChecksumMismatch: ``verify`` found a difference.
     """
     volume, path = split_volume_path(destination)
+    operation = f"ingest {source}"
+    journal = Journal()
     with _source_entries(source) as (entries, known_hashes):
-        files, created = _volume_for_writing(engine, volume)
+        files, created, recovered = _volume_for_writing(
+            engine, volume, journal, operation, {"cargohold.created-by": "ingest"}
+        )
         try:
-            written = files.write(entries, path, progress=progress)
+            written = files.write(entries, path, progress=progress, operation=operation)
+        except OSError as exc:
+            if created:
+                engine.remove_volume(volume)
+                journal.end(volume)
+            raise _failed(
+                exc, f"Ingest into {destination}", _what_changed(files, created)
+            ) from None
         except BaseException:
             if created:
                 engine.remove_volume(volume)
+                journal.end(volume)
             raise
+    journal.end(volume)
     if verify:
         _verify_ingest(files, source, path, known_hashes)
-    return TransferResult(written.files, written.bytes, files.access, verify, created)
+    return TransferResult(
+        written.files, written.bytes, files.access, verify, created, recovered=recovered
+    )
+
+
+def _what_changed(files: VolumeAccess, created: bool) -> str:
+    if created:
+        return "The new volume was removed again."
+    if files.access == "local":
+        return f"Nothing in volume {files.name} changed."
+    return (
+        f"The engine extracts as it receives: files before the failure may have been written "
+        f"into volume {files.name}; each of them is complete or was left as the engine wrote it."
+    )
 
 
 def _verify_ingest(
@@ -240,8 +302,13 @@ def export_volume(
 ) -> TransferResult:
     """Copy ``VOLUME[:PATH]`` to a host folder, or to an archive chosen by its extension.
 
+    A new folder is written under a hidden name beside it and renamed when complete; into an
+    existing folder (``force``) the copy is staged inside it and swapped in. Either way a
+    failure leaves the destination as it was.
+
     Raises:
         UsageError: the destination folder has content and ``force`` is not set.
+        TransferError: the copy failed (the destination is unchanged).
     """
     volume, path = split_volume_path(source)
     files = open_volume(engine, volume)
@@ -252,34 +319,78 @@ def export_volume(
                 f"{destination.name}: export writes .tar, .tar.gz and .tar.zst.",
                 hint="Pick one of those extensions.",
             )
-        with atomic_file(destination) as sink, files.entries(path) as entries:
-            writer = TarWriter(sink, compression=compression, progress=progress)
-            writer.write_all(entries)
-        return TransferResult(writer.files, writer.bytes, files.access)
-    if destination.exists() and any(destination.iterdir()) and not force:
+        try:
+            with atomic_file(destination) as sink, files.entries(path) as entries:
+                tar = TarWriter(sink, compression=compression, progress=progress)
+                tar.write_all(entries)
+        except OSError as exc:
+            raise _failed(exc, f"Export to {destination}", "No archive was written.") from None
+        return TransferResult(tar.files, tar.bytes, files.access)
+    if destination.is_dir():
+        return _export_into(files, path, source, destination, force=force, progress=progress)
+    if os.path.lexists(destination):
         raise UsageError(
-            f"{destination} is not empty.",
-            hint="Export into a new folder, or pass --force to write into it.",
+            f"{destination} exists and is not a folder.",
+            hint="Export into a new folder, or name an archive (.tar, .tar.gz, .tar.zst).",
         )
-    # A new folder is written under a temporary name and renamed when complete, so that a
-    # failed export (a full disk) leaves nothing that looks like a finished one.
-    fresh = not destination.exists()
-    target = (
-        destination.with_name(f".{destination.name}.partial-{secrets.token_hex(4)}")
-        if fresh
-        else destination
-    )
-    writer_tree = TreeWriter(target, progress=progress)
+    _remove_stale_partials(destination)
+    partial = destination.with_name(f".{destination.name}.partial-{secrets.token_hex(4)}")
     try:
-        with files.entries(path) as entries:
-            writer_tree.write_all(entries)
-        if fresh:
-            os.rename(target, destination)
-    except BaseException:
-        if fresh:
-            shutil.rmtree(target, ignore_errors=True)
+        writer = _export_to(files, path, ConfinedDir.open(partial, create=True), progress)
+        os.rename(partial, destination)
+    except BaseException as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _failed(exc, f"Export to {destination}", "Nothing was written.") from None
         raise
-    return TransferResult(writer_tree.files, writer_tree.bytes, files.access)
+    return TransferResult(writer.files, writer.bytes, files.access)
+
+
+def _export_to(
+    files: VolumeAccess, path: str, target: ConfinedDir, progress: Progress
+) -> ConfinedWriter:
+    with target, files.entries(path) as entries:
+        writer = ConfinedWriter(target, progress=progress)
+        writer.write_all(entries)
+    return writer
+
+
+def _export_into(
+    files: VolumeAccess,
+    path: str,
+    source: str,
+    destination: Path,
+    *,
+    force: bool,
+    progress: Progress,
+) -> TransferResult:
+    with ConfinedDir.open(destination, follow=True) as root:
+        found = recover(root)
+        recovered = None if found is None else Recovery(found[0].operation, found[1])
+        if not force and any(not is_internal(n) for n in root.names()):
+            raise UsageError(
+                f"{destination} is not empty.",
+                hint="Export into a new folder, or pass --force to write into it.",
+            )
+        try:
+            with staged(root, f"export {source}", "merge") as stage:
+                writer = _export_to(files, path, stage.dir, progress)
+                stage.keep_attrs.update(writer.implicit)
+        except OSError as exc:
+            raise _failed(exc, f"Export to {destination}", f"{destination} is unchanged.") from None
+    return TransferResult(writer.files, writer.bytes, files.access, recovered=recovered)
+
+
+def _remove_stale_partials(destination: Path) -> None:
+    """Hidden partial copies a killed export of the same destination left beside it."""
+    prefix = f".{destination.name}.partial-"
+    parent = destination.parent if str(destination.parent) else Path(".")
+    if not parent.is_dir():
+        return
+    with ConfinedDir.open(parent, follow=True) as folder:
+        for name in folder.names():
+            if name.startswith(prefix):
+                folder.remove(name)
 
 
 def clone_volume(
@@ -287,28 +398,39 @@ def clone_volume(
 ) -> TransferResult:
     """Copy every file of one volume into a new (or empty) volume, labels included.
 
+    The copy is staged inside the destination and swapped in when complete (direct path); a
+    destination this command created is journalled, so that a rerun after a kill starts it
+    over (either path).
+
     Raises:
         UsageError: the destination has data.
     """
     src = open_volume(engine, source)
-    try:
-        dst = open_volume(engine, destination)
-        created = False
-        if not dst.is_empty():
-            raise UsageError(
-                f"Volume {destination} is not empty.", hint="Clone into a new volume name."
-            )
-    except VolumeNotFound:
-        labels = {**src.info.labels, "cargohold.cloned-from": source}
-        engine.create_volume(destination, labels)
-        dst, created = open_volume(engine, destination), True
+    operation = f"clone {source}"
+    journal = Journal()
+    labels = {**src.info.labels, "cargohold.cloned-from": source}
+    dst, created, recovered = _volume_for_writing(engine, destination, journal, operation, labels)
+    if recovered == Recovery(operation, "completed"):
+        return TransferResult(0, 0, f"{src.access}→{dst.access}", recovered=recovered)
+    if not created and not dst.is_empty():
+        raise UsageError(
+            f"Volume {destination} is not empty.", hint="Clone into a new volume name."
+        )
     try:
         with src.entries() as entries:
-            written = dst.write(entries, progress=progress)
-    except BaseException:
+            written = dst.write(entries, progress=progress, operation=operation, replace=True)
+    except BaseException as exc:
         if created:
             engine.remove_volume(destination)
+            journal.end(destination)
+        if isinstance(exc, OSError):
+            raise _failed(exc, f"Clone into {destination}", _what_changed(dst, created)) from None
         raise
+    journal.end(destination)
     return TransferResult(
-        written.files, written.bytes, f"{src.access}→{dst.access}", created_volume=created
+        written.files,
+        written.bytes,
+        f"{src.access}→{dst.access}",
+        created_volume=created,
+        recovered=recovered,
     )

@@ -1,0 +1,620 @@
+"""The one confinement rule: every host-side read or write inside a volume or an export target
+goes through a directory file descriptor, one name at a time, with ``O_NOFOLLOW``.
+
+Why not paths: anything inside a volume was written by a container, and a container can plant a
+symlink (``data -> /``) or swap a folder for one between our check and our use. A path string
+such as ``/var/lib/docker/volumes/v/_data/data/x`` is resolved by the kernel through whatever
+is there *now*; a ``realpath`` check before the ``open`` proves nothing. So, as CPython's
+``shutil.rmtree`` does (``_rmtree_safe_fd``), we hold the root open and reach everything below it
+with ``openat(dir_fd, name, O_NOFOLLOW)`` -- ``os.open(..., dir_fd=)``, ``os.mkdir(dir_fd=)``,
+``os.unlink(dir_fd=)``, ``os.rename(src_dir_fd=, dst_dir_fd=)``, ``os.scandir(fd)``,
+``os.stat(follow_symlinks=False, dir_fd=)``. A symlink met on the way is never followed: it is
+read as a symlink, or the operation is refused. The root itself is never replaced, whatever an
+archive or a manifest says about ``.``.
+
+Readers stream: a walk keeps the names of the folders on its current path and a bounded number
+of open folders, never a per-file record (hardlinked files excepted: their first path is kept
+so later links can name it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import IO
+
+from cargohold.archive._entries import CHUNK, Entry, Kind, Opener, Progress, Walked, no_progress
+from cargohold.errors import TransferError, UnsafeArchive
+
+__all__ = ["ConfinedDir", "ConfinedReader", "ConfinedWriter"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_OPEN_DIRS = 32  # folder descriptors a walk or a writer keeps open at once
+
+
+def _parts(rel: str) -> list[str]:
+    return [p for p in rel.split("/") if p] if rel else []
+
+
+def _is_link(parent: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _refuse_through(
+    rel: str, exc: OSError, parent: int | None = None, name: str = ""
+) -> TransferError:
+    # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR on Linux, not ELOOP: look.
+    if exc.errno in (errno.ELOOP, errno.EMLINK) or (
+        exc.errno == errno.ENOTDIR and parent is not None and _is_link(parent, name)
+    ):
+        return UnsafeArchive(
+            f"Refused {rel!r}: it passes through a symlink, and links inside a volume or a "
+            "target are never followed.",
+            hint="Write to the link's real location instead, or remove the link first.",
+        )
+    if exc.errno == errno.ENOTDIR:
+        return TransferError(
+            f"Refused {rel!r}: a part of its path is not a folder.",
+            hint="Remove the file that stands where a folder is expected.",
+        )
+    if exc.errno == errno.ENOENT:
+        return TransferError(f"{rel} does not exist.", hint="Check the path.")
+    return TransferError(
+        f"Cannot reach {rel!r}: {exc.strerror or exc}.", hint="Check permissions and free space."
+    )
+
+
+class ConfinedDir:
+    """A folder held open by a file descriptor; everything below it is reached name by name.
+
+    Make one with ``ConfinedDir.open`` (a path the user gave) or ``sub`` (a folder below one).
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    @classmethod
+    def open(cls, path: Path, *, follow: bool = False, create: bool = False) -> ConfinedDir:
+        """Open a folder.
+
+        Args:
+            path: the folder. Its own path is resolved once, as the caller gave it.
+            follow: follow a symlink at ``path`` itself (a user's own export target may be
+                one; a volume's folder never is).
+            create: make the folder (and its parents) when missing.
+
+        Raises:
+            TransferError: ``path`` is missing (without ``create``), or not a folder.
+        """
+        if create:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TransferError(
+                    f"Cannot create {path}: {exc.strerror or exc}.",
+                    hint="Check the path and its permissions.",
+                ) from None
+        flags = _DIR_FLAGS if not follow else _DIR_FLAGS & ~os.O_NOFOLLOW
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise TransferError(f"{path} does not exist.", hint="Check the path.") from None
+            raise TransferError(
+                f"{path} is not a folder that can be opened ({exc.strerror or exc}).",
+                hint="A volume's or a target's root must be a real folder, never a link.",
+            ) from None
+        return cls(fd, path)
+
+    def sub(self, rel: str, *, create: bool = False) -> ConfinedDir:
+        """The folder at ``rel`` below this one, reached without following any link.
+
+        Raises:
+            UnsafeArchive: a part of ``rel`` is a symlink.
+            TransferError: a part is missing (without ``create``) or not a folder.
+        """
+        return ConfinedDir(self.open_dir(rel, create=create), self.path / rel if rel else self.path)
+
+    def close(self) -> None:
+        """Close the folder; later use fails (EBADF) instead of reaching a reused number."""
+        self._finalizer()
+        self.fd = -1
+
+    def __enter__(self) -> ConfinedDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reaching things ------------------------------------------------------------------
+
+    def open_dir(self, rel: str, *, create: bool = False, mode: int = 0o755) -> int:
+        """A new descriptor of the folder at ``rel`` (``""``: a duplicate of the root's).
+
+        Raises:
+            UnsafeArchive: a part of ``rel`` is a symlink.
+            TransferError: a part is missing (without ``create``) or not a folder.
+        """
+        fd = os.dup(self.fd)
+        try:
+            for name in _parts(rel):
+                fd = _step(fd, name, create=create, mode=mode, rel=rel)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def parent_and_name(self, rel: str) -> tuple[int, str]:
+        """A descriptor of ``rel``'s parent folder (the caller closes it) and its last name."""
+        parts = _parts(rel)
+        if not parts:
+            raise TransferError("The root itself has no parent here.", hint="Name a path.")
+        return self.open_dir("/".join(parts[:-1])), parts[-1]
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        """``rel``'s own stat (a symlink is not followed), None when it is missing."""
+        if not _parts(rel):
+            return os.fstat(self.fd)
+        try:
+            parent, name = self.parent_and_name(rel)
+        except TransferError:
+            return None
+        try:
+            return os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(parent)
+
+    def open_file(self, rel: str) -> IO[bytes]:
+        """A regular file's bytes; never through a link, never a FIFO or a device.
+
+        Raises:
+            TransferError: it is missing or not a regular file.
+        """
+        parent, name = self.parent_and_name(rel)
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            raise TransferError(
+                f"{rel} is not a regular file here ({exc.strerror or exc}).",
+                hint="Links inside a volume are never followed; list it with "
+                "`cargohold volume files`.",
+            ) from None
+        finally:
+            os.close(parent)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise TransferError(
+                f"{rel} is not a regular file.",
+                hint="Only regular files can be read; list it with `cargohold volume files`.",
+            )
+        return os.fdopen(fd, "rb")
+
+    def remove(self, rel: str) -> None:
+        """Remove ``rel`` (a whole folder, or one file or link), never following a link."""
+        parent, name = self.parent_and_name(rel)
+        try:
+            _remove_at(parent, name)
+        finally:
+            os.close(parent)
+
+    def names(self, rel: str = "") -> list[str]:
+        """The names in the folder at ``rel``, sorted."""
+        fd = self.open_dir(rel)
+        try:
+            return _sorted_names(fd)
+        finally:
+            os.close(fd)
+
+
+def _step(fd: int, name: str, *, create: bool, mode: int, rel: str) -> int:
+    """From an open folder to its child ``name`` (closing ``fd``)."""
+    try:
+        try:
+            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            with contextlib.suppress(FileExistsError):  # made meanwhile: open it like any other
+                os.mkdir(name, mode, dir_fd=fd)
+            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        raise _refuse_through(rel, exc, fd, name) from None
+    finally:
+        os.close(fd)
+    return child
+
+
+def _sorted_names(fd: int) -> list[str]:
+    with os.scandir(fd) as it:
+        return sorted(e.name for e in it)
+
+
+def _remove_at(parent: int, name: str) -> None:
+    try:
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=parent)  # walks with descriptors and O_NOFOLLOW itself
+    else:
+        os.unlink(name, dir_fd=parent)
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def _entry(rel: str, st: os.stat_result, kind: Kind, *, size: int = 0, target: str = "") -> Entry:
+    return Entry(
+        path=rel,
+        kind=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        size=size,
+        target=target,
+    )
+
+
+class ConfinedReader:
+    """The entries at ``rel`` under a confined folder: parents before children, names sorted.
+
+    A folder is walked; a file or a symlink at ``rel`` is the one entry (named by its last
+    name). Hardlinked files are reported once as files and then as ``hardlink`` entries; sockets,
+    FIFOs and devices are skipped and counted in ``skipped``. Openers stay valid as long as the
+    ``ConfinedDir`` is open, from any thread (``random_access``).
+    """
+
+    random_access = True
+
+    def __init__(self, base: ConfinedDir, rel: str = "", *, name: str | None = None) -> None:
+        self._base = base
+        self._rel = "/".join(_parts(rel))
+        self._name = name
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[tuple[Entry, Opener | None]]:
+        for entry, opener, _ in self.walk():
+            yield entry, opener
+
+    def _opener(self, rel: str) -> Opener:
+        base = self._base
+        return lambda: base.open_file(rel)
+
+    def walk(self) -> Iterator[Walked]:
+        root_st = self._base.lstat(self._rel)
+        if root_st is None:
+            raise TransferError(
+                f"{self._rel or self._base.path} does not exist.",
+                hint="Check the path (`cargohold volume files` lists a volume).",
+            )
+        name = self._name or self._rel.rsplit("/", 1)[-1]
+        if stat.S_ISREG(root_st.st_mode):
+            entry = _entry(name, root_st, "file", size=root_st.st_size)
+            yield entry, self._opener(self._rel), root_st
+            return
+        if stat.S_ISLNK(root_st.st_mode):
+            parent, last = self._base.parent_and_name(self._rel)
+            try:
+                target = os.readlink(last, dir_fd=parent)
+            finally:
+                os.close(parent)
+            yield _entry(name, root_st, "symlink", target=target), None, root_st
+            return
+        if not stat.S_ISDIR(root_st.st_mode):
+            raise TransferError(
+                f"{self._rel} is neither a file, a folder nor a link.",
+                hint="Only files, folders and links are copied.",
+            )
+        yield _entry("", root_st, "dir"), None, root_st
+        yield from self._walk_folder()
+
+    def _walk_folder(self) -> Iterator[Walked]:
+        seen_inodes: dict[tuple[int, int], str] = {}
+        # Each frame: (path relative to the walk, its descriptor or None once closed to keep
+        # the number of open folders bounded, the names still to visit).
+        root_fd = self._base.open_dir(self._rel)
+        stack: list[tuple[str, int | None, Iterator[str]]] = [
+            ("", root_fd, iter(_sorted_names(root_fd)))
+        ]
+        try:
+            while stack:
+                rel_dir, fd, names = stack[-1]
+                name = next(names, None)
+                if name is None:
+                    stack.pop()
+                    if fd is not None:
+                        os.close(fd)
+                    continue
+                if fd is None:
+                    fd = self._base.open_dir(self._join(rel_dir))
+                    stack[-1] = (rel_dir, fd, names)
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while we walked: it is simply not there
+                if stat.S_ISDIR(st.st_mode):
+                    try:
+                        child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    except OSError:
+                        continue  # replaced while we walked
+                    yield _entry(rel, st, "dir"), None, st
+                    self._bound_open(stack)
+                    stack.append((rel, child, iter(_sorted_names(child))))
+                elif stat.S_ISLNK(st.st_mode):
+                    try:
+                        target = os.readlink(name, dir_fd=fd)
+                    except OSError:
+                        continue
+                    yield _entry(rel, st, "symlink", target=target), None, st
+                elif stat.S_ISREG(st.st_mode):
+                    key = (st.st_dev, st.st_ino)
+                    if st.st_nlink > 1 and key in seen_inodes:
+                        yield _entry(rel, st, "hardlink", target=seen_inodes[key]), None, st
+                        continue
+                    if st.st_nlink > 1:
+                        seen_inodes[key] = rel
+                    entry = _entry(rel, st, "file", size=st.st_size)
+                    yield entry, self._opener(self._join(rel)), st
+                else:
+                    self.skipped += 1
+        finally:
+            for _, fd, _ in stack:
+                if fd is not None:
+                    os.close(fd)
+
+    def _join(self, rel: str) -> str:
+        return f"{self._rel}/{rel}" if self._rel and rel else self._rel or rel
+
+    @staticmethod
+    def _bound_open(stack: list[tuple[str, int | None, Iterator[str]]]) -> None:
+        """Close the descriptor of the shallowest open frame when too many are open (it is
+        reopened, confined, when the walk returns to it)."""
+        open_frames = [i for i, frame in enumerate(stack) if frame[1] is not None]
+        if len(open_frames) >= _MAX_OPEN_DIRS:
+            i = open_frames[0]
+            rel_dir, fd, names = stack[i]
+            assert fd is not None
+            os.close(fd)
+            stack[i] = (rel_dir, None, names)
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+class ConfinedWriter:
+    """Writes entries into a confined folder, never outside it and never over its root.
+
+    Each entry's parent folder is reached name by name with ``O_NOFOLLOW`` (missing folders are
+    made, as tar does); a symlink on the way refuses the entry. Whatever already stands at the
+    entry's own name is removed, never followed. Owners are kept when running as root; folder
+    times are set last, after their content.
+
+    With ``workers`` > 1, file contents are written by a thread pool (for sources with
+    ``random_access``); the checks above still run in order, on the calling thread, and the pool
+    only fills a file the calling thread already created.
+    """
+
+    _MAX_PENDING = 64
+
+    def __init__(
+        self, root: ConfinedDir, *, progress: Progress = no_progress, workers: int = 1
+    ) -> None:
+        self.root = root
+        self._as_root = os.geteuid() == 0
+        self._dirs: list[tuple[str, Entry]] = []
+        self._progress = progress
+        self._pool = ThreadPoolExecutor(workers, "cargohold-write") if workers > 1 else None
+        self._pending: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, int] = OrderedDict()  # folder descriptors, most recent last
+        # Folders made only because an entry needed a parent (no entry of their own): their
+        # attributes mean nothing, and a staged merge must not copy them over real ones.
+        self.implicit: set[str] = {""}
+        self.files = 0
+        self.bytes = 0
+
+    # -- folder descriptors ---------------------------------------------------------------
+
+    def _dir(self, rel: str) -> int:
+        """The descriptor of folder ``rel``, made if missing; kept in a small cache."""
+        fd = self._open.get(rel)
+        if fd is not None:
+            self._open.move_to_end(rel)
+            return fd
+        if not rel:
+            fd = os.dup(self.root.fd)
+        else:
+            parent_rel, _, name = rel.rpartition("/")
+            parent = self._dir(parent_rel)
+            try:
+                try:
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                except FileNotFoundError:
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                    self.implicit.add(rel)
+                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            except OSError as exc:
+                raise _refuse_through(rel, exc, parent, name) from None
+        self._open[rel] = fd
+        while len(self._open) > _MAX_OPEN_DIRS:
+            _, old = self._open.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def _forget(self, rel: str) -> None:
+        """``rel`` stops being a folder we know (a file or a link replaces it)."""
+        prefix = rel + "/"
+        for key in [k for k in self._open if k == rel or k.startswith(prefix)]:
+            os.close(self._open.pop(key))
+
+    def close(self) -> None:
+        for fd in self._open.values():
+            os.close(fd)
+        self._open.clear()
+
+    # -- entries --------------------------------------------------------------------------
+
+    def _wait(self, rel: str | None = None) -> None:
+        """Finish the pending write of ``rel`` (None: of every file), raising its error."""
+        if rel is None:
+            futures = list(self._pending.values())
+            self._pending.clear()
+        else:
+            pending = self._pending.pop(rel, None)
+            futures = [pending] if pending is not None else []
+        for future in futures:
+            future.result()
+
+    def _clear(self, parent: int, name: str, rel: str, *, keep_dir: bool) -> None:
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return
+            prefix = rel + "/"
+            for key in [k for k in self._pending if k.startswith(prefix)]:
+                self._wait(key)
+            self._forget(rel)
+            shutil.rmtree(name, dir_fd=parent)
+        else:
+            os.unlink(name, dir_fd=parent)
+
+    def add(self, entry: Entry, data: Opener | None) -> None:
+        rel = entry.path
+        if not rel:
+            if entry.kind != "dir":
+                raise UnsafeArchive(
+                    f"Refused a {entry.kind} as the root ('.') of the target: the root of a "
+                    "volume or a target is never replaced.",
+                    hint="Only extract archives you trust.",
+                )
+            self._dirs.append(("", entry))
+            self.implicit.discard("")
+            return
+        self._wait(rel)
+        parent_rel, _, name = rel.rpartition("/")
+        parent = self._dir(parent_rel)
+        if entry.kind == "dir":
+            self._clear(parent, name, rel, keep_dir=True)
+            self._dir(rel)
+            self.implicit.discard(rel)
+            self._dirs.append((rel, entry))
+            return
+        self._clear(parent, name, rel, keep_dir=False)
+        self._forget(rel)
+        if entry.kind == "file":
+            assert data is not None
+            fd = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=parent)
+            if self._pool is None:
+                self._fill(fd, entry, data)
+                return
+            if len(self._pending) >= self._MAX_PENDING:
+                self._wait(next(iter(self._pending)))
+            self._pending[rel] = self._pool.submit(self._fill, fd, entry, data)
+        elif entry.kind == "symlink":
+            os.symlink(entry.target, name, dir_fd=parent)
+            if self._as_root:
+                os.chown(name, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
+            ns = (entry.mtime_ns, entry.mtime_ns)
+            os.utime(name, ns=ns, dir_fd=parent, follow_symlinks=False)
+        else:
+            self._link(entry, parent, name)
+
+    def _link(self, entry: Entry, parent: int, name: str) -> None:
+        self._wait(entry.target)  # its data may still be on the way
+        refused = UnsafeArchive(
+            f"Refused {entry.path!r}: a hardlink to {entry.target!r}, which is not a regular "
+            "file written before it.",
+            hint="Only extract archives you trust.",
+        )
+        source_parent_rel, _, source_name = entry.target.rpartition("/")
+        if not source_name:
+            raise refused
+        try:
+            source_parent = self.root.open_dir(source_parent_rel)
+        except TransferError:
+            raise refused from None
+        try:
+            try:
+                st = os.stat(source_name, dir_fd=source_parent, follow_symlinks=False)
+            except FileNotFoundError:
+                raise refused from None
+            if not stat.S_ISREG(st.st_mode):
+                raise refused
+            os.link(
+                source_name,
+                name,
+                src_dir_fd=source_parent,
+                dst_dir_fd=parent,
+                follow_symlinks=False,
+            )
+        finally:
+            os.close(source_parent)
+
+    def _fill(self, fd: int, entry: Entry, data: Opener) -> None:
+        with os.fdopen(fd, "wb", buffering=0) as dst, data() as src:
+            while chunk := src.read(CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    view = view[dst.write(view) or 0 :]
+                with self._lock:
+                    self.bytes += len(chunk)
+                self._progress(len(chunk))
+            self._attrs(dst.fileno(), entry)
+        with self._lock:
+            self.files += 1
+
+    def _attrs(self, fd: int, entry: Entry) -> None:
+        if self._as_root:
+            os.fchown(fd, entry.uid, entry.gid)
+        os.fchmod(fd, entry.mode)
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    def write_all(self, entries: Iterable[tuple[Entry, Opener | None]]) -> None:
+        try:
+            for entry, data in entries:
+                self.add(entry, data)
+            self.finish()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            self.close()
+
+    def finish(self) -> None:
+        self._wait()
+        # Deepest first, so that setting a folder's time is not undone by its children.
+        for rel, entry in sorted(self._dirs, key=lambda d: d[0].count("/"), reverse=True):
+            if rel:
+                try:
+                    fd = self.root.open_dir(rel)
+                except TransferError:
+                    continue  # replaced by a later entry
+            else:
+                fd = os.dup(self.root.fd)
+            try:
+                self._attrs(fd, entry)
+            finally:
+                os.close(fd)
+        self._dirs.clear()
