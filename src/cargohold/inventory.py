@@ -13,17 +13,17 @@ proves it, the volume stays. ``prune`` touches only volumes with cargohold's lab
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Any
 
-from cargohold.archive import CHUNK, Opener
+from cargohold.archive import CHUNK, Entry, Opener
 from cargohold.engine import Engine
 from cargohold.errors import CargoholdError
 from cargohold.plan import LABEL_KIND, LABEL_PROJECT, LABEL_STORE
 from cargohold.snapshots import SnapshotInfo, list_snapshots, open_repository, resolve_snapshot
+from cargohold.snapshots._format import SnapshotRecord
 from cargohold.snapshots.repository import Repository
+from cargohold.snapshots.restore import snapshot_entries
 from cargohold.volumes import VolumeAccess, open_volume, volume_usage
 
 __all__ = [
@@ -114,41 +114,50 @@ def volume_summaries(
     return summaries
 
 
-def _sha256(opener: Opener) -> str:
-    digest = hashlib.sha256()
-    with opener() as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _same_bytes(a: Opener, b: Opener) -> bool:
+    with a() as left, b() as right:
+        while True:
+            chunk = left.read(CHUNK)
+            other = right.read(len(chunk)) if chunk else right.read(1)
+            if chunk != other:
+                return False
+            if not chunk:
+                return True
 
 
-def content_difference(files: VolumeAccess, manifest: dict[str, Any]) -> str | None:
-    """The first difference between a volume's content and a snapshot manifest, None when the
-    snapshot holds exactly what the volume holds (paths, types, sizes, link targets, sha256).
+def content_difference(files: VolumeAccess, repo: Repository, record: SnapshotRecord) -> str | None:
+    """The first difference between a volume's content and a snapshot, None when the snapshot
+    holds exactly what the volume holds (paths, types, sizes, link targets, every byte).
 
-    A manifest this rule cannot read counts as a difference: keeping a volume is always safe.
+    Every file is read on both sides: this is the proof of last resort, for when a stamp
+    cannot prove anything. A snapshot that cannot be read counts as a difference.
     """
-    expected: dict[str, dict[str, Any]] = {}
+    if record.root is None:
+        return "its snapshot has no tree"
+    expected: dict[str, tuple[Entry, Opener | None]] = {}
     try:
-        for item in manifest["entries"]:
-            expected[str(item["path"])] = item
-    except (KeyError, TypeError):
-        return "its snapshot's manifest cannot be compared"
-    with files.entries() as entries:
-        for entry, opener in entries:
-            item = expected.pop(entry.path, None)
-            where = entry.path or "the root"
-            if item is None:
-                return f"{where} is not in the snapshot"
-            if item.get("kind") != entry.kind:
-                return f"{where} is a {entry.kind}, the snapshot has a {item.get('kind')}"
-            if entry.kind in ("symlink", "hardlink") and item.get("target") != entry.target:
-                return f"{where} points elsewhere"
-            if entry.kind == "file":
-                if item.get("size") != entry.size:
-                    return f"{where} changed size"
-                if opener is None or item.get("hash") != _sha256(opener):
-                    return f"{where} changed"
+        for entry, opener in snapshot_entries(repo, record.id, record.root):
+            expected[entry.path] = (entry, opener)
+        with files.entries() as entries:
+            for entry, opener in entries:
+                found = expected.pop(entry.path, None)
+                where = entry.path or "the root"
+                if found is None:
+                    return f"{where} is not in the snapshot"
+                theirs, their_opener = found
+                if theirs.kind != entry.kind:
+                    return f"{where} is a {entry.kind}, the snapshot has a {theirs.kind}"
+                if entry.kind == "symlink" and theirs.target != entry.target:
+                    return f"{where} points elsewhere"
+                if entry.kind == "file":
+                    if theirs.size != entry.size:
+                        return f"{where} changed size"
+                    if opener is None or their_opener is None:
+                        return f"{where} cannot be compared"
+                    if not _same_bytes(opener, their_opener):
+                        return f"{where} changed"
+    except CargoholdError as exc:
+        return f"the comparison failed ({exc})"
     if expected:
         return f"{next(iter(expected))} was removed"
     return None
@@ -173,7 +182,7 @@ def removal_decision(
         manifest = resolve_snapshot(repo, summary.last_snapshot)
     except CargoholdError as exc:
         return PruneDecision(name, False, f"its snapshot cannot be read ({exc})")
-    difference = content_difference(open_volume(engine, name), manifest)
+    difference = content_difference(open_volume(engine, name), repo, manifest)
     if difference is not None:
         return PruneDecision(
             name, False, f"changed since snapshot {summary.last_snapshot}: {difference}"

@@ -154,7 +154,9 @@ class ConfinedDir:
         fd = os.dup(self.fd)
         try:
             for name in _parts(rel):
-                fd = _step(fd, name, create=create, mode=mode, rel=rel)
+                child = _step(fd, name, create=create, mode=mode, rel=rel)
+                os.close(fd)
+                fd = child
         except BaseException:
             os.close(fd)
             raise
@@ -225,7 +227,7 @@ class ConfinedDir:
 
 
 def _step(fd: int, name: str, *, create: bool, mode: int, rel: str) -> int:
-    """From an open folder to its child ``name`` (closing ``fd``)."""
+    """From an open folder to its child ``name`` (``fd`` stays open)."""
     try:
         try:
             child = os.open(name, _DIR_FLAGS, dir_fd=fd)
@@ -237,8 +239,6 @@ def _step(fd: int, name: str, *, create: bool, mode: int, rel: str) -> int:
             child = os.open(name, _DIR_FLAGS, dir_fd=fd)
     except OSError as exc:
         raise _refuse_through(rel, exc, fd, name) from None
-    finally:
-        os.close(fd)
     return child
 
 

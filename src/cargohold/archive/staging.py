@@ -168,11 +168,13 @@ def staged(root: ConfinedDir, operation: str, mode: Mode) -> Iterator[Stage]:
         staging=name,
         started=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    before = os.fstat(root.fd)
     _write_marker(root, marker)
     try:
         stage = root.sub(name, create=True)
     except BaseException:
         root.remove(MARKER)
+        _restore_times(root, before)
         raise
     handle = Stage(stage, set())
     try:
@@ -186,9 +188,16 @@ def staged(root: ConfinedDir, operation: str, mode: Mode) -> Iterator[Stage]:
         stage.close()
         root.remove(name)
         root.remove(MARKER)
+        _restore_times(root, before)
         raise
     stage.close()
     _commit(root, marker, handle.keep_attrs)
+
+
+def _restore_times(root: ConfinedDir, before: os.stat_result) -> None:
+    """Undo what adding and removing the marker and the staging folder did to the root."""
+    os.utime(root.fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.fsync(root.fd)
 
 
 def _commit(root: ConfinedDir, marker: Marker, keep_attrs: set[str] | None = None) -> None:
