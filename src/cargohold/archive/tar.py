@@ -118,6 +118,10 @@ class TarReader:
         name = self._name(member.name)
         if name is None:
             return
+        if not name and self._strip and not member.isdir():
+            # The engine's archive of a single file or link: its one member keeps its name
+            # (it is not the root of anything, and must not be taken for one).
+            name = clean_member_name(member.name).rsplit("/", 1)[-1]
         if member.isdev() or member.isfifo():
             kind = "device node" if member.isdev() else "FIFO"
             raise UnsafeArchive(
