@@ -534,6 +534,11 @@ class ConfinedWriter:
                 self._wait(next(iter(self._pending)))
             self._pending[rel] = self._pool.submit(self._fill, fd, entry, data)
         elif entry.kind == "symlink":
+            if not entry.target or "\0" in entry.target:
+                raise UnsafeArchive(
+                    f"Refused {rel!r}: a symlink with an empty or invalid target.",
+                    hint="The archive is malformed; re-create it.",
+                )
             os.symlink(entry.target, name, dir_fd=parent)
             if self._as_root:
                 os.chown(name, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
