@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cargohold import baseimage
-from cargohold.archive import EntrySource, FolderReader
+from cargohold.archive import EntrySource
+from cargohold.archive.confined import ConfinedDir, ConfinedReader
 from cargohold.buildlog import LineLog, default_log_path
 from cargohold.engine import ContainerRequest, Engine
 from cargohold.errors import (
@@ -375,8 +376,11 @@ def _latest_checkpoint_name(engine: Engine, plan: Plan) -> str | None:
 
 @contextlib.contextmanager
 def _host_folder(path: Path) -> Iterator[EntrySource]:
-    """A bind-mounted store's entries (a container wrote them, like a volume's)."""
-    yield FolderReader(path)
+    """A bind-mounted store's entries, read by the one confinement rule (a container wrote
+    them, as it writes a volume's): the folder the spec names is followed, as Docker follows
+    it to mount it; nothing below it is."""
+    with ConfinedDir.open(path, follow=True) as root:
+        yield ConfinedReader(root)
 
 
 def _start(engine: Engine, plan: Plan, container_id: str) -> None:

@@ -5,9 +5,9 @@
 FIFO (a read that never starts), a manifest may be a number instead of a table, or 10 GB.
 
 There is no walker here: the store is read as an ``EntrySource`` -- a ``VolumeAccess``'s
-``entries()`` for a named volume (directly through the volume layer's confined walk when its
-folder is readable here, else through the Engine API's archive stream), or a confined reader of
-a bind-mounted host folder. Those readers already refuse to follow links, skip or refuse FIFOs
+``entries()`` for a named volume (``archive.confined``'s directory-fd walk when its folder is
+readable here, else the Engine API's archive stream), or a ``ConfinedReader`` of a bind-mounted
+host folder. Those readers already refuse to follow links, skip or refuse FIFOs
 and devices, and judge names; this module only applies the checkpoint format's rules
 (``checkpoint._format``) to the entries they yield:
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -21,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from cargohold.archive import EntrySource, FolderReader, TarReader
+from cargohold.archive import EntrySource, TarReader
+from cargohold.archive.confined import ConfinedDir, ConfinedReader
 from cargohold.checkpoint import CheckpointManager
 from cargohold.jobs import Resume, resolve_resume
 from cargohold.plan import Plan, make_plan
@@ -31,7 +31,8 @@ from tests.conftest import SRC
 
 
 def _folder(root: Path) -> EntrySource:
-    return FolderReader(root)
+    """The folder as ``cargohold run`` reads a local volume or a bind-mounted store."""
+    return ConfinedReader(ConfinedDir.open(root))
 
 
 def _stream(root: Path) -> EntrySource:
@@ -80,10 +81,6 @@ def test_finds_the_newest_whole_checkpoint(tmp_path: Path, reader: Reader) -> No
     (tmp_path / "step-0000000004").mkdir()  # a newer save that never wrote its manifest
     (tmp_path / "step-0000000004" / "w.bin").write_bytes(b"half")
     assert _lookup(reader, tmp_path) == "step-0000000002"
-
-
-def test_a_missing_store_has_no_checkpoint(tmp_path: Path) -> None:
-    assert latest_whole_checkpoint(FolderReader(tmp_path / "absent")) is None
 
 
 def test_checksums_are_verified_where_files_can_be_read_again(tmp_path: Path) -> None:
@@ -246,6 +243,10 @@ def test_a_bind_mounted_store_is_read_from_this_host(tmp_path: Path) -> None:
     assert resolve_resume(no_engine, plan, Resume("auto")) == {
         "CARGOHOLD_RESUME": "auto", "CARGOHOLD_RESUME_FROM": "/ckpt/step-0000000001"}
     assert resolve_resume(no_engine, plan, Resume("never")) == {"CARGOHOLD_RESUME": "never"}
-    shutil.rmtree(tmp_path / "ckpt")
+    (tmp_path / "ckpt").rename(tmp_path / "elsewhere")
+    (tmp_path / "ckpt").symlink_to(tmp_path / "elsewhere")  # followed, as Docker follows it
+    assert resolve_resume(no_engine, plan, Resume("auto"))["CARGOHOLD_RESUME_FROM"] == (
+        "/ckpt/step-0000000001")
+    (tmp_path / "ckpt").unlink()
     (tmp_path / "ckpt").write_text("a file where the folder should be")
     assert resolve_resume(no_engine, plan, Resume("auto")) == {"CARGOHOLD_RESUME": "auto"}
