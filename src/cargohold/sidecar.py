@@ -19,6 +19,7 @@ import contextlib
 import io
 import os
 import tarfile
+import time
 from collections.abc import Callable
 from urllib.parse import urlparse
 
@@ -41,6 +42,7 @@ __all__ = [
 ROLE_LABEL = "cargohold.role"
 STATUS_PATH = "/tmp/cargohold-mirror.json"
 _MAX_STATUS = 64 * 1024
+_START_GRACE = 120.0  # seconds a new sidecar may take to report its first state
 
 Say = Callable[[str], None]
 
@@ -159,7 +161,18 @@ def mirror_status(engine: Engine, name: str) -> MirrorStatus | None:
 
 
 def stop_mirror(engine: Engine, name: str, say: Say) -> MirrorStatus | None:
-    """Stop the sidecar (it pushes once more on SIGTERM), say how it ended, remove it."""
+    """Stop the sidecar (it pushes once more on SIGTERM), say how it ended, remove it.
+
+    Its first status is awaited first: the mirror is its container's pid 1, which ignores
+    SIGTERM until cargohold has started and set its handler, so an early stop would wait for
+    the engine's kill and push nothing more.
+    """
+    deadline = time.monotonic() + _START_GRACE
+    while time.monotonic() < deadline and mirror_status(engine, name) is None:
+        info = engine.container(name)
+        if info is None or info.state != "running":
+            break
+        time.sleep(0.5)
     with contextlib.suppress(EngineError):
         engine.stop(name, timeout=120)
     status = mirror_status(engine, name)
