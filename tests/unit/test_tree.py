@@ -168,3 +168,19 @@ def test_an_interrupted_staged_write_is_finished_or_undone(tmp_path: Path) -> No
         (target / MARKER).write_text("{not json")
         with pytest.raises(CargoholdError, match="damaged"):
             recover(root)
+
+
+def test_a_walk_reports_what_vanishes_under_it(tmp_path: Path) -> None:
+    """Files removed while a walk reaches them are named, not an error (snapshots list them)."""
+    root = tmp_path / "volume"
+    (root / "a").mkdir(parents=True)
+    for i in range(5):
+        (root / "a" / f"f{i}").write_text("x")
+    vanished: list[str] = []
+    with ConfinedDir.open(root) as base:
+        seen = []
+        for entry, _ in ConfinedReader(base, on_vanished=vanished.append):
+            seen.append(entry.path)
+            if entry.path == "a/f1":  # the folder's names are already listed
+                os.unlink(root / "a" / "f3")
+    assert "a/f3" not in seen and vanished == ["a/f3"]

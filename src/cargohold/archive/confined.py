@@ -27,7 +27,7 @@ import stat
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
@@ -279,16 +279,25 @@ class ConfinedReader:
 
     A folder is walked; a file or a symlink at ``rel`` is the one entry (named by its last
     name). Hardlinked files are reported once as files and then as ``hardlink`` entries; sockets,
-    FIFOs and devices are skipped and counted in ``skipped``. Openers stay valid as long as the
-    ``ConfinedDir`` is open, from any thread (``random_access``).
+    FIFOs and devices are skipped and counted in ``skipped``; what vanishes or is replaced while
+    the walk reaches it is passed to ``on_vanished`` (a snapshot lists such paths). Openers stay
+    valid as long as the ``ConfinedDir`` is open, from any thread (``random_access``).
     """
 
     random_access = True
 
-    def __init__(self, base: ConfinedDir, rel: str = "", *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        base: ConfinedDir,
+        rel: str = "",
+        *,
+        name: str | None = None,
+        on_vanished: Callable[[str], None] | None = None,
+    ) -> None:
         self._base = base
         self._rel = "/".join(_parts(rel))
         self._name = name
+        self._vanished = on_vanished or (lambda _: None)
         self.skipped = 0
 
     def __iter__(self) -> Iterator[tuple[Entry, Opener | None]]:
@@ -351,12 +360,14 @@ class ConfinedReader:
                 try:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
-                    continue  # removed while we walked: it is simply not there
+                    self._vanished(rel)  # removed while we walked: it is simply not there
+                    continue
                 if stat.S_ISDIR(st.st_mode):
                     try:
                         child = os.open(name, _DIR_FLAGS, dir_fd=fd)
                     except OSError:
-                        continue  # replaced while we walked
+                        self._vanished(rel)  # replaced while we walked
+                        continue
                     yield _entry(rel, st, "dir"), None, st
                     self._bound_open(stack)
                     stack.append((rel, child, iter(_sorted_names(child))))
@@ -364,6 +375,7 @@ class ConfinedReader:
                     try:
                         target = os.readlink(name, dir_fd=fd)
                     except OSError:
+                        self._vanished(rel)
                         continue
                     yield _entry(rel, st, "symlink", target=target), None, st
                 elif stat.S_ISREG(st.st_mode):

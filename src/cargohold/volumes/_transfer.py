@@ -88,8 +88,10 @@ def _sha256(opener: Opener) -> str:
     return digest.hexdigest()
 
 
-def _prescan_archive(path: Path) -> dict[str, str]:
-    """Check every member before anything is written; return each file's sha256.
+def _prescan_archive(path: Path, *, hash_files: bool) -> dict[str, str] | None:
+    """Check every member before anything is written; with ``hash_files``, return each file's
+    sha256 (for ``--verify``; without it nothing per file is kept but the names hardlinks may
+    point to).
 
     Raises:
         UnsafeArchive: naming the first hostile member.
@@ -116,12 +118,15 @@ def _prescan_archive(path: Path) -> dict[str, str]:
                 )
             elif entry.kind == "file" and data is not None:
                 regular.add(entry.path)
-                hashes[entry.path] = _sha256(data)
-    return hashes
+                if hash_files:
+                    hashes[entry.path] = _sha256(data)
+    return hashes if hash_files else None
 
 
 @contextlib.contextmanager
-def _source_entries(source: str) -> Iterator[tuple[EntrySource, dict[str, str] | None]]:
+def _source_entries(
+    source: str, *, hash_files: bool = False
+) -> Iterator[tuple[EntrySource, dict[str, str] | None]]:
     """Entries of an ingest source, and the sha256 of each file when already known."""
     if "://" in source and not source.startswith("file://"):
         yield Foreign(EntryStream(_fsspec_entries(source), random_access=True)), None
@@ -130,7 +135,7 @@ def _source_entries(source: str) -> Iterator[tuple[EntrySource, dict[str, str] |
     if not path.exists():
         raise TransferError(f"{path} does not exist.", hint="Check the source path.")
     if path.is_file() and _compression_of(path.name) is not None:
-        hashes = _prescan_archive(path)
+        hashes = _prescan_archive(path, hash_files=hash_files)
         with open(path, "rb") as f:
             yield Foreign(TarReader(f)), hashes
         return
@@ -235,7 +240,7 @@ def ingest(
     volume, path = split_volume_path(destination)
     operation = f"ingest {source}"
     journal = Journal()
-    with _source_entries(source) as (entries, known_hashes):
+    with _source_entries(source, hash_files=verify) as (entries, known_hashes):
         files, created, recovered = _volume_for_writing(
             engine, volume, journal, operation, {"cargohold.created-by": "ingest"}
         )
