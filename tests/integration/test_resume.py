@@ -84,6 +84,20 @@ def test_every_access_path_resumes_from_the_newest_whole_checkpoint(
             "no-python", "RESUME=auto FROM=/ckpt/step-0000000003"], (access, result.stdout)
         assert "Resuming from /ckpt/step-0000000003" in result.stderr
 
+    # A FIFO in place of the newest checkpoint's file: read directly it is never opened and that
+    # checkpoint is not whole; in the engine's stream the tar reader refuses the whole store, so
+    # nothing is promised and the job's library picks (CARGOHOLD_RESUME=auto). Never a hang.
+    volume = f"{docker_resources.project}-checkpoints"
+    docker_client.containers.run(
+        job_image, ["sh", "-c", "cd /ckpt/step-0000000003 && rm w.bin && mkfifo w.bin"],
+        remove=True, volumes={volume: {"bind": "/ckpt", "mode": "rw"}})
+    for access, expected in (("archive", ""), ("local", "/ckpt/step-0000000002")):
+        result = run_cli("run", "--", "sh", "-c", SHOW, cwd=tmp_path, timeout=120,
+                         env={"CARGOHOLD_VOLUME_ACCESS": access})
+        assert result.returncode == 0, (access, result.stderr)
+        assert result.stdout.splitlines() == ["no-python", f"RESUME=auto FROM={expected}"], (
+            access, result.stdout)
+
 
 @pytest.fixture(scope="session")
 def user_cargohold() -> Iterator[Path]:
