@@ -106,7 +106,7 @@ def _take(
     """Remember what one entry says about the step folder it lies in."""
     top, _, rel = entry.path.partition("/")
     if not rel:
-        match = _format.STEP_DIR_RE.match(top)
+        match = _format.STEP_DIR_RE.fullmatch(top)  # its "$" alone lets "step-…\n" through
         if match and entry.kind == "dir":
             steps[top] = _Step(int(match.group(1)), top)
         return

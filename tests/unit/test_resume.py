@@ -146,6 +146,13 @@ def test_a_fifo_is_never_opened(tmp_path: Path) -> None:
 
 
 @BOTH
+def test_a_step_name_with_a_newline_is_not_a_checkpoint(tmp_path: Path, reader: Reader) -> None:
+    _saved(tmp_path, 1, 2)
+    (tmp_path / "step-0000000002").rename(tmp_path / "step-0000000009\n")
+    assert _lookup(reader, tmp_path) == "step-0000000001"
+
+
+@BOTH
 def test_a_step_folder_that_is_a_link_is_ignored(tmp_path: Path, reader: Reader) -> None:
     real = tmp_path / "real"
     _saved(real, 7)
