@@ -10,8 +10,8 @@ fresh volume with the checkpoint library, then times, best of ``--repeat``:
               the newest checkpoint), what a job does under CARGOHOLD_RESUME=auto
   local       ``cargohold run``'s lookup through the volume's folder (sizes and checksums of the
               newest candidate)
-  archive     ``cargohold run``'s lookup through the Engine API's archive stream (sizes and
-              structure; the whole store streams once, file data skipped)
+  archive     ``cargohold run``'s lookup through the Engine API's archive stream (the whole
+              store streams once; sizes, structure and crc32 as it passes)
 
 and prints each with its ratio to the peer. Needs root and a local engine. The volume is removed
 at the end, pass or fail.

@@ -17,18 +17,22 @@ and devices, and judge names; this module only applies the checkpoint format's r
 * every file the manifest names is a clean relative name inside the folder, reached as a regular
   file (a symlink, a FIFO, a missing file makes the checkpoint not whole) with the manifest's
   size and a checksum of a known algorithm;
-* the checksums themselves are verified only where the files can be read again after the walk
-  at disk speed (a folder on this host: ``random_access``), newest candidate first, each read
-  bounded by the manifest's size.
+* checksums: where the files can be read again after the walk (a folder on this host:
+  ``random_access``) every checksum of the newest candidates is verified, newest first, each
+  read bounded by the manifest's size.
 
-Over the Engine API the store arrives as one tar stream, in name order: the manifest comes in
-the middle of its folder, so the checksums of files before it cannot be checked without holding
-a digest of every file, and checking afterwards would stream the checkpoint a second time. The
-sound cheaper rule used there is sizes and structure on the host (what catches a save that
-was killed, the failure the format guards against) and checksums on restore: the job gets
-``CARGOHOLD_RESUME=auto``, under which the in-container library verifies every checksum of the
-checkpoint it restores and, if bit rot broke that one, takes the next whole one itself. File
-data is skipped as it streams, never buffered and never hashed.
+Over the Engine API the store arrives as one tar stream, in name order, and there is no way to
+list it without it (the archive endpoint has no listing): every byte passes once. The manifest
+comes in the middle of its folder, so what a file must hash to is often unknown while its bytes
+pass, and checking afterwards would stream the checkpoint a second time. The rule there: the
+crc32 (the format's default) of every file is computed as it passes and compared once the
+manifest is known -- on the shared 2-core test machine that added ~60% to the stream's own time
+(``benchmarks/resume.py``), the price of a ``CARGOHOLD_RESUME_FROM`` as trustworthy as on the
+direct path. A sha256 (on request) is not computed for every file on the chance that the
+manifest asks for it: there the file's size and the manifest's structure are checked, and the
+checksum by the job's library on restore (the job gets ``CARGOHOLD_RESUME=auto``, under which
+the library verifies the checkpoint it restores and, if bit rot broke that one, takes the next
+whole one itself). Nothing is buffered.
 
 Any surprise makes that checkpoint not whole, never an exception; only a store the reader
 refuses as a whole (a FIFO or a device node in the Engine API's stream) gives ``None``, and
@@ -56,7 +60,8 @@ _MAX_FILES = 250_000  # files remembered across the store (~50 MB): beyond, the 
 @dataclass
 class _File:
     size: int
-    opener: Opener | None  # kept only when openers outlive the walk (random access)
+    opener: Opener | None  # kept when openers outlive the walk (random access) ...
+    crc32: str | None  # ... else the crc32 of the bytes that streamed past ("": unreadable)
 
 
 @dataclass
@@ -76,7 +81,7 @@ def latest_whole_checkpoint(entries: EntrySource) -> str | None:
 
     Args:
         entries: the store's entries, parents before children, the store's folder as ``""``;
-            its ``random_access`` says whether checksums are verified (module docstring).
+            its ``random_access`` says how checksums are verified (module docstring).
 
     Returns:
         The folder's name, or None when no checkpoint is whole -- or the store is refused
@@ -91,7 +96,7 @@ def latest_whole_checkpoint(entries: EntrySource) -> str | None:
     except (TransferError, OSError, _TooMany):
         return None
     for step in sorted(steps.values(), key=lambda s: s.step, reverse=True):
-        if _whole(step, verify=random_access):
+        if _whole(step):
             return step.name
     return None
 
@@ -113,14 +118,18 @@ def _take(
     step = steps.get(top)
     if step is None:
         return
-    if entry.kind == "file":
-        found = _File(entry.size, opener if random_access else None)
+    if entry.kind == "file" and opener is not None:
         if len(known) >= _MAX_FILES:
             raise _TooMany
+        if rel == _format.MANIFEST:
+            step.manifest = _read_manifest(entry, opener)
+            return
+        if random_access:
+            found = _File(entry.size, opener, None)
+        else:  # read once now or never: its bytes pass by anyway, crc32 costs little beside
+            found = _File(entry.size, None, _checksum(opener, entry.size, "crc32") or "")
         known[entry.path] = found
         step.files[rel] = found
-        if rel == _format.MANIFEST and opener is not None:
-            step.manifest = _read_manifest(entry, opener)
     elif entry.kind == "hardlink" and entry.target in known:
         step.files[rel] = known[entry.target]  # the same bytes under a second name
 
@@ -179,7 +188,7 @@ def _ranks_hold(manifest: dict[str, Any]) -> bool:
     return len(listed) == len(set(listed)) and set(listed) == set(manifest["files"])
 
 
-def _whole(step: _Step, *, verify: bool) -> bool:
+def _whole(step: _Step) -> bool:
     manifest = step.manifest
     if manifest is None or not _ranks_hold(manifest):
         return False
@@ -190,9 +199,11 @@ def _whole(step: _Step, *, verify: bool) -> bool:
         algorithm = next((a for a in _format.CHECKSUMS if isinstance(entry.get(a), str)), None)
         if algorithm is None or found.size != entry["size"]:
             return False
-        if verify and (
-            found.opener is None
-            or _checksum(found.opener, found.size, algorithm) != entry[algorithm]
+        if found.crc32 is not None:  # streamed: crc32 checked here, a sha256 on restore
+            if algorithm == "crc32" and found.crc32 != entry[algorithm]:
+                return False
+        elif found.opener is None or (
+            _checksum(found.opener, found.size, algorithm) != entry[algorithm]
         ):
             return False
     return True

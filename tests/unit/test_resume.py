@@ -83,12 +83,23 @@ def test_finds_the_newest_whole_checkpoint(tmp_path: Path, reader: Reader) -> No
     assert _lookup(reader, tmp_path) == "step-0000000002"
 
 
-def test_checksums_are_verified_where_files_can_be_read_again(tmp_path: Path) -> None:
-    """Same size, other bytes (bit rot): the folder path checks the crc32; the stream path
-    leaves it to the library, which verifies on restore and falls back itself."""
+@BOTH
+def test_bit_rot_under_crc32_is_caught_both_ways(tmp_path: Path, reader: Reader) -> None:
+    """Same size, other bytes: the folder is checksummed after the walk, the stream's crc32 is
+    computed as it passes."""
     _saved(tmp_path, 1, 2)
-    rotten = tmp_path / "step-0000000002" / "w.bin"
-    rotten.write_bytes(b"weightz 2")
+    (tmp_path / "step-0000000002" / "w.bin").write_bytes(b"weightz 2")
+    assert _lookup(reader, tmp_path) == "step-0000000001"
+
+
+def test_a_sha256_in_the_stream_is_left_to_the_library(tmp_path: Path) -> None:
+    """sha256 on request: the folder path checks it; the stream path checks sizes and leaves the
+    checksum to the library, which verifies on restore and falls back itself."""
+    manager = CheckpointManager(str(tmp_path), keep_last=0, checksum="sha256")
+    for step in (1, 2):
+        manager.save(step, {"w.bin": f"weights {step}".encode()})
+    manager.close()
+    (tmp_path / "step-0000000002" / "w.bin").write_bytes(b"weightz 2")
     assert _lookup(_folder, tmp_path) == "step-0000000001"
     assert _lookup(_stream, tmp_path) == "step-0000000002"
     restored = CheckpointManager(str(tmp_path), keep_last=0)
