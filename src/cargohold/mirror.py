@@ -129,7 +129,7 @@ def _newest_mtime(folder: Path) -> tuple[int, int]:
 
 @_writer
 def _cargohold(entry: os.DirEntry[str], scan: _Scan) -> Found | None:
-    match = STEP_DIR_RE.match(entry.name)
+    match = STEP_DIR_RE.fullmatch(entry.name)  # a trailing newline is not a step
     if not match or not entry.is_dir(follow_symlinks=False):
         return None
     try:
@@ -141,7 +141,7 @@ def _cargohold(entry: os.DirEntry[str], scan: _Scan) -> Found | None:
 
 @_writer
 def _huggingface(entry: os.DirEntry[str], scan: _Scan) -> Found | None:
-    match = _HF_DIR_RE.match(entry.name)
+    match = _HF_DIR_RE.fullmatch(entry.name)
     if not match or not entry.is_dir(follow_symlinks=False):
         return None
     step = int(match.group(1))
@@ -152,7 +152,7 @@ def _huggingface(entry: os.DirEntry[str], scan: _Scan) -> Found | None:
     if not isinstance(state, dict) or state.get("global_step") != step:
         return None
     newer = any(
-        (m := _HF_DIR_RE.match(name)) is not None and int(m.group(1)) > step
+        (m := _HF_DIR_RE.fullmatch(name)) is not None and int(m.group(1)) > step
         for name in scan.siblings
     )
     stamp = _newest_mtime(Path(entry.path))
@@ -334,7 +334,7 @@ class Mirror:
         repo = self._repository()
         found: dict[str, tuple[str, str]] = {}
         for info in list_snapshots(repo):
-            if info.tag and _TAG_RE.match(info.tag):
+            if info.tag and _TAG_RE.fullmatch(info.tag):
                 found[info.tag] = (info.id, info.created)
         return found
 
@@ -410,7 +410,7 @@ class Mirror:
             return None
 
         def order(tag: str) -> tuple[int, str]:
-            match = _TAG_RE.match(tag)
+            match = _TAG_RE.fullmatch(tag)
             assert match is not None
             return int(match.group(2)), mirrored[tag][1]
 
@@ -430,10 +430,10 @@ class Mirror:
         """Restore one mirrored checkpoint; None (and nothing left behind) when it is not whole."""
         from cargohold.snapshots import restore_to_path
 
-        match = _TAG_RE.match(tag)
+        match = _TAG_RE.fullmatch(tag)
         assert match is not None
         writer, name = match.group(1), match.group(3)
-        if "/" in name or name in (".", "..") or name.startswith("."):
+        if "/" in name or name.startswith(".") or not name.isprintable():
             log.warning("skipping mirrored checkpoint %r: not a plain name", name)
             return None
         repo = self._repository()

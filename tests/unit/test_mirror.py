@@ -171,3 +171,13 @@ def test_restore_skips_a_mirrored_copy_that_is_not_whole(tmp_path: Path) -> None
         "step-0000000009"
     ]
     assert any("not whole" in line for line in said)
+
+
+def test_names_that_only_look_like_checkpoints_are_not_mirrored(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path, keep_last=0)
+    manager.save(1, {"w.bin": b"x"})
+    manager.close()
+    os.rename(tmp_path / "step-0000000001", tmp_path / "step-0000000001\n")
+    _age(_trainer_checkpoint(tmp_path, 7), 60)
+    os.rename(tmp_path / "checkpoint-7", tmp_path / "checkpoint-7\n")
+    assert committed_checkpoints(tmp_path, settle=0) == []
