@@ -118,9 +118,12 @@ def test_links_a_container_planted_are_never_followed(
     payload = tmp_path / "payload.txt"
     payload.write_text("from the host")
 
-    into_link = run_cli("ingest", str(payload), f"{volume}:data2", env=env)
-    if access == "local":  # through the engine, the link resolves inside the helper container
-        assert "symlink" in _refused(into_link)
+    assert "symlink" in _refused(run_cli("ingest", str(payload), f"{volume}:data2", env=env))
+    assert "symlink" in _refused(run_cli("ingest", str(payload), f"{volume}:data2/x", env=env))
+    assert "not a folder" in _refused(run_cli("ingest", str(payload), f"{volume}:real/f.txt/y",
+                                              env=env))
+    _ok(run_cli("ingest", str(payload), f"{volume}:real/new", env=env))
+    assert (mount / "real" / "new" / "payload.txt").read_text() == "from the host"
     assert listing(outside) == before
 
     for target in (f"{volume}:data2", volume):
@@ -137,7 +140,7 @@ def test_links_a_container_planted_are_never_followed(
     files = json.loads(_ok(run_cli("volume", "files", volume, "data2", "--json", env=env)))
     assert [(f["path"], f["kind"]) for f in files] == [("data2", "symlink")]
     du = json.loads(_ok(run_cli("volume", "du", volume, "--json", env=env)))
-    assert du["files"] == 1
+    assert du["files"] == 2  # real/f.txt and real/new/payload.txt: links count for nothing
     copy = f"{volume}-copy"
     docker_resources.volumes.append(copy)
     _ok(run_cli("clone", volume, copy, env=env))

@@ -21,8 +21,8 @@ from cargohold.archive import (
     TarWriter,
     no_progress,
 )
-from cargohold.engine import HELPER_MOUNT, Engine, VolumeInfo
-from cargohold.errors import TransferError, UnsafeArchive, UsageError
+from cargohold.engine import HELPER_MOUNT, ArchiveHelper, Engine, VolumeInfo
+from cargohold.errors import EngineError, TransferError, UnsafeArchive, UsageError
 from cargohold.volumes._access import Recovery, Written
 
 __all__ = ["EngineApiVolume"]
@@ -77,8 +77,36 @@ class EngineApiVolume:
         inside = HELPER_MOUNT.strip("/") + (f"/{path}" if path else "")
         counts = [0, 0]
         with self.engine.archive_helper(self.name, readonly=False) as helper:
+            if path:
+                self._refuse_links_on(helper, path)
             helper.put_archive(_tar_chunks(_under(source, inside), progress, counts))
         return Written(counts[0], counts[1])
+
+    def _refuse_links_on(self, helper: ArchiveHelper, path: str) -> None:
+        """The engine resolves a link on the way inside the helper container: the host is safe,
+        but the data would land in the helper's own layer and vanish with it. So, as on the
+        direct path, a destination that passes through a link (or a file) is refused."""
+        parts = [p for p in path.split("/") if p]
+        for i in range(1, len(parts) + 1):
+            rel = "/".join(parts[:i])
+            try:
+                first = next(iter(TarReader(helper.get_archive(rel), strip=1)), None)
+            except EngineError:
+                return  # missing from here on: the engine makes the folders
+            if first is None:
+                return
+            entry = first[0]
+            if entry.kind == "symlink":
+                raise UnsafeArchive(
+                    f"Refused {self.name}:{path}: {rel} is a symlink inside the volume, and "
+                    "links a container made are never followed.",
+                    hint="Write to the link's real location inside the volume instead.",
+                )
+            if entry.kind != "dir":
+                raise TransferError(
+                    f"Refused {self.name}:{path}: {rel} is a file, not a folder.",
+                    hint="Pick a folder inside the volume.",
+                )
 
     def clear(self) -> None:
         # The archive endpoints cannot delete: recreate the volume with the same labels.
