@@ -60,7 +60,7 @@ for _ in $(seq 600); do
 done
 if [ "$saved" -lt 2 ]; then
   docker logs "$CONTAINER" 2>&1 | tail -n 15 | sed 's/^/  | /' >&2
-  fail "the job saved $saved checkpoint(s) and is no longer running (its log's end is above)"
+  fail "the job saved $saved checkpoint(s) in time (the end of its log is above)"
 fi
 docker logs "$CONTAINER" 2>&1 | tail -n 3
 echo "-- in the container's own writable layer: /tmp/run-log.txt"
