@@ -367,3 +367,27 @@ def test_a_folder_that_is_not_a_venv_is_never_removed(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{folder} exists and is not a virtual environment" in result.stderr
     assert (folder / "notes.txt").read_text() == "keep me"
+
+
+def test_reading_an_empty_volume_keeps_the_owner_the_job_was_given(
+    base_image: str, docker_resources: Resources
+) -> None:
+    """A newcomer's first run: cargohold hands the fresh checkpoint volume to the user's uid, then
+    looks into it (through a helper, not being root) for a checkpoint to resume from. Docker's
+    copy-up of the helper's folder into the empty volume once gave it back to root, and the job
+    could not save (`Permission denied`); the demo test above caught it."""
+    from cargohold.engine import MountRequest, connect
+
+    engine = connect()
+    volume = f"{docker_resources.project}-ckpt"
+    docker_resources.volumes.append(volume)
+    engine.create_volume(volume, {"cargohold.project": docker_resources.project})
+    mount = MountRequest("volume", "/ckpt", volume)
+    code, output = engine.run_helper(base_image, ["1234:1234", "/ckpt"], [mount],
+                                     entrypoint=["chown"])
+    assert code == 0, output
+    with engine.archive_helper(volume, readonly=True):
+        pass
+    code, output = engine.run_helper(base_image, ["-c", "%u:%g", "/ckpt"], [mount],
+                                     entrypoint=["stat"])
+    assert (code, output.strip()) == (0, "1234:1234")

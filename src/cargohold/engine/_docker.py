@@ -303,14 +303,18 @@ class DockerEngine:
     @contextlib.contextmanager
     def archive_helper(self, volume: str, *, readonly: bool) -> Iterator[ArchiveHelper]:
         self._ensure_helper_image()
-        mount = MountRequest("volume", HELPER_MOUNT, volume, readonly=readonly)
+        # no_copy: Docker would copy the helper image's folder into an empty volume, and with it
+        # that folder's owner (root), undoing the chown that made the volume the job's.
+        mount = docker.types.Mount(
+            target=HELPER_MOUNT, source=volume, type="volume", read_only=readonly, no_copy=True
+        )
         with translate(f"Attaching volume {volume}"):
             created = self._client.api.create_container(
                 HELPER_IMAGE,
                 command=["/none"],
                 network_disabled=True,
                 labels=helper_labels(),
-                host_config=self._client.api.create_host_config(mounts=[_sdk_mount(mount)]),
+                host_config=self._client.api.create_host_config(mounts=[mount]),
             )
         helper = ArchiveHelper(self, str(created["Id"]))
         try:
