@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tarfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,7 @@ __all__ = ["MAX_MANIFEST", "latest_whole_checkpoint"]
 
 MAX_MANIFEST = 16 << 20  # a manifest of a million files is ~100 MB of JSON; ours are far less
 _MAX_FILES = 250_000  # files remembered across the store (~50 MB): beyond, the library decides
+_MAX_MANIFESTS_KEPT = 4 * MAX_MANIFEST  # JSON bytes of parsed manifests held at once
 
 
 @dataclass
@@ -69,6 +71,8 @@ class _Step:
     step: int
     name: str
     manifest: dict[str, Any] | None = None
+    manifest_bytes: int = 0
+    evicted: bool = False  # its manifest was dropped to stay within memory: unknown, not "no"
     files: dict[str, _File] = field(default_factory=dict)  # relative to the step folder
 
 
@@ -87,51 +91,71 @@ def latest_whole_checkpoint(entries: EntrySource) -> str | None:
         The folder's name, or None when no checkpoint is whole -- or the store is refused
         as a whole by its reader (then the in-container library decides).
     """
-    random_access = entries.random_access
-    steps: dict[str, _Step] = {}
-    known: dict[str, _File] = {}  # every regular file in a step folder, for hardlinks
+    store = _Store(entries.random_access)
     try:
         for entry, opener in entries:
-            _take(entry, opener, steps, known, random_access)
+            store.take(entry, opener)
     except (TransferError, OSError, _TooMany):
         return None
-    for step in sorted(steps.values(), key=lambda s: s.step, reverse=True):
+    for step in sorted(store.steps.values(), key=lambda s: s.step, reverse=True):
+        if step.evicted:
+            return None  # an older one may be whole, but this one was not judged
         if _whole(step):
             return step.name
     return None
 
 
-def _take(
-    entry: Entry,
-    opener: Opener | None,
-    steps: dict[str, _Step],
-    known: dict[str, _File],
-    random_access: bool,
-) -> None:
-    """Remember what one entry says about the step folder it lies in."""
-    top, _, rel = entry.path.partition("/")
-    if not rel:
-        match = _format.STEP_DIR_RE.fullmatch(top)  # its "$" alone lets "step-…\n" through
-        if match and entry.kind == "dir":
-            steps[top] = _Step(int(match.group(1)), top)
-        return
-    step = steps.get(top)
-    if step is None:
-        return
-    if entry.kind == "file" and opener is not None:
-        if len(known) >= _MAX_FILES:
-            raise _TooMany
-        if rel == _format.MANIFEST:
-            step.manifest = _read_manifest(entry, opener)
+class _Store:
+    """What the walk has said so far about the store's step folders."""
+
+    def __init__(self, random_access: bool) -> None:
+        self.random_access = random_access
+        self.steps: dict[str, _Step] = {}
+        self._known: dict[str, _File] = {}  # every regular file in a step folder (hardlinks)
+        self._manifest_bytes = 0
+
+    def take(self, entry: Entry, opener: Opener | None) -> None:
+        """Remember what one entry says about the step folder it lies in."""
+        top, _, rel = entry.path.partition("/")
+        if not rel:
+            match = _format.STEP_DIR_RE.fullmatch(top)  # its "$" alone lets "step-…\n" through
+            if match and entry.kind == "dir":
+                self.steps[top] = _Step(int(match.group(1)), top)
             return
-        if random_access:
-            found = _File(entry.size, opener, None)
-        else:  # read once now or never: its bytes pass by anyway, crc32 costs little beside
-            found = _File(entry.size, None, _checksum(opener, entry.size, "crc32") or "")
-        known[entry.path] = found
-        step.files[rel] = found
-    elif entry.kind == "hardlink" and entry.target in known:
-        step.files[rel] = known[entry.target]  # the same bytes under a second name
+        step = self.steps.get(top)
+        if step is None:
+            return
+        if entry.kind == "file" and opener is not None:
+            if len(self._known) >= _MAX_FILES:
+                raise _TooMany
+            if rel == _format.MANIFEST:
+                self._keep_manifest(step, _read_manifest(entry, opener), entry.size)
+                return
+            if self.random_access:
+                found = _File(entry.size, opener, None)
+            else:  # read now or never: its bytes pass by anyway
+                found = _File(entry.size, None, _checksum(opener, entry.size, "crc32") or "")
+            self._known[entry.path] = found
+            step.files[rel] = found
+        elif entry.kind == "hardlink" and entry.target in self._known:
+            step.files[rel] = self._known[entry.target]  # the same bytes under a second name
+
+    def _keep_manifest(self, step: _Step, manifest: dict[str, Any] | None, size: int) -> None:
+        """Keep a parsed manifest, within a memory budget: over it, the oldest steps' are
+        dropped (if every newer step fails, the answer is None, never an older one)."""
+        if manifest is None:
+            return
+        step.manifest, step.manifest_bytes = manifest, size
+        self._manifest_bytes += size
+        if self._manifest_bytes <= _MAX_MANIFESTS_KEPT:
+            return
+        for oldest in sorted(self.steps.values(), key=lambda s: s.step):
+            if self._manifest_bytes <= _MAX_MANIFESTS_KEPT:
+                break
+            if oldest.manifest is not None:
+                self._manifest_bytes -= oldest.manifest_bytes
+                oldest.manifest, oldest.manifest_bytes = None, 0
+                oldest.evicted = True
 
 
 def _read_manifest(entry: Entry, opener: Opener) -> dict[str, Any] | None:
@@ -142,7 +166,7 @@ def _read_manifest(entry: Entry, opener: Opener) -> dict[str, Any] | None:
         with opener() as data:
             raw = data.read(MAX_MANIFEST + 1)
         manifest = json.loads(raw)
-    except (OSError, ValueError, RecursionError, TransferError):
+    except (OSError, EOFError, ValueError, RecursionError, TransferError, tarfile.TarError):
         return None
     if (
         len(raw) > MAX_MANIFEST
@@ -221,7 +245,7 @@ def _checksum(opener: Opener, size: int, algorithm: str) -> str | None:
                     digest.update(chunk)
                 else:
                     crc = zlib.crc32(chunk, crc)
-    except (OSError, TransferError):
+    except (OSError, EOFError, TransferError, tarfile.TarError):  # a damaged stream, a gone file
         return None
     if total != size:
         return None

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from cargohold import resume
 from cargohold.archive import EntrySource, TarReader
 from cargohold.archive.confined import ConfinedDir, ConfinedReader
 from cargohold.checkpoint import CheckpointManager
@@ -268,3 +269,18 @@ def test_a_bind_mounted_store_is_read_from_this_host(tmp_path: Path) -> None:
     (tmp_path / "ckpt").unlink()
     (tmp_path / "ckpt").write_text("a file where the folder should be")
     assert resolve_resume(no_engine, plan, Resume("auto")) == {"CARGOHOLD_RESUME": "auto"}
+
+
+@BOTH
+def test_manifests_beyond_the_memory_budget_give_no_answer_rather_than_an_old_one(
+    tmp_path: Path, reader: Reader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only about one manifest fits: the oldest are dropped as newer ones arrive; when the
+    newest is not whole, the older ones were not judged, so there is no answer (the library
+    decides), never an older checkpoint than the newest whole one."""
+    _saved(tmp_path, 1, 2, 3)
+    size = (tmp_path / "step-0000000003" / "manifest.json").stat().st_size
+    monkeypatch.setattr(resume, "_MAX_MANIFESTS_KEPT", size + size // 2)
+    assert _lookup(reader, tmp_path) == "step-0000000003"
+    (tmp_path / "step-0000000003" / "w.bin").write_bytes(b"torn")
+    assert _lookup(reader, tmp_path) is None
