@@ -7,8 +7,8 @@ FIFO (a read that never starts), a manifest may be a number instead of a table, 
 There is no walker here: the store is read as an ``EntrySource`` -- a ``VolumeAccess``'s
 ``entries()`` for a named volume (``archive.confined``'s directory-fd walk when its folder is
 readable here, else the Engine API's archive stream), or a ``ConfinedReader`` of a bind-mounted
-host folder. Those readers already refuse to follow links, skip or refuse FIFOs
-and devices, and judge names; this module only applies the checkpoint format's rules
+host folder. Those readers already refuse to follow links, skip or refuse FIFOs and devices,
+and judge names; this module only applies the checkpoint format's rules
 (``checkpoint._format``) to the entries they yield:
 
 * a ``step-…`` folder with a ``manifest.json`` (written last: no manifest, no checkpoint) of at
@@ -34,9 +34,10 @@ checksum by the job's library on restore (the job gets ``CARGOHOLD_RESUME=auto``
 the library verifies the checkpoint it restores and, if bit rot broke that one, takes the next
 whole one itself). Nothing is buffered.
 
-Any surprise makes that checkpoint not whole, never an exception; only a store the reader
-refuses as a whole (a FIFO or a device node in the Engine API's stream) gives ``None``, and
-the library decides.
+Any surprise makes that checkpoint not whole, never an exception. ``None`` -- no promise, the
+library decides -- also comes from a store the reader refuses as a whole (a FIFO or a device
+node in the Engine API's stream) and from a store too large to judge in bounded memory (more
+than 250,000 files, or more than 64 MiB of manifests to hold before the newest whole one).
 """
 
 from __future__ import annotations
