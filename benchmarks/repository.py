@@ -123,29 +123,39 @@ def main() -> None:
 
 
 def run_s3(work: Path, source: Path, pristine: Path) -> dict[str, Measured]:
+    """cargohold and restic on S3: the radosgw at $CARGOHOLD_TEST_S3_ENDPOINT if one runs,
+    else one started here (tests/services/radosgw.sh)."""
     folder = str(work / "radosgw")
-    started = subprocess.run(["bash", str(REPO / "tests/services/radosgw.sh"), "start", folder],
-                             capture_output=True, text=True, check=True)
-    endpoint = next(w.split("=", 1)[1] for w in started.stdout.split()
-                    if w.startswith("S3_ENDPOINT="))
+    endpoint = os.environ.get("CARGOHOLD_TEST_S3_ENDPOINT")
+    started = endpoint is None
+    if endpoint is None:
+        out = subprocess.run(["bash", str(REPO / "tests/services/radosgw.sh"), "start", folder],
+                             capture_output=True, text=True, check=True).stdout
+        endpoint = next(w.split("=", 1)[1] for w in out.split() if w.startswith("S3_ENDPOINT="))
     keys = {"AWS_ACCESS_KEY_ID": os.environ.get("S3_ACCESS_KEY", "cargoholdtest"),
             "AWS_SECRET_ACCESS_KEY": os.environ.get("S3_SECRET_KEY", "cargoholdtestsecret")}
-    try:
-        import s3fs
+    bucket = f"bench-{os.getpid()}"
+    import s3fs
 
-        s3fs.S3FileSystem(key=keys["AWS_ACCESS_KEY_ID"], secret=keys["AWS_SECRET_ACCESS_KEY"],
-                          client_kwargs={"endpoint_url": endpoint}).mkdir("bench")
-        ours = Cargohold(work, "s3://bench/cargohold", {**keys, "CARGOHOLD_S3_ENDPOINT": endpoint})
-        theirs = Restic(work, f"s3:{endpoint}/bench/restic", keys)
-        out = {}
+    fs = s3fs.S3FileSystem(key=keys["AWS_ACCESS_KEY_ID"], secret=keys["AWS_SECRET_ACCESS_KEY"],
+                           client_kwargs={"endpoint_url": endpoint})
+    try:
+        fs.mkdir(bucket)
+        ours = Cargohold(work, f"s3://{bucket}/cargohold",
+                         {**keys, "CARGOHOLD_S3_ENDPOINT": endpoint})
+        theirs = Restic(work, f"s3:{endpoint}/{bucket}/restic", keys)
+        results = {}
         for tool, label in ((ours, "cargohold S3"), (theirs, "restic S3")):
             measured = run_tool(tool, source, pristine, work)
             measured.size.pop("repository", None)
-            out[label] = measured
-        return out
+            results[label] = measured
+        return results
     finally:
-        subprocess.run(["bash", str(REPO / "tests/services/radosgw.sh"), "stop", folder],
-                       capture_output=True)
+        if fs.exists(bucket):
+            fs.rm(bucket, recursive=True)
+        if started:
+            subprocess.run(["bash", str(REPO / "tests/services/radosgw.sh"), "stop", folder],
+                           capture_output=True)
 
 
 def report(results: dict[str, Measured], data_bytes: int) -> None:
