@@ -41,7 +41,8 @@ def test_round_trip_gives_back_an_identical_tree(
     env = _env(tmp_path, access)
     _ok(run_cli("ingest", str(source), first, "--verify", env=env))
     snap = json.loads(_ok(run_cli("snapshot", first, "--json", env=env)))
-    assert snap["files"] == 5 and snap["new_objects"] == 5  # a hardlink is no second file
+    # A hardlink is no second file; the 300 kB model may be cut into two chunks.
+    assert snap["files"] == 5 and snap["new_objects"] in (5, 6)
     _ok(run_cli("restore", snap["id"], restored, env=env))
     _ok(run_cli("export", restored, str(tmp_path / "exported"), env=env))
     # The Engine API's archives carry whole seconds; the direct path keeps nanoseconds.
@@ -167,7 +168,7 @@ def test_snapshots_on_s3(tmp_path: Path, docker_resources: Resources,
         _ok(run_cli("ingest", str(source), volume, env=env))
         first = json.loads(_ok(run_cli("snapshot", volume, "--repo", repo, "--json", env=env)))
         second = json.loads(_ok(run_cli("snapshot", volume, "--repo", repo, "--json", env=env)))
-        assert first["new_objects"] == 5 and second["new_objects"] == 0
+        assert first["new_objects"] in (5, 6) and second["new_objects"] == 0
         # Few files, not one per object: a data pack and a tree pack, then one index.
         assert len(fs.find(f"{bucket}/team/snapshots/packs")) == 2
         assert len(fs.find(f"{bucket}/team/snapshots/index")) == 1
