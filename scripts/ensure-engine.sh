@@ -52,7 +52,9 @@ getent group docker >/dev/null || groupadd --system docker
 if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
   rm -f /var/run/docker.pid  # left by a dockerd that was killed
 fi
-if ! pgrep -x dockerd >/dev/null 2>&1; then
+# The default engine is the one whose pid file is /var/run/docker.pid: a private dockerd that a
+# test runs on its own socket (tests/engines.py) is not it, so `pgrep dockerd` would lie.
+if ! { [ -f /var/run/docker.pid ] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; }; then
   note "ensure-engine: starting dockerd (log: /var/log/dockerd.log)"
   nohup dockerd --group docker >/var/log/dockerd.log 2>&1 &
   started=$!
