@@ -8,6 +8,7 @@ Set CARGOHOLD_UPDATE_GOLDEN=1 to rewrite the golden files after an intended chan
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -208,10 +209,7 @@ def test_kubernetes_restore_and_mirror_containers() -> None:
     assert restore["image"] == IMAGE
     # Restored into a folder of the claim (a mount point cannot be swapped in), which the job
     # mounts read-only through subPath.
-    assert restore["command"][-2:] == [
-        "digits-dataset@latest",
-        "/cargohold-restore/dataset/content",
-    ]
+    assert restore["command"][-2:] == ["digits-dataset@latest", "/cargohold-restore/dataset"]
     assert {"name": "CARGOHOLD_REPO", "value": "s3://bucket/repo"} in restore["env"]
     assert restore["volumeMounts"] == [
         {"name": "dataset", "mountPath": "/cargohold-restore/dataset"}
@@ -433,3 +431,228 @@ def test_compose_runs_the_mirror_beside_the_job(tmp_path: Path) -> None:
     assert config["train-mirror"]["environment"]["AWS_SECRET_ACCESS_KEY"] == "from-the-shell"
     # Without the image, no mirror services: the golden compose file stays as it was.
     assert "train-mirror" not in render_compose([plan])["services"]
+
+
+# -- the restore initContainers' scripts, run by sh with the real CLI (no Docker: see
+# tests/integration/test_cluster.py for the same scripts in the cargohold image) -------------
+
+
+def _script_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    import os
+    import sys
+
+    from tests.conftest import SRC
+
+    bin_dir = tmp_path / "bin"
+    if not bin_dir.exists():
+        bin_dir.mkdir()
+        shim = bin_dir / "cargohold"
+        shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m cargohold "$@"\n')
+        shim.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARGOHOLD_", "JOB_"))}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(SRC)
+    return {**env, **extra}
+
+
+def _init(nodes: int = 1) -> list[dict[str, Any]]:
+    pod = _objects(_nodes(nodes) if nodes > 1 else CLUSTER)["Job"]["spec"]["template"]["spec"]
+    containers: list[dict[str, Any]] = pod["initContainers"]
+    return containers
+
+
+def _run_script(
+    container: dict[str, Any], env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    command = container["command"]
+    assert command[:2] == ["sh", "-c"]
+    return subprocess.run(
+        [*command[:4], *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture
+def dataset_repo(tmp_path: Path) -> tuple[str, str]:
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "0.csv").write_text("x,y\n1,2\n")
+    repo = tmp_path / "repo"
+    made = run_cli("snapshot", str(data), "--repo", str(repo), "--tag", "v1")
+    assert made.returncode == 0, made.stderr
+    return str(repo), "v1"
+
+
+def _dataset_run(
+    tmp_path: Path, repo: str, snap: str, claim: Path, nodes: int = 1, **env: str
+) -> subprocess.CompletedProcess[str]:
+    restore = _init(nodes)[0]
+    return _run_script(restore, _script_env(tmp_path, CARGOHOLD_REPO=repo, **env), snap, str(claim))
+
+
+def test_dataset_script_restores_once_then_recognises_its_restore(
+    tmp_path: Path, dataset_repo: tuple[str, str]
+) -> None:
+    repo, snap = dataset_repo
+    claim = tmp_path / "claim"
+    claim.mkdir()
+    first = _dataset_run(tmp_path, repo, snap, claim)
+    assert first.returncode == 0, first.stderr
+    assert (claim / "content" / "train" / "0.csv").read_text() == "x,y\n1,2\n"
+    record = (claim / ".cargohold-restored").read_text()
+    assert record == f"cargohold-restore 1\nrepository {repo}\nsnapshot {snap}\n"
+    again = _dataset_run(tmp_path, repo, snap, claim)
+    assert again.returncode == 0, again.stderr
+    assert "already holds v1; not restoring" in again.stdout
+
+
+def test_dataset_script_finishes_a_restore_killed_midway(
+    tmp_path: Path, dataset_repo: tuple[str, str]
+) -> None:
+    """What a pod killed mid-restore leaves: its start record, cargohold's state file and a
+    half-written staging folder. The old script saw a non-empty claim and skipped the restore."""
+    repo, snap = dataset_repo
+    claim = tmp_path / "claim"
+    staging = claim / "content" / ".cargohold-restore.staging" / "train"
+    staging.mkdir(parents=True)
+    (staging / "0.csv").write_text("x,")
+    (claim / "content" / ".cargohold-restore.json").write_text(
+        json.dumps({"snapshot": "0" * 64, "phase": "writing"})
+    )
+    (claim / ".cargohold-restoring").write_text(
+        f"cargohold-restore 1\nrepository {repo}\nsnapshot {snap}\n"
+    )
+    result = _dataset_run(tmp_path, repo, snap, claim)
+    assert result.returncode == 0, result.stderr
+    assert "finishing an interrupted restore of v1" in result.stdout
+    assert sorted(p.name for p in (claim / "content").iterdir()) == ["train"]
+    assert (claim / "content" / "train" / "0.csv").read_text() == "x,y\n1,2\n"
+    assert (claim / ".cargohold-restored").exists()
+
+
+def test_dataset_script_refuses_data_it_did_not_restore(
+    tmp_path: Path, dataset_repo: tuple[str, str]
+) -> None:
+    repo, snap = dataset_repo
+    claim = tmp_path / "claim"
+    (claim / "content").mkdir(parents=True)
+    (claim / "content" / "mine.txt").write_text("precious")
+    result = _dataset_run(tmp_path, repo, snap, claim)
+    assert result.returncode == 1
+    assert "holds data cargohold did not restore; not using it as v1" in result.stderr
+    assert (claim / "content" / "mine.txt").read_text() == "precious"
+    assert not (claim / ".cargohold-restored").exists()
+    assert not (claim / ".cargohold-restoring").exists()
+
+
+@pytest.mark.parametrize("record", [".cargohold-restored", ".cargohold-restoring"])
+def test_dataset_script_refuses_a_claim_of_another_snapshot(
+    tmp_path: Path, dataset_repo: tuple[str, str], record: str
+) -> None:
+    repo, snap = dataset_repo
+    claim = tmp_path / "claim"
+    (claim / "content").mkdir(parents=True)
+    (claim / "content" / "old.csv").write_text("old")
+    (claim / record).write_text(f"cargohold-restore 1\nrepository {repo}\nsnapshot v0\n")
+    result = _dataset_run(tmp_path, repo, snap, claim)
+    assert result.returncode == 1
+    assert "holds another restore than v1" in result.stderr
+    assert "delete the claim" in result.stderr
+    assert (claim / "content" / "old.csv").read_text() == "old"
+
+
+def test_dataset_script_other_pods_wait_for_index_0(
+    tmp_path: Path, dataset_repo: tuple[str, str]
+) -> None:
+    repo, snap = dataset_repo
+    claim = tmp_path / "claim"
+    claim.mkdir()
+    # Nothing restored yet: pod 1 restores nothing itself, and its wait is bounded.
+    timed_out = _dataset_run(
+        tmp_path, repo, snap, claim, nodes=2, JOB_COMPLETION_INDEX="1", CARGOHOLD_RESTORE_WAIT="0"
+    )
+    assert timed_out.returncode == 1
+    assert "pod 0 did not finish the restore of v1 within 0s" in timed_out.stderr
+    assert list(claim.iterdir()) == []
+    # Pod 1 waits while pod 0 restores, then starts.
+    env = _script_env(
+        tmp_path, CARGOHOLD_REPO=repo, JOB_COMPLETION_INDEX="1", CARGOHOLD_RESTORE_WAIT="60"
+    )
+    restore = _init(2)[0]
+    waiter = subprocess.Popen(
+        [*restore["command"][:4], snap, str(claim)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        zero = _dataset_run(tmp_path, repo, snap, claim, nodes=2, JOB_COMPLETION_INDEX="0")
+        assert zero.returncode == 0, zero.stderr
+        out, err = waiter.communicate(timeout=30)
+    finally:
+        waiter.kill()
+        waiter.wait()
+    assert waiter.returncode == 0, err
+    assert "pod 0 finished the restore of v1; starting" in out
+    # A foreign record makes a waiting pod fail at once, not after the whole wait.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".cargohold-restored").write_text("cargohold-restore 1\nrepository x\nsnapshot y\n")
+    foreign = _dataset_run(tmp_path, repo, snap, other, nodes=2, JOB_COMPLETION_INDEX="1")
+    assert foreign.returncode == 1
+    assert "holds another restore than v1" in foreign.stderr
+
+
+def test_mirror_restore_script_only_index_0_restores(tmp_path: Path) -> None:
+    init = _init(2)
+    mirror_restore = init[1]
+    assert mirror_restore["name"] == "mirror-restore"
+    env_names = {e["name"]: e for e in mirror_restore["env"]}
+    assert env_names["CARGOHOLD_JOB_UID"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['controller-uid']"}
+    }
+    store = tmp_path / "ckpt"
+    store.mkdir()
+    # An earlier Job's record is stale: pod 1 keeps waiting for this Job's (bounded).
+    (store / ".cargohold-mirror-restored").write_text("cargohold-mirror-restore 1\njob old\n")
+    base = {
+        "CARGOHOLD_CHECKPOINT_DIR": str(store),
+        "CARGOHOLD_MIRROR": str(tmp_path / "mirror"),
+        "CARGOHOLD_PROJECT": "digits",
+        "CARGOHOLD_JOB": "train",
+        "CARGOHOLD_JOB_UID": "uid-2",
+    }
+    waited = _run_script(
+        mirror_restore,
+        _script_env(tmp_path, **base, JOB_COMPLETION_INDEX="1", CARGOHOLD_RESTORE_WAIT="2"),
+    )
+    assert waited.returncode == 1
+    assert "pod 0 did not finish the checkpoint restore within 2s" in waited.stderr
+    zero = _run_script(mirror_restore, _script_env(tmp_path, **base, JOB_COMPLETION_INDEX="0"))
+    assert zero.returncode == 0, zero.stderr
+    assert (store / ".cargohold-mirror-restored").read_text() == (
+        "cargohold-mirror-restore 1\njob uid-2\n"
+    )
+    one = _run_script(mirror_restore, _script_env(tmp_path, **base, JOB_COMPLETION_INDEX="1"))
+    assert one.returncode == 0, one.stderr
+    assert "pod 0 finished the checkpoint restore; starting" in one.stdout
+    no_uid = _run_script(mirror_restore, _script_env(tmp_path, **{**base, "CARGOHOLD_JOB_UID": ""}))
+    assert no_uid.returncode == 1
+    assert "no controller-uid label" in no_uid.stderr
+
+
+def test_restore_containers_know_their_index_only_with_several_nodes() -> None:
+    one, several = _init(1), _init(3)
+    assert {e["name"] for e in one[0]["env"]} == {"CARGOHOLD_REPO"}
+    assert one[1]["args"] == ["cargohold", "mirror", "--restore-only"]
+    index = {
+        "name": "JOB_COMPLETION_INDEX",
+        "valueFrom": {
+            "fieldRef": {
+                "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+            }
+        },
+    }
+    for container in several:
+        assert index in container["env"]
+        assert {"name": "CARGOHOLD_RESTORE_WAIT", "value": "21600"} in container["env"]

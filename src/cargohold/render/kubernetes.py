@@ -12,9 +12,39 @@ fresh claim is writable without the recursive chown that stalls pod start on a b
 --rdzv-endpoint $CARGOHOLD_RDZV_ENDPOINT`` works unchanged.
 
 Data that follows the job: a dataset with ``repository``/``snapshot`` is restored by an
-initContainer into its claim before the job starts (only when the claim is empty); a checkpoints
-store with ``mirror`` gets an initContainer that restores the newest mirrored checkpoint into an
-empty store, and a sidecar that pushes every committed checkpoint. The sidecar shares the pod's
+initContainer into the folder ``content`` of its claim before the job starts; a checkpoints store
+with ``mirror`` gets an initContainer that restores the newest mirrored checkpoint into an empty
+store, and a sidecar that pushes every committed checkpoint.
+
+The dataset restore is correct on a retried pod, because what the claim holds is recorded, not
+guessed from whether it is empty. Two small versioned records sit in the claim beside ``content``:
+``.cargohold-restoring`` (written before the restore starts: this claim's ``content`` is
+cargohold's, for this repository and snapshot) and ``.cargohold-restored`` (written, by rename,
+only after ``cargohold restore`` has exited 0). Each holds ``cargohold-restore 1`` and the
+repository and snapshot, compared byte for byte. So:
+
+* ``.cargohold-restored`` matches: the restore is complete; nothing is done (a retried pod starts
+  at once).
+* ``.cargohold-restoring`` matches but no completion: a pod was killed mid-restore (or between
+  the end of the restore and the record). ``cargohold restore --force`` runs again: it finishes
+  or cleans its own interrupted staging and replaces whatever partial content is there -- safe,
+  because the record says that content is cargohold's restore of this very snapshot.
+* Anything else in the claim (data cargohold did not restore, or records of another repository
+  or snapshot, e.g. after the spec changed) fails the pod with a message naming the claim. It is
+  not used as the dataset, and it is not overwritten or restored beside: the claim may hold the
+  user's only copy of something, and restoring beside it would silently double the claim's use.
+  Delete the claim (or point the store at a new one) to restore afresh.
+
+With ``nodes > 1`` every pod shares the ``ReadWriteMany`` claim, so only completion index 0
+restores; every other pod waits (polling every 2 s, at most ``CARGOHOLD_RESTORE_WAIT`` seconds,
+then fails saying so) for index 0's completion record. Waiting on the record rather than electing
+a restorer with a lock needs nothing but the claim itself, and a lock on a network filesystem
+(NFS, CephFS) is exactly what cannot be trusted. The checkpoint mirror restore is handled the
+same way: index 0 runs ``cargohold mirror --restore-only`` then writes
+``.cargohold-mirror-restored`` into the store, naming the Job's uid (label ``controller-uid``), so
+a record left by an earlier Job on the same claim is not mistaken for this one's; the other pods
+wait for it. (Only index 0 pushes too: ``mirror --restore-only`` and the sidecar both ignore
+dot-files, so the record never looks like a checkpoint.) The sidecar shares the pod's
 process namespace and leaves once the job's processes have ended, so the Job can complete on
 every Kubernetes version (native sidecars need 1.29). Credentials never appear here: they come
 from the Secret ``<project>-mirror`` (optional; created by the user).
@@ -42,14 +72,79 @@ __all__ = [
 RDZV_PORT = 29500
 DEFAULT_CAPACITY = 10 * 1024**3
 _DNS_BAD = re.compile(r"[^a-z0-9-]+")
-# Restores a snapshot into an empty folder; a retried pod finds its claim already filled.
-_RESTORE_IF_EMPTY = (
-    'if [ -n "$(ls -A "$2" 2>/dev/null)" ]; then echo "cargohold: $2 already holds data; '
-    'not restoring"; else exec cargohold restore "$1" --to "$2"; fi'
-)
 # A restore is staged beside its target and renamed into place, which cannot work on a mount
 # point: the initContainer restores into this folder of the claim, the job mounts it (subPath).
 RESTORED_SUBPATH = "content"
+# How long a pod other than index 0 waits for index 0's restore, in seconds (editable in the
+# rendered manifest: the environment variable of the initContainers).
+RESTORE_WAIT = 6 * 3600
+DATASET_RECORD = ".cargohold-restored"
+DATASET_STARTED = ".cargohold-restoring"
+MIRROR_RECORD = ".cargohold-mirror-restored"
+_INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+# Shell helpers of both restore scripts. `wait_for FILE WHAT [stale-ok]`: poll (2 s, bounded) until
+# FILE holds "$want"; a FILE holding something else fails at once (its writer never rewrites it),
+# unless stale-ok: the mirror's record of an earlier Job is rewritten by this Job's pod 0.
+_SCRIPT_HELPERS = r"""set -u
+say() { printf 'cargohold: %s\n' "$*"; }
+fail() { printf 'cargohold: %s\n' "$*" >&2; exit 1; }
+holds() { [ -f "$1" ] && [ "$(cat "$1" 2>/dev/null)" = "$want" ]; }
+record() { printf '%s\n' "$want" > "$1.tmp" && mv -f "$1.tmp" "$1" || fail "cannot write $1"; }
+wait_for() {
+  waited=0
+  until holds "$1"; do
+    if [ -e "$1" ] && [ -z "${3:-}" ]; then
+      fail "$1 records something else than this job's $2; see its content"
+    fi
+    if [ "$waited" -ge "${CARGOHOLD_RESTORE_WAIT:-@WAIT@}" ]; then
+      fail "pod 0 did not finish the $2 within ${waited}s; see the log of pod 0's initContainers"
+    fi
+    sleep 2
+    waited=$((waited + 2))
+  done
+  say "pod 0 finished the $2; starting"
+}
+""".replace("@WAIT@", str(RESTORE_WAIT))
+# $1 the snapshot, $2 the claim's mount point; the repository comes in CARGOHOLD_REPO. Values are
+# arguments, never part of the script.
+_RESTORE_DATASET = (
+    _SCRIPT_HELPERS
+    + r"""snap=$1 claim=$2 content=$2/@CONTENT@
+done_=$claim/@DONE@ started=$claim/@STARTED@
+want=$(printf 'cargohold-restore 1\nrepository %s\nsnapshot %s' "$CARGOHOLD_REPO" "$snap")
+if holds "$done_"; then say "$content already holds $snap; not restoring"; exit 0; fi
+foreign="$claim holds another restore than $snap from $CARGOHOLD_REPO (see $done_ and $started)"
+if [ -e "$done_" ]; then fail "$foreign; delete the claim or use a new one"; fi
+if [ "${JOB_COMPLETION_INDEX:-0}" != 0 ]; then wait_for "$done_" "restore of $snap"; exit 0; fi
+if [ -e "$started" ]; then
+  holds "$started" || fail "$foreign; delete the claim or use a new one"
+  say "finishing an interrupted restore of $snap"
+elif [ -n "$(ls -A "$content" 2>/dev/null | grep -v '^\.cargohold-restore\.')" ]; then
+  fail "$content holds data cargohold did not restore; not using it as $snap (delete the claim)"
+else
+  record "$started"
+fi
+cargohold restore "$snap" --to "$content" --force || exit $?
+record "$done_"
+say "restored $snap into $content"
+""".replace("@CONTENT@", RESTORED_SUBPATH)
+    .replace("@DONE@", DATASET_RECORD)
+    .replace("@STARTED@", DATASET_STARTED)
+)
+# Index 0 restores the newest mirrored checkpoint and records it for this Job; the others wait.
+_RESTORE_MIRROR = (
+    _SCRIPT_HELPERS
+    + r"""[ -n "${CARGOHOLD_JOB_UID:-}" ] || fail "the pod has no controller-uid label"
+rec=$CARGOHOLD_CHECKPOINT_DIR/@RECORD@
+want=$(printf 'cargohold-mirror-restore 1\njob %s' "$CARGOHOLD_JOB_UID")
+if [ "${JOB_COMPLETION_INDEX:-0}" != 0 ]; then
+  wait_for "$rec" "checkpoint restore" stale-ok
+  exit 0
+fi
+cargohold mirror --restore-only || exit $?
+record "$rec"
+""".replace("@RECORD@", MIRROR_RECORD)
+)
 _RESTORE_ROOT = "/cargohold-restore"
 
 
@@ -129,6 +224,20 @@ def _secret_env(plan: Plan) -> list[dict[str, Any]]:
     return [{"secretRef": {"name": secret_name(plan), "optional": True}}]
 
 
+def _index_env(plan: Plan) -> list[dict[str, Any]]:
+    """What a restore initContainer needs to know which pod of several it is."""
+    if plan.nodes <= 1:
+        return []
+    return [
+        _field_env("JOB_COMPLETION_INDEX", _INDEX_ANNOTATION),
+        {"name": "CARGOHOLD_RESTORE_WAIT", "value": str(RESTORE_WAIT)},
+    ]
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
 def _restore_dataset(plan: Plan, mount: Mount, image: str) -> dict[str, Any]:
     assert mount.snapshot is not None and mount.repository is not None
     root = f"{_RESTORE_ROOT}/{dns_name(mount.store, 63)}"
@@ -138,12 +247,12 @@ def _restore_dataset(plan: Plan, mount: Mount, image: str) -> dict[str, Any]:
         "command": [
             "sh",
             "-c",
-            _RESTORE_IF_EMPTY,
+            _RESTORE_DATASET,
             "sh",
             mount.snapshot,
-            f"{root}/{RESTORED_SUBPATH}",
+            root,
         ],
-        "env": [{"name": "CARGOHOLD_REPO", "value": mount.repository}],
+        "env": [{"name": "CARGOHOLD_REPO", "value": mount.repository}, *_index_env(plan)],
         "envFrom": _secret_env(plan),
         "volumeMounts": [{"name": dns_name(mount.store, 63), "mountPath": root}],
         "securityContext": {"allowPrivilegeEscalation": False},
@@ -160,15 +269,17 @@ def _mirror_containers(
         {"name": "CARGOHOLD_PROJECT", "value": plan.project},
         {"name": "CARGOHOLD_JOB", "value": plan.job},
     ]
-    restore = {
-        "name": "mirror-restore",
-        "image": image,
-        "env": env,
-        "envFrom": _secret_env(plan),
-        "args": ["cargohold", "mirror", "--restore-only"],
-        "volumeMounts": [_mount(mount, readonly=False)],
-        "securityContext": {"allowPrivilegeEscalation": False},
-    }
+    restore: dict[str, Any] = {"name": "mirror-restore", "image": image}
+    if plan.nodes > 1:  # only index 0 restores; the others wait for its record
+        restore["command"] = ["sh", "-c", _RESTORE_MIRROR, "sh"]
+        job_uid = _field_env("CARGOHOLD_JOB_UID", "metadata.labels['controller-uid']")
+        restore["env"] = [*env, *_index_env(plan), job_uid]
+    else:
+        restore["args"] = ["cargohold", "mirror", "--restore-only"]
+        restore["env"] = env
+    restore["envFrom"] = _secret_env(plan)
+    restore["volumeMounts"] = [_mount(mount, readonly=False)]
+    restore["securityContext"] = {"allowPrivilegeEscalation": False}
     sidecar = {
         "name": "mirror",
         "image": image,
