@@ -341,22 +341,11 @@ def test_a_job_survives_losing_its_node(
         manager.docker("stack", "rm", project, check=False)
 
 
-def test_the_rendered_dataset_init_container_restores_into_its_claim(
-    tmp_path: Path, cargohold_image: str, docker_resources: Resources, docker_client: Any
-) -> None:
-    """The initContainer exactly as `render kubernetes` writes it, run by Docker with a volume
-    in place of the claim: the dataset lands in the folder the job mounts (subPath), and a
-    retried pod leaves a filled claim alone."""
-    import docker
+def _render_init(
+    tmp_path: Path, project: str, image: str, repo: Path, nodes: int
+) -> dict[str, Any]:
     import yaml
 
-    project = docker_resources.project
-    repo = tmp_path / "repo"
-    data = tmp_path / "data"
-    (data / "train").mkdir(parents=True)
-    (data / "train" / "0.csv").write_text("x,y\n1,2\n")
-    made = run_cli("snapshot", str(data), "--repo", str(repo), "--tag", "digits-v1")
-    assert made.returncode == 0, made.stderr
     (tmp_path / "cargohold.toml").write_text(textwrap.dedent(f"""
         [project]
         name = "{project}"
@@ -370,28 +359,124 @@ def test_the_rendered_dataset_init_container_restores_into_its_claim(
         [jobs.train]
         image = "registry.example.com/train:1"
         user = "0:0"
+        nodes = {nodes}
     """))
-    rendered = run_cli("render", "kubernetes", "--image", cargohold_image, cwd=tmp_path)
+    rendered = run_cli("render", "kubernetes", "--image", image, cwd=tmp_path)
     assert rendered.returncode == 0, rendered.stderr
     job = next(o for o in yaml.safe_load_all(rendered.stdout) if o["kind"] == "Job")
-    init = job["spec"]["template"]["spec"]["initContainers"][0]
+    init: dict[str, Any] = job["spec"]["template"]["spec"]["initContainers"][0]
+    return init
+
+
+def test_the_rendered_dataset_init_container_restores_into_its_claim(
+    tmp_path: Path, cargohold_image: str, docker_resources: Resources, docker_client: Any
+) -> None:
+    """The initContainer exactly as `render kubernetes` writes it, run by Docker with a volume
+    in place of the claim: a pod killed mid-restore leaves a claim that the retried pod
+    finishes (the old script saw a non-empty claim and trained on the partial dataset), the
+    dataset lands in the folder the job mounts (subPath), and a third pod recognises the
+    completed restore and leaves it alone."""
+    import docker
+
+    project = docker_resources.project
+    repo = tmp_path / "repo"
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "0.csv").write_text("x,y\n1,2\n")
+    for i in range(48):  # enough to be killed in the middle of (several seconds on this machine)
+        (data / "train" / f"blob-{i}.bin").write_bytes(os.urandom(1 << 20))
+    made = run_cli("snapshot", str(data), "--repo", str(repo), "--tag", "digits-v1")
+    assert made.returncode == 0, made.stderr
+    init = _render_init(tmp_path, project, cargohold_image, repo, nodes=1)
     volume = f"{project}-dataset"
     docker_resources.volumes.append(volume)
+    claim = Path(docker_client.volumes.create(volume).attrs["Mountpoint"])
     mounts = [
         docker.types.Mount(init["volumeMounts"][0]["mountPath"], volume, type="volume"),
         docker.types.Mount(str(repo), str(repo), type="bind", read_only=True),
     ]
     env = {e["name"]: e["value"] for e in init["env"]}
-    for attempt in ("first", "retried"):
-        output = docker_client.containers.run(
-            cargohold_image, init["command"], mounts=mounts, environment=env, user="0:0",
-            network_mode="none", remove=True, labels={"cargohold.project": project},
-        ).decode()
-        if attempt == "retried":
-            assert "already holds data; not restoring" in output
+    run = {
+        "mounts": mounts, "environment": env, "user": "0:0", "network_mode": "none",
+        "labels": {"cargohold.project": project},
+    }
+    killed = docker_client.containers.run(cargohold_image, init["command"], detach=True, **run)
+    staging = claim / "content" / ".cargohold-restore.staging"
+    deadline = time.monotonic() + 60
+    while not staging.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.kill()
+    killed.wait(timeout=30)
+    assert not (claim / ".cargohold-restored").exists(), "the restore ended before the kill"
+    assert (claim / ".cargohold-restoring").exists()
+    outputs = []
+    for _attempt in ("retried", "again"):
+        outputs.append(docker_client.containers.run(
+            cargohold_image, init["command"], remove=True, **run
+        ).decode())
+    assert "finishing an interrupted restore of digits-v1" in outputs[0]
+    assert "already holds digits-v1; not restoring" in outputs[1]
     reader = docker_client.containers.run(
         cargohold_image, ["cat", "/claim/content/train/0.csv"], remove=True, network_mode="none",
         mounts=[docker.types.Mount("/claim", volume, type="volume", read_only=True)],
         labels={"cargohold.project": project},
     )
     assert reader.decode() == "x,y\n1,2\n"
+    restored = sorted(p.name for p in (claim / "content" / "train").iterdir())
+    assert restored == sorted(p.name for p in (data / "train").iterdir())
+    for name in restored:
+        assert (claim / "content" / "train" / name).read_bytes() == (
+            data / "train" / name
+        ).read_bytes()
+
+
+def test_with_two_nodes_index_1_waits_for_index_0_to_restore(
+    tmp_path: Path, cargohold_image: str, docker_resources: Resources, docker_client: Any
+) -> None:
+    """The Indexed Job's two pods on one claim: pod 1 restores nothing and waits; pod 0
+    restores; pod 1 then starts. Without pod 0, pod 1's wait ends with a clear failure."""
+    import docker
+
+    project = docker_resources.project
+    repo = tmp_path / "repo"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "0.csv").write_text("x,y\n1,2\n")
+    made = run_cli("snapshot", str(data), "--repo", str(repo), "--tag", "digits-v1")
+    assert made.returncode == 0, made.stderr
+    init = _render_init(tmp_path, project, cargohold_image, repo, nodes=2)
+    assert any(e["name"] == "JOB_COMPLETION_INDEX" for e in init["env"])
+    volume = f"{project}-dataset"
+    docker_resources.volumes.append(volume)
+    claim = Path(docker_client.volumes.create(volume).attrs["Mountpoint"])
+    env = {e["name"]: e["value"] for e in init["env"] if "value" in e}
+    run = {
+        "mounts": [
+            docker.types.Mount(init["volumeMounts"][0]["mountPath"], volume, type="volume"),
+            docker.types.Mount(str(repo), str(repo), type="bind", read_only=True),
+        ],
+        "user": "0:0", "network_mode": "none", "labels": {"cargohold.project": project},
+    }
+    alone = docker_client.containers.run(
+        cargohold_image, init["command"], detach=True,
+        environment={**env, "JOB_COMPLETION_INDEX": "1", "CARGOHOLD_RESTORE_WAIT": "2"}, **run,
+    )
+    assert alone.wait(timeout=60)["StatusCode"] == 1
+    assert "pod 0 did not finish the restore of digits-v1" in alone.logs().decode()
+    assert list(claim.iterdir()) == []
+    waiter = docker_client.containers.run(
+        cargohold_image, init["command"], detach=True,
+        environment={**env, "JOB_COMPLETION_INDEX": "1", "CARGOHOLD_RESTORE_WAIT": "120"}, **run,
+    )
+    time.sleep(3)
+    waiter.reload()
+    assert waiter.status == "running"
+    assert list(claim.iterdir()) == []  # pod 1 restored nothing
+    zero = docker_client.containers.run(
+        cargohold_image, init["command"], remove=True,
+        environment={**env, "JOB_COMPLETION_INDEX": "0"}, **run,
+    ).decode()
+    assert "restored digits-v1 into" in zero
+    assert waiter.wait(timeout=60)["StatusCode"] == 0
+    assert "pod 0 finished the restore of digits-v1; starting" in waiter.logs().decode()
+    assert (claim / "content" / "0.csv").read_text() == "x,y\n1,2\n"
