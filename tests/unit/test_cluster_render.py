@@ -656,3 +656,26 @@ def test_restore_containers_know_their_index_only_with_several_nodes() -> None:
     for container in several:
         assert index in container["env"]
         assert {"name": "CARGOHOLD_RESTORE_WAIT", "value": "21600"} in container["env"]
+
+
+def test_with_several_nodes_only_index_0_runs_the_mirror_sidecar(tmp_path: Path) -> None:
+    import os
+
+    pod = _objects(_nodes(2))["Job"]["spec"]["template"]["spec"]
+    sidecar = pod["containers"][1]
+    assert sidecar["name"] == "mirror" and "args" not in sidecar
+    assert sidecar["volumeMounts"][0]["readOnly"] is True
+    # A stand-in `cargohold` that says how it was called (the real sidecar runs until the pod
+    # ends); what matters here is which pod execs it.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "cargohold").write_text('#!/bin/sh\necho "called: $*"\n')
+    (bin_dir / "cargohold").chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    one = _run_script(sidecar, {**env, "JOB_COMPLETION_INDEX": "1"})
+    assert one.returncode == 0, one.stderr
+    assert "pod 0 mirrors the shared checkpoint store" in one.stdout
+    assert "called" not in one.stdout
+    zero = _run_script(sidecar, {**env, "JOB_COMPLETION_INDEX": "0"})
+    assert zero.returncode == 0, zero.stderr
+    assert zero.stdout == "called: mirror --until-pod-done\n"

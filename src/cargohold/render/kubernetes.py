@@ -43,8 +43,10 @@ a restorer with a lock needs nothing but the claim itself, and a lock on a netwo
 same way: index 0 runs ``cargohold mirror --restore-only`` then writes
 ``.cargohold-mirror-restored`` into the store, naming the Job's uid (label ``controller-uid``), so
 a record left by an earlier Job on the same claim is not mistaken for this one's; the other pods
-wait for it. (Only index 0 pushes too: ``mirror --restore-only`` and the sidecar both ignore
-dot-files, so the record never looks like a checkpoint.) The sidecar shares the pod's
+wait for it. (The mirror only takes ``step-N/``, ``checkpoint-N/`` and ``*.ckpt`` for
+checkpoints, so the record is never mistaken for one.) Likewise only index 0's sidecar pushes:
+the store is one shared claim, and N sidecars pushing the same checkpoints would only race each
+other; the others say so and exit at once. The sidecar shares the pod's
 process namespace and leaves once the job's processes have ended, so the Job can complete on
 every Kubernetes version (native sidecars need 1.29). Credentials never appear here: they come
 from the Secret ``<project>-mirror`` (optional; created by the user).
@@ -131,6 +133,13 @@ say "restored $snap into $content"
     .replace("@DONE@", DATASET_RECORD)
     .replace("@STARTED@", DATASET_STARTED)
 )
+# With several pods on one store, only index 0's sidecar pushes it.
+_MIRROR_ON_INDEX_0 = """if [ "${JOB_COMPLETION_INDEX:-0}" != 0 ]; then
+  echo "cargohold: pod 0 mirrors the shared checkpoint store; nothing to do here"
+  exit 0
+fi
+exec cargohold mirror --until-pod-done
+"""
 # Index 0 restores the newest mirrored checkpoint and records it for this Job; the others wait.
 _RESTORE_MIRROR = (
     _SCRIPT_HELPERS
@@ -280,15 +289,16 @@ def _mirror_containers(
     restore["envFrom"] = _secret_env(plan)
     restore["volumeMounts"] = [_mount(mount, readonly=False)]
     restore["securityContext"] = {"allowPrivilegeEscalation": False}
-    sidecar = {
-        "name": "mirror",
-        "image": image,
-        "env": [dict(e) for e in env],
-        "envFrom": _secret_env(plan),
-        "args": ["cargohold", "mirror", "--until-pod-done"],
-        "volumeMounts": [_mount(mount, readonly=True)],
-        "securityContext": {"allowPrivilegeEscalation": False},
-    }
+    sidecar: dict[str, Any] = {"name": "mirror", "image": image}
+    sidecar["env"] = [dict(e) for e in env]
+    sidecar["envFrom"] = _secret_env(plan)
+    if plan.nodes > 1:  # one shared store: pod 0's sidecar pushes it
+        sidecar["env"].append(_index_env(plan)[0])
+        sidecar["command"] = ["sh", "-c", _MIRROR_ON_INDEX_0, "sh"]
+    else:
+        sidecar["args"] = ["cargohold", "mirror", "--until-pod-done"]
+    sidecar["volumeMounts"] = [_mount(mount, readonly=True)]
+    sidecar["securityContext"] = {"allowPrivilegeEscalation": False}
     return restore, sidecar
 
 
