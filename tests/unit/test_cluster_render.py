@@ -611,13 +611,23 @@ def test_mirror_restore_script_only_index_0_restores(tmp_path: Path) -> None:
     assert env_names["CARGOHOLD_JOB_UID"]["valueFrom"] == {
         "fieldRef": {"fieldPath": "metadata.labels['controller-uid']"}
     }
+    # A mirror holding one checkpoint, pushed by the real `cargohold mirror`.
+    from cargohold.checkpoint import CheckpointManager
+
+    written = tmp_path / "written"
+    manager = CheckpointManager(written, keep_last=0, warn_ephemeral=False)
+    manager.save(1, {"w.bin": b"weights" * 100})
+    manager.close()
+    mirror = tmp_path / "mirror"
+    pushed = run_cli("mirror", "--once", "--dir", str(written), "--to", str(mirror))
+    assert pushed.returncode == 0, pushed.stderr
     store = tmp_path / "ckpt"
     store.mkdir()
     # An earlier Job's record is stale: pod 1 keeps waiting for this Job's (bounded).
     (store / ".cargohold-mirror-restored").write_text("cargohold-mirror-restore 1\njob old\n")
     base = {
         "CARGOHOLD_CHECKPOINT_DIR": str(store),
-        "CARGOHOLD_MIRROR": str(tmp_path / "mirror"),
+        "CARGOHOLD_MIRROR": str(mirror),
         "CARGOHOLD_PROJECT": "digits",
         "CARGOHOLD_JOB": "train",
         "CARGOHOLD_JOB_UID": "uid-2",
@@ -628,8 +638,12 @@ def test_mirror_restore_script_only_index_0_restores(tmp_path: Path) -> None:
     )
     assert waited.returncode == 1
     assert "pod 0 did not finish the checkpoint restore within 2s" in waited.stderr
+    assert [p.name for p in store.iterdir()] == [
+        ".cargohold-mirror-restored"
+    ]  # pod 1 restored nothing
     zero = _run_script(mirror_restore, _script_env(tmp_path, **base, JOB_COMPLETION_INDEX="0"))
     assert zero.returncode == 0, zero.stderr
+    assert (store / "step-0000000001" / "w.bin").read_bytes() == b"weights" * 100
     assert (store / ".cargohold-mirror-restored").read_text() == (
         "cargohold-mirror-restore 1\njob uid-2\n"
     )
