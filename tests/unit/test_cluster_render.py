@@ -18,7 +18,7 @@ import yaml
 from cargohold.errors import SpecError
 from cargohold.plan import Plan, make_plan
 from cargohold.render._limits import TARGETS, check_limits, limits_of
-from cargohold.render.kubernetes import dns_name, quantity, render_kubernetes
+from cargohold.render.kubernetes import dns_name, dump_kubernetes, quantity, render_kubernetes
 from cargohold.render.swarm import render_swarm
 from cargohold.spec import parse_spec
 from tests.conftest import run_cli
@@ -101,7 +101,9 @@ def _schema_dir() -> Path:
 
 def test_kubernetes_golden() -> None:
     objects = render_kubernetes(_plan(_nodes(2)), image=IMAGE)
-    _golden("kubernetes.yml", yaml.safe_dump_all(objects, sort_keys=False))
+    text = dump_kubernetes(objects)
+    _golden("kubernetes.yml", text)
+    assert list(yaml.safe_load_all(text)) == objects  # the literal blocks read back exactly
 
 
 def test_swarm_golden() -> None:

@@ -65,10 +65,8 @@ def render_kubernetes_command(
     image: ImageOption = DEFAULT_IMAGE,
 ) -> None:
     """A Kubernetes Job (Indexed for nodes > 1) with its claims, restore and mirror containers."""
-    import yaml
-
     from cargohold.render._limits import check_limits
-    from cargohold.render.kubernetes import render_kubernetes, secret_name
+    from cargohold.render.kubernetes import dump_kubernetes, render_kubernetes, secret_name
 
     _, plan = _plan(file, job)
     limits = check_limits(plan, "kubernetes")
@@ -79,7 +77,7 @@ def render_kubernetes_command(
             "--from-literal=AWS_ACCESS_KEY_ID=… --from-literal=AWS_SECRET_ACCESS_KEY=… "
             "[--from-literal=CARGOHOLD_S3_ENDPOINT=…]\n"
         )
-    text = header + yaml.safe_dump_all(render_kubernetes(plan, image=image), sort_keys=False)
+    text = header + dump_kubernetes(render_kubernetes(plan, image=image))
     _write(text, output)
 
 

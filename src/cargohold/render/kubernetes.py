@@ -58,6 +58,8 @@ import hashlib
 import re
 from typing import Any
 
+import yaml
+
 from cargohold.kinds import Backing
 from cargohold.plan import LABEL_JOB, LABEL_PROJECT, Mount, Plan
 from cargohold.render._limits import placement_terms
@@ -66,6 +68,7 @@ __all__ = [
     "DEFAULT_CAPACITY",
     "RDZV_PORT",
     "dns_name",
+    "dump_kubernetes",
     "quantity",
     "render_kubernetes",
     "secret_name",
@@ -375,6 +378,24 @@ def _service(plan: Plan, name: str) -> dict[str, Any]:
             "publishNotReadyAddresses": True,
         },
     }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Scripts (any text with a newline) as literal blocks, so the manifest reads as code."""
+
+
+def _text(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _text)
+
+
+def dump_kubernetes(objects: list[dict[str, Any]]) -> str:
+    """``objects`` as a YAML stream, scripts as literal blocks (PyYAML falls back to a quoted
+    string where a block cannot hold the text exactly)."""
+    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False)
 
 
 def render_kubernetes(plan: Plan, *, image: str) -> list[dict[str, Any]]:
