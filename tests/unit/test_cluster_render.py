@@ -695,3 +695,37 @@ def test_with_several_nodes_only_index_0_runs_the_mirror_sidecar(tmp_path: Path)
     zero = _run_script(sidecar, {**env, "JOB_COMPLETION_INDEX": "0"})
     assert zero.returncode == 0, zero.stderr
     assert zero.stdout == "called: mirror --until-pod-done\n"
+
+
+def test_dataset_script_redoes_a_restore_killed_before_its_record(
+    tmp_path: Path, dataset_repo: tuple[str, str]
+) -> None:
+    """Killed after `cargohold restore` ended but before the completion record: the start
+    record says the content is this restore's, so it is restored again (not refused)."""
+    repo, snap = dataset_repo
+    claim = tmp_path / "claim"
+    claim.mkdir()
+    assert _dataset_run(tmp_path, repo, snap, claim).returncode == 0
+    (claim / ".cargohold-restored").unlink()
+    (claim / "content" / "train" / "0.csv").write_text("damaged")
+    again = _dataset_run(tmp_path, repo, snap, claim)
+    assert again.returncode == 0, again.stderr
+    assert "finishing an interrupted restore of v1" in again.stdout
+    assert (claim / "content" / "train" / "0.csv").read_text() == "x,y\n1,2\n"
+    assert (claim / ".cargohold-restored").exists()
+
+
+def test_dataset_script_does_not_restore_through_a_symlink(
+    tmp_path: Path, dataset_repo: tuple[str, str]
+) -> None:
+    repo, snap = dataset_repo
+    claim, elsewhere = tmp_path / "claim", tmp_path / "elsewhere"
+    claim.mkdir()
+    elsewhere.mkdir()
+    (claim / "content").symlink_to(elsewhere)
+    result = _dataset_run(tmp_path, repo, snap, claim)
+    assert result.returncode != 0
+    assert "not a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert not (claim / ".cargohold-restored").exists()
