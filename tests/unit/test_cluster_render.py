@@ -491,6 +491,16 @@ def _dataset_run(
     return _run_script(restore, _script_env(tmp_path, CARGOHOLD_REPO=repo, **env), snap, str(claim))
 
 
+def _assert_retry_finished(tmp_path: Path, repo: str, snap: str, claim: Path) -> None:
+    """The retried pod finishes the restore: the whole dataset, only it, and its record."""
+    result = _dataset_run(tmp_path, repo, snap, claim)
+    assert result.returncode == 0, result.stderr
+    assert "finishing an interrupted restore of v1" in result.stdout
+    assert sorted(p.name for p in (claim / "content").iterdir()) == ["train"]
+    assert (claim / "content" / "train" / "0.csv").read_text() == "x,y\n1,2\n"
+    assert (claim / ".cargohold-restored").exists()
+
+
 def test_dataset_script_restores_once_then_recognises_its_restore(
     tmp_path: Path, dataset_repo: tuple[str, str]
 ) -> None:
@@ -523,12 +533,7 @@ def test_dataset_script_finishes_a_restore_killed_midway(
     (claim / ".cargohold-restoring").write_text(
         f"cargohold-restore 1\nrepository {repo}\nsnapshot {snap}\n"
     )
-    result = _dataset_run(tmp_path, repo, snap, claim)
-    assert result.returncode == 0, result.stderr
-    assert "finishing an interrupted restore of v1" in result.stdout
-    assert sorted(p.name for p in (claim / "content").iterdir()) == ["train"]
-    assert (claim / "content" / "train" / "0.csv").read_text() == "x,y\n1,2\n"
-    assert (claim / ".cargohold-restored").exists()
+    _assert_retry_finished(tmp_path, repo, snap, claim)
 
 
 def test_dataset_script_refuses_data_it_did_not_restore(
@@ -708,11 +713,7 @@ def test_dataset_script_redoes_a_restore_killed_before_its_record(
     assert _dataset_run(tmp_path, repo, snap, claim).returncode == 0
     (claim / ".cargohold-restored").unlink()
     (claim / "content" / "train" / "0.csv").write_text("damaged")
-    again = _dataset_run(tmp_path, repo, snap, claim)
-    assert again.returncode == 0, again.stderr
-    assert "finishing an interrupted restore of v1" in again.stdout
-    assert (claim / "content" / "train" / "0.csv").read_text() == "x,y\n1,2\n"
-    assert (claim / ".cargohold-restored").exists()
+    _assert_retry_finished(tmp_path, repo, snap, claim)
 
 
 def test_dataset_script_does_not_restore_through_a_symlink(
