@@ -454,3 +454,66 @@ def test_generated_hostile_archives_through_the_cli(
         docker_client.volumes.get(volume).remove(force=True)
 
     run()
+
+
+# -- restore stages through the same confinement ---------------------------------------------
+
+
+def _marker(operation: str, phase: str, staging: str) -> str:
+    return json.dumps({"operation": operation, "mode": "replace", "phase": phase,
+                       "staging": staging, "started": "2026-01-01T00:00:00+00:00", "format": 1})
+
+
+@pytest.mark.parametrize("into", ["volume", "folder"])
+def test_restore_never_follows_links_planted_where_it_stages(
+    tmp_path: Path, into: str, docker_resources: Resources, docker_client: Any
+) -> None:
+    """restore once staged and swapped by path: `.cargohold-restore.old` planted as a link to a
+    host folder made `restore --force` (or its rerun after a kill) move the volume's files onto
+    the host. Every name restore's staging uses, old and new, is planted here as such a link,
+    with the state of an interrupted run that would resume through it."""
+    env = _env(tmp_path, "local")
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "weights.bin").write_bytes(os.urandom(50_000))
+    (source / "sub" / "a.txt").write_text("from the snapshot")
+    snap = json.loads(_ok(run_cli("snapshot", str(source), "--json", env=env)))
+    if into == "volume":
+        name, root = _volume(docker_client, docker_resources, "planted-restore")
+        target = [name]
+    else:
+        root = tmp_path / "target"
+        root.mkdir()
+        target = ["--to", str(root)]
+    links = (".cargohold-restore.old", ".cargohold-restore.staging", ".cargohold-staging",
+             ".cargohold-staging-0000", ".cargohold-staging-1111")
+    outside = {}
+    for i, link in enumerate(links):
+        folder = tmp_path / f"outside-{i}"
+        folder.mkdir()
+        (folder / "secret").write_bytes(os.urandom(24))
+        os.symlink(folder, root / link)
+        outside[folder] = listing(folder)
+    (root / "old.txt").write_text("the volume's old content")
+
+    # A run killed while writing (today's marker), and one the old code resumed mid-swap
+    # through `.cargohold-restore.old`: the rerun discards the first; the second is just data.
+    (root / ".cargohold-incomplete").write_text(
+        _marker(f"restore {snap['id']}", "writing", ".cargohold-staging-0000"))
+    (root / ".cargohold-restore.json").write_text(
+        json.dumps({"snapshot": snap["id"], "phase": "swapping"}))
+    _ok(run_cli("restore", snap["id"], *target, "--force", env=env))
+    assert {folder: listing(folder) for folder in outside} == outside
+    assert listing(root) == listing(source)
+    assert root.is_dir() and not root.is_symlink()
+
+    # A run killed while clearing, whose staging folder is now a link: nothing is followed,
+    # nothing is removed, and the message names it.
+    os.symlink(tmp_path / "outside-4", root / ".cargohold-staging-1111")
+    (root / ".cargohold-incomplete").write_text(
+        _marker(f"restore {snap['id']}", "clearing", ".cargohold-staging-1111"))
+    stderr = _refused(run_cli("restore", snap["id"], *target, "--force", env=env))
+    assert ".cargohold-staging-1111" in stderr and "symlink" in stderr
+    assert {folder: listing(folder) for folder in outside} == outside
+    assert (root / "sub" / "a.txt").read_text() == "from the snapshot"
+    assert (root / "weights.bin").read_bytes() == (source / "weights.bin").read_bytes()

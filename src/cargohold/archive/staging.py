@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from cargohold.archive._fs import syncfs
 from cargohold.archive.confined import ConfinedDir
 from cargohold.errors import TransferError
 
@@ -181,7 +182,7 @@ def staged(root: ConfinedDir, operation: str, mode: Mode) -> Iterator[Stage]:
         yield handle
         fd = root.open_dir(name)
         try:
-            os.fsync(fd)
+            syncfs(fd)  # the new content is on disk before the old one is removed
         finally:
             os.close(fd)
     except BaseException:
@@ -213,14 +214,16 @@ def _commit(root: ConfinedDir, marker: Marker, keep_attrs: set[str] | None = Non
             f"{root.path}: the staged content of {marker.operation!r} is missing.",
             hint=f"Check {root.path}, then remove {MARKER} in it by hand.",
         )
-    if marker.mode == "replace" and marker.phase in ("writing", "clearing"):
-        marker = _phase(root, marker, "clearing")
-        for name in root.names():
-            if not is_internal(name):
-                root.remove(name)
-    marker = _phase(root, marker, "merging")
+    # Opened before anything is removed: a staging name that is not a real folder (a link a
+    # container planted) stops the commit here, with the old content still in place.
     src = root.open_dir(marker.staging)
     try:
+        if marker.mode == "replace" and marker.phase in ("writing", "clearing"):
+            marker = _phase(root, marker, "clearing")
+            for name in root.names():
+                if not is_internal(name):
+                    root.remove(name)
+        marker = _phase(root, marker, "merging")
         before = os.fstat(src)
         _merge(src, root.fd, "", keep)
         os.rmdir(marker.staging, dir_fd=root.fd)

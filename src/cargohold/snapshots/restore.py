@@ -6,57 +6,53 @@ The rules (issue 8, defects 4, 5, 7):
   every content blob must be in the index, before anything is written. On the Engine-API path,
   where the target cannot be staged, every content blob is also read and checked first.
 * **Stage, then swap.** On the direct path (a volume's folder, or ``--to DIR``) the snapshot is
-  written into ``.cargohold-restore.staging`` inside the target (inside, not beside: the target
-  may be a mount point -- a volume, a PVC -- that cannot be renamed), and only when every byte is
-  written and checked do its children replace the old ones. A damaged blob found while writing
-  leaves the target as it was.
-* **An interruption is visible and a rerun finishes it.** A state file
-  (``.cargohold-restore.json``) says what phase the restore reached (writing, swapping, cleaning).
-  Rerunning ``restore`` on the same target first completes a swap that was under way (the
-  staging folder was complete) or removes a half-written staging folder, then does what it was
-  asked.
+  written through ``archive.staging`` (replace mode): into a staging folder *inside* the target
+  (the target may be a mount point -- a volume, a PVC -- that cannot be renamed), and only when
+  every byte is written and checked does it replace the old content. A damaged blob found while
+  writing leaves the target as it was.
+* **An interruption is visible and a rerun finishes it.** The staging marker
+  (``.cargohold-incomplete``) names the restore and its phase. Rerunning ``restore`` on the same
+  target first completes a swap that was under way or removes a half-written staging folder
+  (``VolumeAccess.recover``, ``staging.recover``), then does what it was asked.
 * **Never under a running job.** A volume that a running container mounts is refused, on both
   paths, whatever ``--force`` says.
 * **Confined.** Names in trees are single path components (``_format.valid_name``), hardlink
-  targets are relative paths without ``..``, and every write goes through ``TreeWriter``, which
-  refuses to pass through a symlink out of its target -- a crafted tree cannot make restore write
-  outside the target.
+  targets are relative paths without ``..``, and every host-side step -- writing, clearing the
+  old content, finishing an interrupted run -- goes through ``archive.confined`` (folder
+  descriptors, ``O_NOFOLLOW``): neither a crafted tree nor a link a container planted in the
+  volume (where the staging folder or a marker would go) makes restore touch anything outside.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cargohold._atomic import fsync_dir, write_bytes_atomic
 from cargohold.archive import (
     Entry,
+    EntrySource,
     EntryStream,
     Opener,
     Progress,
-    TreeWriter,
     clean_member_name,
     syncfs,
 )
+from cargohold.archive.confined import ConfinedDir, ConfinedWriter
+from cargohold.archive.staging import is_internal, recover, staged
 from cargohold.engine import Engine
 from cargohold.errors import ChecksumMismatch, UsageError, VolumeNotFound
 from cargohold.snapshots._format import Node
 from cargohold.snapshots.repository import Repository, RepositoryError
 from cargohold.snapshots.snapshot import resolve_snapshot
-from cargohold.volumes import open_volume
+from cargohold.volumes import Recovery, open_volume
 
 __all__ = ["RestoreResult", "restore_to_path", "restore_volume", "snapshot_entries"]
 
-STATE = ".cargohold-restore.json"
-STAGING = ".cargohold-restore.staging"
-OLD = ".cargohold-restore.old"
-_OURS = {STATE, STAGING, OLD}
+WRITERS = 4  # files written at once into a folder: overlaps decryption, checksums and the disk
 
 
 def _no_progress(_: int) -> None:
@@ -209,130 +205,6 @@ def _record_and_root(repo: Repository, ref: str) -> tuple[str, str, Node]:
     return record.id, record.source, record.root
 
 
-# -- staging and swapping on a host folder ------------------------------------------------
-
-
-def _write_state(path: Path, snapshot_id: str, phase: str) -> None:
-    write_bytes_atomic(path, json.dumps({"snapshot": snapshot_id, "phase": phase}).encode())
-
-
-def _read_state(path: Path) -> str | None:
-    try:
-        phase = json.loads(path.read_bytes()).get("phase")
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, AttributeError):
-        return "writing"  # unreadable: treat as the earliest phase (the staging is discarded)
-    return phase if phase in ("writing", "swapping", "moving-in", "cleaning") else "writing"
-
-
-def _remove(path: Path) -> None:
-    """Remove a file, symlink or folder without following any symlink."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        del st
-        os.unlink(path)
-
-
-def _swap_in_folder(root: Path, state: Path, staging: Path, old: Path, snapshot_id: str) -> None:
-    """Replace the children of ``root`` by those of ``staging`` (a volume's folder: the folder
-    itself must stay, it is what the engine mounts). Resumable from any phase."""
-    phase = _read_state(state)
-    if phase in (None, "writing"):
-        _write_state(state, snapshot_id, "swapping")
-        phase = "swapping"
-    if phase == "swapping":
-        old.mkdir(exist_ok=True)
-        for child in os.listdir(root):
-            if child not in _OURS:
-                os.rename(root / child, old / child)
-        _write_state(state, snapshot_id, "moving-in")
-        phase = "moving-in"
-    attrs = os.stat(staging) if staging.is_dir() else None
-    if phase == "moving-in":
-        if staging.is_dir():
-            for child in os.listdir(staging):
-                os.rename(staging / child, root / child)
-        fsync_dir(root)
-        _write_state(state, snapshot_id, "cleaning")
-    _remove(old)
-    _remove(staging)
-    os.unlink(state)
-    if attrs is not None:  # last: every step above touched the folder's times
-        with contextlib.suppress(OSError):
-            if os.geteuid() == 0:
-                os.chown(root, attrs.st_uid, attrs.st_gid)
-            os.chmod(root, attrs.st_mode & 0o7777)
-            os.utime(root, ns=(attrs.st_atime_ns, attrs.st_mtime_ns))
-
-
-def _sync(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        syncfs(fd)
-    finally:
-        os.close(fd)
-
-
-def _state_snapshot(path: Path) -> str:
-    try:
-        return str(json.loads(path.read_bytes()).get("snapshot") or "")
-    except (OSError, ValueError, AttributeError):
-        return ""
-
-
-def _resume(root: Path) -> str | None:
-    """Finish or clean an interrupted restore into ``root``. Returns None if there was none,
-    the snapshot id if an interrupted swap was completed, "" if a partial staging was removed."""
-    state, staging, old = root / STATE, root / STAGING, root / OLD
-    phase = _read_state(state)
-    if phase is None:
-        for leftover in (staging, old):  # a state file lost with its folders still there
-            _remove(leftover)
-        return None
-    if phase == "writing":
-        _remove(staging)
-        _remove(old)
-        os.unlink(state)
-        return ""
-    snapshot_id = _state_snapshot(state)
-    _swap_in_folder(root, state, staging, old, snapshot_id)
-    return snapshot_id
-
-
-def _has_content(root: Path) -> bool:
-    with os.scandir(root) as it:
-        return any(e.name not in _OURS for e in it)
-
-
-def _restore_into_folder(
-    repo: Repository,
-    snapshot_id: str,
-    tree_root: Node,
-    root: Path,
-    progress: Progress,
-) -> tuple[int, int]:
-    state, staging, old = root / STATE, root / STAGING, root / OLD
-    _remove(staging)
-    _write_state(state, snapshot_id, "writing")
-    writer = TreeWriter(staging, progress=progress, workers=4)
-    try:
-        writer.write_all(snapshot_entries(repo, snapshot_id, tree_root))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            _remove(staging)
-            os.unlink(state)
-        raise
-    _sync(staging)
-    _swap_in_folder(root, state, staging, old, snapshot_id)
-    return writer.files, writer.bytes
-
-
 # -- the commands -------------------------------------------------------------------------
 
 
@@ -343,6 +215,15 @@ def _running_users(engine: Engine, volume: str) -> list[str]:
         if state is not None and state.state in ("running", "paused", "restarting"):
             running.append(name)
     return running
+
+
+def _operation(snapshot_id: str) -> str:
+    """The name an interrupted restore leaves in the staging marker (a rerun recognises it)."""
+    return f"restore {snapshot_id}"
+
+
+def _source(repo: Repository, snapshot_id: str, tree_root: Node) -> EntrySource:
+    return EntryStream(snapshot_entries(repo, snapshot_id, tree_root), random_access=True)
 
 
 def restore_volume(
@@ -365,11 +246,12 @@ def restore_volume(
 
         return restore_legacy(engine, repo, ref, volume, force=force, progress=progress)
     snapshot_id, source, tree_root = _record_and_root(repo, ref)
-    created = False
+    operation = _operation(snapshot_id)
     try:
         files = open_volume(engine, volume)
     except VolumeNotFound:
         files = None
+    interrupted = False
     if files is not None:
         users = _running_users(engine, volume)
         if users:
@@ -378,42 +260,35 @@ def restore_volume(
                 "restoring would change files under a live job.",
                 hint="Stop them first (`docker stop …`), or restore into a new volume.",
             )
-    interrupted = False
-    if files is not None and files.local_root is not None:
-        resumed = _resume(files.local_root)
-        interrupted = resumed is not None
-        if resumed == snapshot_id:  # the interrupted run of this same restore is now complete
+        recovered = files.recover()
+        interrupted = recovered is not None
+        if recovered == Recovery(operation, "completed"):  # this same restore, now whole
             return RestoreResult(snapshot_id, source, volume, 0, 0, files.access, True)
-        if _has_content(files.local_root) and not force:
+        if not force and not files.is_empty():
             raise _not_empty(volume)
-    elif files is not None and not files.is_empty() and not force:
-        raise _not_empty(volume)
-    # Everything that will be needed must be there before anything changes.
-    read_data = files is None or files.local_root is None
-    verify_snapshot(repo, snapshot_id, tree_root, read_data=read_data and files is not None)
+    # Everything that will be needed must be there before anything changes; where a write is
+    # not staged (the Engine API extracts as it receives), every byte is read and checked first.
+    read_data = files is not None and not files.stages_writes
+    verify_snapshot(repo, snapshot_id, tree_root, read_data=read_data)
+    created = files is None
     if files is None:
-        labels = {"cargohold.restored-from": snapshot_id}
-        engine.create_volume(volume, labels)
-        created = True
+        engine.create_volume(volume, {"cargohold.restored-from": snapshot_id})
         files = open_volume(engine, volume)
     try:
-        if files.local_root is not None:
-            count, size = _restore_into_folder(
-                repo, snapshot_id, tree_root, files.local_root, progress
-            )
-        else:
-            if not files.is_empty():
-                files.clear()
-                files = open_volume(engine, volume)
-            stream = EntryStream(snapshot_entries(repo, snapshot_id, tree_root), random_access=True)
-            written = files.write(stream, progress=progress)
-            count, size = written.files, written.bytes
+        written = files.write(
+            _source(repo, snapshot_id, tree_root),
+            progress=progress,
+            operation=operation,
+            replace=not created,
+        )
     except BaseException:
         if created:
             with contextlib.suppress(Exception):
                 engine.remove_volume(volume)
         raise
-    return RestoreResult(snapshot_id, source, volume, count, size, files.access, interrupted)
+    return RestoreResult(
+        snapshot_id, source, volume, written.files, written.bytes, files.access, interrupted
+    )
 
 
 def _not_empty(volume: str) -> UsageError:
@@ -444,16 +319,22 @@ def restore_to_path(
             hint="Restore it into a volume, or `cargohold repo migrate` the repository.",
         )
     snapshot_id, source, tree_root = _record_and_root(repo, ref)
+    operation = _operation(snapshot_id)
     target = Path(os.path.abspath(target))
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise UsageError(f"{target} exists and is not a folder.", hint="Pick a folder.")
-    target.mkdir(parents=True, exist_ok=True)
-    resumed = _resume(target)
-    if resumed == snapshot_id:  # the interrupted run of this same restore is now complete
-        return RestoreResult(snapshot_id, source, str(target), 0, 0, "local", True)
-    interrupted = resumed is not None
-    if _has_content(target) and not force:
-        raise _not_empty(str(target))
-    verify_snapshot(repo, snapshot_id, tree_root, read_data=False)
-    count, size = _restore_into_folder(repo, snapshot_id, tree_root, target, progress)
-    return RestoreResult(snapshot_id, source, str(target), count, size, "local", interrupted)
+    with ConfinedDir.open(target, create=True) as root:
+        found = recover(root)
+        if found is not None and (found[0].operation, found[1]) == (operation, "completed"):
+            return RestoreResult(snapshot_id, source, str(target), 0, 0, "local", True)
+        if not force and any(not is_internal(name) for name in root.names()):
+            raise _not_empty(str(target))
+        verify_snapshot(repo, snapshot_id, tree_root, read_data=False)
+        with staged(root, operation, "replace") as stage:
+            writer = ConfinedWriter(stage.dir, progress=progress, workers=WRITERS)
+            writer.write_all(_source(repo, snapshot_id, tree_root))
+            stage.keep_attrs.update(writer.implicit)
+        syncfs(root.fd)
+    return RestoreResult(
+        snapshot_id, source, str(target), writer.files, writer.bytes, "local", found is not None
+    )

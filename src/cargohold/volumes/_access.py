@@ -8,8 +8,8 @@
   started container mounts the volume, and the Engine API's archive endpoints stream tar in and
   out. No shell, no image with tools, nothing runs.
 
-Callers ask a ``VolumeAccess`` for what it can do (``keeps_stats``, the ``random_access`` of the
-sources it hands out) and never which implementation they hold.
+Callers ask a ``VolumeAccess`` for what it can do (``keeps_stats``, ``stages_writes``, the
+``random_access`` of the sources it hands out) and never which implementation they hold.
 ``CARGOHOLD_VOLUME_ACCESS=local|archive`` forces one path (the tests run both).
 """
 
@@ -75,6 +75,12 @@ class VolumeAccess(Protocol):
     @property
     def local_root(self) -> Path | None:
         """The volume's folder on this host, when it is reached directly."""
+        ...
+
+    @property
+    def stages_writes(self) -> bool:
+        """A ``write`` is staged and swapped in whole: one that fails changes nothing, so a
+        source need not be checked in full before it is written."""
         ...
 
     @property

@@ -32,6 +32,7 @@ class EngineApiVolume:
     """A volume reached through the engine's archive endpoints."""
 
     keeps_stats = False
+    stages_writes = False
     access = "archive"
     local_root: Path | None = None
 

@@ -28,6 +28,7 @@ class LocalVolume:
     """A volume reached through its ``Mountpoint`` on this host."""
 
     keeps_stats = True
+    stages_writes = True
     access = "local"
 
     def __init__(self, engine: Engine, info: VolumeInfo, root: Path) -> None:
