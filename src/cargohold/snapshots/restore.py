@@ -279,7 +279,7 @@ def restore_volume(
             _source(repo, snapshot_id, tree_root),
             progress=progress,
             operation=operation,
-            replace=not created,
+            replace=force and not created,  # else the volume is new or empty: nothing to clear
         )
     except BaseException:
         if created:

@@ -12,7 +12,8 @@ so the index stays ~40 kB per GB, and a 10 MB append to a 200 MB file stores ~2 
 plus the appended bytes, not the whole file again). Files are read by a pool of threads; blobs
 go into packs (``repository.py``).
 
-Incremental: on the direct path, each file is compared with the same path in the previous
+Incremental: where the source gives each entry's stat (``VolumeAccess.keeps_stats``: the
+direct path, and folders), each file is compared with the same path in the previous
 snapshot of the same source (size, mtime, inode, ctime): unchanged files are not even opened;
 their blob ids are reused from the parent's tree, read one folder at a time alongside the walk.
 
@@ -20,9 +21,9 @@ Files that vanish or change while being read do not fail the snapshot (a trainin
 checkpoints must still be backed up): the snapshot completes with what it could read
 consistently, records the paths in ``changed``, and the CLI exits with ``EXIT_CHANGED`` (4).
 
-Files are opened relative to their folder's descriptor with ``O_NOFOLLOW``, folders with
-``O_DIRECTORY | O_NOFOLLOW``: a symlink a container swaps in during the walk is never followed
-to read host files into a snapshot.
+Volumes and folders are walked by ``archive.confined`` (folder descriptors, ``O_NOFOLLOW``): a
+symlink a container swaps in during the walk is never followed to read host files into a
+snapshot.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ from typing import IO, Any
 
 from pyfastcdc import FastCDC
 
-from cargohold.archive import Entry, Opener, Progress, data_stamp
+from cargohold.archive import Entry, Opener, Progress, Walked, data_stamp
+from cargohold.archive.confined import ConfinedDir, ConfinedReader
 from cargohold.engine import Engine
-from cargohold.errors import UsageError
+from cargohold.errors import TransferError, UsageError
 from cargohold.snapshots._format import TREE_NODES, Node, SnapshotRecord
 from cargohold.snapshots.repository import Repository, RepositoryError, new_snapshot_id
 from cargohold.volumes import open_volume
@@ -335,32 +337,32 @@ class _Builder:
             top.items.append(_node(entry, name, st, size=entry.size, refs=previous.refs))
             self.progress(entry.size)
             return
-        if isinstance(opener, _DirFd) and st is not None:
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=opener.fd)
-            except OSError:
-                self.stats.note_changed(entry.path)
-                return
+        assert opener is not None
+        if st is not None:  # a source that stats what it walks hands out lasting openers
             self._wait_some()
-            future = self.pool.submit(self._read_fd, entry, name, st, fd)
+            future = self.pool.submit(self._read_walked, entry, name, st, opener)
             self.pending.append(future)
             top.items.append(future)
             return
-        assert opener is not None
         # An archive stream must be read in order, here and now.
         with opener() as source:
             refs, size = self.chunker.store(source, entry.size)
         top.items.append(_node(entry, name, None, size=size, refs=tuple(refs)))
 
-    def _read_fd(self, entry: Entry, name: str, st: os.stat_result, fd: int) -> Node | None:
-        with os.fdopen(fd, "rb", buffering=0) as source:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode) or before.st_ino != st.st_ino:
+    def _read_walked(
+        self, entry: Entry, name: str, st: os.stat_result, opener: Opener
+    ) -> Node | None:
+        try:
+            source = opener()
+        except TransferError:  # gone, or no longer a regular file: not data any more
+            self.stats.note_changed(entry.path)
+            return None
+        with source:
+            before = os.fstat(source.fileno())
+            if before.st_ino != st.st_ino:
                 self.stats.note_changed(entry.path)
-                if not stat.S_ISREG(before.st_mode):
-                    return None
             refs, size = self.chunker.store(source, before.st_size)
-            after = os.fstat(fd)
+            after = os.fstat(source.fileno())
         if not _same(before, after) or size != before.st_size:
             self.stats.note_changed(entry.path)
         moved = dataclasses.replace(entry, size=size, mtime_ns=before.st_mtime_ns)
@@ -373,13 +375,6 @@ class _Builder:
             self._close()
         assert self.root is not None
         return self.root
-
-
-class _DirFd:
-    """On the direct path: the descriptor of the folder an entry lies in (open it from there)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
 
 
 # -- snapshot -----------------------------------------------------------------------------
@@ -400,9 +395,7 @@ def _snapshot(
     repo: Repository,
     source: str,
     kind: str,
-    walk: Callable[
-        [Callable[[str], None]], contextlib.AbstractContextManager[Iterator[tuple[Entry, Any, Any]]]
-    ],
+    walk: Callable[[Callable[[str], None]], contextlib.AbstractContextManager[Iterator[Walked]]],
     *,
     tag: str | None,
     labels: dict[str, str],
@@ -423,7 +416,7 @@ def _snapshot(
         with ThreadPoolExecutor(_WORKERS, thread_name_prefix="cargohold-snap") as pool:
             builder = _Builder(repo, parent, pool, progress)
             entries = stack.enter_context(walk(builder.stats.note_changed))
-            for entry, st, opener in entries:
+            for entry, opener, st in entries:
                 builder.add(entry, st, opener)
             root = builder.finish()
         repo.flush()
@@ -485,70 +478,6 @@ def _entry(path: str, st: os.stat_result, kind: Any, target: str = "") -> Entry:
     )
 
 
-@contextlib.contextmanager
-def _direct_walk(
-    root: Path, changed: Callable[[str], None]
-) -> Iterator[Iterator[tuple[Entry, Any, Any]]]:
-    """The entries under ``root``, parents first, names sorted, walked with folder descriptors
-    and ``O_NOFOLLOW``: nothing a container swaps in during the walk is followed."""
-    try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise UsageError(
-            f"{root} is not a readable folder: {exc.strerror}.", hint="Snapshot a folder."
-        ) from None
-    stack = contextlib.ExitStack()
-    stack.callback(os.close, fd)
-    with stack:
-        yield _walk_from(fd, changed)
-
-
-def _walk_from(root_fd: int, changed: Callable[[str], None]) -> Iterator[tuple[Entry, Any, Any]]:
-    yield _entry("", os.fstat(root_fd), "dir"), os.fstat(root_fd), None
-    seen: dict[tuple[int, int], str] = {}
-
-    def children(fd: int, rel: str) -> Iterator[tuple[Entry, Any, Any]]:
-        with os.scandir(fd) as it:
-            names = sorted(e.name for e in it)
-        here = _DirFd(fd)
-        for name in names:
-            path = f"{rel}/{name}" if rel else name
-            try:
-                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                changed(path)
-                continue
-            kind = _kind_of(st)
-            if kind == "dir":
-                try:
-                    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                except OSError:
-                    changed(path)
-                    continue
-                try:
-                    yield _entry(path, st, "dir"), st, here
-                    yield from children(sub, path)
-                finally:
-                    os.close(sub)
-            elif kind == "symlink":
-                try:
-                    target = os.readlink(name, dir_fd=fd)
-                except OSError:
-                    changed(path)
-                    continue
-                yield _entry(path, st, "symlink", target), st, here
-            elif kind == "file":
-                key = (st.st_dev, st.st_ino)
-                if st.st_nlink > 1 and key in seen:
-                    yield _entry(path, st, "hardlink", seen[key]), st, here
-                    continue
-                if st.st_nlink > 1:
-                    seen[key] = path
-                yield _entry(path, st, "file"), st, here
-
-    yield from children(root_fd, "")
-
-
 def snapshot_volume(
     engine: Engine,
     volume: str,
@@ -564,16 +493,11 @@ def snapshot_volume(
         RepositoryError: the repository cannot be written.
     """
     files = open_volume(engine, volume)
-    local = files.local_root
 
     @contextlib.contextmanager
-    def walk(changed: Callable[[str], None]) -> Iterator[Iterator[tuple[Entry, Any, Any]]]:
-        if local is not None:
-            with _direct_walk(local, changed) as entries:
-                yield entries
-            return
-        with files.entries() as archive:
-            yield ((entry, None, opener) for entry, opener in archive)
+    def walk(changed: Callable[[str], None]) -> Iterator[Iterator[Walked]]:
+        with files.entries(on_vanished=changed) as source:
+            yield source.walk()
 
     return _snapshot(
         repo,
@@ -583,7 +507,7 @@ def snapshot_volume(
         tag=tag,
         labels=dict(files.info.labels),
         progress=progress,
-        incremental=local is not None,
+        incremental=files.keeps_stats,
     )
 
 
@@ -600,8 +524,10 @@ def snapshot_path(
     if not absolute.is_dir() or absolute.is_symlink():
         raise UsageError(f"{path} is not a folder.", hint="Snapshot a folder or a volume.")
 
-    def walk(changed: Callable[[str], None]) -> Any:
-        return _direct_walk(absolute, changed)
+    @contextlib.contextmanager
+    def walk(changed: Callable[[str], None]) -> Iterator[Iterator[Walked]]:
+        with ConfinedDir.open(absolute) as root:
+            yield ConfinedReader(root, on_vanished=changed).walk()
 
     return _snapshot(
         repo,

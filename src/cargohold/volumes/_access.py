@@ -19,8 +19,8 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Protocol
 
 from cargohold.archive import EntrySource, Progress, clean_member_name
@@ -73,11 +73,6 @@ class VolumeAccess(Protocol):
         ...
 
     @property
-    def local_root(self) -> Path | None:
-        """The volume's folder on this host, when it is reached directly."""
-        ...
-
-    @property
     def stages_writes(self) -> bool:
         """A ``write`` is staged and swapped in whole: one that fails changes nothing, so a
         source need not be checked in full before it is written."""
@@ -88,8 +83,13 @@ class VolumeAccess(Protocol):
         """Walks give each entry's stat result, stable across runs (caches may key on it)."""
         ...
 
-    def entries(self, path: str = "") -> contextlib.AbstractContextManager[EntrySource]:
+    def entries(
+        self, path: str = "", *, on_vanished: Callable[[str], None] | None = None
+    ) -> contextlib.AbstractContextManager[EntrySource]:
         """The entries under ``path`` (relative to the volume root), root first as ``""``.
+
+        ``on_vanished`` hears of each path that vanished or was replaced while the walk reached
+        it (where files are walked live; an archive stream is one moment and has none).
 
         Raises:
             TransferError: ``path`` does not exist in the volume.

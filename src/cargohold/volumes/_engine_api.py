@@ -7,8 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from cargohold.archive import (
@@ -34,7 +33,6 @@ class EngineApiVolume:
     keeps_stats = False
     stages_writes = False
     access = "archive"
-    local_root: Path | None = None
 
     def __init__(self, engine: Engine, info: VolumeInfo) -> None:
         self.engine = engine
@@ -45,7 +43,9 @@ class EngineApiVolume:
         return self.info.name
 
     @contextlib.contextmanager
-    def entries(self, path: str = "") -> Iterator[EntrySource]:
+    def entries(
+        self, path: str = "", *, on_vanished: Callable[[str], None] | None = None
+    ) -> Iterator[EntrySource]:
         with self.engine.archive_helper(self.name, readonly=True) as helper:
             yield TarReader(helper.get_archive(path), strip=1)
 

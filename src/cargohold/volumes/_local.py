@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -40,10 +40,6 @@ class LocalVolume:
     def name(self) -> str:
         return self.info.name
 
-    @property
-    def local_root(self) -> Path | None:
-        return self._root
-
     def _open(self) -> ConfinedDir:
         return ConfinedDir.open(self._root)
 
@@ -54,11 +50,13 @@ class LocalVolume:
         )
 
     @contextlib.contextmanager
-    def entries(self, path: str = "") -> Iterator[EntrySource]:
+    def entries(
+        self, path: str = "", *, on_vanished: Callable[[str], None] | None = None
+    ) -> Iterator[EntrySource]:
         with self._open() as root:
             if path and root.lstat(path) is None:
                 raise self._missing(path)
-            yield ConfinedReader(root, path)
+            yield ConfinedReader(root, path, on_vanished=on_vanished)
 
     def open_file(self, path: str) -> contextlib.AbstractContextManager[IO[bytes]]:
         if not path:
