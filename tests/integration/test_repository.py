@@ -444,16 +444,28 @@ def test_files_changing_during_a_snapshot_are_named_with_exit_4(tmp_path: Path) 
 # -- memory --------------------------------------------------------------------------------
 
 
+# Linux keeps the larger of a process's peak RSS before and after exec, and a forked child
+# starts with its parent's RSS: a child of this (large, late in the suite) pytest process would
+# report pytest's own size. So a small interpreter forks cargohold and reports its rusage.
+_MEASURE = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n"
+)
+
+
 def _peak_rss_mb(args: list[str], env: dict[str, str], log: Path) -> float:
-    """Peak RSS of one cargohold process (os.wait4 reports that child's own rusage)."""
+    """Peak RSS of one cargohold process, measured by a small parent (see _MEASURE)."""
     full = {**os.environ, **env, "PYTHONPATH": str(SRC)}
     with log.open("w") as errors:
-        proc = subprocess.Popen([sys.executable, "-m", "cargohold", *args], env=full,
-                                stdout=subprocess.DEVNULL, stderr=errors)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, log.read_text()
-    return usage.ru_maxrss / 1024
+        measured = subprocess.run(
+            [sys.executable, "-c", _MEASURE, sys.executable, "-m", "cargohold", *args],
+            env=full, stdout=subprocess.PIPE, stderr=errors, text=True, check=False,
+        )
+    code, maxrss_kb = measured.stdout.split()
+    assert measured.returncode == 0 and code == "0", log.read_text()
+    return int(maxrss_kb) / 1024
 
 
 def test_memory_stays_bounded_at_100000_files(tmp_path: Path) -> None:
