@@ -244,8 +244,11 @@ def volume_files(
 
 
 @volume_app.command("cat")
-def volume_cat(volume: str, path: str) -> None:
-    """Write one file of a volume to stdout."""
+def volume_cat(
+    volume: str,
+    path: Annotated[str, typer.Argument(help="The file inside the volume.")] = "",
+) -> None:
+    """Write one file of a volume to stdout (`VOLUME PATH` or `VOLUME:PATH`)."""
     name, rel = _volume_and_path(volume, path)
     with open_volume(connect(), name).open_file(rel) as f:
         shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
