@@ -350,6 +350,9 @@ def test_gc_racing_snapshots_on_s3(tmp_path: Path, s3_endpoint: dict[str, str]) 
                            secret=s3_endpoint["AWS_SECRET_ACCESS_KEY"],
                            client_kwargs={"endpoint_url": s3_endpoint["CARGOHOLD_S3_ENDPOINT"]})
     try:
+        # The race starts forget and gc next to the first snapshots: the repository must exist
+        # already (a snapshot creates it on first use, forget and gc never do).
+        _ok(run_cli("repo", "init", env=env))
         _gc_race(tmp_path, env, rounds=1)
     finally:
         for _ in range(5):  # radosgw may list a just-deleted object for a moment
