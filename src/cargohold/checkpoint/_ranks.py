@@ -180,7 +180,7 @@ class Coordinator(Protocol):
 
 def _timeout_error(what: str, ranks: list[int], timeout: float, dead: list[int]) -> CheckpointError:
     names = ", ".join(str(r) for r in ranks)
-    died = f" (rank {', '.join(str(r) for r in dead)} died)" if dead else ""
+    died = f" ({', '.join(f'rank {r}' for r in dead)} died)" if dead else ""
     return CheckpointError(
         f"{what}: rank {names} did not finish within {timeout:.0f} s{died}. Nothing was committed.",
         hint="A rank died or hangs; restart all ranks: the next start removes the pending folder "
@@ -208,6 +208,12 @@ class FileCoordinator:
             self.session = self._join()
         self.folder = directory / f"{SESSION_PREFIX}{self.session}"
         self._me = LivenessLock(self._rank_lock(self.rank), wait=5.0)
+        # Rank 0 may not end the session before every rank has joined it (see close); a rank's
+        # liveness lock goes when it closes, so joining leaves a mark that stays.
+        self._everyone_joined = self.world_size == 1
+        if self.rank != 0:
+            with contextlib.suppress(OSError):
+                (self.folder / _joined_name(self.rank)).touch()
         self._stop_calls = 0
         self._stop_proposed = False
         self._written: list[Path] = []
@@ -235,6 +241,15 @@ class FileCoordinator:
                     "folder with the same world size; is rank 0 running?",
                 )
             time.sleep(_POLL)
+
+    def _dead_ranks(self) -> list[int]:
+        """Ranks of this session whose liveness lock is free: rank 0 is gone, and a rank it
+        was waiting for may be the reason (the error names the cause, not only the messenger)."""
+        return [
+            r
+            for r in range(self.world_size)
+            if r != self.rank and self._rank_lock(r).exists() and not is_alive(self._rank_lock(r))
+        ]
 
     def _leader_alive(self) -> bool:
         return is_alive(lock_path(self.directory, self.session))
@@ -267,7 +282,7 @@ class FileCoordinator:
                     f"Waiting for rank 0 ({key})",
                     [0],
                     self.timeout,
-                    [0] if not self._leader_alive() else [],
+                    self._dead_ranks() if not self._leader_alive() else [],
                 )
             time.sleep(_POLL)
 
@@ -278,6 +293,7 @@ class FileCoordinator:
         while True:
             missing = missing_ranks(pending, self.world_size)
             if not missing:
+                self._everyone_joined = True
                 return
             dead = [
                 r
@@ -330,9 +346,29 @@ class FileCoordinator:
         (self.folder / "stop").touch()
 
     def close(self) -> None:
+        if self._leader is not None and not self._everyone_joined:
+            self._wait_for_joins()
         self._me.release()
         if self._leader is not None:
             self._leader.release()
+
+    def _wait_for_joins(self) -> None:
+        """Keep the session alive until every rank has joined it (at most ``timeout``).
+
+        A short run (restore, then close without a save) would otherwise end the session before
+        a slower rank found it, and that rank would wait for a session that no longer lives.
+        Once a save has gathered every rank's record, they have all joined: no wait.
+        """
+        deadline = time.monotonic() + self.timeout
+        waiting = {_joined_name(r) for r in range(1, self.world_size)}
+        while waiting and time.monotonic() < deadline:
+            waiting = {name for name in waiting if not (self.folder / name).exists()}
+            if waiting:
+                time.sleep(_POLL)
+
+
+def _joined_name(rank: int) -> str:
+    return f"joined-{rank:05d}"
 
 
 def open_session(directory: Path, world_size: int) -> tuple[str, LivenessLock]:
