@@ -25,24 +25,13 @@ from typing import Any, Protocol
 
 from cargohold._atomic import fsync_dir
 from cargohold.errors import TransferError
+from cargohold.volumes import fsspec_filesystem
 
 __all__ = ["Backend", "FsspecBackend", "LocalBackend", "RepositoryError", "fsspec_filesystem"]
 
 
 class RepositoryError(TransferError):
     """The repository is missing, unreachable, damaged or refuses an operation."""
-
-
-def fsspec_filesystem(url: str) -> tuple[Any, str]:
-    """The fsspec file system and path of a URL; ``CARGOHOLD_S3_ENDPOINT`` points s3:// at
-    any S3-compatible server (MinIO, Ceph radosgw, …)."""
-    import fsspec
-
-    options: dict[str, Any] = {}
-    if url.startswith("s3://") and os.environ.get("CARGOHOLD_S3_ENDPOINT"):
-        options["client_kwargs"] = {"endpoint_url": os.environ["CARGOHOLD_S3_ENDPOINT"]}
-    fs, path = fsspec.core.url_to_fs(url, **options)
-    return fs, str(path)
 
 
 class Backend(Protocol):

@@ -15,6 +15,7 @@ from cargohold.volumes._access import (
     split_volume_path,
 )
 from cargohold.volumes._open import open_volume
+from cargohold.volumes._remote import fsspec_filesystem
 from cargohold.volumes._transfer import (
     ARCHIVE_SUFFIXES,
     TransferResult,
@@ -36,6 +37,7 @@ __all__ = [
     "clone_volume",
     "engine_is_local",
     "export_volume",
+    "fsspec_filesystem",
     "ingest",
     "open_volume",
     "split_volume_path",

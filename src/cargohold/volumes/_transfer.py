@@ -145,7 +145,7 @@ def _source_entries(
 def _fsspec_entries(url: str) -> Iterator[tuple[Entry, Opener | None]]:
     import time
 
-    from cargohold.snapshots.repository import fsspec_filesystem
+    from cargohold.volumes._remote import fsspec_filesystem
 
     try:
         fs, root = fsspec_filesystem(url)
