@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,16 @@ def _record_and_root(repo: Repository, ref: str) -> tuple[str, str, Node]:
     return record.id, record.source, record.root
 
 
+def _root_attrs(fd: int, node: Node) -> None:
+    """The target folder's own mode, owner (as root) and times, as the snapshot has them."""
+    with contextlib.suppress(OSError):
+        if os.geteuid() == 0:
+            os.fchown(fd, node.uid, node.gid)
+        os.fchmod(fd, stat.S_IMODE(node.mode))
+        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+        os.fsync(fd)
+
+
 # -- the commands -------------------------------------------------------------------------
 
 
@@ -316,7 +327,7 @@ def restore_to_path(
     if repo.legacy:
         raise UsageError(
             "Restoring a format-1 snapshot into a folder is not supported.",
-            hint="Restore it into a volume, or `cargohold repo migrate` the repository.",
+            hint="Restore it into a volume (format-1 repositories stay readable, not writable).",
         )
     snapshot_id, source, tree_root = _record_and_root(repo, ref)
     operation = _operation(snapshot_id)
@@ -326,6 +337,9 @@ def restore_to_path(
     with ConfinedDir.open(target, create=True) as root:
         found = recover(root)
         if found is not None and (found[0].operation, found[1]) == (operation, "completed"):
+            # A kill after the last rename leaves no staging folder to take the root's own
+            # attributes from: they come from the snapshot, as a whole restore sets them.
+            _root_attrs(root.fd, tree_root)
             return RestoreResult(snapshot_id, source, str(target), 0, 0, "local", True)
         if not force and any(not is_internal(name) for name in root.names()):
             raise _not_empty(str(target))
