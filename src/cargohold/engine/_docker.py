@@ -224,6 +224,7 @@ class DockerEngine:
                 buildargs=buildargs,
                 labels=labels,
                 rm=True,
+                forcerm=True,  # a failed step leaves no intermediate container behind
                 decode=True,
             )
             output: list[str] = []
