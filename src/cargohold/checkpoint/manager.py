@@ -585,10 +585,11 @@ class CheckpointManager:
                     outcome = {"ok": False, "message": exc.message, "hint": exc.hint}
                 except OSError as exc:
                     outcome = {"ok": False, "message": str(self._save_failed(step, exc))}
-                coordinator.broadcast(f"outcome-{seq}", outcome)
                 if not outcome["ok"]:
+                    # First free what this save holds: on a full disk the answer needs room.
                     shutil.rmtree(pending, ignore_errors=True)
-                else:
+                self._tell_outcome(coordinator, seq, step, outcome)
+                if outcome["ok"]:
                     self._apply_retention()
             else:
                 coordinator.all_durable(pending, "error" not in record, self.timeout)
@@ -601,6 +602,29 @@ class CheckpointManager:
                     hint=str(hint or "Check free space and the other ranks' errors."),
                 )
             return _checkpoint_from(slot.final, outcome["manifest"])
+
+    def _tell_outcome(
+        self, coordinator: Coordinator, seq: int, step: int, outcome: dict[str, Any]
+    ) -> None:
+        """Rank 0 answers the others. On a full disk the answer itself may not fit until
+        another rank has removed its partial files, so it is retried for ``timeout``; a rank
+        that never hears it fails at its own timeout, and nothing is committed either way."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                coordinator.broadcast(f"outcome-{seq}", outcome)
+                return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    if outcome["ok"]:
+                        raise CheckpointError(
+                            f"The checkpoint of step {step} was committed, but rank 0 could "
+                            f"not tell the other ranks: {exc.strerror or exc}.",
+                            hint="Free space on the checkpoint folder; the other ranks fail "
+                            "this save at their timeout and resume finds the checkpoint.",
+                        ) from None
+                    return  # this rank raises its own failure below
+                time.sleep(0.05)
 
     def _commit_ranked(
         self,
