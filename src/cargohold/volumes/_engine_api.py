@@ -1,14 +1,39 @@
 """The Engine-API path: a created, never started helper container mounts the volume and the
 engine's archive endpoints stream tar in and out. The engine itself resolves every path inside
-the container's root, so nothing on this host follows a link a container planted."""
+the container's root, so nothing on this host follows a link a container planted.
+
+The archive endpoints extract as they receive and can neither rename nor delete, yet a write
+into a volume that holds data must change it whole or not at all (issue 8, defects 7 and 14).
+Three things they *can* do make that possible: extract a hardlink, replace a name (a folder
+included, with everything in it) by an entry of another type, and -- on the volume itself --
+remove and create it. So a write into a volume with data is staged:
+
+* **merge** (ingest): the files go into ``.cargohold-staging-api`` inside the volume; a full
+  disk or a kill there leaves every visible name as it was. Then one metadata-only archive
+  hard-links each file into place and makes folders and links (``committing``), and the
+  staging folder is replaced by an empty file (the only trace: cargohold's own listings skip it;
+  a direct-path write removes it).
+* **replace** (``restore --force``, clone): the new content goes into a staging *volume*; only
+  when it is whole is the target emptied (removed and created again, labels kept) and the
+  content copied over, then the staging volume removed.
+* a write into an **empty** volume needs no staging: starting over undoes it.
+
+Each write keeps a record on this host (``_journal.WriteRecord``) naming its kind, phase and
+staging place; ``recover`` -- which every writing command calls first -- discards a write
+killed while ``writing`` and finishes one killed while ``committing``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import io
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, Any
 
 from cargohold.archive import (
     CHUNK,
@@ -20,9 +45,17 @@ from cargohold.archive import (
     TarWriter,
     no_progress,
 )
+from cargohold.archive.staging import STAGING, is_internal
 from cargohold.engine import HELPER_MOUNT, ArchiveHelper, Engine, VolumeInfo
-from cargohold.errors import EngineError, TransferError, UnsafeArchive, UsageError
+from cargohold.errors import (
+    CargoholdError,
+    EngineError,
+    TransferError,
+    UnsafeArchive,
+    UsageError,
+)
 from cargohold.volumes._access import Recovery, Written
+from cargohold.volumes._journal import Journal, WriteRecord, new_write
 
 __all__ = ["EngineApiVolume"]
 
@@ -31,12 +64,13 @@ class EngineApiVolume:
     """A volume reached through the engine's archive endpoints."""
 
     keeps_stats = False
-    stages_writes = False
+    stages_writes = True
     access = "archive"
 
-    def __init__(self, engine: Engine, info: VolumeInfo) -> None:
+    def __init__(self, engine: Engine, info: VolumeInfo, journal: Journal | None = None) -> None:
         self.engine = engine
         self.info = info
+        self.journal = journal or Journal()
 
     @property
     def name(self) -> str:
@@ -57,7 +91,7 @@ class EngineApiVolume:
     def is_empty(self) -> bool:
         with self.entries() as entries:
             for entry, _ in entries:
-                if entry.path:
+                if entry.path and not is_internal(entry.path.split("/", 1)[0]):
                     return False
         return True
 
@@ -70,18 +104,124 @@ class EngineApiVolume:
         operation: str = "write",
         replace: bool = False,
     ) -> Written:
+        if replace and path:
+            raise UsageError("Only a whole volume can be replaced.", hint="Drop the path.")
+        if self.is_empty():
+            record = new_write(self.name, operation, "fresh", "")
+            self.journal.record_write(record)
+            try:
+                with self.engine.archive_helper(self.name, readonly=False) as helper:
+                    if path:
+                        self._refuse_links_on(helper, path)
+                    written = self._put(helper, source, path, progress)
+            except BaseException as exc:
+                with contextlib.suppress(CargoholdError):
+                    self.clear()  # it was empty: emptied again, it is as it was
+                    self.journal.end_write(self.name)
+                if isinstance(exc, CargoholdError) and not isinstance(exc, UnsafeArchive):
+                    raise _unchanged(exc, self.name) from None
+                raise
+            self.journal.end_write(self.name)
+            return written
         if replace:
-            self.clear()
+            return self._replace(source, progress, operation)
+        return self._merge(source, path, progress, operation)
+
+    def _put(
+        self, helper: ArchiveHelper, source: EntrySource, path: str, progress: Progress
+    ) -> Written:
         # Extract at the helper's root with every name under v/: the engine refuses symlinks
         # that point above the folder it extracts into, and a volume may hold such links
         # (relative ones that dangle); above "/" there is nothing to point at.
-        inside = HELPER_MOUNT.strip("/") + (f"/{path}" if path else "")
+        counts = [0, 0]
+        helper.put_archive(_tar_chunks(_under(source, _inside(path)), progress, counts))
+        return Written(counts[0], counts[1])
+
+    # -- merge: stage inside the volume, hard-link into place ------------------------------
+
+    def _merge(self, source: EntrySource, path: str, progress: Progress, operation: str) -> Written:
+        record = new_write(self.name, operation, "merge", API_STAGING)
+        self.journal.record_write(record)
+        spool = self.journal.spool(self.name)
         counts = [0, 0]
         with self.engine.archive_helper(self.name, readonly=False) as helper:
             if path:
                 self._refuse_links_on(helper, path)
-            helper.put_archive(_tar_chunks(_under(source, inside), progress, counts))
+            root = _root_of(helper)
+            try:
+                helper.put_archive(iter([_tombstone()]))  # a stale staging folder goes first
+                with open(spool, "w", encoding="utf-8") as listing:
+                    staged = _staged(_under(source, _inside(path)), path, listing)
+                    helper.put_archive(_tar_chunks(staged, progress, counts))
+                    listing.flush()
+                    os.fsync(listing.fileno())
+            except BaseException as exc:
+                # Nothing visible changed: the data went into the staging folder only.
+                with contextlib.suppress(CargoholdError):
+                    helper.put_archive(iter([_tombstone(root)]))
+                    self.journal.end_write(self.name)
+                if isinstance(exc, CargoholdError) and not isinstance(exc, UnsafeArchive):
+                    raise _unchanged(exc, self.name) from None
+                raise
+            self.journal.record_write(_phase(record, "committing"))
+            self._commit(helper)
+        self.journal.end_write(self.name)
         return Written(counts[0], counts[1])
+
+    def _commit(self, helper: ArchiveHelper) -> None:
+        """Hard-link every staged file into place (and make the folders and links), then drop
+        the staging folder. Running it again after a kill gives the same result."""
+        try:
+            helper.put_archive(
+                _tar_chunks(_commit_entries(self.journal.spool(self.name)), no_progress, [0, 0])
+            )
+            helper.put_archive(iter([_tombstone()]))
+        except CargoholdError as exc:
+            raise TransferError(
+                f"{exc.message} Volume {self.name} was being updated from a complete staged "
+                "copy when this happened: some names are new, some still old.",
+                hint="Run the same command again: it finishes the update first.",
+            ) from None
+
+    # -- replace: stage in another volume, then empty this one and copy -------------------
+
+    def _replace(self, source: EntrySource, progress: Progress, operation: str) -> Written:
+        staging = _staging_volume(self.name)
+        record = new_write(self.name, operation, "replace", staging)
+        self.journal.record_write(record)
+        self.engine.remove_volume(staging)  # a stale one of a run killed before its record
+        self.engine.create_volume(staging, {"cargohold.staging-for": self.name})
+        try:
+            with self.engine.archive_helper(staging, readonly=False) as helper:
+                written = self._put(helper, source, "", progress)
+        except BaseException as exc:
+            with contextlib.suppress(CargoholdError):
+                self.engine.remove_volume(staging)
+                self.journal.end_write(self.name)
+            if isinstance(exc, CargoholdError) and not isinstance(exc, UnsafeArchive):
+                raise _unchanged(exc, self.name) from None
+            raise
+        self.journal.record_write(_phase(record, "committing"))
+        self._copy_from(staging)
+        self.journal.end_write(self.name)
+        return written
+
+    def _copy_from(self, staging: str) -> None:
+        try:
+            self.clear()
+            with (
+                self.engine.archive_helper(staging, readonly=True) as source,
+                self.engine.archive_helper(self.name, readonly=False) as target,
+            ):
+                entries = TarReader(source.get_archive(""), strip=1)
+                target.put_archive(_tar_chunks(_under(entries, _inside("")), no_progress, [0, 0]))
+            self.engine.remove_volume(staging)
+        except CargoholdError as exc:
+            raise TransferError(
+                f"{exc.message} The old content of volume {self.name} was removed; the new "
+                f"content is whole in volume {staging}, and copying it over did not finish.",
+                hint="Run the same command again: it finishes the copy first.",
+            ) from None
 
     def _refuse_links_on(self, helper: ArchiveHelper, path: str) -> None:
         """The engine resolves a link on the way inside the helper container: the host is safe,
@@ -112,14 +252,162 @@ class EngineApiVolume:
     def clear(self) -> None:
         # The archive endpoints cannot delete: recreate the volume with the same labels.
         self.engine.remove_volume(self.name)
-        self.engine.create_volume(self.name, self.info.labels)
+        self.engine.create_volume(
+            self.name,
+            self.info.labels,
+            driver=self.info.driver or None,
+            driver_opts=dict(self.info.options) or None,
+        )
 
     def sync(self) -> None:
         """The engine wrote the files; there is nothing here to flush."""
 
     def recover(self) -> Recovery | None:
-        """The archive endpoints cannot rename or delete, so nothing is staged on this path."""
-        return None
+        """Discard or finish the write a killed run left (its record is on this host)."""
+        record = self.journal.unfinished_write(self.name)
+        if record is None:
+            return None
+        outcome = "discarded"
+        if record.kind == "fresh":
+            self.clear()  # it was empty before
+        elif record.kind == "merge":
+            with self.engine.archive_helper(self.name, readonly=False) as helper:
+                if record.phase == "committing":
+                    self._commit(helper)
+                    outcome = "completed"
+                else:
+                    helper.put_archive(iter([_tombstone()]))
+        elif record.phase == "committing":
+            self._copy_from(record.staging)
+            outcome = "completed"
+        else:
+            self.engine.remove_volume(record.staging)
+        self.journal.end_write(self.name)
+        return Recovery(record.operation, outcome)
+
+
+API_STAGING = f"{STAGING}-api"
+
+
+def _inside(path: str) -> str:
+    return HELPER_MOUNT.strip("/") + (f"/{path}" if path else "")
+
+
+def _staging_volume(name: str) -> str:
+    candidate = f"{name}.cargohold-staging"
+    if len(candidate) <= 255:
+        return candidate
+    return f"cargohold-staging-{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+
+
+def _phase(record: WriteRecord, phase: str) -> WriteRecord:
+    return WriteRecord(
+        record.volume,
+        record.operation,
+        record.kind,
+        phase,  # type: ignore[arg-type]
+        record.staging,
+        record.pid,
+        record.started,
+    )
+
+
+def _unchanged(exc: CargoholdError, volume: str) -> TransferError:
+    return TransferError(
+        f"{exc.message.rstrip('.')}. Nothing in volume {volume} changed (the write was staged).",
+        hint="Free space (or fix what the message names) and run the same command again.",
+    )
+
+
+def _root_of(helper: ArchiveHelper) -> Entry | None:
+    """The volume root's own entry (its mode, owner and times), to be put back after a write
+    that changed nothing but the staging name in it."""
+    for entry, _ in TarReader(helper.get_archive(""), strip=1):
+        return entry if not entry.path and entry.kind == "dir" else None
+    return None
+
+
+def _tombstone(root: Entry | None = None) -> bytes:
+    """An archive that replaces the staging folder, with all in it, by an empty file: the
+    one way the archive endpoints remove something. With ``root``, the volume root's
+    attributes are set back as they were (the engine sets a folder's times last)."""
+    buffer = io.BytesIO()
+    writer = TarWriter(buffer)
+    empty = Entry(f"{_inside('')}/{API_STAGING}", "file", 0o600, os.getuid(), os.getgid(), 0)
+    entries: list[tuple[Entry, Opener | None]] = [(empty, lambda: io.BytesIO(b""))]
+    if root is not None:
+        entries.append((dataclasses.replace(root, path=_inside("")), None))
+    writer.write_all(iter(entries))
+    return buffer.getvalue()
+
+
+def _staged(
+    entries: Iterator[tuple[Entry, Opener | None]], path: str, listing: IO[str]
+) -> Iterator[tuple[Entry, Opener | None]]:
+    """The files and folders of ``entries`` renamed into the staging folder, each entry listed
+    (as it will be committed) in ``listing`` on the way."""
+    final_root = _inside(path)
+    stage_root = f"{_inside('')}/{API_STAGING}"
+    yield Entry(stage_root, "dir", 0o700, os.getuid(), os.getgid(), 0), None
+    for entry, data in entries:
+        row: list[Any] = [
+            entry.path,
+            entry.kind,
+            entry.mode,
+            entry.uid,
+            entry.gid,
+            entry.mtime_ns,
+            entry.size,
+            entry.target,
+        ]
+        if entry.kind == "file":
+            rel = entry.path[len(final_root) :].lstrip("/")
+            staged_path = f"{stage_root}/{rel}"
+            row.append(staged_path)
+            yield (
+                Entry(
+                    staged_path,
+                    "file",
+                    entry.mode,
+                    entry.uid,
+                    entry.gid,
+                    entry.mtime_ns,
+                    entry.size,
+                ),
+                data,
+            )
+        elif entry.kind == "dir" and entry.path != final_root:
+            rel = entry.path[len(final_root) :].lstrip("/")
+            yield Entry(f"{stage_root}/{rel}", "dir", 0o700, entry.uid, entry.gid, 0), None
+        listing.write(json.dumps(row) + "\n")
+
+
+def _commit_entries(spool: os.PathLike[str]) -> Iterator[tuple[Entry, Opener | None]]:
+    """What a staged merge's commit extracts: folders and links as they were listed, and each
+    file as a hardlink to its staged copy (no data moves)."""
+    try:
+        listing = open(spool, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        raise TransferError(
+            f"The list of staged files ({spool}) is gone: {exc.strerror or exc}.",
+            hint="Run the command again with --force where it has one, or write into a new volume.",
+        ) from None
+    with listing:
+        for number, line in enumerate(listing, 1):
+            try:
+                path, kind, mode, uid, gid, mtime_ns, _size, target, *rest = json.loads(line)
+                if kind == "file":
+                    (target,) = rest
+                    kind = "hardlink"
+                entry = Entry(
+                    str(path), kind, int(mode), int(uid), int(gid), int(mtime_ns), 0, str(target)
+                )
+            except (ValueError, TypeError) as exc:
+                raise TransferError(
+                    f"Line {number} of the list of staged files ({spool}) is damaged: {exc}.",
+                    hint="Check the volume, then remove the record next to that file.",
+                ) from None
+            yield entry, None
 
 
 def _under(entries: EntrySource, path: str) -> Iterator[tuple[Entry, Opener | None]]:
