@@ -257,16 +257,26 @@ def test_a_full_disk_during_export_changes_nothing(
 
 
 def test_a_full_disk_during_ingest_changes_nothing_in_the_volume(
-    tmp_path: Path, docker_resources: Resources, docker_client: Any
+    tmp_path: Path, access: str, docker_resources: Resources, docker_client: Any
 ) -> None:
-    env = _env(tmp_path, "local")
+    """Defect 14 on both paths: the Engine API stages too (inside the volume, hard-linked into
+    place only when every byte landed), so a full disk leaves every name as it was."""
+    env = _env(tmp_path, access)
     volume, mount = _volume(docker_client, docker_resources, "full")
     with _small_tmpfs(mount):
         (mount / "model.bin").write_bytes(b"trained" * 1000)
-        before = listing(mount)
+        (mount / "data").mkdir()
+        (mount / "data" / "old.csv").write_text("a,b\n1,2\n")
+        # (the engine's archive stream gives the root's mtime to the second)
+        resolution = 1 if access == "local" else 10**9
+        before = _visible(mount, resolution)
         stderr = _refused(run_cli("ingest", str(_big_source(tmp_path / "src")), volume, env=env))
-        assert "No space" in stderr and f"Nothing in volume {volume} changed" in stderr
-        assert listing(mount) == before
+        assert "no space" in stderr.lower() and f"Nothing in volume {volume} changed" in stderr
+        assert _visible(mount, resolution) == before  # the root's own mode and times included
+        # what is left of the staging (an empty file through the Engine API) costs no space
+        assert all(os.lstat(mount / n).st_size == 0 for n in os.listdir(mount)
+                   if n.startswith(".cargohold-"))
+        assert "model.bin" in _ok(run_cli("volume", "files", volume, env=env))
 
 
 # -- defect 7: SIGKILL at random moments, then the same command again -------------------------
@@ -297,8 +307,9 @@ def _timed(args: list[str], env: dict[str, str]) -> float:
     return time.monotonic() - began
 
 
-def _visible(root: Path) -> list[tuple[object, ...]]:
-    return [row for row in listing(root) if not str(row[0]).startswith(".cargohold-")]
+def _visible(root: Path, mtime_resolution_ns: int = 1) -> list[tuple[object, ...]]:
+    rows = listing(root, mtime_resolution_ns=mtime_resolution_ns)
+    return [row for row in rows if not str(row[0]).startswith(".cargohold-")]
 
 
 def _data_tree(root: Path) -> Path:
@@ -414,6 +425,69 @@ def test_sigkill_through_the_engine_api_then_rerun(
             mounts = [m.get("Name", "") for m in container.attrs.get("Mounts", [])]
             if any(m.startswith(base) for m in mounts):
                 container.remove(force=True)
+
+
+def _write_records(tmp_path: Path) -> list[str]:
+    """The host-side records of Engine-API writes in progress (``volumes._journal``)."""
+    folder = tmp_path / "state" / "cargohold" / "unfinished"
+    return sorted(p.name for p in folder.glob("*.write.json")) if folder.exists() else []
+
+
+def test_sigkill_of_engine_api_writes_into_volumes_with_data_then_rerun(
+    tmp_path: Path, docker_resources: Resources, docker_client: Any
+) -> None:
+    """Defect 7 through the Engine API, into volumes that already hold data: `ingest` (a merge,
+    staged inside the volume), `restore --force` (staged in a second volume) and `restore` into
+    a new volume. Right after each kill the visible content is the old one, the new one, or a
+    host-side record says a write was under way; the same command again finishes it, and no
+    staging volume is left."""
+    rng = random.Random(SEED + 2)
+    env = _env(tmp_path, "archive")
+    source = _data_tree(tmp_path / "source")
+    want = _content(source)
+    old_tree = tmp_path / "old"
+    (old_tree / "shard-0").mkdir(parents=True)
+    (old_tree / "shard-0" / "sample-0.bin").write_bytes(b"old sample")
+    (old_tree / "notes.txt").write_text("kept by a merge, dropped by a restore")
+    base = f"{docker_resources.project}-wkill"
+    probe = f"{base}-probe"
+    docker_resources.volumes.append(probe)
+    duration = _timed(["ingest", str(source), probe], env)
+    _ok(run_cli("snapshot", probe, env=env))
+    merged = [r for r in _content(old_tree) if r[0] == "notes.txt"] + want
+    merged.sort(key=lambda r: str(r[0]))
+    kills = 0
+    for i in range(3):
+        cases = [
+            (["ingest", str(source)], True, merged),
+            (["restore", f"{probe}@latest", "--force"], True, want),
+            (["restore", f"{probe}@latest"], False, want),
+        ]
+        for command, with_data, expected in cases:
+            volume = f"{base}-{command[0]}-{i}-{int(with_data)}"
+            docker_resources.volumes.append(volume)
+            docker_resources.volumes.append(f"{volume}.cargohold-staging")
+            old: list[tuple[object, ...]] = []
+            if with_data:
+                _ok(run_cli("ingest", str(old_tree), volume, env=env))
+                old = _content(_mountpoint(docker_client, volume))
+            args = [command[0], *command[1:2], volume, *command[2:]]
+            kills += _kill_after(args, env, rng.uniform(0.3, duration))
+            with contextlib.suppress(Exception):  # absent when killed before it was made
+                now = _content(_mountpoint(docker_client, volume))
+                if now not in (old, expected, []):
+                    assert _write_records(tmp_path), f"{volume}: partial data and no record"
+            again = run_cli(*args, env=env)
+            if again.returncode == 2:  # the killed restore into a new volume had finished
+                assert not with_data and "not empty" in again.stderr, again.stderr
+            else:
+                _ok(again)
+            assert _content(_mountpoint(docker_client, volume)) == expected, volume
+            assert not _write_records(tmp_path)
+            staging = [v.name for v in docker_client.volumes.list()
+                       if v.name.startswith(base) and v.name.endswith(".cargohold-staging")]
+            assert not staging, staging
+    assert kills >= 5, f"only {kills} runs were killed before they finished"
 
 
 # -- generated hostile archives through the CLI, both paths -----------------------------------

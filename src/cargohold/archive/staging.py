@@ -28,11 +28,21 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from cargohold.archive._entries import Entry, EntrySource, Opener, Walked
 from cargohold.archive._fs import syncfs
 from cargohold.archive.confined import ConfinedDir
 from cargohold.errors import TransferError
 
-__all__ = ["MARKER", "STAGING", "Marker", "Stage", "is_internal", "recover", "staged"]
+__all__ = [
+    "MARKER",
+    "STAGING",
+    "Marker",
+    "Stage",
+    "Visible",
+    "is_internal",
+    "recover",
+    "staged",
+]
 
 MARKER = ".cargohold-incomplete"
 STAGING = ".cargohold-staging"
@@ -45,6 +55,29 @@ Phase = Literal["writing", "clearing", "merging"]
 def is_internal(name: str) -> bool:
     """A top-level name that belongs to this protocol, not to the data."""
     return name == MARKER or name.startswith(STAGING)
+
+
+def _hidden(path: str) -> bool:
+    return path.startswith(".cargohold-") and is_internal(path.split("/", 1)[0])
+
+
+class Visible:
+    """A walk of a target's root without this protocol's own names (the marker, staging
+    folders and what is left of them): readers -- snapshot, export, clone, ``volume du`` --
+    see the data only."""
+
+    def __init__(self, source: EntrySource) -> None:
+        self._source = source
+
+    @property
+    def random_access(self) -> bool:
+        return self._source.random_access
+
+    def __iter__(self) -> Iterator[tuple[Entry, Opener | None]]:
+        return ((e, o) for e, o in self._source if not _hidden(e.path))
+
+    def walk(self) -> Iterator[Walked]:
+        return (w for w in self._source.walk() if not _hidden(w[0].path))
 
 
 @dataclass(frozen=True)

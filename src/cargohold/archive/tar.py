@@ -263,7 +263,16 @@ class _Counting(io.RawIOBase):
         return True
 
     def read(self, size: int = -1) -> bytes:
+        # tarfile takes a short read for the end of the file: fill it (a snapshot's file
+        # streams blob by blob, a network file returns what arrived).
         data = self._inner.read(size)
+        if data and size is not None and size > 0 and len(data) < size:
+            parts = [data]
+            have = len(data)
+            while have < size and (more := self._inner.read(size - have)):
+                parts.append(more)
+                have += len(more)
+            data = b"".join(parts)
         if data:
             self._count(len(data))
         return data

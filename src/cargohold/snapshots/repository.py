@@ -145,6 +145,24 @@ def _local_dirs(root: Path) -> None:
         (root / sub).mkdir(parents=True, exist_ok=True)
 
 
+def _publish_once(path: Path, data: bytes) -> bool:
+    """Write ``path`` whole, unless it exists: False when another writer was first."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    write_bytes_atomic(tmp, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
 def init_repository(
     url: str | None, *, encrypt: bool = False, password: bytes | None = None, exist_ok: bool = False
 ) -> Repository:
@@ -166,8 +184,11 @@ def init_repository(
                     f"{url} is already a repository.", hint="Use it, or pick another --repo."
                 )
             if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
+                # (another process may be creating it right now: its folders and the hidden
+                # temporary file of its config are no reason to refuse)
                 ours = {"packs", "index", "snapshots", "sessions", "condemned", "tmp"}
-                if not {p.name for p in root.iterdir()} <= ours:
+                names = {p.name for p in root.iterdir() if not p.name.startswith(".")}
+                if not names <= ours:
                     raise RepositoryError(
                         f"{root} is not empty and is not a cargohold repository.",
                         hint="Pick an empty or new folder for --repo.",
@@ -198,7 +219,13 @@ def init_repository(
         )
         data = config.model_dump_json(indent=2).encode()
         if isinstance(backend, LocalBackend):
-            write_bytes_atomic(backend.root / CONFIG, data)
+            if not _publish_once(backend.root / CONFIG, data):
+                # Two first snapshots at once: the other one created it a moment ago.
+                if exist_ok:
+                    return open_repository(url, password=password)
+                raise RepositoryError(
+                    f"{url} is already a repository.", hint="Use it, or pick another --repo."
+                )
         else:
             backend.put(CONFIG, data)
     except OSError as exc:

@@ -3,9 +3,10 @@
 The rules (issue 8, defects 4, 5, 7):
 
 * **Verify before touching the target.** Every tree of the snapshot is read and validated, and
-  every content blob must be in the index, before anything is written. On the Engine-API path,
-  where the target cannot be staged, every content blob is also read and checked first.
-* **Stage, then swap.** On the direct path (a volume's folder, or ``--to DIR``) the snapshot is
+  every content blob must be in the index, before anything is written.
+* **Stage, then swap.** Through the Engine API, ``--force`` stages the snapshot in a second
+  volume and empties the target only when that is whole (``volumes._engine_api``). On the
+  direct path (a volume's folder, or ``--to DIR``) the snapshot is
   written through ``archive.staging`` (replace mode): into a staging folder *inside* the target
   (the target may be a mount point -- a volume, a PVC -- that cannot be renamed), and only when
   every byte is written and checked does it replace the old content. A damaged blob found while
@@ -278,7 +279,7 @@ def restore_volume(
         if not force and not files.is_empty():
             raise _not_empty(volume)
     # Everything that will be needed must be there before anything changes; where a write is
-    # not staged (the Engine API extracts as it receives), every byte is read and checked first.
+    # not staged, every byte is read and checked first (both access paths stage today).
     read_data = files is not None and not files.stages_writes
     verify_snapshot(repo, snapshot_id, tree_root, read_data=read_data)
     created = files is None

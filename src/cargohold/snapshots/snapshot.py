@@ -48,7 +48,6 @@ from pyfastcdc import FastCDC
 
 from cargohold.archive import Entry, Opener, Progress, Walked, data_stamp
 from cargohold.archive.confined import ConfinedDir, ConfinedReader
-from cargohold.archive.staging import is_internal
 from cargohold.engine import Engine
 from cargohold.errors import TransferError, UsageError
 from cargohold.snapshots._format import TREE_NODES, Node, SnapshotRecord
@@ -498,7 +497,7 @@ def snapshot_volume(
     @contextlib.contextmanager
     def walk(changed: Callable[[str], None]) -> Iterator[Iterator[Walked]]:
         with files.entries(on_vanished=changed) as source:
-            yield _without_internal(source.walk())
+            yield source.walk()
 
     return _snapshot(
         repo,
@@ -510,16 +509,6 @@ def snapshot_volume(
         progress=progress,
         incremental=files.keeps_stats,
     )
-
-
-def _without_internal(walked: Iterator[Walked]) -> Iterator[Walked]:
-    """A volume's walk without what an interrupted or staged write of cargohold's keeps in it
-    (``archive.staging``: the marker and staging names at the top level)."""
-    for item in walked:
-        path = item[0].path
-        if path.startswith(".cargohold-") and is_internal(path.split("/", 1)[0]):
-            continue
-        yield item
 
 
 def snapshot_path(

@@ -118,10 +118,9 @@ class VolumeAccess(Protocol):
         """Write a source's entries under ``path`` (merged into what is there), or with
         ``replace`` make them the volume's whole content.
 
-        On the direct path the write is staged inside the volume and swapped in when complete:
-        a failure changes nothing; a kill leaves a marker naming ``operation`` that
-        ``recover`` finishes or undoes. Through the Engine API the engine extracts as it
-        receives.
+        The write is staged and swapped in when complete: a failure changes nothing; a kill
+        leaves a marker naming ``operation`` (in the volume on the direct path, on this host
+        through the Engine API) that ``recover`` finishes or undoes.
 
         Raises:
             UnsafeArchive: an entry would replace the root or pass through a link.

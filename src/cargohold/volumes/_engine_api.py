@@ -45,7 +45,7 @@ from cargohold.archive import (
     TarWriter,
     no_progress,
 )
-from cargohold.archive.staging import STAGING, is_internal
+from cargohold.archive.staging import STAGING, Visible
 from cargohold.engine import HELPER_MOUNT, ArchiveHelper, Engine, VolumeInfo
 from cargohold.errors import (
     CargoholdError,
@@ -81,7 +81,8 @@ class EngineApiVolume:
         self, path: str = "", *, on_vanished: Callable[[str], None] | None = None
     ) -> Iterator[EntrySource]:
         with self.engine.archive_helper(self.name, readonly=True) as helper:
-            yield TarReader(helper.get_archive(path), strip=1)
+            reader = TarReader(helper.get_archive(path), strip=1)
+            yield reader if path else Visible(reader)
 
     def open_file(self, path: str) -> contextlib.AbstractContextManager[IO[bytes]]:
         if not path:
@@ -91,7 +92,7 @@ class EngineApiVolume:
     def is_empty(self) -> bool:
         with self.entries() as entries:
             for entry, _ in entries:
-                if entry.path and not is_internal(entry.path.split("/", 1)[0]):
+                if entry.path:
                     return False
         return True
 
@@ -273,7 +274,8 @@ class EngineApiVolume:
         elif record.kind == "merge":
             with self.engine.archive_helper(self.name, readonly=False) as helper:
                 if record.phase == "committing":
-                    self._commit(helper)
+                    if _kind_of(helper, API_STAGING) == "dir":  # else it was done and dropped
+                        self._commit(helper)
                     outcome = "completed"
                 else:
                     helper.put_archive(iter([_tombstone()]))
@@ -317,6 +319,16 @@ def _unchanged(exc: CargoholdError, volume: str) -> TransferError:
         f"{exc.message.rstrip('.')}. Nothing in volume {volume} changed (the write was staged).",
         hint="Free space (or fix what the message names) and run the same command again.",
     )
+
+
+def _kind_of(helper: ArchiveHelper, path: str) -> str | None:
+    """What ``path`` in the volume is (None: nothing), from the first header of its stream."""
+    try:
+        for entry, _ in TarReader(helper.get_archive(path), strip=1):
+            return entry.kind
+    except EngineError:
+        return None
+    return None
 
 
 def _root_of(helper: ArchiveHelper) -> Entry | None:

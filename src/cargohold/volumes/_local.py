@@ -14,7 +14,7 @@ from typing import IO
 
 from cargohold.archive import EntrySource, Progress, no_progress, syncfs
 from cargohold.archive.confined import ConfinedDir, ConfinedReader, ConfinedWriter
-from cargohold.archive.staging import is_internal, recover, staged
+from cargohold.archive.staging import Visible, is_internal, recover, staged
 from cargohold.engine import Engine, VolumeInfo
 from cargohold.errors import TransferError, UnsafeArchive, UsageError
 from cargohold.volumes._access import Recovery, Written
@@ -56,7 +56,8 @@ class LocalVolume:
         with self._open() as root:
             if path and root.lstat(path) is None:
                 raise self._missing(path)
-            yield ConfinedReader(root, path, on_vanished=on_vanished)
+            reader = ConfinedReader(root, path, on_vanished=on_vanished)
+            yield reader if path else Visible(reader)
 
     def open_file(self, path: str) -> contextlib.AbstractContextManager[IO[bytes]]:
         if not path:

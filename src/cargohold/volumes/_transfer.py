@@ -269,12 +269,7 @@ def ingest(
 def _what_changed(files: VolumeAccess, created: bool) -> str:
     if created:
         return "The new volume was removed again."
-    if files.access == "local":
-        return f"Nothing in volume {files.name} changed."
-    return (
-        f"The engine extracts as it receives: files before the failure may have been written "
-        f"into volume {files.name}; each of them is complete or was left as the engine wrote it."
-    )
+    return f"Nothing in volume {files.name} changed."
 
 
 def _verify_ingest(
