@@ -140,6 +140,21 @@ def parse_config(data: bytes, url: str) -> RepoConfig:
 # -- keys, sealing, blob ids --------------------------------------------------------------
 
 
+# Data that compresses by less than ~10% is stored as it is: float32 weights gain 7.6% from zstd
+# level 1 at 0.35 GB/s, the slowest step of a snapshot, for almost nothing on disk. A sample
+# from the middle of each large blob decides (random bytes and most float arrays fail it; CSV,
+# JSON and text pass at once); the format does not change (a blob says which it is).
+_PROBE_FROM = 128 << 10
+_PROBE = 32 << 10
+_WORTH = 0.9
+
+
+def _hardly_compresses(compressor: Any, data: bytes | memoryview) -> bool:
+    middle = len(data) // 2
+    sample = memoryview(data)[middle : middle + _PROBE]
+    return len(compressor.compress(sample)) > _WORTH * len(sample)
+
+
 class Keys:
     """The repository's secrets: none (plain), or an AES key and an HMAC key."""
 
@@ -173,8 +188,12 @@ class Keys:
             local.data = zstandard.ZstdCompressor(level=self._level)
             local.meta = zstandard.ZstdCompressor(level=_LEVEL)
             local.plain = zstandard.ZstdDecompressor()
-        packed = (local.meta if metadata else local.data).compress(data)
-        body = b"\x01" + packed if len(packed) < len(data) else b"\x00" + bytes(data)
+        if not metadata and len(data) >= _PROBE_FROM and _hardly_compresses(local.data, data):
+            packed = b""
+        else:
+            packed = (local.meta if metadata else local.data).compress(data)
+        # (join: one copy, where bytes(memoryview) + concatenation made two)
+        body = b"\x01" + packed if 0 < len(packed) < len(data) else b"".join((b"\x00", data))
         if self._aead is None:
             return body
         nonce = os.urandom(12)

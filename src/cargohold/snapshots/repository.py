@@ -1,7 +1,9 @@
 """A snapshot repository (format 2): packs of sealed blobs, indexes, trees, snapshot records.
 
     <repo>/repository.json      format version, chunker, pack size, encryption (``_format.py``)
-    <repo>/packs/ab/<sha256>    ~16 MiB of blobs back to back; named by the hash of its bytes
+    <repo>/packs/ab/<random>    ~16 MiB of blobs back to back; 256 random bits name it (every
+                                blob in it is checked against its own id when read, so a
+                                hash of the whole pack -- 0.6 s of CPU per GB -- adds nothing)
     <repo>/index/<random>       which blobs each pack holds, one file per writing session
     <repo>/snapshots/<id>       one record per snapshot, written last
     <repo>/sessions/<id>        one per live writer (snapshot) -- what makes gc safe, below
@@ -43,7 +45,6 @@ to reference -- a writer decides "already stored" from the index it loaded when 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -294,11 +295,13 @@ class PackInfo:
     blobs: tuple[tuple[bytes, int, int], ...]
 
 
+_PACK_SLOTS = 2  # packs of one kind filled at once (see add_sealed)
+
+
 class _OpenPack:
     def __init__(self, path: str) -> None:
         self.path = path
         self.file = open(path, "wb")  # noqa: SIM115 - closed by finish()
-        self.hash = hashlib.sha256()
         self.size = 0
         self.blobs: list[tuple[str, int, int]] = []
 
@@ -325,7 +328,8 @@ class Repository:
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_ok = 0.0
         self._stop = threading.Event()
-        self._open: dict[str, _OpenPack] = {}
+        self._open: dict[tuple[str, int], _OpenPack] = {}
+        self._slots = [threading.Lock() for _ in range(_PACK_SLOTS)]
         self._written: list[tuple[str, str, list[tuple[str, int, int]]]] = []
         self._uploads: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
@@ -605,24 +609,38 @@ class Repository:
         return len(sealed)
 
     def add_sealed(self, kind: str, blob: str, sealed: bytes) -> None:
-        """Append an already sealed blob to this session's open pack (gc's repacking)."""
-        with self._lock:
-            pack = self._open.get(kind)
-            if pack is None:
-                assert self._session is not None, "add_blob outside a session"
-                pack = self._open[kind] = _OpenPack(self.backend.temp_file(self._session))
+        """Append an already sealed blob to an open pack of ``kind`` (also gc's repacking).
+
+        Appending to a pack and hashing it is serial work; with one pack, every thread waited
+        for it. There are ``_PACK_SLOTS`` open packs per kind: a thread takes a free one, so
+        two threads append at once, and a snapshot ends with at most that many partial packs.
+        """
+        slots = self._slots
+        slot = next((i for i, lock in enumerate(slots) if lock.acquire(blocking=False)), None)
+        if slot is None:
+            slot = threading.get_ident() % len(slots)
+            slots[slot].acquire()
+        try:
+            key = (kind, slot)
+            with self._lock:
+                pack = self._open.get(key)
+                if pack is None:
+                    assert self._session is not None, "add_blob outside a session"
+                    pack = self._open[key] = _OpenPack(self.backend.temp_file(self._session))
             pack.file.write(sealed)
-            pack.hash.update(sealed)
             pack.blobs.append((blob, pack.size, len(sealed)))
             pack.size += len(sealed)
             if pack.size >= self.config.pack_size:
-                del self._open[kind]
-                self._finish(kind, pack)
+                with self._lock:
+                    del self._open[key]
+                    self._finish(kind, pack)
+        finally:
+            slots[slot].release()
 
     def _finish(self, kind: str, pack: _OpenPack) -> None:
         """Publish a full pack (in the background on an object store). Holds ``_lock``."""
         pack.file.close()
-        digest = pack.hash.hexdigest()
+        digest = secrets.token_hex(32)
         name = f"packs/{digest[:2]}/{digest}"
         self._written.append((name, kind, pack.blobs))
         assert self._uploads is not None
@@ -631,9 +649,9 @@ class Repository:
     def flush(self) -> None:
         """Publish every open pack, wait for the uploads, then write this session's index."""
         with self._lock:
-            for kind, pack in list(self._open.items()):
-                del self._open[kind]
-                self._finish(kind, pack)
+            for key, pack in list(self._open.items()):
+                del self._open[key]
+                self._finish(key[0], pack)
             pending, self._pending = self._pending, []
         for future in pending:
             future.result()

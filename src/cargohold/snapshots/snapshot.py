@@ -130,12 +130,25 @@ class _Stats:
 
 
 class _Chunker:
-    def __init__(self, repo: Repository, stats: _Stats, progress: Progress) -> None:
+    """Files into blobs. A large file is read in blocks that are never reused, cut there, and
+    each chunk's hashing, sealing and packing runs on ``sealers`` while the next chunks are
+    cut: one big file (a model's weights) keeps every core busy instead of one."""
+
+    _BLOCK = 8 << 20
+
+    def __init__(
+        self,
+        repo: Repository,
+        stats: _Stats,
+        progress: Progress,
+        sealers: ThreadPoolExecutor | None = None,
+    ) -> None:
         params = repo.config.chunker
         self._params = params
         self._repo = repo
         self._stats = stats
         self._progress = progress
+        self._sealers = sealers
 
     def _blob(self, data: bytes | memoryview) -> str:
         blob = self._repo.keys.blob_id(data)
@@ -153,7 +166,7 @@ class _Chunker:
         A small file is read with one exactly-sized read: over-sized buffers shrunk afterwards
         fragment the heap, and at a million files that alone costs hundreds of MB.
         """
-        head: list[bytes] = []
+        head = b""
         if size_hint <= self._params.min:
             data = source.read(size_hint + 1) or b""
             while len(data) <= self._params.min:
@@ -161,19 +174,80 @@ class _Chunker:
                 if not more:
                     return ([self._blob(data)] if data else []), len(data)
                 data += more
-            head.append(data)
-        cdc = FastCDC(
+            head = data
+        if self._sealers is None:
+            return self._store_stream(source, head)
+        return self._store_blocks(source, head, self._sealers)
+
+    def _cdc(self) -> FastCDC:
+        return FastCDC(
             self._params.avg - self._params.min,
             min_size=self._params.min,
             max_size=self._params.max,
             seed=self._params.seed,
         )
+
+    def _store_stream(self, source: IO[bytes], head: bytes) -> tuple[list[str], int]:
         refs: list[str] = []
         total = 0
-        for chunk in cdc.cut_stream(_Prefixed(head, source)):
+        for chunk in self._cdc().cut_stream(_Prefixed([head] if head else [], source)):
             refs.append(self._blob(chunk.data))
             total += chunk.length
         return refs, total
+
+    def _store_blocks(
+        self, source: IO[bytes], head: bytes, sealers: ThreadPoolExecutor
+    ) -> tuple[list[str], int]:
+        """The same cut points as ``cut_stream`` (so that snapshots deduplicate against each
+        other): a chunk is taken from a block only when at least ``max`` bytes follow its start
+        there, as the stream chunker guarantees; the rest is carried into the next block.
+
+        Two blocks take turns: one is cut and read into while the chunks of the other are
+        sealed; a block is refilled only when every chunk pointing into it is done. (Fresh
+        buffers cost more: a bytearray is zeroed holding the GIL, an mmap faults every page.)
+        """
+        cdc = self._cdc()
+        reader = _Prefixed([head] if head else [], source)
+        blocks = [bytearray(self._BLOCK + self._params.max) for _ in range(2)]
+        sealing: list[list[Future[str]]] = [[], []]
+        refs: list[Future[str]] = []
+        total = 0
+        carry = last_filled = 0  # bytes at the end of the previous block not yet cut
+        turn = 0
+        eof = False
+        try:
+            while not eof:
+                previous, block = blocks[1 - turn], memoryview(blocks[turn])
+                for future in sealing[turn]:
+                    future.result()
+                sealing[turn] = []
+                if carry:
+                    block[:carry] = memoryview(previous)[last_filled - carry : last_filled]
+                filled = carry
+                while filled < carry + self._BLOCK:
+                    n = reader.readinto(block[filled : carry + self._BLOCK])
+                    if not n:
+                        eof = True
+                        break
+                    filled += n
+                if not filled:
+                    break
+                view = block[:filled]
+                rest = filled
+                for chunk in cdc.cut_buf(view):
+                    if not eof and filled - chunk.offset < self._params.max:
+                        rest = chunk.offset
+                        break
+                    future = sealers.submit(self._blob, chunk.data)
+                    refs.append(future)
+                    sealing[turn].append(future)
+                    total += chunk.length
+                carry, last_filled = filled - rest, filled
+                turn = 1 - turn
+            return [f.result() for f in refs], total
+        finally:
+            for future in refs:
+                future.cancel()
 
 
 class _Prefixed:
@@ -187,6 +261,22 @@ class _Prefixed:
         if self._head:
             return self._head.pop(0)
         return self._source.read(n) or b""
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Straight into the chunker's buffer (without it, pyfastcdc copies every read)."""
+        if self._head:
+            data = self._head.pop(0)
+            if len(data) > len(buffer):
+                self._head.insert(0, data[len(buffer) :])
+                data = data[: len(buffer)]
+            buffer[: len(data)] = data
+            return len(data)
+        readinto = getattr(self._source, "readinto", None)
+        if readinto is None:
+            data = self._source.read(len(buffer)) or b""
+            buffer[: len(data)] = data
+            return len(data)
+        return int(readinto(buffer) or 0)
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
@@ -236,10 +326,11 @@ class _Builder:
         parent_root: Node | None,
         pool: ThreadPoolExecutor,
         progress: Progress,
+        sealers: ThreadPoolExecutor | None = None,
     ) -> None:
         self.repo = repo
         self.stats = _Stats()
-        self.chunker = _Chunker(repo, self.stats, progress)
+        self.chunker = _Chunker(repo, self.stats, progress, sealers)
         self.pool = pool
         self.progress = progress
         self.stack: list[_Folder] = []
@@ -413,8 +504,11 @@ def _snapshot(
     stack = contextlib.ExitStack()
     try:
         parent = _parent_of(repo, source, kind) if incremental else None
-        with ThreadPoolExecutor(_WORKERS, thread_name_prefix="cargohold-snap") as pool:
-            builder = _Builder(repo, parent, pool, progress)
+        with (
+            ThreadPoolExecutor(_WORKERS, thread_name_prefix="cargohold-snap") as pool,
+            ThreadPoolExecutor(_WORKERS, thread_name_prefix="cargohold-seal") as sealers,
+        ):
+            builder = _Builder(repo, parent, pool, progress, sealers)
             entries = stack.enter_context(walk(builder.stats.note_changed))
             for entry, opener, st in entries:
                 builder.add(entry, st, opener)
