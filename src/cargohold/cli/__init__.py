@@ -6,10 +6,14 @@ error, 130 interrupted. No traceback reaches the user; ``CARGOHOLD_DEBUG=1`` sho
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 import typer
 from rich.console import Console
@@ -54,6 +58,36 @@ def _print_error(message: str, hint: str | None) -> None:
         _stderr.print(Text.assemble(("hint:", "yellow"), " ", hint))
 
 
+class _Interrupt:
+    """Whether Ctrl-C ended the command. typer turns a KeyboardInterrupt into a silent
+    ``Exit(130)``, which looks like any command returning 130; this handler remembers the
+    signal (and raises KeyboardInterrupt as Python's own does, so every ``finally`` and
+    ``except BaseException`` below still cleans up) so that ``main`` can say why it stopped."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        # Only where Python's own handler is in place: an ignored SIGINT (a background job of
+        # a non-interactive shell) stays ignored, and signals belong to the main thread.
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        ):
+            yield
+            return
+        signal.signal(signal.SIGINT, self)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script. Returns the exit code (and exits with it when run as
     the script)."""
@@ -62,9 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if os.environ.get("CARGOHOLD_DEBUG") else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    interrupt = _Interrupt()
     try:
-        result = _commands.app(args=args, prog_name="cargohold", standalone_mode=False)
+        with interrupt.installed():
+            result = _commands.app(args=args, prog_name="cargohold", standalone_mode=False)
         code = result if isinstance(result, int) else 0
+        if interrupt.seen and code == 130:
+            _print_error("interrupted", None)
     except CargoholdError as exc:
         if os.environ.get("CARGOHOLD_DEBUG"):
             raise
