@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cargohold.archive import CHUNK, Entry, FolderReader, Opener, TarReader, TreeWriter
+from cargohold.archive import (
+    CHUNK,
+    Entry,
+    FolderReader,
+    Opener,
+    Progress,
+    TarReader,
+    TreeWriter,
+    no_progress,
+)
 from cargohold.engine import ContainerInfo, Engine
 from cargohold.errors import ChecksumMismatch, ContainerNotFound, EngineError, UsageError
 from cargohold.volumes import ACCESS_ENV, engine_is_local, open_volume
@@ -267,7 +276,7 @@ def rescue_container(
     *,
     to: str | None = None,
     everything: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = no_progress,
 ) -> Rescue:
     """Copy a container's at-risk files out (paths kept) and verify every copy's sha256.
 
@@ -294,7 +303,9 @@ def rescue_container(
 
         staging = Path(tempfile.mkdtemp(prefix="cargohold-rescue-"))
     total = count = 0
-    writer = TreeWriter(staging, progress=progress or (lambda _: None))
+    # The scan sized every file a moment ago: the copy's length is known.
+    progress.expect(files=len(chosen), nbytes=sum(f.size for f in chosen), exact=True)
+    writer = TreeWriter(staging, progress=progress)
     hashes: dict[str, str] = {}
     for item in chosen:
         for entry, data in _archive_entries(engine, name, item.path):

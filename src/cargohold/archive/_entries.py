@@ -6,6 +6,15 @@ recognised by type: a source with ``random_access`` hands out openers that stay 
 whole walk (a folder, a snapshot: files can be read in any order, by several threads), one
 without it hands out openers that are valid only until the next entry (a tar stream). Sources
 that stat what they walk also give each entry's ``os.stat_result``, which caches key on.
+
+Progress is a small protocol rather than a bare byte callback: ``progress(n)`` for bytes,
+``progress(0, files=1)`` when a file is done, ``progress.expect(...)`` when the size of the
+whole is known (a restore: exactly, from the snapshot record) or can be guessed (a snapshot:
+from the previous one of the same source). Files are counted by the writers, where bytes are
+already counted and where a file is known to be *done* (a wrapper around the ``EntrySource``
+would count files when handed out, ahead of the pool that writes them), and the totals come
+from the library, which has already loaded the record they are in: the CLI would have to list
+the repository a second time to find them.
 """
 
 from __future__ import annotations
@@ -33,12 +42,31 @@ __all__ = [
 CHUNK = 1 << 20
 Kind = Literal["dir", "file", "symlink", "hardlink"]
 Opener = Callable[[], IO[bytes]]
-Progress = Callable[[int], None]
 Walked = tuple["Entry", "Opener | None", "os.stat_result | None"]
 
 
-def no_progress(_: int) -> None:
-    """A progress callback that ignores its argument."""
+class Progress(Protocol):
+    """Told what a long transfer has moved, from any thread, as it moves it."""
+
+    def __call__(self, nbytes: int, /, *, files: int = 0) -> None:
+        """``nbytes`` more bytes moved; ``files`` more files complete."""
+        ...
+
+    def expect(self, *, files: int, nbytes: int, exact: bool) -> None:
+        """The size of the whole, when known (``exact``) or estimated."""
+        ...
+
+
+class _NoProgress:
+    def __call__(self, nbytes: int, /, *, files: int = 0) -> None:
+        pass
+
+    def expect(self, *, files: int, nbytes: int, exact: bool) -> None:
+        pass
+
+
+no_progress: Progress = _NoProgress()
+"""A progress that ignores what it is told."""
 
 
 @dataclass(frozen=True)

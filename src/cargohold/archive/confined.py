@@ -602,6 +602,7 @@ class ConfinedWriter:
             self._attrs(dst.fileno(), entry)
         with self._lock:
             self.files += 1
+        self._progress(0, files=1)
 
     def _attrs(self, fd: int, entry: Entry) -> None:
         if self._as_root:

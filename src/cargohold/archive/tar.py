@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 from cargohold.archive._entries import CHUNK, Entry, Kind, Opener, Progress, Walked, no_progress
@@ -229,6 +229,7 @@ class TarWriter:
             with data() as src:
                 self._tar.addfile(info, _Counting(src, self._count))
             self.files += 1
+            self._progress(0, files=1)
 
     def _count(self, n: int) -> None:
         self.bytes += n
@@ -254,7 +255,7 @@ class TarWriter:
 
 
 class _Counting(io.RawIOBase):
-    def __init__(self, inner: IO[bytes], count: Progress) -> None:
+    def __init__(self, inner: IO[bytes], count: Callable[[int], None]) -> None:
         super().__init__()
         self._inner = inner
         self._count = count

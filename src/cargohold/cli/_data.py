@@ -5,22 +5,15 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    DownloadColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 
 from cargohold.cli._commands import app, emit_json, err, out
+from cargohold.cli._progress import Meter, progress_on
 from cargohold.engine import connect
 from cargohold.errors import UsageError
 from cargohold.kinds import format_size
@@ -59,22 +52,10 @@ def _say_recovered(result: TransferResult) -> None:
 
 
 @contextlib.contextmanager
-def _progress(description: str) -> Iterator[Callable[[int], None]]:
-    """A byte counter with throughput on a terminal; silent when stderr is not one."""
-    if not err.is_terminal:
-        yield lambda _: None
-        return
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}", markup=False),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(description, total=None)
-        yield lambda n: bar.advance(task, n)
+def _progress(description: str) -> Iterator[Meter]:
+    """Files and bytes, rates and (when a total is known) an ETA, on stderr (``_progress``)."""
+    with progress_on(err, description) as meter:
+        yield meter
 
 
 @app.command("ingest")

@@ -41,6 +41,7 @@ from cargohold.archive import (
     Opener,
     Progress,
     clean_member_name,
+    no_progress,
     syncfs,
 )
 from cargohold.archive.confined import ConfinedDir, ConfinedWriter
@@ -55,10 +56,6 @@ from cargohold.volumes import Recovery, open_volume
 __all__ = ["RestoreResult", "restore_to_path", "restore_volume", "snapshot_entries"]
 
 WRITERS = 4  # files written at once into a folder: overlaps decryption, checksums and the disk
-
-
-def _no_progress(_: int) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -200,10 +197,12 @@ def verify_snapshot(repo: Repository, record_id: str, root: Node, *, read_data: 
     return files
 
 
-def _record_and_root(repo: Repository, ref: str) -> tuple[str, str, Node]:
+def _record_and_root(repo: Repository, ref: str, progress: Progress) -> tuple[str, str, Node]:
+    """The snapshot ``ref`` names; ``progress`` learns its size (the record counts it)."""
     record = resolve_snapshot(repo, ref)
     if record.root is None:
         raise RepositoryError(f"Snapshot {record.id} has no tree.", hint="It cannot be restored.")
+    progress.expect(files=record.files, nbytes=record.bytes, exact=True)
     return record.id, record.source, record.root
 
 
@@ -245,7 +244,7 @@ def restore_volume(
     volume: str,
     *,
     force: bool = False,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> RestoreResult:
     """Restore a snapshot into a new or empty volume (``force``: replace a volume's content).
 
@@ -257,7 +256,7 @@ def restore_volume(
         from cargohold.snapshots._legacy import restore_legacy
 
         return restore_legacy(engine, repo, ref, volume, force=force, progress=progress)
-    snapshot_id, source, tree_root = _record_and_root(repo, ref)
+    snapshot_id, source, tree_root = _record_and_root(repo, ref, progress)
     operation = _operation(snapshot_id)
     try:
         files = open_volume(engine, volume)
@@ -317,7 +316,7 @@ def restore_to_path(
     target: Path,
     *,
     force: bool = False,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> RestoreResult:
     """Restore a snapshot into a host folder (no Docker needed), staged inside it.
 
@@ -330,7 +329,7 @@ def restore_to_path(
             "Restoring a format-1 snapshot into a folder is not supported.",
             hint="Restore it into a volume (format-1 repositories stay readable, not writable).",
         )
-    snapshot_id, source, tree_root = _record_and_root(repo, ref)
+    snapshot_id, source, tree_root = _record_and_root(repo, ref, progress)
     operation = _operation(snapshot_id)
     target = Path(os.path.abspath(target))
     if target.is_symlink() or (target.exists() and not target.is_dir()):

@@ -46,7 +46,7 @@ from typing import IO, Any
 
 from pyfastcdc import FastCDC
 
-from cargohold.archive import Entry, Opener, Progress, Walked, data_stamp
+from cargohold.archive import Entry, Opener, Progress, Walked, data_stamp, no_progress
 from cargohold.archive.confined import ConfinedDir, ConfinedReader
 from cargohold.engine import Engine
 from cargohold.errors import TransferError, UsageError
@@ -69,10 +69,6 @@ EXIT_CHANGED = 4  # the snapshot completed, but some paths changed or vanished w
 _WORKERS = max(2, min(4, os.cpu_count() or 2))
 _PENDING = 128  # files being read at once (each holds an open descriptor)
 _CHANGED_LISTED = 1000  # changed paths recorded by name; more are counted
-
-
-def _no_progress(_: int) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -426,7 +422,7 @@ class _Builder:
             and all(self.repo.has_blob(ref) for ref in previous.refs)
         ):
             top.items.append(_node(entry, name, st, size=entry.size, refs=previous.refs))
-            self.progress(entry.size)
+            self.progress(entry.size, files=1)
             return
         assert opener is not None
         if st is not None:  # a source that stats what it walks hands out lasting openers
@@ -439,8 +435,17 @@ class _Builder:
         with opener() as source:
             refs, size = self.chunker.store(source, entry.size)
         top.items.append(_node(entry, name, None, size=size, refs=tuple(refs)))
+        self.progress(0, files=1)
 
     def _read_walked(
+        self, entry: Entry, name: str, st: os.stat_result, opener: Opener
+    ) -> Node | None:
+        try:
+            return self._read_file(entry, name, st, opener)
+        finally:  # counted like the record counts it: vanished files too
+            self.progress(0, files=1)
+
+    def _read_file(
         self, entry: Entry, name: str, st: os.stat_result, opener: Opener
     ) -> Node | None:
         try:
@@ -471,12 +476,14 @@ class _Builder:
 # -- snapshot -----------------------------------------------------------------------------
 
 
-def _parent_of(repo: Repository, source: str, kind: str) -> Node | None:
+def _previous(repo: Repository, source: str, kind: str) -> SnapshotRecord | None:
+    """The newest readable snapshot of the same source: the parent of an incremental one, and
+    an estimate of this one's size for its progress."""
     for info in reversed(list_snapshots(repo, source)):
         if info.kind != kind:
             continue
         try:
-            return repo.load_snapshot(info.id).root
+            return repo.load_snapshot(info.id)
         except RepositoryError as exc:
             log.warning("previous snapshot %s unreadable: %s", info.id, exc)
     return None
@@ -503,7 +510,12 @@ def _snapshot(
     repo.begin_session()
     stack = contextlib.ExitStack()
     try:
-        parent = _parent_of(repo, source, kind) if incremental else None
+        # Looked up even when not incremental (the Engine-API path): one listing of the
+        # records is small beside reading a whole volume, and it gives the progress an ETA.
+        previous = _previous(repo, source, kind)
+        if previous is not None:
+            progress.expect(files=previous.files, nbytes=previous.bytes, exact=False)
+        parent = previous.root if incremental and previous is not None else None
         with (
             ThreadPoolExecutor(_WORKERS, thread_name_prefix="cargohold-snap") as pool,
             ThreadPoolExecutor(_WORKERS, thread_name_prefix="cargohold-seal") as sealers,
@@ -578,7 +590,7 @@ def snapshot_volume(
     repo: Repository,
     *,
     tag: str | None = None,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> SnapshotInfo:
     """Snapshot a volume (directly when its folder is reachable, else through the Engine API).
 
@@ -606,7 +618,7 @@ def snapshot_volume(
 
 
 def snapshot_path(
-    path: Path, repo: Repository, *, tag: str | None = None, progress: Progress = _no_progress
+    path: Path, repo: Repository, *, tag: str | None = None, progress: Progress = no_progress
 ) -> SnapshotInfo:
     """Snapshot a plain folder (no Docker needed). The source is its absolute path.
 
