@@ -169,7 +169,7 @@ def describe(reading: Reading) -> str:
     """One line: counts, rates, and (with a total) the percentage, the total and the ETA.
 
     ``12,000 files, 1.2 GB in 0:31 (390 files/s, 39.0 MB/s); 40% of ≈30,000 files, ≈3.0 GB,
-    ETA 0:46``
+    ETA ≈0:46``
     """
     elapsed = _duration(reading.elapsed)
     line = f"{_count(reading.files)} files, {format_size(reading.bytes)} in {elapsed}"
