@@ -10,9 +10,22 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-__all__ = ["MAX_SIZE", "Backing", "StoreKind", "format_size", "parse_size"]
+__all__ = [
+    "MAX_SIZE",
+    "Backing",
+    "StoreKind",
+    "format_size",
+    "is_url",
+    "parse_duration",
+    "parse_size",
+]
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+_URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
+_DURATION_RE = re.compile(r"^(\d+[smhd])+$")
+_DURATION_PART_RE = re.compile(r"(\d+)([smhd])")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 # No machine has a petabyte of memory; a larger size is a typo (an extra unit or digits).
 MAX_SIZE = 1 << 50
@@ -54,6 +67,27 @@ def parse_size(value: str | int) -> int:
     if size > MAX_SIZE:
         raise ValueError(f"{value!r} is larger than any machine's memory or disk (1 PiB)")
     return size
+
+
+def is_url(location: str) -> bool:
+    """An fsspec URL (``s3://…``, ``file://…``) rather than a host folder."""
+    return bool(_URL_RE.match(location))
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``15m``, ``1h``, ``1d`` (or a sum like ``1h30m``) → seconds.
+
+    Raises:
+        ValueError: anything else, or less than a second.
+    """
+    if not isinstance(text, str) or not _DURATION_RE.match(text.strip()):
+        raise ValueError(f"{text!r} is not a duration; write 30s, 15m, 1h, 1d or 1h30m")
+    seconds = float(
+        sum(int(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text.strip()))
+    )
+    if seconds < 1:
+        raise ValueError(f"{text!r} is too short; snapshot at most once a second")
+    return seconds
 
 
 def format_size(n: float) -> str:

@@ -551,17 +551,26 @@ def supervise(
     return code if code >= 0 else 128 - code
 
 
+# The argument every sidecar that waits for the job carries (``mirror``, ``snapshot --every``).
+UNTIL_POD_DONE = "--until-pod-done"
+
+
 def others_alive(own: set[int] | None = None) -> bool | None:
     """In a pod sharing one process namespace: does any process besides the pause process
-    (pid 1) and this one still run? None when the namespace is not shared (pid 1 is ours)."""
+    (pid 1), this one and the other sidecars still run? None when the namespace is not shared
+    (pid 1 is ours). Sidecars are skipped because two of them (mirror and snapshots) would each
+    wait for the other, and the Job would never complete."""
     mine = own or {os.getpid()}
     if 1 in mine or _cmdline(1).startswith(("cargohold", "python")):
         return None
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             pid = int(entry.name)
-            if pid != 1 and pid not in mine and _state(pid) not in ("Z", "X", ""):
-                return True
+            if pid == 1 or pid in mine or _state(pid) in ("Z", "X", ""):
+                continue
+            if UNTIL_POD_DONE in _cmdline(pid).split(" "):
+                continue
+            return True
     return False
 
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from cargohold.engine.types import MountRequest
 from cargohold.errors import SpecError
-from cargohold.kinds import Backing, StoreKind, parse_size
+from cargohold.kinds import Backing, StoreKind, is_url, parse_size
 
 if TYPE_CHECKING:
     from cargohold.spec import JobSpec, Spec, StoreSpec
@@ -42,6 +42,7 @@ __all__ = [
     "Plan",
     "Resources",
     "Runtime",
+    "SnapshotSchedule",
     "Ulimit",
     "make_plan",
     "store_env_name",
@@ -88,6 +89,40 @@ _TORCH_RE = re.compile(r"torch", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
+class SnapshotSchedule:
+    """A volume snapshotted every ``every`` into ``repo`` by a sidecar, then ``forget``'s
+    retention applied to its snapshots."""
+
+    every: str  # as the spec writes it ("1h"); validated there
+    repo: str  # an fsspec URL as written, or an absolute host folder
+    keep_last: int = 0
+    keep_hourly: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+
+    @property
+    def repo_is_folder(self) -> bool:
+        """The repository is a folder of this host (bind-mounted into the sidecar)."""
+        return not is_url(self.repo)
+
+    def keep_options(self) -> list[str]:
+        """The ``--keep-…`` options of ``cargohold snapshot`` for this retention."""
+        counts = (
+            ("last", self.keep_last),
+            ("hourly", self.keep_hourly),
+            ("daily", self.keep_daily),
+            ("weekly", self.keep_weekly),
+            ("monthly", self.keep_monthly),
+        )
+        return [word for name, n in counts if n for word in (f"--keep-{name}", str(n))]
+
+    def describe(self) -> str:
+        kept = " ".join(self.keep_options()) or "every snapshot kept"
+        return f"every {self.every} into {self.repo} ({kept})"
+
+
+@dataclass(frozen=True)
 class Mount:
     """One store as it is attached to a job's container."""
 
@@ -115,6 +150,8 @@ class Mount:
     snapshot: str | None = None
     # A volume filled once from this host folder (when it is empty), then used as a volume.
     seed: str | None = None
+    # Snapshotted on a schedule by a sidecar beside the job (volumes only).
+    snapshots: SnapshotSchedule | None = None
 
     @property
     def mode(self) -> str:
@@ -303,6 +340,7 @@ class Plan:
                     **({"tmpfs_size": m.tmpfs_size} if m.tmpfs_size is not None else {}),
                     **({"seed": m.seed} if m.seed is not None else {}),
                     **({"external": True} if m.external else {}),
+                    **({"snapshots": asdict(m.snapshots)} if m.snapshots is not None else {}),
                 }
                 for m in self.mounts
             ],
@@ -651,9 +689,31 @@ def _runtime(
     )
 
 
-def _cluster_fields(mount: Mount, store: StoreSpec) -> Mount:
+def _schedule(spec: Spec, store: StoreSpec) -> SnapshotSchedule | None:
+    schedule = store.snapshots
+    if schedule is None:
+        return None
+    repo = schedule.repo if is_url(schedule.repo) else str(spec.host_path(schedule.repo))
+    return SnapshotSchedule(
+        every=schedule.every,
+        repo=repo,
+        keep_last=schedule.keep_last,
+        keep_hourly=schedule.keep_hourly,
+        keep_daily=schedule.keep_daily,
+        keep_weekly=schedule.keep_weekly,
+        keep_monthly=schedule.keep_monthly,
+    )
+
+
+def _cluster_fields(spec: Spec, mount: Mount, store: StoreSpec) -> Mount:
+    snapshots = _schedule(spec, store)
+    if snapshots is not None:
+        mount = replace(
+            mount, reason=f"{mount.reason}; snapshotted {snapshots.describe()} by a sidecar"
+        )
     return replace(
         mount,
+        snapshots=snapshots,
         mirror=store.mirror,
         storage_class=store.storage_class,
         capacity=parse_size(store.capacity) if store.capacity is not None else None,
@@ -679,7 +739,7 @@ def make_plan(spec: Spec, job: str | None, *, host_user: tuple[int, int]) -> Pla
     job_name = spec.job_name(job)
     job_spec = spec.jobs[job_name]
     mounts = tuple(
-        _cluster_fields(_mount_for(spec, name, spec.stores[name]), spec.stores[name])
+        _cluster_fields(spec, _mount_for(spec, name, spec.stores[name]), spec.stores[name])
         for name in spec.stores_of(job_name)
     )
     user = _resolve_user(job_spec.user, host_user)

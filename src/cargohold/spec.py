@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from cargohold.errors import SpecError
-from cargohold.kinds import Backing, StoreKind, parse_size
+from cargohold.kinds import Backing, StoreKind, is_url, parse_duration, parse_size
 
 __all__ = [
     "SPEC_FILENAME",
@@ -43,6 +43,7 @@ __all__ = [
     "ProjectSpec",
     "ResourcesSpec",
     "RestartSpec",
+    "SnapshotScheduleSpec",
     "Spec",
     "StoreKind",
     "StoreSpec",
@@ -122,6 +123,45 @@ class ProjectSpec(_Model):
         return value
 
 
+_URL_WITH_CREDENTIALS_RE = re.compile(r"^[a-z][a-z0-9+.-]*://[^/]*@")
+_CREDENTIALS_HINT = (
+    "the URL carries credentials; remove them and set AWS_ACCESS_KEY_ID / "
+    "AWS_SECRET_ACCESS_KEY in the environment instead"
+)
+
+
+class SnapshotScheduleSpec(_Model):
+    """``[stores.NAME.snapshots]``: a volume snapshotted on a schedule by a sidecar
+    (``render compose``/``kubernetes``), with ``forget``'s retention after every run."""
+
+    every: str
+    repo: str
+    keep_last: StrictInt = Field(default=0, ge=0)
+    keep_hourly: StrictInt = Field(default=0, ge=0)
+    keep_daily: StrictInt = Field(default=0, ge=0)
+    keep_weekly: StrictInt = Field(default=0, ge=0)
+    keep_monthly: StrictInt = Field(default=0, ge=0)
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _valid_every(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError(f'{value!r}: write the interval as text, e.g. every = "1h"')
+        parse_duration(value)
+        return value.strip()
+
+    @field_validator("repo")
+    @classmethod
+    def _valid_repo(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError('write a folder or a URL, e.g. repo = "s3://bucket/snapshots"')
+        if "\x00" in value:
+            raise ValueError("the repository holds a NUL character")
+        if _URL_WITH_CREDENTIALS_RE.match(value):
+            raise ValueError(_CREDENTIALS_HINT)
+        return value
+
+
 class StoreSpec(_Model):
     kind: StoreKind
     target: str
@@ -140,21 +180,30 @@ class StoreSpec(_Model):
     capacity: str | int | None = None
     repository: str | None = None
     snapshot: str | None = None
+    # A schedule of snapshots taken by a sidecar beside the job (issue 12).
+    snapshots: SnapshotScheduleSpec | None = None
 
     @field_validator("target")
     @classmethod
     def _absolute_target(cls, value: str) -> str:
         return container_path(value)
 
+    @field_validator("snapshots", mode="before")
+    @classmethod
+    def _schedule_table(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(
+                'write a table: [stores.NAME.snapshots] with every = "1h" and '
+                'repo = "s3://bucket/prefix" (or a folder)'
+            )
+        return value
+
     @field_validator("mirror", "repository")
     @classmethod
     def _no_secret_in_url(cls, value: str | None) -> str | None:
         # The spec is rendered into manifests and logs; credentials come from the environment.
-        if value is not None and re.match(r"^[a-z][a-z0-9+.-]*://[^/]*@", value):
-            raise ValueError(
-                "the URL carries credentials; remove them and set AWS_ACCESS_KEY_ID / "
-                "AWS_SECRET_ACCESS_KEY in the environment instead"
-            )
+        if value is not None and _URL_WITH_CREDENTIALS_RE.match(value):
+            raise ValueError(_CREDENTIALS_HINT)
         return value
 
     @field_validator("capacity")
@@ -631,6 +680,34 @@ def _check_store(name: str, store: StoreSpec) -> None:
             key=f"{key}.backing",
             hint='Use backing = "volume" (the default) or a bind source.',
         )
+    if store.snapshots is not None:
+        _check_schedule(name, store, store.snapshots)
+
+
+def _check_schedule(name: str, store: StoreSpec, schedule: SnapshotScheduleSpec) -> None:
+    key = f"stores.{name}.snapshots"
+    backing = _backing_guess(store)
+    if backing is Backing.TMPFS:
+        raise SpecError(
+            f"Store {name!r} is a tmpfs; a schedule of snapshots needs a named volume.",
+            key=key,
+            hint="Remove [stores.NAME.snapshots], or give the store a named volume.",
+        )
+    if backing is Backing.BIND:
+        raise SpecError(
+            f"Store {name!r} is a host folder (bind mount); scheduled snapshots are for named "
+            "volumes.",
+            key=key,
+            hint="Snapshot the folder from the host instead: `cargohold snapshot "
+            f"{store.source} --every {schedule.every} --repo {schedule.repo}`.",
+        )
+    if not is_url(schedule.repo) and _docker_socket_inside(schedule.repo):
+        raise SpecError(
+            f"Store {name!r}: the repository {schedule.repo} is or holds the Docker socket, "
+            "which the sidecar would get with it.",
+            key=f"{key}.repo",
+            hint="Keep snapshots in a folder of their own, or in s3://bucket/prefix.",
+        )
 
 
 def _docker_socket_inside(source: str) -> bool:
@@ -724,6 +801,8 @@ def _missing_hint(loc: list[str]) -> str:
         "target": 'target = "/data"   # where the store appears inside the container',
         "image": 'image = "my-image"',
         "project": '[project]\nname = "my-project"',
+        "every": 'every = "1h"   # how often the sidecar snapshots the volume',
+        "repo": 'repo = "s3://bucket/snapshots"   # or a folder, relative to this file',
     }
     if field in examples:
         return "Add it, for example:\n" + examples[field]
@@ -851,6 +930,22 @@ def check_host_paths(spec: Spec) -> None:
                     hint="Create it (KEY=VALUE lines), or remove it from env_file.",
                 )
     for name, store in spec.stores.items():
+        schedule = store.snapshots
+        if schedule is not None and not is_url(schedule.repo):
+            repo = spec.host_path(schedule.repo)
+            if _holds_docker_socket(repo):
+                raise SpecError(
+                    f"Store {name!r}: the repository {schedule.repo} resolves to {repo}, which "
+                    "is or holds the Docker socket; the snapshot sidecar would get it.",
+                    key=f"stores.{name}.snapshots.repo",
+                    hint="Keep snapshots in a folder of their own, or in s3://bucket/prefix.",
+                )
+            if repo.exists() and not repo.is_dir():
+                raise SpecError(
+                    f"Store {name!r}: the repository {repo} is a file, not a folder.",
+                    key=f"stores.{name}.snapshots.repo",
+                    hint="Point repo at a folder (or an s3:// URL).",
+                )
         if store.source is None:
             continue
         path = spec.host_path(store.source)

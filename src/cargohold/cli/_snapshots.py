@@ -8,16 +8,20 @@ wrong.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cargohold.cli._commands import app, emit_json, err, out
 from cargohold.cli._data import JsonOption, RepoOption, _progress, _size
 from cargohold.errors import UsageError
+
+if TYPE_CHECKING:
+    from cargohold.snapshots.forget import Policy
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,14 @@ def _print_snapshot(info, as_json: bool) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-def _take(source: str, repo: str | None, password_file: str | None, tag: str | None, pause: bool):  # type: ignore[no-untyped-def]
+def _take(  # type: ignore[no-untyped-def]
+    source: str,
+    repo: str | None,
+    password_file: str | None,
+    tag: str | None,
+    pause: bool,
+    as_volume: str | None = None,
+):
     from cargohold.snapshots import snapshot_path, snapshot_volume
 
     if _is_path(source):
@@ -78,7 +89,9 @@ def _take(source: str, repo: str | None, password_file: str | None, tag: str | N
             raise UsageError("--pause applies to volumes only.", hint="Drop --pause.")
         repository = _repo(repo, password_file, create=True)
         with _progress(f"snapshot {source}") as progress:
-            return snapshot_path(Path(source), repository, tag=tag, progress=progress)
+            return snapshot_path(
+                Path(source), repository, tag=tag, as_volume=as_volume, progress=progress
+            )
     from cargohold.engine import connect
 
     engine = connect()
@@ -104,19 +117,49 @@ def snapshot_command(
     pause: Annotated[
         bool, typer.Option(help="docker pause the volume's running users during the read.")
     ] = False,
-    keep_last: Annotated[int, typer.Option(help="With --every: forget all but the last N.")] = 0,
-    keep_hourly: Annotated[int, typer.Option(help="With --every: keep N hourly.")] = 0,
-    keep_daily: Annotated[int, typer.Option(help="With --every: keep N daily.")] = 0,
-    keep_weekly: Annotated[int, typer.Option(help="With --every: keep N weekly.")] = 0,
-    keep_monthly: Annotated[int, typer.Option(help="With --every: keep N monthly.")] = 0,
+    as_volume: Annotated[
+        str | None,
+        typer.Option(
+            "--as-volume",
+            metavar="VOLUME",
+            help="The folder is where VOLUME is mounted (a sidecar without the Docker socket): "
+            "record the snapshots, and apply --keep-…, as VOLUME's, so that `restore "
+            "VOLUME@latest` on the host finds them.",
+            show_default=False,
+        ),
+    ] = None,
+    keep_last: Annotated[
+        int, typer.Option(min=0, help="With --every: forget all but the last N.")
+    ] = 0,
+    keep_hourly: Annotated[int, typer.Option(min=0, help="With --every: keep N hourly.")] = 0,
+    keep_daily: Annotated[int, typer.Option(min=0, help="With --every: keep N daily.")] = 0,
+    keep_weekly: Annotated[int, typer.Option(min=0, help="With --every: keep N weekly.")] = 0,
+    keep_monthly: Annotated[int, typer.Option(min=0, help="With --every: keep N monthly.")] = 0,
+    until_pod_done: Annotated[
+        bool,
+        typer.Option(
+            "--until-pod-done",
+            help="With --every, as a Kubernetes sidecar: take a last snapshot and stop when the "
+            "pod's other processes have ended.",
+        ),
+    ] = False,
     password_file: PasswordFile = None,
     as_json: JsonOption = False,
 ) -> int:
     """An incremental, deduplicated snapshot of a volume or a folder: unchanged files and
-    folders cost nothing. Exit 4: done, but some paths changed while being read."""
+    folders cost nothing. Exit 4: done, but some paths changed while being read. With --every
+    it keeps running until SIGTERM (or Ctrl-C), which ends it after the run under way."""
+    if as_volume is not None:
+        _check_as_volume(source, as_volume)
+    keeps = keep_last or keep_hourly or keep_daily or keep_weekly or keep_monthly
     if every is None:
-        return _print_snapshot(_take(source, repo, password_file, tag, pause), as_json)
-    from cargohold.snapshots.forget import Policy, forget_snapshots
+        if keeps or until_pod_done:
+            raise UsageError(
+                "--keep-… and --until-pod-done go with --every.",
+                hint="Add --every 1h, or use `cargohold forget` for one retention pass.",
+            )
+        return _print_snapshot(_take(source, repo, password_file, tag, pause, as_volume), as_json)
+    from cargohold.snapshots.forget import Policy
     from cargohold.snapshots.schedule import parse_duration
 
     interval = parse_duration(every)
@@ -127,23 +170,103 @@ def snapshot_command(
         weekly=keep_weekly,
         monthly=keep_monthly,
     )
+    stop = _stop_on_sigterm()
+    if until_pod_done:
+        _stop_when_pod_done(stop)
     run = 0
-    while True:
+    while not stop.is_set():
         run += 1
         began = time.monotonic()
-        try:
-            info = _take(source, repo, password_file, tag, pause)
-            _print_snapshot(info, as_json)
-            if not policy.empty:
-                plan = forget_snapshots(
-                    _repo(repo, password_file), policy, source=info.volume, dry_run=False
+        _scheduled_run(run, source, repo, password_file, tag, pause, as_volume, policy, as_json)
+        stop.wait(max(0.0, interval - (time.monotonic() - began)))
+    if until_pod_done:  # the job has ended: what it wrote last is in no snapshot yet
+        run += 1
+        _scheduled_run(run, source, repo, password_file, tag, pause, as_volume, policy, as_json)
+    out.print(f"stopped after {run} run(s)", markup=False)
+    return 0
+
+
+def _check_as_volume(source: str, volume: str) -> None:
+    import re
+
+    if not _is_path(source):
+        raise UsageError(
+            "--as-volume names the volume mounted at a folder; the source is a volume already.",
+            hint=f"Give the folder where the volume is mounted, e.g. cargohold snapshot /data "
+            f"--as-volume {volume}.",
+        )
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", volume):
+        raise UsageError(
+            f"{volume!r} is not a Docker volume name.",
+            hint="Volume names are letters, digits, '_', '.' and '-'.",
+        )
+
+
+def _stop_on_sigterm() -> threading.Event:
+    """An event set by SIGTERM: ``docker stop`` (PID 1 in a container ignores an unhandled
+    SIGTERM, so without a handler every stop would wait for the SIGKILL)."""
+    import signal
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop
+
+
+def _stop_when_pod_done(stop: threading.Event) -> None:
+    """Set ``stop`` once the pod's other processes have ended (see ``mirror --until-pod-done``)."""
+    from cargohold.mirror import others_alive
+
+    def watch() -> None:
+        started, seen = time.monotonic(), False
+        while not stop.is_set():
+            alive = others_alive()
+            if alive is None:
+                err.print(
+                    "cargohold snapshot: --until-pod-done needs shareProcessNamespace; "
+                    "snapshotting until stopped",
+                    markup=False,
                 )
-                out.print(
-                    f"run {run}: kept {len(plan.keep)}, forgot {len(plan.remove)}", markup=False
-                )
-        except Exception as exc:  # one failed run must not stop the schedule
-            err.print(f"run {run} failed: {exc}", markup=False)
-        time.sleep(max(0.0, interval - (time.monotonic() - began)))
+                return
+            seen = seen or alive
+            if not alive and (seen or time.monotonic() - started > 300):
+                stop.set()
+                return
+            time.sleep(1)
+
+    threading.Thread(target=watch, name="cargohold-pod-watch", daemon=True).start()
+
+
+def _scheduled_run(
+    run: int,
+    source: str,
+    repo: str | None,
+    password_file: str | None,
+    tag: str | None,
+    pause: bool,
+    as_volume: str | None,
+    policy: Policy,
+    as_json: bool,
+) -> None:
+    """One snapshot and its retention; a failure is said and the schedule goes on."""
+    from cargohold.errors import CargoholdError
+    from cargohold.snapshots.forget import forget_snapshots
+
+    try:
+        info = _take(source, repo, password_file, tag, pause, as_volume)
+        _print_snapshot(info, as_json)
+        if not policy.empty:
+            result = forget_snapshots(
+                _repo(repo, password_file), policy, source=info.volume, dry_run=False
+            )
+            out.print(
+                f"run {run}: kept {len(result.keep)}, forgot {len(result.remove)} "
+                f"(snapshots of {info.volume})",
+                markup=False,
+            )
+    except CargoholdError as exc:
+        err.print(f"run {run} failed: {exc.message} {exc.hint or ''}".rstrip(), markup=False)
+    except Exception as exc:  # one failed run must not stop the schedule
+        err.print(f"run {run} failed: {exc}", markup=False)
 
 
 @app.command("snapshots")
@@ -225,11 +348,17 @@ def restore_command(
 @app.command("forget")
 def forget_command(
     source: Annotated[str | None, typer.Argument(help="Only this volume's (or folder's).")] = None,
-    keep_last: Annotated[int, typer.Option(help="Keep the N newest.")] = 0,
-    keep_hourly: Annotated[int, typer.Option(help="Keep the newest of each of N hours.")] = 0,
-    keep_daily: Annotated[int, typer.Option(help="Keep the newest of each of N days.")] = 0,
-    keep_weekly: Annotated[int, typer.Option(help="Keep the newest of each of N weeks.")] = 0,
-    keep_monthly: Annotated[int, typer.Option(help="Keep the newest of each of N months.")] = 0,
+    keep_last: Annotated[int, typer.Option(min=0, help="Keep the N newest.")] = 0,
+    keep_hourly: Annotated[
+        int, typer.Option(min=0, help="Keep the newest of each of N hours.")
+    ] = 0,
+    keep_daily: Annotated[int, typer.Option(min=0, help="Keep the newest of each of N days.")] = 0,
+    keep_weekly: Annotated[
+        int, typer.Option(min=0, help="Keep the newest of each of N weeks.")
+    ] = 0,
+    keep_monthly: Annotated[
+        int, typer.Option(min=0, help="Keep the newest of each of N months.")
+    ] = 0,
     keep_tag: Annotated[
         list[str] | None, typer.Option(help="Keep every snapshot with tag T.")
     ] = None,

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Iterator
 
 from cargohold.engine import Engine
 from cargohold.errors import UsageError
+from cargohold.kinds import parse_duration as _seconds
 
 __all__ = ["parse_duration", "paused_users"]
 
 log = logging.getLogger(__name__)
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> float:
@@ -28,13 +26,11 @@ def parse_duration(text: str) -> float:
     Raises:
         UsageError: anything else, or less than a second.
     """
-    parts = re.fullmatch(r"((\d+)([smhd]))+", text.strip())
-    if not parts:
-        raise UsageError(f"{text!r} is not a duration.", hint="Write 30s, 15m, 1h, 1d or 1h30m.")
-    seconds = float(sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhd])", text)))
-    if seconds < 1:
-        raise UsageError(f"{text!r} is too short.", hint="Snapshot at most once a second.")
-    return seconds
+    try:
+        return _seconds(text)
+    except ValueError as exc:
+        message, _, hint = str(exc).partition("; ")
+        raise UsageError(f"{message}.", hint=f"{hint[:1].upper()}{hint[1:]}.") from None
 
 
 @contextlib.contextmanager

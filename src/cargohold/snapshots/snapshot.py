@@ -618,9 +618,23 @@ def snapshot_volume(
 
 
 def snapshot_path(
-    path: Path, repo: Repository, *, tag: str | None = None, progress: Progress = no_progress
+    path: Path,
+    repo: Repository,
+    *,
+    tag: str | None = None,
+    as_volume: str | None = None,
+    progress: Progress = no_progress,
 ) -> SnapshotInfo:
     """Snapshot a plain folder (no Docker needed). The source is its absolute path.
+
+    Args:
+        path: the folder.
+        repo: the repository to write.
+        tag: a name to find the snapshot by.
+        as_volume: the folder is where volume ``as_volume`` is mounted (a sidecar with no
+            Docker socket): record the snapshot as that volume's, so that ``VOLUME@latest``,
+            ``forget VOLUME``, ``prune`` and the next snapshot of the volume find it.
+        progress: called with the bytes read so far.
 
     Raises:
         UsageError: it is not a folder.
@@ -637,8 +651,8 @@ def snapshot_path(
 
     return _snapshot(
         repo,
-        str(absolute),
-        "path",
+        str(absolute) if as_volume is None else as_volume,
+        "path" if as_volume is None else "volume",
         walk,
         tag=tag,
         labels={},

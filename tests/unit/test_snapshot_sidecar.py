@@ -1,0 +1,242 @@
+"""Scheduled snapshots as a sidecar (issue 12): the spec key, the plan, and the CLI the sidecar
+runs, for real (no Docker: a folder stands in for the mounted volume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cargohold.errors import SpecError
+from cargohold.plan import Plan, make_plan
+from cargohold.spec import parse_spec
+from tests.conftest import SRC, run_cli
+
+IMAGE = "cargohold:test"
+SPEC = """
+[project]
+name = "digits"
+
+[stores.data]
+kind = "dataset"
+target = "/data"
+
+[stores.checkpoints]
+kind = "checkpoints"
+target = "/ckpt"
+
+[stores.checkpoints.snapshots]
+every = "1h"
+repo = "s3://bucket/snaps$x"
+keep_last = 3
+keep_daily = 7
+
+[stores.cache]
+kind = "cache"
+target = "/cache"
+
+[stores.cache.snapshots]
+every = "1d"
+repo = "./snapshots"
+
+[jobs.train]
+image = "img"
+command = ["python3", "train.py"]
+user = "1000:1000"
+
+[jobs.eval]
+image = "img"
+stores = ["cache"]
+user = "1000:1000"
+"""
+
+
+def _plans(text: str = SPEC, base: Path = Path("/p")) -> list[Plan]:
+    spec = parse_spec(text, base_dir=base)
+    return [make_plan(spec, job, host_user=(1000, 1000)) for job in spec.jobs]
+
+
+# -- the spec ------------------------------------------------------------------------------
+
+
+def _schedule(lines: str, store: str = "") -> str:
+    return SPEC.replace(
+        'every = "1h"\nrepo = "s3://bucket/snaps$x"\nkeep_last = 3\nkeep_daily = 7\n', lines
+    ).replace('target = "/ckpt"\n', f'target = "/ckpt"\n{store}')
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        (_schedule('every = "hourly"\nrepo = "s3://b/p"\n'), "stores.checkpoints.snapshots.every",
+         "not a duration"),
+        (_schedule('every = "0s"\nrepo = "s3://b/p"\n'), "stores.checkpoints.snapshots.every",
+         "too short"),
+        (_schedule('every = 3600\nrepo = "s3://b/p"\n'), "stores.checkpoints.snapshots.every",
+         'every = "1h"'),
+        (_schedule('every = "1h"\nrepo = "s3://b/p"\nkeep_last = -1\n'),
+         "stores.checkpoints.snapshots.keep_last", "greater than or equal to 0"),
+        (_schedule('every = "1h"\nrepo = "s3://b/p"\nkeep_daily = true\n'),
+         "stores.checkpoints.snapshots.keep_daily", "integer"),
+        (_schedule('every = "1h"\nrepo = "s3://b/p"\nkeep_yearly = 1\n'),
+         "stores.checkpoints.snapshots.keep_yearly", "unknown key"),
+        (_schedule('every = "1h"\n'), "stores.checkpoints.snapshots.repo", "required"),
+        (_schedule('every = "1h"\nrepo = ""\n'), "stores.checkpoints.snapshots.repo",
+         "folder or a URL"),
+        (_schedule('every = "1h"\nrepo = "s3://KEY:SECRET@bucket/p"\n'),
+         "stores.checkpoints.snapshots.repo", "credentials"),
+        (_schedule('every = "1h"\nrepo = "/var/run"\n'), "stores.checkpoints.snapshots.repo",
+         "Docker socket"),
+        (_schedule('every = "1h"\nrepo = "s3://b/p"\n', 'source = "./ckpt"\n'),
+         "stores.checkpoints.snapshots", "host folder"),
+        (_schedule('every = "1h"\nrepo = "s3://b/p"\n', 'backing = "bind"\nsource = "./c"\n'),
+         "stores.checkpoints.snapshots", "host folder"),
+        (SPEC + '\n[stores.tmp]\nkind = "scratch"\ntarget = "/tmp"\n'
+         '[stores.tmp.snapshots]\nevery = "1h"\nrepo = "s3://b/p"\n',
+         "stores.tmp.snapshots", "tmpfs"),
+        (SPEC.replace('[stores.cache.snapshots]\nevery = "1d"\nrepo = "./snapshots"\n',
+                      'snapshots = "1d"\n'), "stores.cache.snapshots", "write a table"),
+    ],
+)
+def test_a_bad_schedule_names_its_key(text: str, key: str, fragment: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(text, base_dir=Path("/p"))
+    assert caught.value.key == key
+    assert fragment in caught.value.message + (caught.value.hint or "")
+
+
+def test_a_repository_folder_that_is_a_file_or_the_socket_is_refused_on_load(
+    tmp_path: Path,
+) -> None:
+    from cargohold.spec import load_spec
+
+    spec_file = tmp_path / "cargohold.toml"
+    (tmp_path / "snapshots").write_text("not a folder")
+    spec_file.write_text(SPEC)
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec_file)
+    assert caught.value.key == "stores.cache.snapshots.repo"
+    (tmp_path / "snapshots").unlink()
+    (tmp_path / "run").symlink_to("/run")  # holds /run/docker.sock, resolved
+    spec_file.write_text(SPEC.replace('repo = "./snapshots"', 'repo = "./run"'))
+    with pytest.raises(SpecError, match="Docker socket"):
+        load_spec(spec_file)
+    spec_file.write_text(SPEC)
+    assert load_spec(spec_file).stores["cache"].snapshots is not None  # a missing folder is fine
+
+
+def test_cli_says_a_bad_schedule_in_one_paragraph(tmp_path: Path) -> None:
+    (tmp_path / "cargohold.toml").write_text(_schedule('every = "1h"\nrepo = "s3://b/p"\n'
+                                                       "keep_last = -2\n"))
+    result = run_cli("render", "compose", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "stores.checkpoints.snapshots.keep_last" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_plan_carries_the_schedule_with_its_reason() -> None:
+    train = _plans()[0]
+    mounts = {m.store: m for m in train.mounts}
+    ckpt, cache = mounts["checkpoints"].snapshots, mounts["cache"].snapshots
+    assert ckpt is not None and cache is not None and mounts["data"].snapshots is None
+    assert ckpt.keep_options() == ["--keep-last", "3", "--keep-daily", "7"]
+    assert cache.repo == "/p/snapshots" and cache.repo_is_folder
+    assert not ckpt.repo_is_folder
+    assert "snapshotted every 1h into s3://bucket/snaps$x" in mounts["checkpoints"].reason
+    stores = {s["store"]: s for s in train.to_json()["stores"]}
+    assert stores["cache"]["snapshots"]["every"] == "1d"
+    assert "snapshots" not in stores["data"]
+
+
+# -- the command the sidecar runs -------------------------------------------------------------
+
+
+def test_sidecars_do_not_wait_for_each_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod with the mirror and the snapshot sidecar: each must see only the job."""
+    from cargohold import mirror
+
+    cmdlines = {
+        1: "/pause ",
+        7: "python3 train.py ",
+        8: "/usr/bin/python3 /usr/local/bin/cargohold mirror --until-pod-done ",
+        9: "/usr/bin/python3 /usr/local/bin/cargohold snapshot /ckpt --until-pod-done ",
+    }
+
+    class Entry:
+        def __init__(self, pid: int) -> None:
+            self.name = str(pid)
+
+    monkeypatch.setattr(mirror, "_cmdline", lambda pid: cmdlines.get(pid, ""))
+    monkeypatch.setattr(mirror, "_state", lambda pid: "S" if pid in cmdlines else "")
+    monkeypatch.setattr(mirror.os, "scandir", lambda _: [Entry(p) for p in cmdlines])
+    assert mirror.others_alive({9}) is True
+    del cmdlines[7]  # the job has ended
+    assert mirror.others_alive({9}) is False
+    assert mirror.others_alive({8}) is False
+
+
+def test_scheduled_snapshots_of_a_mounted_volume_are_the_volumes(tmp_path: Path) -> None:
+    """What the sidecar runs, for ~3.5 s: snapshots recorded as the volume's, retention applied
+    to them, and SIGTERM (docker stop) ends it cleanly after the run under way."""
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    (mounted / "weights.bin").write_bytes(os.urandom(4096))
+    repo = tmp_path / "repo"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1"}
+    env.pop("CARGOHOLD_REPO", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cargohold", "snapshot", str(mounted), "--as-volume", "digits-ckpt",
+         "--every", "1s", "--keep-last", "2", "--repo", str(repo)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(3.5)
+        (mounted / "later.txt").write_text("written while it ran")
+        time.sleep(1.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "failed" not in stderr, stderr
+    runs = [line for line in stdout.splitlines() if line.startswith("run ")]
+    assert len(runs) >= 3, stdout
+    assert "(snapshots of digits-ckpt)" in runs[-1] and "kept 2," in runs[-1]
+    assert "stopped after" in stdout.splitlines()[-1]
+    listed = run_cli("snapshots", "--json", "--repo", str(repo))
+    snaps = json.loads(listed.stdout)
+    assert len(snaps) == 2 and {s["volume"] for s in snaps} == {"digits-ckpt"}
+    assert {s["kind"] for s in snaps} == {"volume"}
+    # The name the host uses finds them: VOLUME@latest, with what was written last.
+    back = tmp_path / "back"
+    restored = run_cli("restore", "digits-ckpt@latest", "--to", str(back), "--repo", str(repo))
+    assert restored.returncode == 0, restored.stderr
+    assert (back / "later.txt").read_text() == "written while it ran"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["some-volume", "--as-volume", "v"], "the source is a volume already"),
+        (["./folder", "--as-volume", "a/b"], "not a Docker volume name"),
+        (["./folder", "--keep-last", "2"], "go with --every"),
+        (["./folder", "--every", "1s", "--keep-daily", "-1"], "--keep-daily"),
+    ],
+)
+def test_bad_snapshot_options_are_one_clear_message(
+    tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    (tmp_path / "folder").mkdir()
+    result = run_cli("snapshot", *args, "--repo", str(tmp_path / "repo"), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "repo").exists()
