@@ -1,5 +1,9 @@
-"""Scheduled snapshots as a sidecar (issue 12): the spec key, the plan, and the CLI the sidecar
-runs, for real (no Docker: a folder stands in for the mounted volume).
+"""Scheduled snapshots as a sidecar (issue 12): the spec key, the plan, the Compose rendering,
+what other targets say instead, and the CLI the sidecar runs.
+
+The Compose file is checked against the Compose Specification schema and by the real
+`docker compose config`. The sidecar's command runs for real (no Docker: a folder stands in for
+the mounted volume).
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cargohold.errors import SpecError
 from cargohold.plan import Plan, make_plan
+from cargohold.render import render_compose
+from cargohold.render._limits import TARGETS, check_limits, limits_of
 from cargohold.spec import parse_spec
 from tests.conftest import SRC, run_cli
+from tests.unit.test_render import _compose_binary, _compose_schema
 
 IMAGE = "cargohold:test"
 SPEC = """
@@ -153,6 +161,95 @@ def test_the_plan_carries_the_schedule_with_its_reason() -> None:
     stores = {s["store"]: s for s in train.to_json()["stores"]}
     assert stores["cache"]["snapshots"]["every"] == "1d"
     assert "snapshots" not in stores["data"]
+
+
+# -- Compose -------------------------------------------------------------------------------
+
+
+def test_compose_runs_one_read_only_sidecar_per_scheduled_volume() -> None:
+    document = render_compose(_plans(), mirror_image=IMAGE)
+    services = document["services"]
+    names = sorted(n for n in services if "-snapshots-" in n)
+    # The cache is shared with eval: one sidecar, beside the first job that mounts it.
+    assert names == ["train-snapshots-cache", "train-snapshots-checkpoints"]
+    ckpt = services["train-snapshots-checkpoints"]
+    assert ckpt["image"] == IMAGE and ckpt["user"] == "1000:1000"
+    assert ckpt["command"] == [
+        "cargohold", "snapshot", "/ckpt", "--as-volume", "digits-checkpoints",
+        "--every", "1h", "--keep-last", "3", "--keep-daily", "7",
+    ]
+    assert ckpt["volumes"] == [
+        {"type": "volume", "source": "checkpoints", "target": "/ckpt", "read_only": True}
+    ]
+    env = ckpt["environment"]
+    assert env["CARGOHOLD_REPO"] == "s3://bucket/snaps$$x"  # the spec's dollar stays literal
+    assert env["AWS_SECRET_ACCESS_KEY"] == "${AWS_SECRET_ACCESS_KEY:-}"
+    assert env["CARGOHOLD_PASSWORD"] == "${CARGOHOLD_PASSWORD:-}"
+    assert ckpt["depends_on"] == {"train-prepare": {"condition": "service_completed_successfully"}}
+    assert ckpt["labels"]["cargohold.role"] == "snapshots"
+    assert "network_mode" not in ckpt  # S3 must be reachable
+    cache = services["train-snapshots-cache"]
+    assert cache["volumes"][1] == {
+        "type": "bind", "source": "/p/snapshots", "target": "/cargohold-repo",
+        "bind": {"create_host_path": False},
+    }
+    assert cache["environment"]["CARGOHOLD_REPO"] == "/cargohold-repo"
+    assert cache["network_mode"] == "none"
+    for service in (ckpt, cache):
+        assert "privileged" not in service and "cap_add" not in service
+        assert service["security_opt"] == ["no-new-privileges"]
+    text = yaml.safe_dump(document)
+    assert "docker.sock" not in text and "&id" not in text  # no socket, no YAML aliases
+    # Without the cargohold image there are no sidecars: the golden files stay as they were.
+    assert not any("-snapshots-" in n for n in render_compose(_plans())["services"])
+
+
+def test_docker_compose_config_accepts_the_sidecars(tmp_path: Path) -> None:
+    import jsonschema
+
+    (tmp_path / "snapshots").mkdir()
+    document = render_compose(_plans(base=tmp_path), mirror_image=IMAGE)
+    jsonschema.validate(document, _compose_schema())
+    compose_file = tmp_path / "compose.yml"
+    compose_file.write_text(yaml.safe_dump(document, sort_keys=False))
+    resolved = subprocess.run(
+        [_compose_binary(), "-f", str(compose_file), "config", "--format", "json"],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "from-the-shell"},
+    )
+    assert resolved.returncode == 0, resolved.stderr
+    services = json.loads(resolved.stdout)["services"]
+    ckpt = services["train-snapshots-checkpoints"]
+    assert ckpt["environment"]["AWS_ACCESS_KEY_ID"] == "from-the-shell"
+    assert ckpt["environment"]["CARGOHOLD_REPO"] == "s3://bucket/snaps$$x"  # not interpolated
+    assert ckpt["volumes"][0]["read_only"] is True
+    assert services["train-snapshots-cache"]["volumes"][1]["source"] == str(tmp_path / "snapshots")
+    assert "from-the-shell" not in compose_file.read_text()
+
+
+def test_cli_render_compose_says_what_the_sidecars_need(tmp_path: Path) -> None:
+    (tmp_path / "cargohold.toml").write_text(SPEC)
+    result = run_cli("render", "compose", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"# Before `docker compose up`: mkdir -p {tmp_path / 'snapshots'}" in result.stdout
+    assert "# train: stores.cache.snapshots: train-snapshots-cache" in result.stdout
+    assert "train-snapshots-checkpoints:" in result.stdout
+
+
+def test_every_target_states_what_it_does_with_a_schedule() -> None:
+    train = _plans()[0]
+    said = {t: {limit.key: limit.message for limit in limits_of(train, t)} for t in TARGETS}
+    by_hand = (
+        "cargohold snapshot digits-checkpoints --every 1h --repo s3://bucket/snaps$x "
+        "--keep-last 3 --keep-daily 7"
+    )
+    assert by_hand in said["docker-run"]["stores.checkpoints.snapshots"]
+    assert by_hand in said["swarm"]["stores.checkpoints.snapshots"]
+    assert "train-snapshots-checkpoints" in said["compose"]["stores.checkpoints.snapshots"]
+    assert "s3://" in said["kubernetes"]["stores.cache.snapshots.repo"]
+    assert "stores.checkpoints.snapshots" not in said["kubernetes"]  # rendered there
+    for target in TARGETS:
+        check_limits(train, target)  # none of them is fatal
 
 
 # -- the command the sidecar runs -------------------------------------------------------------

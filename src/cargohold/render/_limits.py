@@ -192,6 +192,44 @@ def _mirror(plan: Plan, target: str) -> Iterator[Limit]:
 
 
 @_rule
+def _snapshot_schedules(plan: Plan, target: str) -> Iterator[Limit]:
+    for m in plan.volumes():
+        schedule = m.snapshots
+        if schedule is None:
+            continue
+        key = f"stores.{m.store}.snapshots"
+        by_hand = (
+            f"cargohold snapshot {m.source} --every {schedule.every} --repo {schedule.repo}"
+            + "".join(f" {word}" for word in schedule.keep_options())
+        )
+        if target == "compose":
+            yield Limit(
+                key,
+                f"{plan.job}-snapshots-{m.store} snapshots volume {m.source} {schedule.describe()} "
+                "until `docker compose down`; it needs the image `cargohold image` builds"
+                + (
+                    f", and the folder {schedule.repo} writable by {plan.user}."
+                    if schedule.repo_is_folder
+                    else "."
+                ),
+            )
+        elif target == "docker-run":
+            yield Limit(key, f"the line takes no snapshots; run `{by_hand}` on this host.")
+        elif target == "swarm":
+            yield Limit(
+                key,
+                "Swarm has no pods, so no sidecar can share the task's volume on whichever node "
+                f"it lands: not rendered; run `{by_hand}` on that node.",
+            )
+        elif schedule.repo_is_folder:  # kubernetes
+            yield Limit(
+                f"{key}.repo",
+                f"a pod cannot reach the folder {schedule.repo} of this host: no snapshot "
+                "sidecar is rendered; use an s3:// repository for a cluster.",
+            )
+
+
+@_rule
 def _shm(plan: Plan, target: str) -> Iterator[Limit]:
     if plan.shm_size is not None and target == "swarm":
         yield Limit(

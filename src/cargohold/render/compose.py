@@ -22,6 +22,7 @@ from cargohold.kinds import Backing
 from cargohold.plan import Mount, Plan, Runtime
 from cargohold.render._mirror import add_compose_mirrors
 from cargohold.render._prepare import seed_mounts, seed_script, stores_to_chown
+from cargohold.render._snapshots import add_compose_snapshots
 
 __all__ = ["render_compose"]
 
@@ -166,7 +167,8 @@ def render_compose(plans: list[Plan], *, mirror_image: str | None = None) -> dic
     Args:
         plans: one plan per job, all of one project.
         mirror_image: the cargohold image; with it, a checkpoints store's ``mirror`` gets its
-            restore and mirror services (``render/_mirror.py``).
+            restore and mirror services (``render/_mirror.py``), and a volume with a
+            ``snapshots`` schedule its snapshot sidecar (``render/_snapshots.py``).
 
     Returns:
         A dict ready for ``yaml.safe_dump``.
@@ -197,6 +199,8 @@ def render_compose(plans: list[Plan], *, mirror_image: str | None = None) -> dic
         document["volumes"] = volumes
     escaped: dict[str, Any] = _escaped(document)
     if mirror_image is not None:
+        # Snapshots first: their sidecar waits for what the job waits for before the mirror.
+        add_compose_snapshots(escaped, plans, mirror_image)
         add_compose_mirrors(escaped, plans, mirror_image)
     return escaped
 
