@@ -117,6 +117,19 @@ class SnapshotSchedule:
         )
         return [word for name, n in counts if n for word in (f"--keep-{name}", str(n))]
 
+    def host_command(self, volume: str) -> list[str]:
+        """The ``cargohold snapshot`` command that runs this schedule on the volume's host."""
+        return [
+            "cargohold",
+            "snapshot",
+            volume,
+            "--every",
+            self.every,
+            "--repo",
+            self.repo,
+            *self.keep_options(),
+        ]
+
     def describe(self) -> str:
         kept = " ".join(self.keep_options()) or "every snapshot kept"
         return f"every {self.every} into {self.repo} ({kept})"

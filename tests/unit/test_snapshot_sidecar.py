@@ -1,9 +1,9 @@
-"""Scheduled snapshots as a sidecar (issue 12): the spec key, the plan, the Compose rendering,
-what other targets say instead, and the CLI the sidecar runs.
+"""Scheduled snapshots as a sidecar (issue 12): the spec key, the plan, the Compose and
+Kubernetes renderings, what other targets say instead, and the CLI the sidecar runs.
 
 The Compose file is checked against the Compose Specification schema and by the real
-`docker compose config`. The sidecar's command runs for real (no Docker: a folder stands in for
-the mounted volume).
+`docker compose config`; the Kubernetes objects by `kubernetes-validate --strict`. The sidecar's
+command runs for real (no Docker: a folder stands in for the mounted volume).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,8 +24,10 @@ from cargohold.errors import SpecError
 from cargohold.plan import Plan, make_plan
 from cargohold.render import render_compose
 from cargohold.render._limits import TARGETS, check_limits, limits_of
+from cargohold.render.kubernetes import render_kubernetes
 from cargohold.spec import parse_spec
 from tests.conftest import SRC, run_cli
+from tests.unit.test_cluster_render import _validate
 from tests.unit.test_render import _compose_binary, _compose_schema
 
 IMAGE = "cargohold:test"
@@ -232,27 +235,73 @@ def test_cli_render_compose_says_what_the_sidecars_need(tmp_path: Path) -> None:
     result = run_cli("render", "compose", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"# Before `docker compose up`: mkdir -p {tmp_path / 'snapshots'}" in result.stdout
-    assert "# train: stores.cache.snapshots: train-snapshots-cache" in result.stdout
+    assert "# train: stores.cache.snapshots: a sidecar (<job>-snapshots-cache" in result.stdout
+    assert "# eval: stores.cache.snapshots: a sidecar" in result.stdout
     assert "train-snapshots-checkpoints:" in result.stdout
 
 
 def test_every_target_states_what_it_does_with_a_schedule() -> None:
     train = _plans()[0]
     said = {t: {limit.key: limit.message for limit in limits_of(train, t)} for t in TARGETS}
-    by_hand = (
-        "cargohold snapshot digits-checkpoints --every 1h --repo s3://bucket/snaps$x "
+    by_hand = (  # shell-quoted: the spec's dollar is not the shell's
+        "cargohold snapshot digits-checkpoints --every 1h --repo 's3://bucket/snaps$x' "
         "--keep-last 3 --keep-daily 7"
     )
     assert by_hand in said["docker-run"]["stores.checkpoints.snapshots"]
     assert by_hand in said["swarm"]["stores.checkpoints.snapshots"]
-    assert "train-snapshots-checkpoints" in said["compose"]["stores.checkpoints.snapshots"]
+    assert "<job>-snapshots-checkpoints" in said["compose"]["stores.checkpoints.snapshots"]
     assert "s3://" in said["kubernetes"]["stores.cache.snapshots.repo"]
     assert "stores.checkpoints.snapshots" not in said["kubernetes"]  # rendered there
     for target in TARGETS:
         check_limits(train, target)  # none of them is fatal
 
 
-# -- the command the sidecar runs -------------------------------------------------------------
+# -- Kubernetes ----------------------------------------------------------------------------
+
+
+def _pod(nodes: int = 1) -> dict[str, Any]:
+    text = SPEC.replace('user = "1000:1000"\n', f'user = "1000:1000"\nnodes = {nodes}\n', 1)
+    job = render_kubernetes(_plans(text)[0], image=IMAGE)[-1]
+    pod: dict[str, Any] = job["spec"]["template"]["spec"]
+    return pod
+
+
+def test_kubernetes_runs_the_sidecar_until_the_job_is_done() -> None:
+    pod = _pod()
+    sidecars = {c["name"]: c for c in pod["containers"][1:]}
+    assert list(sidecars) == ["snapshots-checkpoints"]  # a host folder cannot follow the pod
+    sidecar = sidecars["snapshots-checkpoints"]
+    assert sidecar["image"] == IMAGE
+    assert sidecar["args"] == [
+        "cargohold", "snapshot", "/ckpt", "--as-volume", "digits-checkpoints",
+        "--every", "1h", "--keep-last", "3", "--keep-daily", "7", "--until-pod-done",
+    ]
+    assert sidecar["volumeMounts"] == [{"name": "checkpoints", "mountPath": "/ckpt",
+                                        "readOnly": True}]
+    assert {"name": "CARGOHOLD_REPO", "value": "s3://bucket/snaps$x"} in sidecar["env"]
+    assert sidecar["envFrom"] == [{"secretRef": {"name": "digits-mirror", "optional": True}}]
+    assert sidecar["securityContext"] == {"allowPrivilegeEscalation": False}
+    assert pod["shareProcessNamespace"] is True
+    _validate(render_kubernetes(_plans()[0], image=IMAGE))
+    _validate(render_kubernetes(_plans(SPEC.replace('user = "1000:1000"\n',
+                                                    'user = "1000:1000"\nnodes = 3\n', 1))[0],
+                                image=IMAGE))
+
+
+def test_with_several_nodes_only_pod_0_snapshots(tmp_path: Path) -> None:
+    sidecar = next(c for c in _pod(3)["containers"] if c["name"] == "snapshots-checkpoints")
+    command = sidecar["command"]
+    assert command[:2] == ["sh", "-c"] and "args" not in sidecar
+    assert command[4:7] == ["cargohold", "snapshot", "/ckpt"]
+    assert command[-1] == "--until-pod-done"
+    script = [*command[:4], "echo", "snapshotting", "s3://bucket/snaps$x"]
+    env = {"PATH": os.environ["PATH"]}
+    one = subprocess.run(script, env={**env, "JOB_COMPLETION_INDEX": "1"},
+                         capture_output=True, text=True, timeout=30)
+    assert one.returncode == 0 and "pod 0 snapshots the shared store" in one.stdout
+    zero = subprocess.run(script, env={**env, "JOB_COMPLETION_INDEX": "0"},
+                          capture_output=True, text=True, timeout=30)
+    assert zero.stdout == "snapshotting s3://bucket/snaps$x\n"  # values stay arguments
 
 
 def test_sidecars_do_not_wait_for_each_other(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -277,6 +326,9 @@ def test_sidecars_do_not_wait_for_each_other(monkeypatch: pytest.MonkeyPatch) ->
     del cmdlines[7]  # the job has ended
     assert mirror.others_alive({9}) is False
     assert mirror.others_alive({8}) is False
+
+
+# -- the command the sidecar runs -------------------------------------------------------------
 
 
 def test_scheduled_snapshots_of_a_mounted_volume_are_the_volumes(tmp_path: Path) -> None:

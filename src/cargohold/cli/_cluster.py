@@ -71,7 +71,7 @@ def render_kubernetes_command(
     _, plan = _plan(file, job)
     limits = check_limits(plan, "kubernetes")
     header = _header("render kubernetes", limits)
-    if any(m.mirror or m.snapshot for m in plan.mounts):
+    if any(m.mirror or m.snapshot or m.snapshots for m in plan.mounts):
         header += (
             f"# Credentials: kubectl create secret generic {secret_name(plan)} "
             "--from-literal=AWS_ACCESS_KEY_ID=… --from-literal=AWS_SECRET_ACCESS_KEY=… "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -243,10 +244,10 @@ def run(
     engine = connect()
     for mount in the_plan.volumes():
         if mount.snapshots is not None:  # a setting is never dropped without a word
+            by_hand = shlex.join(mount.snapshots.host_command(str(mount.source)))
             _say(
                 f"note: {mount.source} is not snapshotted by `run`; `render compose` runs its "
-                f"schedule, or run `cargohold snapshot {mount.source} --every "
-                f"{mount.snapshots.every} --repo {mount.snapshots.repo}` beside it"
+                f"schedule, or run `{by_hand}` beside it"
             )
     trailing = ctx.meta.get(TRAILING_KEY)
     command = tuple(trailing) if trailing else None

@@ -8,6 +8,7 @@ small registered function per setting (STYLE 15), so the list of limits is the l
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -198,15 +199,13 @@ def _snapshot_schedules(plan: Plan, target: str) -> Iterator[Limit]:
         if schedule is None:
             continue
         key = f"stores.{m.store}.snapshots"
-        by_hand = (
-            f"cargohold snapshot {m.source} --every {schedule.every} --repo {schedule.repo}"
-            + "".join(f" {word}" for word in schedule.keep_options())
-        )
+        by_hand = shlex.join(schedule.host_command(m.source or m.store))
         if target == "compose":
             yield Limit(
                 key,
-                f"{plan.job}-snapshots-{m.store} snapshots volume {m.source} {schedule.describe()} "
-                "until `docker compose down`; it needs the image `cargohold image` builds"
+                f"a sidecar (<job>-snapshots-{m.store}, beside the first job that mounts it) "
+                f"snapshots volume {m.source} {schedule.describe()} until `docker compose "
+                "down`; it needs the image `cargohold image` builds"
                 + (
                     f", and the folder {schedule.repo} writable by {plan.user}."
                     if schedule.repo_is_folder

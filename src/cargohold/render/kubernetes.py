@@ -14,7 +14,10 @@ fresh claim is writable without the recursive chown that stalls pod start on a b
 Data that follows the job: a dataset with ``repository``/``snapshot`` is restored by an
 initContainer into the folder ``content`` of its claim before the job starts; a checkpoints store
 with ``mirror`` gets an initContainer that restores the newest mirrored checkpoint into an empty
-store, and a sidecar that pushes every committed checkpoint.
+store, and a sidecar that pushes every committed checkpoint. A volume with a ``snapshots``
+schedule (and an ``s3://`` repository) gets a sidecar that snapshots its claim, read-only, as
+``cargohold snapshot TARGET --as-volume VOLUME --every …``, and takes a last snapshot when the
+job's processes have ended.
 
 The dataset restore is correct on a retried pod, because what the claim holds is recorded, not
 guessed from whether it is empty. Two small versioned records sit in the claim beside ``content``:
@@ -63,6 +66,7 @@ import yaml
 from cargohold.kinds import Backing
 from cargohold.plan import LABEL_JOB, LABEL_PROJECT, Mount, Plan
 from cargohold.render._limits import placement_terms
+from cargohold.render._snapshots import snapshot_command
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -158,6 +162,14 @@ record "$rec"
 """.replace("@RECORD@", MIRROR_RECORD)
 )
 _RESTORE_ROOT = "/cargohold-restore"
+# With several pods on one claim, only index 0's snapshot sidecar snapshots it; "$@" is its
+# command, so the spec's values stay arguments.
+_SNAPSHOTS_ON_INDEX_0 = """if [ "${JOB_COMPLETION_INDEX:-0}" != 0 ]; then
+  echo "cargohold: pod 0 snapshots the shared store; nothing to do here"
+  exit 0
+fi
+exec "$@"
+"""
 
 
 def dns_name(text: str, limit: int = 52) -> str:
@@ -303,6 +315,28 @@ def _mirror_containers(
     sidecar["volumeMounts"] = [_mount(mount, readonly=True)]
     sidecar["securityContext"] = {"allowPrivilegeEscalation": False}
     return restore, sidecar
+
+
+def _snapshot_sidecar(plan: Plan, mount: Mount, image: str) -> dict[str, Any]:
+    """The container that snapshots a scheduled claim until the job's processes have ended."""
+    assert mount.snapshots is not None
+    command = [*snapshot_command(mount, mount.snapshots), "--until-pod-done"]
+    sidecar: dict[str, Any] = {"name": dns_name(f"snapshots-{mount.store}", 63), "image": image}
+    env = [
+        {"name": "CARGOHOLD_REPO", "value": mount.snapshots.repo},
+        {"name": "CARGOHOLD_PROJECT", "value": plan.project},
+        {"name": "CARGOHOLD_JOB", "value": plan.job},
+    ]
+    if plan.nodes > 1:  # one shared claim: pod 0's sidecar snapshots it
+        env.append(_index_env(plan)[0])
+        sidecar["command"] = ["sh", "-c", _SNAPSHOTS_ON_INDEX_0, "sh", *command]
+    else:
+        sidecar["args"] = command
+    sidecar["env"] = env
+    sidecar["envFrom"] = _secret_env(plan)
+    sidecar["volumeMounts"] = [_mount(mount, readonly=True)]
+    sidecar["securityContext"] = {"allowPrivilegeEscalation": False}
+    return sidecar
 
 
 def _env(plan: Plan, service: str | None) -> list[dict[str, Any]]:
@@ -456,6 +490,11 @@ def render_kubernetes(plan: Plan, *, image: str) -> list[dict[str, Any]]:
         init_containers.append(restore)
         containers.append(sidecar)
         share_pids = True
+    for mount in plan.volumes():
+        # A folder of this host cannot be reached from a pod: said by check_limits instead.
+        if mount.snapshots is not None and not mount.snapshots.repo_is_folder:
+            containers.append(_snapshot_sidecar(plan, mount, image))
+            share_pids = True
 
     pod: dict[str, Any] = {"restartPolicy": "Never"}
     if plan.runtime.stop_timeout is not None:
