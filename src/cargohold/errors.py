@@ -8,6 +8,7 @@
     │   ├── ImageNotFound           an image is neither local nor pullable
     │   ├── BuildFailed             ``docker build`` of a job's image failed
     │   ├── ContainerNotFound       a container does not exist (the engine answered)
+    │   ├── PathNotFound            a path is not in a volume (the engine answered)
     │   └── VolumeNotFound          a named volume does not exist
     ├── TransferError               moving data in or out of a volume failed
     │   ├── UnsafeArchive           an archive member would escape its target
@@ -30,6 +31,7 @@ __all__ = [
     "EngineError",
     "EngineUnavailable",
     "ImageNotFound",
+    "PathNotFound",
     "SpecError",
     "TransferError",
     "UnsafeArchive",
@@ -84,6 +86,10 @@ class BuildFailed(EngineError):
 
 class ContainerNotFound(EngineError):
     """The engine answered: there is no such container (not: the engine is gone)."""
+
+
+class PathNotFound(EngineError):
+    """A path is not in a volume: the engine answered, it is not there (never a failure)."""
 
 
 class VolumeNotFound(EngineError):

@@ -490,6 +490,64 @@ def test_sigkill_of_engine_api_writes_into_volumes_with_data_then_rerun(
     assert kills >= 5, f"only {kills} runs were killed before they finished"
 
 
+def _records_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "cargohold" / "unfinished"
+
+
+def test_engine_api_writes_never_undo_what_others_wrote_and_refuse_a_second_writer(
+    tmp_path: Path, docker_resources: Resources, docker_client: Any
+) -> None:
+    """Review findings on the staged Engine-API path: undoing a killed write removes only its
+    own staging folder (never what a job wrote meanwhile); a second cargohold writing the same
+    volume on this host is refused; an interrupted replace whose staged volume is gone is
+    refused and the volume left as it is; a tar without folder entries never writes through
+    a link planted where a folder would be made."""
+    from cargohold.volumes._journal import Journal, WriteRecord
+
+    env = _env(tmp_path, "archive")
+    journal = Journal(_records_dir(tmp_path))
+    volume, mount = _volume(docker_client, docker_resources, "review")
+    gone_pid = subprocess.Popen(["true"])  # a pid that is gone
+    gone_pid.wait()
+
+    # 1. a killed merge into an empty volume; then a job writes; the rerun keeps the job's file
+    journal.record_write(WriteRecord(volume, "ingest x", "merge", "writing",
+                                     ".cargohold-staging-api", gone_pid.pid, "2026-01-01"))
+    (mount / ".cargohold-staging-api").mkdir()
+    (mount / ".cargohold-staging-api" / "half.bin").write_bytes(b"partial")
+    (mount / "job-output.txt").write_text("written by a job after the kill")
+    payload = tmp_path / "payload"
+    payload.mkdir()
+    (payload / "a.txt").write_text("a")
+    result = run_cli("ingest", str(payload), volume, env=env)
+    assert "cleaned up after an interrupted" in _ok(result) + result.stderr
+    assert (mount / "job-output.txt").read_text() == "written by a job after the kill"
+    assert (mount / "a.txt").read_text() == "a"
+
+    # 2. a second writer on this host is refused while the first holds the volume
+    with journal.hold(volume, "test"):
+        stderr = _refused(run_cli("ingest", str(payload), volume, env=env))
+        assert "being written by another cargohold run" in stderr
+
+    # 3. finishing a replace whose staged volume is gone: refused, nothing emptied
+    journal.record_write(WriteRecord(volume, "restore x", "replace", "committing",
+                                     f"{volume}.cargohold-staging", gone_pid.pid, "2026-01-01"))
+    stderr = _refused(run_cli("ingest", str(payload), volume, env=env))
+    assert "is gone" in stderr
+    assert (mount / "job-output.txt").exists()
+    journal.end_write(volume)
+
+    # 4. a tar without folder entries, into a volume where a container planted models -> /etc
+    os.symlink("/etc", mount / "models")
+    archive = tmp_path / "flat.tar"
+    archive.write_bytes(tar_with([(member("models/bert/w.bin"), b"weights")]))
+    before = _visible(mount, 10**9)
+    stderr = _refused(run_cli("ingest", str(archive), volume, env=env))
+    assert "symlink" in stderr and "models" in stderr
+    assert _visible(mount, 10**9) == before
+    assert not [n for n in os.listdir(_records_dir(tmp_path)) if n.endswith(".write.json")]
+
+
 # -- generated hostile archives through the CLI, both paths -----------------------------------
 
 

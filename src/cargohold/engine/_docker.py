@@ -43,7 +43,13 @@ from cargohold.engine.types import (
     MountRequest,
     VolumeInfo,
 )
-from cargohold.errors import CargoholdError, ContainerNotFound, EngineError, VolumeNotFound
+from cargohold.errors import (
+    CargoholdError,
+    ContainerNotFound,
+    EngineError,
+    PathNotFound,
+    VolumeNotFound,
+)
 
 __all__ = ["ArchiveHelper", "DockerEngine"]
 
@@ -137,7 +143,7 @@ class ArchiveHelper:
             self._id,
             full,
             what,
-            missing=EngineError(
+            missing=PathNotFound(
                 f"{path or '/'} does not exist in the volume.",
                 hint="`cargohold volume files VOLUME` lists what it holds.",
             ),

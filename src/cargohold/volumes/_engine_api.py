@@ -49,10 +49,11 @@ from cargohold.archive.staging import STAGING, Visible
 from cargohold.engine import HELPER_MOUNT, ArchiveHelper, Engine, VolumeInfo
 from cargohold.errors import (
     CargoholdError,
-    EngineError,
+    PathNotFound,
     TransferError,
     UnsafeArchive,
     UsageError,
+    VolumeNotFound,
 )
 from cargohold.volumes._access import Recovery, Written
 from cargohold.volumes._journal import Journal, WriteRecord, new_write
@@ -107,26 +108,12 @@ class EngineApiVolume:
     ) -> Written:
         if replace and path:
             raise UsageError("Only a whole volume can be replaced.", hint="Drop the path.")
-        if self.is_empty():
-            record = new_write(self.name, operation, "fresh", "")
-            self.journal.record_write(record)
-            try:
-                with self.engine.archive_helper(self.name, readonly=False) as helper:
-                    if path:
-                        self._refuse_links_on(helper, path)
-                    written = self._put(helper, source, path, progress)
-            except BaseException as exc:
-                with contextlib.suppress(CargoholdError):
-                    self.clear()  # it was empty: emptied again, it is as it was
-                    self.journal.end_write(self.name)
-                if isinstance(exc, CargoholdError) and not isinstance(exc, UnsafeArchive):
-                    raise _unchanged(exc, self.name) from None
-                raise
-            self.journal.end_write(self.name)
-            return written
-        if replace:
-            return self._replace(source, progress, operation)
-        return self._merge(source, path, progress, operation)
+        with self.journal.hold(self.name, operation):
+            if replace and not self.is_empty():
+                return self._replace(source, progress, operation)
+            # Into an empty volume too: undoing it then removes only the staging folder,
+            # never what someone else may have written into the volume meanwhile.
+            return self._merge(source, path, progress, operation)
 
     def _put(
         self, helper: ArchiveHelper, source: EntrySource, path: str, progress: Progress
@@ -146,28 +133,58 @@ class EngineApiVolume:
         spool = self.journal.spool(self.name)
         counts = [0, 0]
         with self.engine.archive_helper(self.name, readonly=False) as helper:
-            if path:
-                self._refuse_links_on(helper, path)
             root = _root_of(helper)
             try:
+                if path:
+                    self._refuse_links_on(helper, path)
                 helper.put_archive(iter([_tombstone()]))  # a stale staging folder goes first
                 with open(spool, "w", encoding="utf-8") as listing:
                     staged = _staged(_under(source, _inside(path)), path, listing)
                     helper.put_archive(_tar_chunks(staged, progress, counts))
                     listing.flush()
                     os.fsync(listing.fileno())
+                self._refuse_links_on_parents(helper, spool)
             except BaseException as exc:
                 # Nothing visible changed: the data went into the staging folder only.
+                undone = False
                 with contextlib.suppress(CargoholdError):
                     helper.put_archive(iter([_tombstone(root)]))
                     self.journal.end_write(self.name)
+                    undone = True
                 if isinstance(exc, CargoholdError) and not isinstance(exc, UnsafeArchive):
-                    raise _unchanged(exc, self.name) from None
+                    raise _unchanged(exc, self.name, undone) from None
                 raise
             self.journal.record_write(_phase(record, "committing"))
             self._commit(helper)
         self.journal.end_write(self.name)
         return Written(counts[0], counts[1])
+
+    def _refuse_links_on_parents(self, helper: ArchiveHelper, spool: os.PathLike[str]) -> None:
+        """A folder the source does not list (a tar without folder entries) is made by the
+        engine, through whatever the volume holds at that name: a link a container planted
+        there would redirect the files (or send them into the helper's own layer). Such
+        folders are looked up before anything is committed, and a link or file refused."""
+        listed: set[str] = set()
+        missing: set[str] = set()
+        for entry, _ in _commit_entries(spool):
+            if entry.kind == "dir":
+                listed.add(entry.path)
+            parent = entry.path.rpartition("/")[0]
+            while parent and parent not in listed and parent not in missing:
+                missing.add(parent)
+                parent = parent.rpartition("/")[0]
+        inside = _inside("")
+        for folder in sorted(missing - listed):
+            if not folder.startswith(inside + "/"):
+                continue
+            rel = folder[len(inside) + 1 :]
+            kind = _kind_of(helper, rel)
+            if kind not in (None, "dir"):
+                raise UnsafeArchive(
+                    f"Refused: {rel} is a {kind} inside volume {self.name}, and the archive "
+                    "would write through it.",
+                    hint="Links a container made are never followed; remove it or write elsewhere.",
+                )
 
     def _commit(self, helper: ArchiveHelper) -> None:
         """Hard-link every staged file into place (and make the folders and links), then drop
@@ -187,42 +204,72 @@ class EngineApiVolume:
     # -- replace: stage in another volume, then empty this one and copy -------------------
 
     def _replace(self, source: EntrySource, progress: Progress, operation: str) -> Written:
+        if self.info.driver not in ("", "local") or self.info.options:
+            raise UsageError(
+                f"Volume {self.name} is backed by driver {self.info.driver!r} with options "
+                f"{dict(self.info.options)}: through the Engine API its content can be "
+                "replaced only by removing the volume, which would not remove that data.",
+                hint="Restore into a new volume, or empty this one first from a container.",
+            )
         staging = _staging_volume(self.name)
         record = new_write(self.name, operation, "replace", staging)
         self.journal.record_write(record)
         self.engine.remove_volume(staging)  # a stale one of a run killed before its record
-        self.engine.create_volume(staging, {"cargohold.staging-for": self.name})
+        self.engine.create_volume(staging, {STAGING_LABEL: self.name})
         try:
             with self.engine.archive_helper(staging, readonly=False) as helper:
                 written = self._put(helper, source, "", progress)
         except BaseException as exc:
+            undone = False
             with contextlib.suppress(CargoholdError):
                 self.engine.remove_volume(staging)
                 self.journal.end_write(self.name)
+                undone = True
             if isinstance(exc, CargoholdError) and not isinstance(exc, UnsafeArchive):
-                raise _unchanged(exc, self.name) from None
+                raise _unchanged(exc, self.name, undone) from None
             raise
         self.journal.record_write(_phase(record, "committing"))
         self._copy_from(staging)
-        self.journal.end_write(self.name)
         return written
 
     def _copy_from(self, staging: str) -> None:
+        """Empty this volume and copy the staging volume's content in; then drop the record
+        and the staging volume (in that order: a record never outlives its staged copy)."""
+        try:
+            found: VolumeInfo | None = self.engine.volume(staging)
+        except VolumeNotFound:
+            found = None
+        if found is None or found.labels.get(STAGING_LABEL) != self.name:
+            raise TransferError(
+                f"The staged content for volume {self.name} (volume {staging}) is gone: the "
+                "interrupted replace cannot be finished.",
+                hint=f"Check volume {self.name}; remove its record in {self.journal.folder} "
+                "(the newest *.write.json) and run the command again.",
+            )
         try:
             self.clear()
+        except CargoholdError as exc:
+            raise TransferError(
+                f"{exc.message} Volume {self.name} could not be emptied, so its old content "
+                f"may still be there; the new content is whole in volume {staging}.",
+                hint="Stop what uses the volume (`docker ps -a`), then run the same command "
+                "again: it finishes the replace first.",
+            ) from None
+        try:
             with (
                 self.engine.archive_helper(staging, readonly=True) as source,
                 self.engine.archive_helper(self.name, readonly=False) as target,
             ):
                 entries = TarReader(source.get_archive(""), strip=1)
                 target.put_archive(_tar_chunks(_under(entries, _inside("")), no_progress, [0, 0]))
-            self.engine.remove_volume(staging)
         except CargoholdError as exc:
             raise TransferError(
                 f"{exc.message} The old content of volume {self.name} was removed; the new "
                 f"content is whole in volume {staging}, and copying it over did not finish.",
                 hint="Run the same command again: it finishes the copy first.",
             ) from None
+        self.journal.end_write(self.name)
+        self.engine.remove_volume(staging)
 
     def _refuse_links_on(self, helper: ArchiveHelper, path: str) -> None:
         """The engine resolves a link on the way inside the helper container: the host is safe,
@@ -231,20 +278,16 @@ class EngineApiVolume:
         parts = [p for p in path.split("/") if p]
         for i in range(1, len(parts) + 1):
             rel = "/".join(parts[:i])
-            try:
-                first = next(iter(TarReader(helper.get_archive(rel), strip=1)), None)
-            except EngineError:
+            kind = _kind_of(helper, rel)
+            if kind is None:
                 return  # missing from here on: the engine makes the folders
-            if first is None:
-                return
-            entry = first[0]
-            if entry.kind == "symlink":
+            if kind == "symlink":
                 raise UnsafeArchive(
                     f"Refused {self.name}:{path}: {rel} is a symlink inside the volume, and "
                     "links a container made are never followed.",
                     hint="Write to the link's real location inside the volume instead.",
                 )
-            if entry.kind != "dir":
+            if kind != "dir":
                 raise TransferError(
                     f"Refused {self.name}:{path}: {rel} is a file, not a folder.",
                     hint="Pick a folder inside the volume.",
@@ -259,19 +302,31 @@ class EngineApiVolume:
             driver=self.info.driver or None,
             driver_opts=dict(self.info.options) or None,
         )
+        # A volume whose data lives elsewhere (driver options: NFS, a bind) comes back full.
+        if not self.is_empty():
+            raise TransferError(
+                f"Volume {self.name} still holds data after it was removed and created again "
+                "(its data lives outside the engine).",
+                hint="Empty it from a container, or use a new volume.",
+            )
 
     def sync(self) -> None:
         """The engine wrote the files; there is nothing here to flush."""
 
     def recover(self) -> Recovery | None:
         """Discard or finish the write a killed run left (its record is on this host)."""
-        record = self.journal.unfinished_write(self.name)
-        if record is None:
-            return None
-        outcome = "discarded"
-        if record.kind == "fresh":
-            self.clear()  # it was empty before
-        elif record.kind == "merge":
+        with self.journal.hold(self.name, "recover"):
+            record = self.journal.unfinished_write(self.name)
+            if record is None:
+                return None
+            if record.kind == "replace":
+                if record.phase == "committing":
+                    self._copy_from(record.staging)
+                    return Recovery(record.operation, "completed")
+                self.engine.remove_volume(record.staging)
+                self.journal.end_write(self.name)
+                return Recovery(record.operation, "discarded")
+            outcome = "discarded"
             with self.engine.archive_helper(self.name, readonly=False) as helper:
                 if record.phase == "committing":
                     if _kind_of(helper, API_STAGING) == "dir":  # else it was done and dropped
@@ -279,16 +334,12 @@ class EngineApiVolume:
                     outcome = "completed"
                 else:
                     helper.put_archive(iter([_tombstone()]))
-        elif record.phase == "committing":
-            self._copy_from(record.staging)
-            outcome = "completed"
-        else:
-            self.engine.remove_volume(record.staging)
-        self.journal.end_write(self.name)
-        return Recovery(record.operation, outcome)
+            self.journal.end_write(self.name)
+            return Recovery(record.operation, outcome)
 
 
 API_STAGING = f"{STAGING}-api"
+STAGING_LABEL = "cargohold.staging-for"
 
 
 def _inside(path: str) -> str:
@@ -314,19 +365,29 @@ def _phase(record: WriteRecord, phase: str) -> WriteRecord:
     )
 
 
-def _unchanged(exc: CargoholdError, volume: str) -> TransferError:
+def _unchanged(exc: CargoholdError, volume: str, undone: bool) -> TransferError:
+    cleaned = (
+        ""
+        if undone
+        else " Its staging copy could not be removed yet: the next command on the volume does it."
+    )
     return TransferError(
-        f"{exc.message.rstrip('.')}. Nothing in volume {volume} changed (the write was staged).",
+        f"{exc.message.rstrip('.')}. Nothing in volume {volume} changed (the write was "
+        f"staged).{cleaned}",
         hint="Free space (or fix what the message names) and run the same command again.",
     )
 
 
 def _kind_of(helper: ArchiveHelper, path: str) -> str | None:
-    """What ``path`` in the volume is (None: nothing), from the first header of its stream."""
+    """What ``path`` in the volume is (None: nothing), from the first header of its stream.
+
+    Raises:
+        EngineError: the engine failed otherwise (never taken for "nothing there").
+    """
     try:
         for entry, _ in TarReader(helper.get_archive(path), strip=1):
             return entry.kind
-    except EngineError:
+    except PathNotFound:
         return None
     return None
 

@@ -17,10 +17,12 @@ writer is still alive makes the next writer of that volume wait (an error that s
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +47,7 @@ class _Record:
     format: int = FORMAT
 
 
-WriteKind = Literal["fresh", "merge", "replace"]
+WriteKind = Literal["merge", "replace"]
 WritePhase = Literal["writing", "committing"]
 
 
@@ -53,7 +55,6 @@ WritePhase = Literal["writing", "committing"]
 class WriteRecord:
     """An Engine-API write into an existing volume, as far as it got.
 
-    ``fresh``: the volume was empty; starting over (emptying it) undoes the write.
     ``merge``: files are staged in the folder ``staging`` inside the volume, then hard-linked
     into place (``committing``) from the spool.
     ``replace``: the new content is written into the volume ``staging``, then (``committing``)
@@ -132,6 +133,29 @@ class Journal:
 
     # -- Engine-API writes ----------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def hold(self, volume: str, operation: str) -> Iterator[None]:
+        """This host's one writer of ``volume``: an ``flock`` held for the block (released by
+        the kernel when the process dies, so it never outlives its holder).
+
+        Raises:
+            TransferError: another cargohold run on this host holds it.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path(volume).with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise TransferError(
+                    f"Volume {volume} is being written by another cargohold run on this host.",
+                    hint=f"Wait for it to finish ({operation} was refused), or stop it and run "
+                    "the command again.",
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
     def spool(self, volume: str) -> Path:
         """Where the entries of a staged write into ``volume`` are listed."""
         return self._path(volume).with_suffix(".entries")
@@ -173,7 +197,7 @@ class Journal:
             record is None
             or record.format != FORMAT
             or record.volume != volume
-            or record.kind not in ("fresh", "merge", "replace")
+            or record.kind not in ("merge", "replace")
             or record.phase not in ("writing", "committing")
         ):
             raise TransferError(
