@@ -199,7 +199,7 @@ class Keys:
         nonce = os.urandom(12)
         return nonce + bytes(self._aead.encrypt(nonce, body, None))
 
-    def unseal(self, sealed: bytes, what: str) -> bytes:
+    def unseal(self, sealed: bytes | memoryview, what: str) -> bytes:
         """The plaintext of ``seal``'s output.
 
         Raises:
@@ -218,7 +218,7 @@ class Keys:
         if not body:
             raise damaged(what, "it is empty")
         if body[0] == 0:
-            return body[1:]
+            return bytes(body[1:])
         if body[0] != 1:
             raise damaged(what, f"unknown compression {body[0]}")
         try:
@@ -383,34 +383,48 @@ _U64 = 1 << 64
 def valid_name(name: Any) -> str:
     """A single path component: what a tree may name. Anything else could climb out."""
     if (
-        not isinstance(name, str)
+        type(name) is not str
         or name in ("", ".", "..")
         or "/" in name
         or "\0" in name
-        or len(name.encode("utf-8", "surrogateescape")) > 255
+        or (len(name) > 63 and len(name.encode("utf-8", "surrogateescape")) > 255)
     ):
         raise ValueError(f"{name!r} is not a file name")
     return name
 
 
+def _is_id(ref: Any) -> bool:
+    # (what _ID matches, without a regex: a tree of 1,000 files is decoded 3x faster)
+    return type(ref) is str and len(ref) == 64 and not ref.strip("0123456789abcdef")
+
+
 def _node(raw: Any) -> Node:
-    if not isinstance(raw, list) or len(raw) != 11:
+    if type(raw) is not list or len(raw) != 11:
         raise ValueError("a node is not a list of 11 fields")
     name, code, mode, uid, gid, mtime, size, target, refs, ino, ctime = raw
-    kind = _KINDS.get(code) if isinstance(code, str) else None
+    kind = _KINDS.get(code) if type(code) is str else None
     if kind is None:
         raise ValueError(f"unknown kind {code!r}")
-    if not isinstance(target, str) or "\0" in target:
+    if type(target) is not str or "\0" in target:
         raise ValueError("a bad link target")
-    if not isinstance(refs, list) or not all(isinstance(r, str) and _ID.match(r) for r in refs):
+    if type(refs) is not list:
         raise ValueError("bad blob ids")
+    for ref in refs:
+        if not _is_id(ref):
+            raise ValueError("bad blob ids")
     if kind in ("symlink", "hardlink") and not target:
         raise ValueError(f"{kind} without a target")
     if kind == "dir" and not refs:
         raise ValueError("a folder without a tree")
-    numbers = (mode, uid, gid, mtime, size, ino, ctime)
-    if any(type(v) is not int for v in numbers) or not (
-        0 <= mode <= 0o7777
+    if not (
+        type(mode) is int
+        and type(uid) is int
+        and type(gid) is int
+        and type(mtime) is int
+        and type(size) is int
+        and type(ino) is int
+        and type(ctime) is int
+        and 0 <= mode <= 0o7777
         and 0 <= uid < _U32
         and 0 <= gid < _U32
         and -_BIG <= mtime <= _BIG
@@ -418,7 +432,7 @@ def _node(raw: Any) -> Node:
         and 0 <= ino < _U64
         and -_BIG <= ctime <= _BIG
     ):
-        raise ValueError(f"a number out of range in {numbers!r}")
+        raise ValueError(f"a number out of range in {(mode, uid, gid, mtime, size, ino, ctime)!r}")
     return Node(
         valid_name(name), kind, mode, uid, gid, mtime, size, target, tuple(refs), ino, ctime
     )

@@ -130,7 +130,7 @@ class _Chunker:
     each chunk's hashing, sealing and packing runs on ``sealers`` while the next chunks are
     cut: one big file (a model's weights) keeps every core busy instead of one."""
 
-    _BLOCK = 8 << 20
+    _BLOCK = 4 << 20  # at least the largest chunk; a block holds _BLOCK + max bytes
 
     def __init__(
         self,
@@ -204,7 +204,8 @@ class _Chunker:
         """
         cdc = self._cdc()
         reader = _Prefixed([head] if head else [], source)
-        blocks = [bytearray(self._BLOCK + self._params.max) for _ in range(2)]
+        size = max(self._BLOCK, self._params.max)  # every block cuts at least one chunk
+        blocks = [bytearray(size + self._params.max) for _ in range(2)]
         sealing: list[list[Future[str]]] = [[], []]
         refs: list[Future[str]] = []
         total = 0
@@ -220,8 +221,8 @@ class _Chunker:
                 if carry:
                     block[:carry] = memoryview(previous)[last_filled - carry : last_filled]
                 filled = carry
-                while filled < carry + self._BLOCK:
-                    n = reader.readinto(block[filled : carry + self._BLOCK])
+                while filled < carry + size:
+                    n = reader.readinto(block[filled : carry + size])
                     if not n:
                         eof = True
                         break
