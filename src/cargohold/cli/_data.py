@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -185,22 +186,32 @@ def volume_du(
     out.print(f"{_size(usage.bytes):>10}  total ({usage.files} files)")
 
 
+def _shown(name: str) -> str:
+    """A name from a volume as a terminal may print it: control characters (a container can
+    name a file with escape sequences) shown as \\x escapes."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
 @volume_app.command("files")
 def volume_files(
     volume: str,
     path: Annotated[str, typer.Argument(help="A folder inside the volume.")] = "",
     as_json: JsonOption = False,
 ) -> None:
-    """List the files in a volume (recursively), like ls -l."""
+    """List the files in a volume (recursively, folders before what they hold), like ls -l."""
     name, rel = _volume_and_path(volume, path)
     files = open_volume(connect(), name)
-    rows: list[dict[str, Any]] = []
+    # Streamed as the walk finds them (names sorted within each folder): a volume of millions
+    # of files is listed in the memory of one folder, not of the whole listing.
     with files.entries(rel) as entries:
+        first = True
         for entry, _ in entries:
             if not entry.path:
                 continue
-            rows.append(
-                {
+            if as_json:
+                row = {
                     "path": entry.path,
                     "kind": entry.kind,
                     "mode": oct(entry.mode),
@@ -210,18 +221,17 @@ def volume_files(
                     "mtime_ns": entry.mtime_ns,
                     "target": entry.target or None,
                 }
-            )
-    rows.sort(key=lambda r: str(r["path"]))
-    if as_json:
-        emit_json(rows)
-        return
-    for r in rows:
-        link = f" -> {r['target']}" if r["target"] else ""
-        out.print(
-            f"{r['kind'][0]} {r['mode'][2:]:>4} {r['uid']:>5}:{r['gid']:<5} "
-            f"{r['size']:>12}  {r['path']}{link}",
-            markup=False,
-        )
+                sys.stdout.write(("[\n  " if first else ",\n  ") + json.dumps(row))
+            else:
+                link = f" -> {_shown(entry.target)}" if entry.target else ""
+                sys.stdout.write(
+                    f"{entry.kind[0]} {oct(entry.mode)[2:]:>4} {entry.uid:>5}:{entry.gid:<5} "
+                    f"{entry.size:>12}  {_shown(entry.path)}{link}\n"
+                )
+            first = False
+        if as_json:
+            sys.stdout.write("[]\n" if first else "\n]\n")
+    sys.stdout.flush()
 
 
 @volume_app.command("cat")
