@@ -85,3 +85,32 @@ def test_hardly_compressible_data_is_stored_raw_and_reads_back(kind: str) -> Non
     assert sealed[0] == (0 if kind == "random" else 1)
     assert keys.unseal(sealed, "test") == data
     assert len(sealed) < len(data) // 4 or kind == "random"
+
+
+def test_a_session_writes_index_files_as_it_goes_and_deduplicates_across_them(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Index files every few blobs (a million-file snapshot must not hold every entry until
+    its end): blobs already moved into the lookup table still deduplicate, and the
+    snapshot restores whole."""
+    from cargohold.snapshots import repository
+    from cargohold.snapshots.restore import restore_to_path
+    from cargohold.snapshots.snapshot import snapshot_path
+
+    monkeypatch.setattr(repository, "_INDEX_BATCH", 7)
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = random.Random(9)
+    for i in range(60):
+        (source / f"f{i:02}").write_bytes(rng.randbytes(rng.randint(1, 40_000)) * 3)
+    (source / "dup").write_bytes((source / "f07").read_bytes())
+    repository.init_repository(str(tmp_path / "repo"))
+    config = tmp_path / "repo" / "repository.json"  # 1 MiB packs: several finish mid-session
+    config.write_text(config.read_text().replace('"pack_size": 16777216', '"pack_size": 1048576'))
+    first = snapshot_path(source, repository.open_repository(str(tmp_path / "repo")))
+    assert len(list((tmp_path / "repo" / "index").iterdir())) > 2
+    again = snapshot_path(source, repository.open_repository(str(tmp_path / "repo")))
+    assert again.new_objects == 0
+    restore_to_path(repository.open_repository(str(tmp_path / "repo")), first.id, tmp_path / "out")
+    for path in source.iterdir():
+        assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()

@@ -38,6 +38,7 @@ import os
 import re
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,6 +62,8 @@ __all__ = [
     "decode_tree",
     "encode_index",
     "encode_tree",
+    "index_entries",
+    "index_packs",
 ]
 
 FORMAT_VERSION = 2
@@ -306,9 +309,25 @@ def decode_index(data: bytes, what: str) -> list[tuple[str, str, list[tuple[byte
     Raises:
         RepositoryError: it is malformed.
     """
+    return [(n, k, list(index_entries(v))) for n, k, v in index_packs(data, what)]
+
+
+def index_entries(view: memoryview) -> Iterator[tuple[bytes, int, int]]:
+    """The (blob id, offset, length) entries of one pack, as ``index_packs`` gives them."""
+    return _INDEX_ENTRY.iter_unpack(view)
+
+
+def index_packs(data: bytes, what: str) -> list[tuple[str, str, memoryview]]:
+    """An index's packs with their entries still packed (40 bytes each, read lazily with
+    ``index_entries``): loading a million-blob index no longer builds a million tuples
+    before the lookup table.
+
+    Raises:
+        RepositoryError: it is malformed.
+    """
     if data[:5] != b"CHIX\x02":
         raise damaged(what, "it is not an index of format 2")
-    packs = []
+    packs: list[tuple[str, str, memoryview]] = []
     try:
         (count,) = struct.unpack_from("<I", data, 5)
         pos = 9
@@ -321,8 +340,7 @@ def decode_index(data: bytes, what: str) -> list[tuple[str, str, list[tuple[byte
             end = pos + blobs * _INDEX_ENTRY.size
             if not _PACK_NAME.match(name) or kind not in ("d", "t") or end > len(data):
                 raise ValueError(f"bad pack entry {name!r}")
-            entries = list(_INDEX_ENTRY.iter_unpack(data[pos:end]))
-            packs.append((name, kind, entries))
+            packs.append((name, kind, memoryview(data)[pos:end]))
             pos = end
         if pos != len(data):
             raise ValueError("trailing bytes")

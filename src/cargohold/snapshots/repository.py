@@ -82,6 +82,8 @@ from cargohold.snapshots._format import (
     encode_index,
     encode_snapshot,
     encode_tree,
+    index_entries,
+    index_packs,
     new_encryption,
     parse_config,
     unwrap_key,
@@ -296,6 +298,7 @@ class PackInfo:
 
 
 _PACK_SLOTS = 2  # packs of one kind filled at once (see add_sealed)
+_INDEX_BATCH = 50_000  # blobs named by one index file a session writes (see _write_index)
 
 
 class _OpenPack:
@@ -331,6 +334,7 @@ class Repository:
         self._open: dict[tuple[str, int], _OpenPack] = {}
         self._slots = [threading.Lock() for _ in range(_PACK_SLOTS)]
         self._written: list[tuple[str, str, list[tuple[str, int, int]]]] = []
+        self._written_blobs = 0
         self._uploads: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
         self._new_blobs: dict[bytes, None] = {}
@@ -354,7 +358,9 @@ class Repository:
         numbers: dict[str, int] = {}
         files = [name for name, _ in self.backend.list("index")]
         for name in files:
-            for pack, _kind, blobs in self._read_index(name):
+            what = f"index {name}"
+            raw = self.keys.unseal(self.backend.read(name), what)
+            for pack, _kind, entries in index_packs(raw, what):
                 if exclude and pack in exclude:
                     continue
                 number = numbers.get(pack)
@@ -362,7 +368,7 @@ class Repository:
                     number = numbers[pack] = len(names)
                     names.append(pack)
                 base = number << 64
-                for blob, offset, length in blobs:
+                for blob, offset, length in index_entries(entries):
                     index[blob] = base | offset << 32 | length
         with self._lock:
             self._index, self._pack_names, self._pack_numbers = index, names, numbers
@@ -652,8 +658,39 @@ class Repository:
         digest = secrets.token_hex(32)
         name = f"packs/{digest[:2]}/{digest}"
         self._written.append((name, kind, pack.blobs))
+        self._written_blobs += len(pack.blobs)
         assert self._uploads is not None
         self._pending.append(self._uploads.submit(self.backend.put_file, name, pack.path))
+        if self._written_blobs >= _INDEX_BATCH:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        """Wait for the packs written so far, then publish an index naming them, and move
+        their blobs from the session's own set into the lookup table. A session of a million
+        small files so writes an index every ``_INDEX_BATCH`` blobs instead of holding the
+        whole list (and every blob twice) until its end. Holds ``_lock``."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+        if not self._written:
+            return
+        name = f"index/{secrets.token_hex(16)}"
+        self.backend.put(name, self.keys.seal(encode_index(self._written), metadata=True))
+        index = self._index
+        if index is not None:
+            for pack, _kind, blobs in self._written:
+                number = self._pack_numbers.get(pack)
+                if number is None:
+                    number = self._pack_numbers[pack] = len(self._pack_names)
+                    self._pack_names.append(pack)
+                base = number << 64
+                for blob, offset, length in blobs:
+                    raw = bytes.fromhex(blob)
+                    index[raw] = base | offset << 32 | length
+                    self._new_blobs.pop(raw, None)
+            self._index_files.append(name)
+        self._written = []
+        self._written_blobs = 0
 
     def flush(self) -> None:
         """Publish every open pack, wait for the uploads, then write this session's index."""
@@ -661,13 +698,7 @@ class Repository:
             for key, pack in list(self._open.items()):
                 del self._open[key]
                 self._finish(key[0], pack)
-            pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
-        if self._written:
-            index = self.keys.seal(encode_index(self._written), metadata=True)
-            self.backend.put(f"index/{secrets.token_hex(16)}", index)
-            self._written = []
+            self._write_index()
 
     def store_tree(self, nodes: list[Node]) -> str:
         plain = encode_tree(nodes)
