@@ -108,7 +108,7 @@ def test_a_session_writes_index_files_as_it_goes_and_deduplicates_across_them(
     config = tmp_path / "repo" / "repository.json"  # 1 MiB packs: several finish mid-session
     config.write_text(config.read_text().replace('"pack_size": 16777216', '"pack_size": 1048576'))
     first = snapshot_path(source, repository.open_repository(str(tmp_path / "repo")))
-    assert len(list((tmp_path / "repo" / "index").iterdir())) > 2
+    assert len(list((tmp_path / "repo" / "index").iterdir())) >= 2  # one only at the end before
     again = snapshot_path(source, repository.open_repository(str(tmp_path / "repo")))
     assert again.new_objects == 0
     restore_to_path(repository.open_repository(str(tmp_path / "repo")), first.id, tmp_path / "out")

@@ -651,6 +651,8 @@ class Repository:
                     self._finish(kind, pack)
         finally:
             slots[slot].release()
+        if self._written_blobs >= _INDEX_BATCH:
+            self._write_index(at_least=_INDEX_BATCH)
 
     def _finish(self, kind: str, pack: _OpenPack) -> None:
         """Publish a full pack (in the background on an object store). Holds ``_lock``."""
@@ -661,24 +663,27 @@ class Repository:
         self._written_blobs += len(pack.blobs)
         assert self._uploads is not None
         self._pending.append(self._uploads.submit(self.backend.put_file, name, pack.path))
-        if self._written_blobs >= _INDEX_BATCH:
-            self._write_index()
 
-    def _write_index(self) -> None:
+    def _write_index(self, *, at_least: int = 0) -> None:
         """Wait for the packs written so far, then publish an index naming them, and move
         their blobs from the session's own set into the lookup table. A session of a million
         small files so writes an index every ``_INDEX_BATCH`` blobs instead of holding the
-        whole list (and every blob twice) until its end. Holds ``_lock``."""
-        pending, self._pending = self._pending, []
+        whole list (and every blob twice) until its end. Waits without holding ``_lock``:
+        the other threads go on sealing meanwhile."""
+        with self._lock:
+            if self._written_blobs < at_least or not self._written:
+                return
+            written, self._written, self._written_blobs = self._written, [], 0
+            pending, self._pending = self._pending, []
         for future in pending:
             future.result()
-        if not self._written:
-            return
         name = f"index/{secrets.token_hex(16)}"
-        self.backend.put(name, self.keys.seal(encode_index(self._written), metadata=True))
-        index = self._index
-        if index is not None:
-            for pack, _kind, blobs in self._written:
+        self.backend.put(name, self.keys.seal(encode_index(written), metadata=True))
+        with self._lock:
+            index = self._index
+            if index is None:
+                return
+            for pack, _kind, blobs in written:
                 number = self._pack_numbers.get(pack)
                 if number is None:
                     number = self._pack_numbers[pack] = len(self._pack_names)
@@ -689,8 +694,6 @@ class Repository:
                     index[raw] = base | offset << 32 | length
                     self._new_blobs.pop(raw, None)
             self._index_files.append(name)
-        self._written = []
-        self._written_blobs = 0
 
     def flush(self) -> None:
         """Publish every open pack, wait for the uploads, then write this session's index."""
@@ -698,7 +701,7 @@ class Repository:
             for key, pack in list(self._open.items()):
                 del self._open[key]
                 self._finish(key[0], pack)
-            self._write_index()
+        self._write_index()
 
     def store_tree(self, nodes: list[Node]) -> str:
         plain = encode_tree(nodes)
