@@ -155,7 +155,7 @@ class EngineApiVolume:
                     raise _unchanged(exc, self.name, undone) from None
                 raise
             self.journal.record_write(_phase(record, "committing"))
-            self._commit(helper)
+            self._commit(helper, root)
         self.journal.end_write(self.name)
         return Written(counts[0], counts[1])
 
@@ -186,14 +186,24 @@ class EngineApiVolume:
                     hint="Links a container made are never followed; remove it or write elsewhere.",
                 )
 
-    def _commit(self, helper: ArchiveHelper) -> None:
+    def _commit(self, helper: ArchiveHelper, root: Entry | None) -> None:
         """Hard-link every staged file into place (and make the folders and links), then drop
-        the staging folder. Running it again after a kill gives the same result."""
+        the staging folder. Running it again after a kill gives the same result.
+
+        Dropping the staging folder touches the volume root: its attributes are set last,
+        to the source's root where the source has one, else to ``root`` (as it was)."""
+        final: list[Entry] = []
+        top = _inside("")
+
+        def entries() -> Iterator[tuple[Entry, Opener | None]]:
+            for entry, data in _commit_entries(self.journal.spool(self.name)):
+                if entry.path == top and entry.kind == "dir":
+                    final.append(entry)
+                yield entry, data
+
         try:
-            helper.put_archive(
-                _tar_chunks(_commit_entries(self.journal.spool(self.name)), no_progress, [0, 0])
-            )
-            helper.put_archive(iter([_tombstone()]))
+            helper.put_archive(_tar_chunks(entries(), no_progress, [0, 0]))
+            helper.put_archive(iter([_tombstone(final[-1] if final else root)]))
         except CargoholdError as exc:
             raise TransferError(
                 f"{exc.message} Volume {self.name} was being updated from a complete staged "
@@ -330,7 +340,7 @@ class EngineApiVolume:
             with self.engine.archive_helper(self.name, readonly=False) as helper:
                 if record.phase == "committing":
                     if _kind_of(helper, API_STAGING) == "dir":  # else it was done and dropped
-                        self._commit(helper)
+                        self._commit(helper, _root_of(helper))
                     outcome = "completed"
                 else:
                     helper.put_archive(iter([_tombstone()]))
