@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from pyfastcdc import FastCDC
 
 from cargohold.snapshots._format import ChunkerParams, Keys
 from cargohold.snapshots.snapshot import _Chunker, _Stats
@@ -32,6 +33,19 @@ class _Repo:
         return len(plain)
 
 
+def _stream_chunks(data: bytes) -> tuple[list[str], int]:
+    """What pyfastcdc's own stream chunker cuts, as blob ids: the reference."""
+    params, keys = ChunkerParams(), Keys(None, 1)
+    cdc = FastCDC(params.avg - params.min, min_size=params.min, max_size=params.max,
+                  seed=params.seed)
+    chunks = list(cdc.cut_stream(io.BytesIO(data)))  # lengths only: the buffer is reused
+    refs, pos = [], 0
+    for chunk in chunks:
+        refs.append(keys.blob_id(data[pos : pos + chunk.length]))
+        pos += chunk.length
+    return refs, pos
+
+
 def _data(seed: int, size: int) -> bytes:
     rng = random.Random(seed)
     parts, total = [], 0
@@ -47,8 +61,8 @@ def _data(seed: int, size: int) -> bytes:
                                              (3, 300_000, 8 << 20), (4, 21 << 20, 8 << 20)])
 def test_blocks_cut_where_the_stream_cuts(seed: int, size: int, block: int) -> None:
     data = _data(seed, size)
-    stream_repo, block_repo = _Repo(), _Repo()
-    want = _Chunker(stream_repo, _Stats(), lambda _: None).store(io.BytesIO(data), size)
+    block_repo = _Repo()
+    want = _stream_chunks(data)
     with ThreadPoolExecutor(2) as sealers:
         chunker = _Chunker(block_repo, _Stats(), lambda _: None, sealers)
         chunker._BLOCK = block
@@ -71,7 +85,7 @@ def test_short_reads_change_nothing() -> None:
         def readinto(self, buffer: Any) -> int:
             return self._inner.readinto(memoryview(buffer)[: random.randint(1, 300_000)])
 
-    want = _Chunker(_Repo(), _Stats(), lambda _: None).store(io.BytesIO(data), len(data))
+    want = _stream_chunks(data)
     with ThreadPoolExecutor(2) as sealers:
         got = _Chunker(_Repo(), _Stats(), lambda _: None, sealers).store(Trickle(), len(data))
     assert got == want

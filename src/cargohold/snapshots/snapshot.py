@@ -137,7 +137,7 @@ class _Chunker:
         repo: Repository,
         stats: _Stats,
         progress: Progress,
-        sealers: ThreadPoolExecutor | None = None,
+        sealers: ThreadPoolExecutor,
     ) -> None:
         params = repo.config.chunker
         self._params = params
@@ -171,8 +171,6 @@ class _Chunker:
                     return ([self._blob(data)] if data else []), len(data)
                 data += more
             head = data
-        if self._sealers is None:
-            return self._store_stream(source, head)
         return self._store_blocks(source, head, self._sealers)
 
     def _cdc(self) -> FastCDC:
@@ -182,14 +180,6 @@ class _Chunker:
             max_size=self._params.max,
             seed=self._params.seed,
         )
-
-    def _store_stream(self, source: IO[bytes], head: bytes) -> tuple[list[str], int]:
-        refs: list[str] = []
-        total = 0
-        for chunk in self._cdc().cut_stream(_Prefixed([head] if head else [], source)):
-            refs.append(self._blob(chunk.data))
-            total += chunk.length
-        return refs, total
 
     def _store_blocks(
         self, source: IO[bytes], head: bytes, sealers: ThreadPoolExecutor
@@ -254,13 +244,8 @@ class _Prefixed:
         self._head = list(head)
         self._source = source
 
-    def read(self, n: int) -> bytes:
-        if self._head:
-            return self._head.pop(0)
-        return self._source.read(n) or b""
-
     def readinto(self, buffer: memoryview) -> int:
-        """Straight into the chunker's buffer (without it, pyfastcdc copies every read)."""
+        """Straight into the chunker's block."""
         if self._head:
             data = self._head.pop(0)
             if len(data) > len(buffer):
@@ -323,7 +308,7 @@ class _Builder:
         parent_root: Node | None,
         pool: ThreadPoolExecutor,
         progress: Progress,
-        sealers: ThreadPoolExecutor | None = None,
+        sealers: ThreadPoolExecutor,
     ) -> None:
         self.repo = repo
         self.stats = _Stats()

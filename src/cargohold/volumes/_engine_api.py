@@ -33,7 +33,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from cargohold.archive import (
     CHUNK,
@@ -138,43 +138,40 @@ class EngineApiVolume:
                 if path:
                     self._refuse_links_on(helper, path)
                 helper.put_archive(iter([_tombstone()]))  # a stale staging folder goes first
+                parents = _Parents()
                 with open(spool, "w", encoding="utf-8") as listing:
-                    staged = _staged(_under(source, _inside(path)), path, listing)
+                    staged = _staged(_under(source, _inside(path)), path, listing, parents)
                     helper.put_archive(_tar_chunks(staged, progress, counts))
                     listing.flush()
                     os.fsync(listing.fileno())
-                self._refuse_links_on_parents(helper, spool)
+                self._refuse_links_on_parents(helper, parents)
             except BaseException as exc:
                 # Nothing visible changed: the data went into the staging folder only.
-                undone = False
-                with contextlib.suppress(CargoholdError):
-                    helper.put_archive(iter([_tombstone(root)]))
-                    self.journal.end_write(self.name)
-                    undone = True
-                if isinstance(exc, CargoholdError) and not isinstance(exc, UnsafeArchive):
-                    raise _unchanged(exc, self.name, undone) from None
-                raise
+                self._abandon(exc, lambda: helper.put_archive(iter([_tombstone(root)])))
             self.journal.record_write(_phase(record, "committing"))
             self._commit(helper, root)
         self.journal.end_write(self.name)
         return Written(counts[0], counts[1])
 
-    def _refuse_links_on_parents(self, helper: ArchiveHelper, spool: os.PathLike[str]) -> None:
+    def _abandon(self, exc: BaseException, undo: Callable[[], None]) -> NoReturn:
+        """Undo a staged write that failed before anything visible changed (``undo`` drops
+        its staging place), end its record, and raise ``exc`` -- said as "nothing changed"."""
+        undone = False
+        with contextlib.suppress(CargoholdError):
+            undo()
+            self.journal.end_write(self.name)
+            undone = True
+        if isinstance(exc, CargoholdError) and not isinstance(exc, UnsafeArchive):
+            raise _unchanged(exc, self.name, undone) from None
+        raise exc
+
+    def _refuse_links_on_parents(self, helper: ArchiveHelper, parents: _Parents) -> None:
         """A folder the source does not list (a tar without folder entries) is made by the
         engine, through whatever the volume holds at that name: a link a container planted
         there would redirect the files (or send them into the helper's own layer). Such
         folders are looked up before anything is committed, and a link or file refused."""
-        listed: set[str] = set()
-        missing: set[str] = set()
-        for entry, _ in _commit_entries(spool):
-            if entry.kind == "dir":
-                listed.add(entry.path)
-            parent = entry.path.rpartition("/")[0]
-            while parent and parent not in listed and parent not in missing:
-                missing.add(parent)
-                parent = parent.rpartition("/")[0]
         inside = _inside("")
-        for folder in sorted(missing - listed):
+        for folder in parents.unlisted():
             if not folder.startswith(inside + "/"):
                 continue
             rel = folder[len(inside) + 1 :]
@@ -230,14 +227,7 @@ class EngineApiVolume:
             with self.engine.archive_helper(staging, readonly=False) as helper:
                 written = self._put(helper, source, "", progress)
         except BaseException as exc:
-            undone = False
-            with contextlib.suppress(CargoholdError):
-                self.engine.remove_volume(staging)
-                self.journal.end_write(self.name)
-                undone = True
-            if isinstance(exc, CargoholdError) and not isinstance(exc, UnsafeArchive):
-                raise _unchanged(exc, self.name, undone) from None
-            raise
+            self._abandon(exc, lambda: self.engine.remove_volume(staging))
         self.journal.record_write(_phase(record, "committing"))
         self._copy_from(staging)
         return written
@@ -388,26 +378,30 @@ def _unchanged(exc: CargoholdError, volume: str, undone: bool) -> TransferError:
     )
 
 
-def _kind_of(helper: ArchiveHelper, path: str) -> str | None:
-    """What ``path`` in the volume is (None: nothing), from the first header of its stream.
+def _entry_of(helper: ArchiveHelper, path: str) -> Entry | None:
+    """``path``'s own entry in the volume (None: nothing), from the first header of its stream.
 
     Raises:
         EngineError: the engine failed otherwise (never taken for "nothing there").
     """
     try:
         for entry, _ in TarReader(helper.get_archive(path), strip=1):
-            return entry.kind
+            return entry
     except PathNotFound:
         return None
     return None
 
 
+def _kind_of(helper: ArchiveHelper, path: str) -> str | None:
+    entry = _entry_of(helper, path)
+    return None if entry is None else entry.kind
+
+
 def _root_of(helper: ArchiveHelper) -> Entry | None:
     """The volume root's own entry (its mode, owner and times), to be put back after a write
     that changed nothing but the staging name in it."""
-    for entry, _ in TarReader(helper.get_archive(""), strip=1):
-        return entry if not entry.path and entry.kind == "dir" else None
-    return None
+    entry = _entry_of(helper, "")
+    return entry if entry is not None and not entry.path and entry.kind == "dir" else None
 
 
 def _tombstone(root: Entry | None = None) -> bytes:
@@ -424,15 +418,38 @@ def _tombstone(root: Entry | None = None) -> bytes:
     return buffer.getvalue()
 
 
+class _Parents:
+    """The folders a write lists, and the parents of its entries that it does not list."""
+
+    def __init__(self) -> None:
+        self._listed: set[str] = set()
+        self._missing: set[str] = set()
+
+    def see(self, entry: Entry) -> None:
+        if entry.kind == "dir":
+            self._listed.add(entry.path)
+        parent = entry.path.rpartition("/")[0]
+        while parent and parent not in self._listed and parent not in self._missing:
+            self._missing.add(parent)
+            parent = parent.rpartition("/")[0]
+
+    def unlisted(self) -> list[str]:
+        return sorted(self._missing - self._listed)
+
+
 def _staged(
-    entries: Iterator[tuple[Entry, Opener | None]], path: str, listing: IO[str]
+    entries: Iterator[tuple[Entry, Opener | None]],
+    path: str,
+    listing: IO[str],
+    parents: _Parents,
 ) -> Iterator[tuple[Entry, Opener | None]]:
     """The files and folders of ``entries`` renamed into the staging folder, each entry listed
-    (as it will be committed) in ``listing`` on the way."""
+    (as it will be committed) in ``listing`` and shown to ``parents`` on the way."""
     final_root = _inside(path)
     stage_root = f"{_inside('')}/{API_STAGING}"
     yield Entry(stage_root, "dir", 0o700, os.getuid(), os.getgid(), 0), None
     for entry, data in entries:
+        parents.see(entry)
         row: list[Any] = [
             entry.path,
             entry.kind,
