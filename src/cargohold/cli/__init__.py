@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import signal
@@ -137,5 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         _print_error("interrupted", None)
         code = 130
     if argv is None:
+        # The process ends here. The interpreter's last collection would walk every object the
+        # command left behind (0.2-0.3 s after a snapshot to S3); nothing needs it: files,
+        # sessions and locks are closed explicitly, and finalizers registered with atexit run.
+        gc.freeze()
         sys.exit(code)
     return code
