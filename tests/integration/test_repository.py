@@ -364,6 +364,38 @@ def test_gc_racing_snapshots_on_s3(tmp_path: Path, s3_endpoint: dict[str, str]) 
                 time.sleep(1)
 
 
+def test_snapshot_records_from_an_object_store_are_cached_and_the_cache_is_not_trusted(
+    tmp_path: Path, s3_endpoint: dict[str, str]
+) -> None:
+    """Records are kept on this machine (a snapshot read every record to find its parent, one
+    GET each); a damaged or swapped cached record is read from the store again."""
+    import s3fs
+
+    bucket = f"cht-rec-{os.getpid()}-{random.randrange(1 << 30):x}"
+    env = {**_env(tmp_path), **s3_endpoint, "CARGOHOLD_REPO": f"s3://{bucket}/repo"}
+    fs = s3fs.S3FileSystem(key=s3_endpoint["AWS_ACCESS_KEY_ID"],
+                           secret=s3_endpoint["AWS_SECRET_ACCESS_KEY"],
+                           client_kwargs={"endpoint_url": s3_endpoint["CARGOHOLD_S3_ENDPOINT"]})
+    source = _fill(tmp_path / "src", 3)
+    try:
+        first = json.loads(_ok(run_cli("snapshot", str(source), "--json", env=env)))
+        (source / "new.txt").write_text("second\n")
+        second = json.loads(_ok(run_cli("snapshot", str(source), "--json", env=env)))
+        cached = {p.name: p for p in (tmp_path / "cache" / "cargohold" / "snapshots").rglob("*")
+                  if p.is_file()}
+        assert set(cached) == {first["id"], second["id"]}
+        cached[second["id"]].write_bytes(cached[first["id"]].read_bytes())  # another's record
+        cached[first["id"]].write_bytes(b"\x00not a record")
+        listed = json.loads(_ok(run_cli("snapshots", "--json", env=env)))
+        assert [s["id"] for s in listed] == [first["id"], second["id"]]
+        assert [s["files"] for s in listed] == [first["files"], second["files"]]
+        _ok(run_cli("forget", "--keep-last", "1", env=env))
+        assert not cached[first["id"]].exists() and cached[second["id"]].exists()
+    finally:
+        if fs.exists(bucket):
+            fs.rm(bucket, recursive=True)
+
+
 # -- kills -----------------------------------------------------------------------------------
 
 

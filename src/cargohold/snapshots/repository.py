@@ -48,6 +48,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
@@ -111,7 +112,7 @@ LEGACY_MARKER = "cargohold-repository.json"
 SESSION_TTL = float(os.environ.get("CARGOHOLD_SESSION_TTL", "600"))
 HEARTBEAT = SESSION_TTL / 5
 _UPLOADS = 4  # packs uploaded at once to an object store
-_PACKS_KEPT = 6  # whole packs kept when reading from an object store (~100 MB)
+_PACKS_KEPT = 4  # whole packs kept when reading from an object store: one per restore writer
 
 
 def default_repo_url() -> str:
@@ -341,15 +342,19 @@ class Repository:
         # Reading from an object store: a few recent windows of packs.
         self._packs: OrderedDict[str, bytes] = OrderedDict()  # whole packs from an object store
         self._fetching: dict[str, threading.Lock] = {}
-        self._tree_cache = self._tree_cache_dir()
+        self._tree_cache = self._cache_dir("trees")
+        self._record_cache = self._cache_dir("snapshots")
 
     # -- the index -----------------------------------------------------------------------
 
-    def _tree_cache_dir(self) -> Path | None:
+    def _cache_dir(self, kind: str) -> Path | None:
+        """Where sealed trees and snapshot records of an object-store repository are kept on
+        this machine (they never change once written): a snapshot otherwise read every record
+        (to find its parent) and every tree of the parent, one GET each."""
         if self.backend.local:
             return None
         base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-        return Path(base) / "cargohold" / "trees" / self.config.id
+        return Path(base) / "cargohold" / kind / self.config.id
 
     def load_index(self, *, exclude: set[str] | None = None) -> None:
         """Read every index file. ``exclude``: packs whose blobs must not count as stored."""
@@ -474,10 +479,10 @@ class Repository:
                 return decode_tree(plain, what)
         plain = self.read_blob(blob, what)
         if path is not None:
-            self._cache_tree(path, self.keys.seal(plain, metadata=True))
+            self._cache_write(path, self.keys.seal(plain, metadata=True))
         return decode_tree(plain, what)
 
-    def _cache_tree(self, path: Path, sealed: bytes) -> None:
+    def _cache_write(self, path: Path, sealed: bytes) -> None:
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
@@ -710,7 +715,7 @@ class Repository:
         if self._tree_cache is not None:
             path = self._tree_cache / blob[:2] / blob
             if not path.exists():
-                self._cache_tree(path, self.keys.seal(plain, metadata=True))
+                self._cache_write(path, self.keys.seal(plain, metadata=True))
         return blob
 
     # -- snapshot records -----------------------------------------------------------------
@@ -725,11 +730,20 @@ class Repository:
                 "paused or cut off for too long); nothing was published.",
                 hint="Run the snapshot again.",
             )
-        self.backend.put(
-            f"snapshots/{record.id}", self.keys.seal(encode_snapshot(record), metadata=True)
-        )
+        sealed = self.keys.seal(encode_snapshot(record), metadata=True)
+        self.backend.put(f"snapshots/{record.id}", sealed)
+        cached = self._cached_record(record.id)
+        if cached is not None:
+            self._cache_write(cached, sealed)
 
     def load_snapshot(self, snapshot_id: str) -> SnapshotRecord:
+        what = f"snapshot {snapshot_id}"
+        cached = self._cached_record(snapshot_id)
+        if cached is not None:
+            with contextlib.suppress(OSError, RepositoryError):
+                record = decode_snapshot(self.keys.unseal(cached.read_bytes(), what), what)
+                if record.id == snapshot_id:
+                    return record
         name = f"snapshots/{snapshot_id}"
         try:
             raw = self.backend.read(name)
@@ -738,14 +752,27 @@ class Repository:
                 f"No snapshot {snapshot_id} in {self.url}.",
                 hint="`cargohold snapshots` lists them.",
             ) from None
-        what = f"snapshot {snapshot_id}"
         record = decode_snapshot(self.keys.unseal(raw, what), what)
         if record.id != snapshot_id:
             raise damaged(what, f"it says it is {record.id}")
+        if cached is not None:
+            self._cache_write(cached, bytes(raw))
         return record
+
+    def _cached_record(self, snapshot_id: str) -> Path | None:
+        if self._record_cache is None or not _SNAPSHOT_ID.match(snapshot_id):
+            return None
+        return self._record_cache / snapshot_id
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self.backend.delete(f"snapshots/{snapshot_id}")
+        cached = self._cached_record(snapshot_id)
+        if cached is not None:
+            with contextlib.suppress(OSError):
+                cached.unlink()
+
+
+_SNAPSHOT_ID = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}Z-[0-9a-f]{6}$")
 
 
 def new_snapshot_id(now: datetime | None = None) -> str:
