@@ -116,7 +116,7 @@ def test_a_session_writes_index_files_as_it_goes_and_deduplicates_across_them(
     source.mkdir()
     rng = random.Random(9)
     for i in range(60):
-        (source / f"f{i:02}").write_bytes(rng.randbytes(rng.randint(1, 40_000)) * 3)
+        (source / f"f{i:02}").write_bytes(rng.randbytes(rng.randint(1, 120_000)))  # raw
     (source / "dup").write_bytes((source / "f07").read_bytes())
     repository.init_repository(str(tmp_path / "repo"))
     config = tmp_path / "repo" / "repository.json"  # 1 MiB packs: several finish mid-session

@@ -93,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script. Returns the exit code (and exits with it when run as
     the script)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        # What the imports made lives as long as the process: no collection needs to walk it
+        # again. Collections come less often: a snapshot of a million files makes millions of
+        # short-lived objects without cycles, and each full collection walked all that lived
+        # (7% of an unchanged snapshot of 200,000 files).
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
     logging.basicConfig(
         level=logging.DEBUG if os.environ.get("CARGOHOLD_DEBUG") else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

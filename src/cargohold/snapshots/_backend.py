@@ -239,8 +239,14 @@ class FsspecBackend:
                 # whole pack into memory first (four uploads at once held ~150 MB).
                 bucket, _, key = self._full(name).partition("/")
                 with open(path, "rb") as body:
-                    self._call("Uploading to", self.fs.call_s3, "put_object",
-                               Bucket=bucket, Key=key, Body=body)
+                    self._call(
+                        "Uploading to",
+                        self.fs.call_s3,
+                        "put_object",
+                        Bucket=bucket,
+                        Key=key,
+                        Body=body,
+                    )
             else:
                 self._call("Uploading to", self.fs.put_file, path, self._full(name))
         finally:

@@ -83,12 +83,12 @@ from cargohold.snapshots._format import (
     encode_index,
     encode_snapshot,
     encode_tree,
-    index_entries,
     index_packs,
     new_encryption,
     parse_config,
     unwrap_key,
 )
+from cargohold.snapshots._lookup import BlobTable
 
 __all__ = [
     "PASSWORD_ENV",
@@ -321,7 +321,7 @@ class Repository:
         self.url = backend.url
         self.keys = Keys(master, config.compression_level)
         self._lock = threading.Lock()
-        self._index: dict[bytes, int] | None = None
+        self._index: BlobTable | None = None
         self._pack_names: list[str] = []
         self._pack_numbers: dict[str, int] = {}
         self._index_files: list[str] = []
@@ -358,7 +358,7 @@ class Repository:
 
     def load_index(self, *, exclude: set[str] | None = None) -> None:
         """Read every index file. ``exclude``: packs whose blobs must not count as stored."""
-        index: dict[bytes, int] = {}
+        index = BlobTable()
         names: list[str] = []
         numbers: dict[str, int] = {}
         files = [name for name, _ in self.backend.list("index")]
@@ -372,9 +372,7 @@ class Repository:
                 if number is None:
                     number = numbers[pack] = len(names)
                     names.append(pack)
-                base = number << 64
-                for blob, offset, length in index_entries(entries):
-                    index[blob] = base | offset << 32 | length
+                index.add_packed(entries, number)
         with self._lock:
             self._index, self._pack_names, self._pack_numbers = index, names, numbers
             self._index_files = files
@@ -394,7 +392,7 @@ class Repository:
             for pack, kind, blobs in self._read_index(name):
                 yield PackInfo(pack, kind, tuple(blobs))
 
-    def _ensure_index(self) -> dict[bytes, int]:
+    def _ensure_index(self) -> BlobTable:
         if self._index is None:
             self.load_index()
         assert self._index is not None
@@ -414,7 +412,8 @@ class Repository:
         where = index.get(bytes.fromhex(blob))
         if where is None:
             return None
-        return self._pack_names[where >> 64], (where >> 32) & 0xFFFFFFFF, where & 0xFFFFFFFF
+        number, offset, length = where
+        return self._pack_names[number], offset, length
 
     # -- reading blobs ---------------------------------------------------------------------
 
@@ -693,10 +692,9 @@ class Repository:
                 if number is None:
                     number = self._pack_numbers[pack] = len(self._pack_names)
                     self._pack_names.append(pack)
-                base = number << 64
                 for blob, offset, length in blobs:
                     raw = bytes.fromhex(blob)
-                    index[raw] = base | offset << 32 | length
+                    index.add(raw, number, offset, length)
                     self._new_blobs.pop(raw, None)
             self._index_files.append(name)
 
