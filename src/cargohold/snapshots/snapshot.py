@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 
 EXIT_CHANGED = 4  # the snapshot completed, but some paths changed or vanished while read
 _WORKERS = max(2, min(4, os.cpu_count() or 2))
+# Files smaller than this are read on the walking thread: handing a 1 KB file to the pool cost
+# more than reading it (33 futex calls a file; hashing so little does not release the GIL).
+_INLINE_BELOW = 64 << 10
 _PENDING = 128  # files being read at once (each holds an open descriptor)
 _CHANGED_LISTED = 1000  # changed paths recorded by name; more are counted
 
@@ -427,6 +430,11 @@ class _Builder:
             self.progress(entry.size, files=1)
             return
         assert opener is not None
+        if st is not None and entry.size < _INLINE_BELOW:
+            node = self._read_walked(entry, name, st, opener)
+            if node is not None:
+                top.items.append(node)
+            return
         if st is not None:  # a source that stats what it walks hands out lasting openers
             self._wait_some()
             future = self.pool.submit(self._read_walked, entry, name, st, opener)
