@@ -15,6 +15,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -394,6 +395,44 @@ def test_snapshot_records_from_an_object_store_are_cached_and_the_cache_is_not_t
     finally:
         if fs.exists(bucket):
             fs.rm(bucket, recursive=True)
+
+
+def test_a_pack_upload_cut_off_and_retried_stores_the_whole_pack(
+    tmp_path: Path, s3_endpoint: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack is sent from its file; when a send fails after reading it (the connection is
+    cut), the retry must send the whole file again, not the rest of it (nothing)."""
+    from botocore.exceptions import ConnectionClosedError
+    from fsspec.asyn import sync
+
+    from cargohold.snapshots._backend import FsspecBackend
+
+    for key, value in s3_endpoint.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"cht-put-{os.getpid()}-{random.randrange(1 << 30):x}"
+    backend = FsspecBackend(f"s3://{bucket}/repo")
+    backend.ensure_bucket()
+    data = random.Random(4).randbytes(3 << 20)
+    path = tmp_path / "pack"
+    path.write_bytes(data)
+    client = sync(backend.fs.loop, backend.fs.set_session)
+    real, calls = client.put_object, []
+
+    async def cut_once(**kwargs: Any) -> Any:
+        calls.append(kwargs["Key"])
+        if len(calls) == 1:
+            kwargs["Body"].read()  # sent, then the connection was cut
+            raise ConnectionClosedError(endpoint_url="http://cut")
+        return await real(**kwargs)
+
+    monkeypatch.setattr(client, "put_object", cut_once)
+    try:
+        backend.put_file("packs/ab/pack", str(path))
+        assert len(calls) == 2 and not path.exists()
+        assert backend.read("packs/ab/pack") == data
+    finally:
+        monkeypatch.undo()
+        backend.fs.rm(bucket, recursive=True)
 
 
 # -- kills -----------------------------------------------------------------------------------

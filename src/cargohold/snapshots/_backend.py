@@ -20,6 +20,7 @@ import os
 import secrets
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +29,8 @@ from cargohold.errors import TransferError
 from cargohold.volumes import fsspec_filesystem
 
 __all__ = ["Backend", "FsspecBackend", "LocalBackend", "RepositoryError", "fsspec_filesystem"]
+
+_PUT_ATTEMPTS = 3  # uploads of one pack to an object store, the file rewound each time
 
 
 class RepositoryError(TransferError):
@@ -235,23 +238,32 @@ class FsspecBackend:
     def put_file(self, name: str, path: str) -> None:
         try:
             if self.url.startswith("s3://"):
-                # The file as the request body, read as it is sent: fsspec's put_file read a
-                # whole pack into memory first (four uploads at once held ~150 MB).
-                bucket, _, key = self._full(name).partition("/")
-                with open(path, "rb") as body:
-                    self._call(
-                        "Uploading to",
-                        self.fs.call_s3,
-                        "put_object",
-                        Bucket=bucket,
-                        Key=key,
-                        Body=body,
-                    )
+                self._call("Uploading to", self._put_s3_file, name, path)
             else:
                 self._call("Uploading to", self.fs.put_file, path, self._full(name))
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
+
+    def _put_s3_file(self, name: str, path: str) -> None:
+        """The file as the request body, read as it is sent: fsspec's put_file read a whole
+        pack into memory first (four uploads at once held ~150 MB). The client is called
+        directly, each attempt with the file rewound: s3fs's own retry would send the same,
+        already read file object again, and botocore sizes a body from where it stands, so
+        a retried upload stored an empty object and succeeded."""
+        from fsspec.asyn import sync
+
+        bucket, _, key = self._full(name).partition("/")
+        for attempt in range(_PUT_ATTEMPTS):
+            with open(path, "rb") as body:
+                try:
+                    client = sync(self.fs.loop, self.fs.set_session)
+                    sync(self.fs.loop, client.put_object, Bucket=bucket, Key=key, Body=body)
+                    return
+                except Exception:
+                    if attempt + 1 == _PUT_ATTEMPTS:
+                        raise
+                    time.sleep(0.5 * 2**attempt)
 
     def read(self, name: str, offset: int = 0, length: int = -1) -> bytes:
         end = None if length < 0 else offset + length

@@ -51,24 +51,29 @@ class BlobTable:
         pos = self._find(bucket, blob)
         if pos < 0:
             return None
-        return _LOCATION.unpack_from(bucket, pos + 32)
+        # (from a copy: unpack_from would hold an export of the bucket while it allocates,
+        # and a writer's append meanwhile would raise BufferError)
+        return _LOCATION.unpack(bucket[pos + 32 : pos + _SIZE])
 
     def add(self, blob: bytes, pack: int, offset: int, length: int) -> None:
-        """Record where a blob is, unless it is known already (any stored copy will do)."""
+        """Record where a blob is; a blob known already moves to the new place (as gc's
+        repacking moves it)."""
         if len(blob) != 32:
             raise ValueError("a blob id is 32 bytes")
         key = blob[0] << 8 | blob[1]
         bucket = self._buckets[key]
         if bucket is None:
             bucket = self._buckets[key] = bytearray()
-        elif self._find(bucket, blob) >= 0:
+        elif (pos := self._find(bucket, blob)) >= 0:
+            bucket[pos + 32 : pos + _SIZE] = _LOCATION.pack(pack, offset, length)
             return
         bucket += _RECORD.pack(blob, pack, offset, length)
         self._count += 1
 
     def add_packed(self, entries: memoryview, pack: int) -> None:
-        """Add an index's packed entries of one pack (``<32sII`` each: id, offset, length)."""
-        record = _RECORD.pack
+        """Add an index's packed entries of one pack (``<32sII`` each: id, offset, length);
+        like ``add``, a later copy of a blob wins, as it did in a dict."""
+        record, location = _RECORD.pack, _LOCATION.pack
         buckets = self._buckets
         find = self._find
         added = 0
@@ -77,7 +82,10 @@ class BlobTable:
             bucket = buckets[key]
             if bucket is None:
                 bucket = buckets[key] = bytearray()
-            elif (pos := bucket.find(blob)) >= 0 and (pos % _SIZE == 0 or find(bucket, blob) >= 0):
+            elif (pos := bucket.find(blob)) >= 0 and (
+                pos % _SIZE == 0 or (pos := find(bucket, blob)) >= 0
+            ):
+                bucket[pos + 32 : pos + _SIZE] = location(pack, offset, length)
                 continue
             bucket += record(blob, pack, offset, length)
             added += 1

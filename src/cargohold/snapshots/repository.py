@@ -45,6 +45,7 @@ to reference -- a writer decides "already stored" from the index it loaded when 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -343,7 +344,11 @@ class Repository:
         self._packs: OrderedDict[str, bytes] = OrderedDict()  # whole packs from an object store
         self._fetching: dict[str, threading.Lock] = {}
         self._tree_cache = self._cache_dir("trees")
-        self._record_cache = self._cache_dir("snapshots")
+        # Records are not content-addressed: their cache is bound to the URL too, so that a
+        # hostile repository claiming another's id cannot plant records for it.
+        records = self._cache_dir("snapshots")
+        url_key = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        self._record_cache = records.with_name(f"{records.name}-{url_key}") if records else None
 
     # -- the index -----------------------------------------------------------------------
 
@@ -758,7 +763,7 @@ class Repository:
         return record
 
     def _cached_record(self, snapshot_id: str) -> Path | None:
-        if self._record_cache is None or not _SNAPSHOT_ID.match(snapshot_id):
+        if self._record_cache is None or not _SNAPSHOT_ID.fullmatch(snapshot_id):
             return None
         return self._record_cache / snapshot_id
 
@@ -770,7 +775,7 @@ class Repository:
                 cached.unlink()
 
 
-_SNAPSHOT_ID = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}Z-[0-9a-f]{6}$")
+_SNAPSHOT_ID = re.compile(r"[0-9]{8}T[0-9]{6}\.[0-9]{6}Z-[0-9a-f]{6}")
 
 
 def new_snapshot_id(now: datetime | None = None) -> str:

@@ -333,6 +333,8 @@ class _Builder:
         try:
             for ref in node.refs:
                 for child in self.repo.read_tree(ref, "the previous snapshot"):
+                    if child.name in nodes:  # (across tree blobs: one blob checks its own)
+                        raise RepositoryError(f"{child.name!r} is in it twice")
                     nodes[child.name] = child
         except RepositoryError as exc:
             log.warning("previous snapshot unreadable, reading everything: %s", exc)
