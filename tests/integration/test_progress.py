@@ -51,32 +51,33 @@ def _progress_lines(stderr: str) -> list[re.Match[str]]:
 
 
 def test_progress_lines_show_files_bytes_rates_and_for_a_restore_an_eta(tmp_path: Path) -> None:
-    source = _fill(tmp_path / "data", 3000, most=8000)
+    # (enough that a run lasts the fifth of a second rates need: 3,000 files once did)
+    source = _fill(tmp_path / "data", 12000, most=8000)
     env = _env(tmp_path)
 
     taken = run_cli("snapshot", str(source), "--json", env=env)
     assert taken.returncode == 0, taken.stderr
     info = json.loads(taken.stdout)  # progress never reaches stdout
-    assert info["files"] == 3000
+    assert info["files"] == 12000
     lines = _progress_lines(taken.stderr)
     assert lines, taken.stderr
     assert all(m["what"] == f"snapshot {source}" for m in lines)
-    assert int(lines[-1]["files"].replace(",", "")) <= 3000
+    assert int(lines[-1]["files"].replace(",", "")) <= 12000
     assert any(m["rates"] for m in lines), taken.stderr
 
     again = run_cli("snapshot", str(source), env=env)  # the first one is its estimate
     assert again.returncode == 0, again.stderr
-    assert again.stdout.startswith("snapshot 2") and "3000 files" in again.stdout
+    assert again.stdout.startswith("snapshot 2") and "12000 files" in again.stdout
     estimated = [m["rest"] for m in _progress_lines(again.stderr)]
-    assert all("≈3,000 files" in rest for rest in estimated), again.stderr
+    assert all("≈12,000 files" in rest for rest in estimated), again.stderr
 
     restored = run_cli("restore", info["id"], "--to", str(tmp_path / "out"), env=env)
     assert restored.returncode == 0, restored.stderr
-    assert restored.stdout.startswith(f"restored {info['id']} (3000 files,")
+    assert restored.stdout.startswith(f"restored {info['id']} (12000 files,")
     shown = _progress_lines(restored.stderr)
     assert any(m["rates"] for m in shown), restored.stderr
     rests = [m["rest"] for m in shown]
-    assert all(re.match(r"; \d+% of 3,000 files, [\d.]+ MB(, ETA \d+:\d\d)?$", r) for r in rests)
+    assert all(re.match(r"; \d+% of 12,000 files, [\d.]+ MB(, ETA \d+:\d\d)?$", r) for r in rests)
     assert any("ETA" in r for r in rests), restored.stderr
 
 

@@ -111,23 +111,28 @@ def main(argv: list[str] | None = None) -> int:
         code = result if isinstance(result, int) else 0
         if interrupt.seen and code == 130:
             _print_error("interrupted", None)
-    except CargoholdError as exc:
+    except (CargoholdError, OSError) as exc:
         if os.environ.get("CARGOHOLD_DEBUG"):
             raise
-        _print_error(exc.message, exc.hint)
-        code = exc.exit_code
-    except OSError as exc:
-        # The file system said no (full disk, permissions, a vanished path): say it plainly.
-        if os.environ.get("CARGOHOLD_DEBUG"):
-            raise
-        where = f" ({exc.filename})" if exc.filename else ""
-        _print_error(
-            f"{exc.strerror or exc}{where}.",
-            _OS_HINTS.get(
-                exc.errno or 0, "Check the path and try again; CARGOHOLD_DEBUG=1 shows the details."
-            ),
-        )
-        code = 1
+        if interrupt.seen:
+            # An error on the way out of an interrupted command (a descriptor closed under a
+            # reader by the unwinding) is the interruption's, not a failure of its own.
+            _print_error("interrupted", None)
+            code = 130
+        elif isinstance(exc, CargoholdError):
+            _print_error(exc.message, exc.hint)
+            code = exc.exit_code
+        else:
+            # The file system said no (full disk, permissions, a vanished path): say it plainly.
+            where = f" ({exc.filename})" if exc.filename else ""
+            _print_error(
+                f"{exc.strerror or exc}{where}.",
+                _OS_HINTS.get(
+                    exc.errno or 0,
+                    "Check the path and try again; CARGOHOLD_DEBUG=1 shows the details.",
+                ),
+            )
+            code = 1
     except _NoArgsIsHelp as exc:  # `cargohold`, `cargohold volume`: show what there is
         sys.stdout.write(exc.ctx.get_help() + "\n" if exc.ctx else "")
         code = 2
