@@ -249,8 +249,8 @@ class FsspecBackend:
         """The file as the request body, read as it is sent: fsspec's put_file read a whole
         pack into memory first (four uploads at once held ~150 MB). The client is called
         directly, each attempt with the file rewound: s3fs's own retry would send the same,
-        already read file object again, and botocore sizes a body from where it stands, so
-        a retried upload stored an empty object and succeeded."""
+        already read file object again, and botocore sizes a body from where it stands (a
+        cut connection then failed the upload, or could store only the file's rest)."""
         from fsspec.asyn import sync
 
         bucket, _, key = self._full(name).partition("/")
