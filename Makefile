@@ -29,15 +29,15 @@ demo: setup-demo
 # its checkpoints mirrored to a local S3 server, that node dies, the job resumes on the other.
 # Everything it creates (engines, namespaces, stack, volumes, bucket server) is removed after.
 demo-cluster: setup
-	$(PYTHON) -m pytest -q -s -p no:cacheprovider \
+	"$(PYTHON)" -m pytest -q -s -p no:cacheprovider \
 		"tests/integration/test_cluster.py::test_a_job_survives_losing_its_node"
 
 # ruff, mypy, and the layer contract (pyproject.toml, [tool.importlinter]): imports point down.
 lint:
-	$(PYTHON) -m ruff check src tests examples benchmarks
-	$(PYTHON) -m ruff format --check src
-	$(PYTHON) -m mypy
-	PYTHONPATH=src $(PYTHON) -c 'from importlinter.cli import lint_imports_command as run; run()'
+	"$(PYTHON)" -m ruff check src tests examples benchmarks
+	"$(PYTHON)" -m ruff format --check src
+	"$(PYTHON)" -m mypy
+	PYTHONPATH=src "$(PYTHON)" -c 'from importlinter.cli import lint_imports_command as run; run()'
 
 test: setup lint
-	$(PYTHON) -m pytest
+	"$(PYTHON)" -m pytest

@@ -26,9 +26,23 @@ if ! $root; then
   fi
   problem=$(docker info 2>&1 >/dev/null || true)
   if grep -qi "permission denied" <<<"$problem"; then
-    note "The Docker engine runs, but $user may not use it (not in the docker group). As root:"
-    note "    usermod -aG docker $user"
-    note "then log in again (or start a shell with: newgrp docker) and run this again."
+    sock=${DOCKER_HOST:-unix:///var/run/docker.sock}
+    sock=${sock#unix://}
+    if id -nG | tr ' ' '\n' | grep -qx docker; then
+      # In the group already: the socket itself is not the group's (dockerd started before the
+      # group existed, or was told another one).
+      note "The Docker engine runs and $user is in the docker group, but its socket is not the group's:"
+      note "    $(stat -c '%U:%G %A' "$sock" 2>/dev/null || echo '?') $sock"
+      note "As root:  chgrp docker $sock && chmod 660 $sock"
+      note "(lasting: restart dockerd now that the docker group exists, e.g. systemctl restart docker)"
+    elif getent group docker | cut -d: -f4 | tr ',' '\n' | grep -qx "$user"; then
+      note "$user was added to the docker group after this login. Log in again (or start a"
+      note "shell with: newgrp docker) and run this again."
+    else
+      note "The Docker engine runs, but $user may not use it (not in the docker group). As root:"
+      note "    usermod -aG docker $user"
+      note "then log in again (or start a shell with: newgrp docker) and run this again."
+    fi
   elif [ -n "${DOCKER_HOST:-}" ]; then
     note "No Docker engine answers at DOCKER_HOST=$DOCKER_HOST:"
     note "    $(head -n 1 <<<"$problem")"

@@ -28,10 +28,20 @@ fi
 bash scripts/ensure-engine.sh "${ENGINE_PIDFILE:-}"
 
 # 2. The Python environment: ./.venv is made here; any other one must exist already.
-if [ "$python" = "$venv/bin/python" ] && ! "$python" -c "" 2>/dev/null; then
+# A .venv whose Python is gone, or older than 3.11 (made by an earlier, older python3), is made again.
+if [ "$python" = "$venv/bin/python" ] \
+  && ! "$python" -c "import sys; sys.exit(sys.version_info < (3, 11))" 2>/dev/null; then
   base=${SYSTEM_PYTHON:-python3}
   if ! command -v "$base" >/dev/null 2>&1; then
     note "setup: no $base here. As root: apt-get install -y python3 python3-venv"
+    exit 1
+  fi
+  # cargohold needs 3.11 (tomllib, typing); Ubuntu 22.04's python3 is 3.10.
+  if ! "$base" -c "import sys; sys.exit(sys.version_info < (3, 11))" 2>/dev/null; then
+    note "setup: $base is Python $("$base" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo '?'); cargohold needs 3.11 or newer."
+    note "As root, once:  apt-get install -y python3.11 python3.11-venv"
+    goal=demo; [ "$extra" = dev ] && goal=test
+    note "then:  make $goal SYSTEM_PYTHON=python3.11"
     exit 1
   fi
   # Debian splits ensurepip (and so `python3 -m venv`) into the package python3-venv.
@@ -49,7 +59,16 @@ if [ "$python" = "$venv/bin/python" ] && ! "$python" -c "" 2>/dev/null; then
   run_logged "setup: making the virtual environment $venv" "$logs/venv.log" \
     "$base" -m venv "$venv" || { rm -rf "$venv"; exit 1; }
 elif ! "$python" -c "" 2>/dev/null; then
-  note "setup: PYTHON=$python does not run. Leave PYTHON unset to use $venv."
+  if [ -z "${PYTHON:-}" ]; then
+    note "setup: the active virtualenv's $python does not run (VIRTUAL_ENV=$VIRTUAL_ENV)."
+    note "Leave it (deactivate) to use $venv, or name an interpreter: PYTHON=…"
+  else
+    note "setup: PYTHON=$python does not run. Leave PYTHON unset to use $venv."
+  fi
+  exit 1
+elif ! "$python" -c "import sys; sys.exit(sys.version_info < (3, 11))" 2>/dev/null; then
+  note "setup: $python is older than Python 3.11, which cargohold needs."
+  note "Name a newer one (PYTHON=…), or leave PYTHON and any virtualenv to use $venv."
   exit 1
 fi
 

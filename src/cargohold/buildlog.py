@@ -33,7 +33,9 @@ def default_log_path(name: str) -> Path:
 
 class LineLog:
     """Writes each line to a log file and passes it on to ``then`` (a status line), as a context
-    manager. When the file cannot be written, lines still reach ``then``; ``path`` is None."""
+    manager. When ``path`` cannot be written (a home folder that is not writable), the log goes
+    to a new file in the temporary folder instead; only when neither can be written do lines
+    reach ``then`` alone, and ``path`` is None."""
 
     def __init__(self, path: Path, then: Callable[[str], None] | None = None) -> None:
         self._then = then
@@ -43,7 +45,12 @@ class LineLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("w", encoding="utf-8", errors="replace")
         except OSError:
-            self.path = None
+            try:
+                fd, name = tempfile.mkstemp(prefix="cargohold-" + path.stem + "-", suffix=".log")
+                self._file = os.fdopen(fd, "w", encoding="utf-8", errors="replace")
+                self.path = Path(name)
+            except OSError:
+                self.path = None
 
     def __call__(self, line: str) -> None:
         if self._file is not None:

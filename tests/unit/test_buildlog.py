@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,30 @@ def test_lines_go_to_the_file_and_on_to_the_status(tmp_path: Path) -> None:
     ]
 
 
-def test_an_unwritable_log_still_passes_lines_on(tmp_path: Path) -> None:
+def test_an_unwritable_log_goes_to_the_temporary_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
+    spare = tmp_path / "tmp"
+    spare.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spare))
+    seen: list[str] = []
+    with LineLog(blocker / "build.log", then=seen.append) as log:
+        log("Step 1/1 : FROM base")
+        log.record("kept")
+    assert log.path is not None and log.path.parent == spare
+    assert log.path.name.startswith("cargohold-build-") and log.path.suffix == ".log"
+    assert log.path.read_text() == "Step 1/1 : FROM base\nkept\n"
+    assert seen == ["Step 1/1 : FROM base"]
+
+
+def test_a_log_that_cannot_be_written_anywhere_still_passes_lines_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker / "nowhere"))
     seen: list[str] = []
     with LineLog(blocker / "build.log", then=seen.append) as log:
         log("Step 1/1 : FROM base")

@@ -384,6 +384,29 @@ def test_plan_and_one_host_renders_say_the_limits_too(tmp_path: Path) -> None:
     assert "# train: stores.checkpoints.mirror:" in compose
 
 
+def test_plan_of_a_one_host_job_counts_the_cluster_notes_and_lists_them_on_request(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "cargohold.toml").write_text(
+        '[project]\nname = "p"\n[stores.data]\nkind = "dataset"\nsource = "./data"\n'
+        'target = "/data"\n'
+        '[jobs.train]\nimage = "python:3.11-slim"\ncommand = ["true"]\n'
+    )
+    short = run_cli("plan", cwd=tmp_path)
+    assert short.returncode == 0, short.stderr
+    assert "note swarm" not in short.stdout and "note kubernetes" not in short.stdout
+    counted = [line for line in short.stdout.splitlines() if "cluster renderings:" in line]
+    assert len(counted) == 1 and "plan --cluster" in counted[0]
+    full = run_cli("plan", "--cluster", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    listed = {line.split(":")[0].strip() for line in full.stdout.splitlines()
+              if line.strip().startswith("note ")}
+    assert listed == {"note swarm", "note kubernetes"}
+    swarm = sum("note swarm" in line for line in full.stdout.splitlines())
+    assert f"swarm {swarm} note" in counted[0]
+
+
 def test_compose_runs_the_mirror_beside_the_job(tmp_path: Path) -> None:
     import subprocess
 

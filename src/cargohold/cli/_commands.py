@@ -103,6 +103,14 @@ def plan(
     job: JobArgument = None,
     file: SpecOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster",
+            help="Also list what Swarm and Kubernetes renderings cannot express, for a job "
+            "that has no cluster settings (nodes, placement, mirror).",
+        ),
+    ] = False,
 ) -> None:
     """Each store of a job (backing, source, target, mode) and its runtime settings, with why."""
     from cargohold.render._limits import TARGETS, limits_of
@@ -144,12 +152,31 @@ def plan(
         for setting, reason in the_plan.runtime.reasons:
             out.print(f"  [bold]{setting:<12}[/] [dim]{escape(reason)}[/]", markup=True)
     # What each rendering target cannot express (render/_limits.py), said before rendering.
+    # A job with no cluster settings gets the cluster targets' notes as one line (refusals are
+    # always listed): a newcomer's first `plan` is about this host, and eight notes on Swarm
+    # and Kubernetes filled half of the demo's screen.
+    wants_cluster = (
+        cluster
+        or the_plan.nodes > 1
+        or bool(the_plan.placement)
+        or any(m.mirror for m in the_plan.mounts)
+    )
+    held_back: dict[str, int] = {}
     for target, found in limits.items():
         for limit in found:
+            if target in ("swarm", "kubernetes") and not wants_cluster and not limit.fatal:
+                held_back[target] = held_back.get(target, 0) + 1
+                continue
             verdict = "[red]refused[/]" if limit.fatal else "[yellow]note[/]"
             out.print(
                 f"  {verdict} {target}: {escape(limit.key)}: {escape(limit.message)}", markup=True
             )
+    if held_back:
+        counts = ", ".join(f"{t} {n} note{'s' if n > 1 else ''}" for t, n in held_back.items())
+        out.print(
+            f"  [dim]cluster renderings: {counts} (`cargohold plan --cluster` lists them)[/]",
+            markup=True,
+        )
 
 
 @render_app.command("docker-run")
