@@ -59,6 +59,20 @@ def _progress(description: str) -> Iterator[Meter]:
         yield meter
 
 
+def _is_folder(text: str) -> bool:
+    """A host folder, not ``VOLUME[:PATH]``: what comes before the first ``:`` is no volume
+    name (volume names have no ``/`` and do not start with ``.`` or ``~``)."""
+    from cargohold.volumes import check_volume_name
+
+    if text.startswith(":"):
+        return False  # ":PATH" names no volume: split_volume_path says so
+    try:
+        check_volume_name(text.partition(":")[0])
+    except UsageError:
+        return True
+    return False
+
+
 @app.command("ingest")
 def ingest_command(
     source: Annotated[
@@ -67,14 +81,27 @@ def ingest_command(
             help="A host folder, a file, an archive (.tar, .tar.gz, .tar.zst, …) or an fsspec URL."
         ),
     ],
-    destination: Annotated[str, typer.Argument(help="VOLUME or VOLUME:PATH.")],
+    destination: Annotated[
+        str,
+        typer.Argument(help="VOLUME or VOLUME:PATH, or a host folder (a path: ./x, /x, x/y)."),
+    ],
     verify: Annotated[
         bool, typer.Option(help="Compare every file's sha256 after the copy.")
     ] = False,
 ) -> None:
-    """Copy host data into a volume (created if missing)."""
-    from cargohold.volumes import ingest
+    """Copy host data into a volume (created if missing), or into a folder without Docker."""
+    from cargohold.volumes import ingest, ingest_folder
 
+    if _is_folder(destination):
+        with _progress(f"ingest → {destination}") as progress:
+            result = ingest_folder(source, Path(destination), verify=verify, progress=progress)
+        _say_recovered(result)
+        out.print(
+            f"{result.files} files, {_size(result.bytes)} into {destination}"
+            f"{', verified' if result.verified else ''}",
+            markup=False,
+        )
+        return
     engine = connect()
     with _progress(f"ingest → {destination}") as progress:
         result = ingest(engine, source, destination, verify=verify, progress=progress)
@@ -89,15 +116,23 @@ def ingest_command(
 
 @app.command("export")
 def export_command(
-    source: Annotated[str, typer.Argument(help="VOLUME or VOLUME:PATH.")],
+    source: Annotated[
+        str, typer.Argument(help="VOLUME or VOLUME:PATH, or a host folder (a path: ./x, /x, x/y).")
+    ],
     destination: Annotated[
         Path, typer.Argument(help="A folder, or an archive by extension (.tar, .tar.gz, .tar.zst).")
     ],
     force: Annotated[bool, typer.Option(help="Write into a folder that has content.")] = False,
 ) -> None:
-    """Copy a volume (or a folder in it) to the host."""
-    from cargohold.volumes import export_volume
+    """Copy a volume (or a folder in it) to the host; a host folder's export needs no Docker."""
+    from cargohold.volumes import export_folder, export_volume
 
+    if _is_folder(source):
+        with _progress(f"export {source}") as progress:
+            result = export_folder(Path(source), destination, force=force, progress=progress)
+        _say_recovered(result)
+        out.print(f"{result.files} files, {_size(result.bytes)} to {destination}", markup=False)
+        return
     engine = connect()
     with _progress(f"export {source}") as progress:
         result = export_volume(engine, source, destination, force=force, progress=progress)

@@ -20,8 +20,10 @@ from cargohold.volumes._transfer import (
     ARCHIVE_SUFFIXES,
     TransferResult,
     clone_volume,
+    export_folder,
     export_volume,
     ingest,
+    ingest_folder,
 )
 from cargohold.volumes._usage import VolumeUsage, volume_usage
 
@@ -36,9 +38,11 @@ __all__ = [
     "check_volume_name",
     "clone_volume",
     "engine_is_local",
+    "export_folder",
     "export_volume",
     "fsspec_filesystem",
     "ingest",
+    "ingest_folder",
     "open_volume",
     "split_volume_path",
     "volume_usage",

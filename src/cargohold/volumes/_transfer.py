@@ -13,7 +13,7 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -31,8 +31,9 @@ from cargohold.archive import (
     TarReader,
     TarWriter,
     no_progress,
+    syncfs,
 )
-from cargohold.archive.confined import ConfinedDir, ConfinedWriter
+from cargohold.archive.confined import ConfinedDir, ConfinedReader, ConfinedWriter
 from cargohold.archive.staging import is_internal, recover, staged
 from cargohold.engine import Engine
 from cargohold.errors import (
@@ -50,8 +51,10 @@ __all__ = [
     "ARCHIVE_SUFFIXES",
     "TransferResult",
     "clone_volume",
+    "export_folder",
     "export_volume",
     "ingest",
+    "ingest_folder",
 ]
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", ".tar.xz", ".tar.bz2")
@@ -275,18 +278,27 @@ def _what_changed(files: VolumeAccess, created: bool) -> str:
 def _verify_ingest(
     files: VolumeAccess, source: str, path: str, known: dict[str, str] | None
 ) -> None:
+    _verify_copy(lambda: files.entries(path), source, f"volume {files.name}", known)
+
+
+def _verify_copy(
+    open_landed: Callable[[], contextlib.AbstractContextManager[EntrySource]],
+    source: str,
+    where: str,
+    known: dict[str, str] | None,
+) -> None:
     if known is None:
         with _source_entries(source) as (entries, _):
             known = {e.path: _sha256(d) for e, d in entries if e.kind == "file" and d}
     landed: dict[str, str] = {}
-    with files.entries(path) as entries:
+    with open_landed() as entries:
         for entry, data in entries:
             if entry.kind == "file" and data is not None:
                 landed[entry.path] = _sha256(data)
     for name, digest in known.items():
         if landed.get(name) != digest:
             raise ChecksumMismatch(
-                f"{name}: the copy in volume {files.name} does not match the source"
+                f"{name}: the copy in {where} does not match the source"
                 + (" (missing)." if name not in landed else "."),
                 hint="Run the ingest again; check the disk if it happens twice.",
             )
@@ -312,7 +324,91 @@ def export_volume(
     """
     volume, path = split_volume_path(source)
     files = open_volume(engine, volume)
-    compression = _compression_of(destination.name)
+    return _write_host(
+        lambda: files.entries(path),
+        source,
+        destination,
+        files.access,
+        force=force,
+        progress=progress,
+    )
+
+
+def export_folder(
+    source: Path, destination: Path, *, force: bool = False, progress: Progress = no_progress
+) -> TransferResult:
+    """``export`` of a host folder (no Docker: an initContainer, a sidecar, a Slurm job):
+    the same destinations and guarantees as ``export_volume``.
+
+    Raises:
+        TransferError: the source is not a folder, or the copy failed (destination unchanged).
+        UsageError: the destination folder has content and ``force`` is not set.
+    """
+    if not source.expanduser().is_dir():
+        raise TransferError(
+            f"{source} is not a folder.",
+            hint="Export a folder (a path), or a volume (VOLUME or VOLUME:PATH).",
+        )
+
+    @contextlib.contextmanager
+    def entries() -> Iterator[EntrySource]:
+        with _source_entries(str(source)) as (found, _):
+            yield found
+
+    return _write_host(entries, str(source), destination, "folder", force=force, progress=progress)
+
+
+def ingest_folder(
+    source: str, destination: Path, *, verify: bool = False, progress: Progress = no_progress
+) -> TransferResult:
+    """``ingest`` into a host folder (no Docker): a folder, file, archive or fsspec URL is
+    merged into ``destination`` (made when missing), staged and swapped in like a volume
+    write, so a failure or a kill leaves the folder as it was (or a marker the next run
+    finishes). Archives are checked whole before anything is written.
+
+    Raises:
+        UnsafeArchive: a hostile archive (nothing is written).
+        TransferError: the source is missing or unreadable, or the write failed.
+        ChecksumMismatch: ``verify`` found a difference.
+    """
+    destination = destination.expanduser()
+    if os.path.lexists(destination) and not destination.is_dir():
+        raise UsageError(
+            f"{destination} exists and is not a folder.",
+            hint="Ingest into a folder (made when missing) or a volume.",
+        )
+    with _source_entries(source, hash_files=verify) as (entries, known_hashes):
+
+        @contextlib.contextmanager
+        def given() -> Iterator[EntrySource]:
+            yield entries
+
+        result = _write_host(
+            given, source, destination, "folder", force=True, progress=progress, archive=False
+        )
+    if verify:
+
+        @contextlib.contextmanager
+        def landed() -> Iterator[EntrySource]:
+            with ConfinedDir.open(destination, follow=True) as root:
+                yield ConfinedReader(root, "")
+
+        _verify_copy(landed, source, str(destination), known_hashes)
+    return TransferResult(result.files, result.bytes, "folder", verify, recovered=result.recovered)
+
+
+def _write_host(
+    open_entries: Callable[[], contextlib.AbstractContextManager[EntrySource]],
+    source: str,
+    destination: Path,
+    access: str,
+    *,
+    force: bool,
+    progress: Progress,
+    archive: bool = True,
+) -> TransferResult:
+    """Entries to a host folder or (``archive``, chosen by the extension) a tar file."""
+    compression = _compression_of(destination.name) if archive else None
     if compression is not None:
         if compression == "" and not destination.name.endswith(".tar"):
             raise UsageError(
@@ -320,14 +416,17 @@ def export_volume(
                 hint="Pick one of those extensions.",
             )
         try:
-            with atomic_file(destination) as sink, files.entries(path) as entries:
+            with atomic_file(destination) as sink, open_entries() as entries:
                 tar = TarWriter(sink, compression=compression, progress=progress)
                 tar.write_all(entries)
         except OSError as exc:
             raise _failed(exc, f"Export to {destination}", "No archive was written.") from None
-        return TransferResult(tar.files, tar.bytes, files.access)
+        return TransferResult(tar.files, tar.bytes, access)
+    what = "Export to" if archive else "Ingest into"
     if destination.is_dir():
-        return _export_into(files, path, source, destination, force=force, progress=progress)
+        return _export_into(
+            open_entries, source, destination, access, what, force=force, progress=progress
+        )
     if os.path.lexists(destination):
         raise UsageError(
             f"{destination} exists and is not a folder.",
@@ -336,34 +435,43 @@ def export_volume(
     _remove_stale_partials(destination)
     partial = destination.with_name(f".{destination.name}.partial-{secrets.token_hex(4)}")
     try:
-        writer = _export_to(files, path, ConfinedDir.open(partial, create=True), progress)
+        writer = _export_to(
+            open_entries, ConfinedDir.open(partial, create=True), progress, not archive
+        )
         os.rename(partial, destination)
     except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise _failed(exc, f"Export to {destination}", "Nothing was written.") from None
+            raise _failed(exc, f"{what} {destination}", "Nothing was written.") from None
         raise
-    return TransferResult(writer.files, writer.bytes, files.access)
+    return TransferResult(writer.files, writer.bytes, access)
 
 
 def _export_to(
-    files: VolumeAccess, path: str, target: ConfinedDir, progress: Progress
+    open_entries: Callable[[], contextlib.AbstractContextManager[EntrySource]],
+    target: ConfinedDir,
+    progress: Progress,
+    durable: bool = False,
 ) -> ConfinedWriter:
-    with target, files.entries(path) as entries:
+    with target, open_entries() as entries:
         writer = ConfinedWriter(target, progress=progress)
         writer.write_all(entries)
+        if durable:  # an ingest, like one into a volume; an export is a copy out, as cp's
+            syncfs(target.fd)
     return writer
 
 
 def _export_into(
-    files: VolumeAccess,
-    path: str,
+    open_entries: Callable[[], contextlib.AbstractContextManager[EntrySource]],
     source: str,
     destination: Path,
+    access: str,
+    what: str,
     *,
     force: bool,
     progress: Progress,
 ) -> TransferResult:
+    operation = f"{what.split()[0].lower()} {source}"
     with ConfinedDir.open(destination, follow=True) as root:
         found = recover(root)
         recovered = None if found is None else Recovery(found[0].operation, found[1])
@@ -373,12 +481,12 @@ def _export_into(
                 hint="Export into a new folder, or pass --force to write into it.",
             )
         try:
-            with staged(root, f"export {source}", "merge") as stage:
-                writer = _export_to(files, path, stage.dir, progress)
+            with staged(root, operation, "merge") as stage:
+                writer = _export_to(open_entries, stage.dir, progress, what == "Ingest into")
                 stage.keep_attrs.update(writer.implicit)
         except OSError as exc:
-            raise _failed(exc, f"Export to {destination}", f"{destination} is unchanged.") from None
-    return TransferResult(writer.files, writer.bytes, files.access, recovered=recovered)
+            raise _failed(exc, f"{what} {destination}", f"{destination} is unchanged.") from None
+    return TransferResult(writer.files, writer.bytes, access, recovered=recovered)
 
 
 def _remove_stale_partials(destination: Path) -> None:
