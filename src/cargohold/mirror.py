@@ -348,8 +348,11 @@ class Mirror:
 
     # -- pushing -----------------------------------------------------------------------------
 
-    def push_new(self) -> list[Found]:
+    def push_new(self, *, settle: float | None = None) -> list[Found]:
         """Push every committed checkpoint not yet mirrored (or rewritten since).
+
+        ``settle`` overrides the mirror's settle period (0 for the last push, once the writer
+        has exited: its final checkpoint will not change any more and must not be left behind).
 
         Returns:
             What was pushed now.
@@ -366,7 +369,8 @@ class Mirror:
         pushed = []
         # Newest first: when the mirror lags, the checkpoint a restart needs goes out first,
         # and older ones may be gone to the writer's retention before their turn.
-        for found in reversed(committed_checkpoints(self.directory, settle=self.settle)):
+        settled = self.settle if settle is None else settle
+        for found in reversed(committed_checkpoints(self.directory, settle=settled)):
             if found.tag in self._pushed and self._pushed[found.tag] == found.stamp:
                 continue
             try:
@@ -463,12 +467,14 @@ class Mirror:
     # -- running ---------------------------------------------------------------------------
 
     def run(self, *, interval: float, stop: threading.Event) -> None:
-        """Push until ``stop`` is set, then push once more. An unreachable mirror is said
-        loudly and retried; refused credentials end the loop with ``MirrorAuthError``."""
+        """Push until ``stop`` is set, then push once more, without waiting for the settle
+        period (the writer has ended: a Trainer's or Lightning's final checkpoint, written
+        seconds before, is pushed too). An unreachable mirror is said loudly and retried;
+        refused credentials end the loop with ``MirrorAuthError``."""
         while True:
             last = stop.is_set()
             try:
-                self.push_new()
+                self.push_new(settle=0 if last else None)
             except MirrorUnreachable as exc:
                 self._note("unreachable", exc.message)
                 self._say(f"NOTHING IS MIRRORED: {exc.message} {exc.hint or ''}", True)

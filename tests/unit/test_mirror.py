@@ -181,3 +181,47 @@ def test_names_that_only_look_like_checkpoints_are_not_mirrored(tmp_path: Path) 
     _age(_trainer_checkpoint(tmp_path, 7), 60)
     os.rename(tmp_path / "checkpoint-7", tmp_path / "checkpoint-7\n")
     assert committed_checkpoints(tmp_path, settle=0) == []
+
+
+def test_the_last_push_takes_a_final_trainer_checkpoint_that_has_not_settled(
+    tmp_path: Path,
+) -> None:
+    """The job ended seconds after its final Trainer save: the mirror's last push must not
+    wait for the settle period (it exits right after), or the final checkpoint stays behind.
+    Then a fresh node restores it, bytes and all."""
+    import threading
+
+    store = tmp_path / "out"
+    store.mkdir()
+    _age(_trainer_checkpoint(store, 10), 60)
+    final = _trainer_checkpoint(store, 20)  # just written
+    (final / "optimizer.pt").write_bytes(os.urandom(5000))
+    url = str(tmp_path / "repo")
+    mirror = Mirror(store, url, settle=30, say=lambda text, loud: None)
+    assert [f.name for f in mirror.push_new()] == ["checkpoint-10"]
+    stop = threading.Event()
+    stop.set()  # the writer has exited
+    mirror.run(interval=0.01, stop=stop)
+    assert mirror.status.last_pushed == "checkpoint-20" and mirror.status.pushed == 2
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    restored = Mirror(fresh, url, say=lambda text, loud: None).restore_latest()
+    assert restored == fresh / "checkpoint-20"
+    for name in ("model.safetensors", "trainer_state.json", "optimizer.pt"):
+        assert (restored / name).read_bytes() == (final / name).read_bytes()
+
+
+def test_a_lightning_file_restores_from_the_mirror(tmp_path: Path) -> None:
+    store = tmp_path / "ckpt"
+    store.mkdir()
+    made = _lightning_file(store / "epoch=3-step=400.ckpt")
+    _age(made, 60)
+    url = str(tmp_path / "repo")
+    assert [f.name for f in Mirror(store, url, say=lambda t, loud: None).push_new()] == [
+        made.name
+    ]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    restored = Mirror(fresh, url, say=lambda t, loud: None).restore_latest()
+    assert restored == fresh / made.name and restored.read_bytes() == made.read_bytes()
+    assert [p.name for p in fresh.iterdir()] == [made.name]
