@@ -16,6 +16,7 @@ __all__ = [
     "StoreKind",
     "format_size",
     "is_url",
+    "looks_like_a_mistyped_url",
     "parse_duration",
     "parse_size",
 ]
@@ -72,6 +73,17 @@ def parse_size(value: str | int) -> int:
 def is_url(location: str) -> bool:
     """An fsspec URL (``s3://…``, ``file://…``) rather than a host folder."""
     return bool(_URL_RE.match(location))
+
+
+_SCHEME_WITHOUT_SLASHES_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(?!//)")
+
+
+def looks_like_a_mistyped_url(location: str) -> bool:
+    """``s3:/bucket``, ``S3://x`` or ``s3:bucket``: a URL with a slip, which taken as a folder
+    would quietly write into ``./s3:`` instead of the bucket."""
+    return bool(_SCHEME_WITHOUT_SLASHES_RE.match(location)) or (
+        "://" in location and not is_url(location)
+    )
 
 
 def parse_duration(text: str) -> float:

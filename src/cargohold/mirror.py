@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 from cargohold._atomic import write_text_atomic
 from cargohold.checkpoint._format import STEP_DIR_RE, check_folder
 from cargohold.errors import CargoholdError, ChecksumMismatch, UsageError
+from cargohold.kinds import looks_like_a_mistyped_url
 
 if TYPE_CHECKING:
     from cargohold.snapshots import Repository
@@ -295,6 +296,11 @@ class Mirror:
             raise UsageError(
                 "No mirror URL.",
                 hint=f'Set mirror = "s3://…" on the checkpoints store, or {MIRROR_ENV}.',
+            )
+        if looks_like_a_mistyped_url(url):
+            raise UsageError(
+                f"Mirror {url!r} is neither a URL nor a folder.",
+                hint="Write scheme://… (e.g. s3://bucket/prefix), or a folder path.",
             )
         self.directory = directory
         self.url = url

@@ -426,7 +426,9 @@ class _Placing:
             readonly=readonly,
             reason=reason,
             source=self.volume_name,
-            driver=self.store.driver,
+            # Options without a driver are the local driver's (NFS, tmpfs, a device): Docker's
+            # default, named so that no rendering drops the options with the missing name.
+            driver=self.store.driver or ("local" if self.store.driver_opts else None),
             driver_opts=tuple(sorted(self.store.driver_opts.items())),
             external=self.store.external,
             seed=seed,

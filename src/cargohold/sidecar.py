@@ -28,7 +28,7 @@ from cargohold.errors import EngineError
 from cargohold.image import DEFAULT_TAG, build_cargohold_image
 from cargohold.mirror import MirrorStatus
 from cargohold.plan import Plan
-from cargohold.render._mirror import CREDENTIAL_ENV
+from cargohold.render._mirror import CREDENTIAL_ENV, STATUS_PATH
 
 __all__ = [
     "ROLE_LABEL",
@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 ROLE_LABEL = "cargohold.role"
-STATUS_PATH = "/tmp/cargohold-mirror.json"
 _MAX_STATUS = 64 * 1024
 _START_GRACE = 120.0  # seconds a new sidecar may take to report its first state
 

@@ -32,7 +32,14 @@ from pydantic import (
 )
 
 from cargohold.errors import SpecError
-from cargohold.kinds import Backing, StoreKind, is_url, parse_duration, parse_size
+from cargohold.kinds import (
+    Backing,
+    StoreKind,
+    is_url,
+    looks_like_a_mistyped_url,
+    parse_duration,
+    parse_size,
+)
 
 __all__ = [
     "SPEC_FILENAME",
@@ -204,6 +211,14 @@ class StoreSpec(_Model):
         # The spec is rendered into manifests and logs; credentials come from the environment.
         if value is not None and _URL_WITH_CREDENTIALS_RE.match(value):
             raise ValueError(_CREDENTIALS_HINT)
+        if value is not None and looks_like_a_mistyped_url(value):
+            raise ValueError(
+                f"{value!r} is neither a URL (scheme://…, e.g. s3://bucket/prefix) nor a folder"
+            )
+        if value is not None and not is_url(value) and not value.startswith("/"):
+            raise ValueError(
+                f"{value!r}: a folder here is written as an absolute path (or use s3://…)"
+            )
         return value
 
     @field_validator("capacity")

@@ -18,6 +18,7 @@ import yaml
 from cargohold.errors import SpecError
 from cargohold.plan import Plan, make_plan
 from cargohold.render._limits import TARGETS, check_limits, limits_of
+from cargohold.render._mirror import STATUS_PATH
 from cargohold.render.kubernetes import dns_name, dump_kubernetes, quantity, render_kubernetes
 from cargohold.render.swarm import render_swarm
 from cargohold.spec import parse_spec
@@ -427,6 +428,9 @@ def test_compose_runs_the_mirror_beside_the_job(tmp_path: Path) -> None:
         services["train"],
     )
     assert restore["command"] == ["cargohold", "mirror", "--restore-only"]
+    # `cargohold ps` reads what the mirror last did from this file in its container.
+    assert mirror["command"] == ["cargohold", "mirror", "--status-file", STATUS_PATH]
+    assert mirror["labels"]["cargohold.role"] == "mirror"
     assert restore["image"] == mirror["image"] == IMAGE
     assert restore["user"] == mirror["user"] == "1000:1000"
     assert job["depends_on"] == {
@@ -753,3 +757,78 @@ def test_dataset_script_does_not_restore_through_a_symlink(
     assert "Traceback" not in result.stderr
     assert list(elsewhere.iterdir()) == []
     assert not (claim / ".cargohold-restored").exists()
+
+
+def _refused(text: str, target: str, tmp_path: Path) -> str:
+    (tmp_path / "cargohold.toml").write_text(text)
+    args = ["render", target] + (["--image", IMAGE] if target == "kubernetes" else [])
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, (target, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("mirror", ["s3:/bucket/x", "s3:bucket", "S3://bucket", "relative/dir"])
+def test_a_mistyped_or_relative_mirror_is_a_spec_error(tmp_path: Path, mirror: str) -> None:
+    (tmp_path / "cargohold.toml").write_text(
+        CLUSTER.replace('mirror = "s3://bucket/mirror"', f'mirror = "{mirror}"')
+    )
+    result = run_cli("plan", cwd=tmp_path)
+    assert result.returncode == 2 and "stores.checkpoints.mirror" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_mistyped_mirror_url_never_becomes_a_local_folder(tmp_path: Path) -> None:
+    from cargohold.errors import UsageError
+    from cargohold.mirror import Mirror
+
+    with pytest.raises(UsageError, match="neither a URL nor a folder"):
+        Mirror(tmp_path, "s3:/bucket/x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_mirror_or_repository_is_refused_on_clusters_and_bound_on_compose(
+    tmp_path: Path,
+) -> None:
+    from cargohold.render import render_compose
+
+    folder = tmp_path / "mirror"
+    text = CLUSTER.replace('mirror = "s3://bucket/mirror"', f'mirror = "{folder}"')
+    for target in ("kubernetes", "swarm"):
+        assert "is a folder of this host" in _refused(text, target, tmp_path)
+    repo = CLUSTER.replace('repository = "s3://bucket/repo"', f'repository = "{folder}"')
+    assert "is a folder of this host" in _refused(repo, "kubernetes", tmp_path)
+    services = render_compose([_plan(text)], mirror_image=IMAGE)["services"]
+    bound = {"type": "bind", "source": str(folder), "target": str(folder),
+             "bind": {"create_host_path": False}}
+    assert bound in services["train-mirror"]["volumes"]
+    assert bound in services["train-mirror-restore"]["volumes"]
+
+
+def test_kubernetes_names_that_collide_are_refused(tmp_path: Path) -> None:
+    text = CLUSTER + '\n[stores.data_set]\nkind = "scratch"\ntarget = "/x"\n' \
+        '[stores.data-set]\nkind = "scratch"\ntarget = "/y"\n'
+    assert "both the Kubernetes pod volume 'data-set'" in _refused(text, "kubernetes", tmp_path)
+
+
+def test_driver_options_without_a_driver_are_the_local_drivers_everywhere(
+    tmp_path: Path,
+) -> None:
+    text = CLUSTER.replace('driver = "local"\n', "")
+    plan = _plan(text)
+    swarm = render_swarm([plan])
+    assert swarm["volumes"]["cache"]["driver"] == "local"
+    assert swarm["volumes"]["cache"]["driver_opts"]["type"] == "nfs"
+    from cargohold.render import render_compose
+
+    compose = render_compose([plan], mirror_image=IMAGE)
+    assert compose["volumes"]["cache"]["driver_opts"]["device"] == ":/export"
+    assert any("stores.cache.driver" in line for line in check_limits(plan, "kubernetes"))
+
+
+def test_storage_class_of_an_external_claim_is_said_not_dropped() -> None:
+    text = CLUSTER.replace(
+        'storage_class = "nfs-client"', 'storage_class = "nfs-client"\nexternal = true'
+    ).replace('repository = "s3://bucket/repo"\nsnapshot = "digits-dataset@latest"\n', "")
+    notes = check_limits(_plan(text), "kubernetes")
+    assert any("external" in line and "storage_class" in line for line in notes)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cargohold.errors import SpecError
-from cargohold.kinds import Backing
+from cargohold.kinds import Backing, is_url
 from cargohold.plan import Plan
 
 __all__ = ["TARGETS", "Limit", "check_limits", "limits_of", "placement_terms"]
@@ -134,6 +134,13 @@ def _drivers(plan: Plan, target: str) -> Iterator[Limit]:
 @_rule
 def _storage_class(plan: Plan, target: str) -> Iterator[Limit]:
     if target == "kubernetes":
+        for m in plan.mounts:
+            if m.external and (m.storage_class or m.capacity is not None):
+                yield Limit(
+                    f"stores.{m.store}.storage_class",
+                    f"store {m.store!r} is external: its claim exists already and is not "
+                    "rendered, so storage_class and capacity are not applied.",
+                )
         return
     for m in plan.mounts:
         if m.storage_class or m.capacity is not None:
@@ -156,6 +163,55 @@ def _snapshot_datasets(plan: Plan, target: str) -> Iterator[Limit]:
             f"restore it into volume {m.source} first: `CARGOHOLD_REPO={m.repository} "
             f"cargohold restore {m.snapshot} {m.source}` on the node that runs it.",
         )
+
+
+@_rule
+def _kubernetes_names(plan: Plan, target: str) -> Iterator[Limit]:
+    """Kubernetes names are DNS labels: ``data_a`` and ``data-a`` become one name, and the API
+    server would refuse the pod (kubernetes-validate does not see it)."""
+    if target != "kubernetes":
+        return
+    from cargohold.render.kubernetes import dns_name
+
+    for what, named in (
+        ("pod volume", {m.store: dns_name(m.store, 63) for m in plan.mounts}),
+        (
+            "claim",
+            {
+                m.source or m.store: dns_name(m.source or m.store, 63)
+                for m in plan.mounts
+                if m.backing is Backing.VOLUME
+            },
+        ),
+    ):
+        first: dict[str, str] = {}
+        for original, name in named.items():
+            if name in first:
+                yield Limit(
+                    f"stores.{original}" if what == "pod volume" else f"volumes.{original}",
+                    f"{original!r} and {first[name]!r} are both the Kubernetes {what} {name!r}; "
+                    "rename one (Kubernetes names are lower case, digits and '-').",
+                    fatal=True,
+                )
+            else:
+                first[name] = original
+
+
+@_rule
+def _host_folders(plan: Plan, target: str) -> Iterator[Limit]:
+    """A mirror or a dataset repository that is a folder of this host: a cluster's pods and
+    tasks run elsewhere and would write the "mirror" into their own short-lived layer."""
+    if target not in ("kubernetes", "swarm"):
+        return
+    for m in plan.mounts:
+        for key, location in (("mirror", m.mirror), ("repository", m.repository)):
+            if location is not None and not is_url(location):
+                yield Limit(
+                    f"stores.{m.store}.{key}",
+                    f"{key} {location} is a folder of this host, which a {target} node cannot "
+                    "reach; use an object store (s3://bucket/prefix) for a cluster.",
+                    fatal=True,
+                )
 
 
 @_rule
@@ -280,12 +336,13 @@ _UNSUPPORTED: dict[tuple[str, str], str] = {
     "(allowPrivilegeEscalation: false)",
     ("kubernetes", "pids_limit"): "pid limits are the kubelet's (podPidsLimit)",
     ("kubernetes", "devices"): "host devices reach pods through a device plugin's resource",
-    ("kubernetes", "network"): "pods always have the cluster network",
+    ("kubernetes", "network"): "pods get the cluster network; hostNetwork (the node's own) is "
+    "left out: it hands the pod the node's ports and most clusters' policies refuse it",
     ("swarm", "ipc"): "Swarm services have no ipc; /dev/shm is a tmpfs mount",
     ("swarm", "ulimits"): "rendered, but docker stack deploy honours service ulimits only "
     "from Docker 23 (API 1.42) on",
     ("swarm", "security_opt"): "docker stack deploy ignores security_opt",
-    ("swarm", "pids_limit"): "docker stack deploy has no pids limit before Docker 23",
+    ("swarm", "pids_limit"): "a stack takes a pids limit only from Docker 23 (API 1.42) on",
     ("swarm", "devices"): "Swarm services cannot map host devices",
 }
 
@@ -307,7 +364,8 @@ def _runtime(plan: Plan, target: str) -> Iterator[Limit]:
         why = _UNSUPPORTED.get((target, setting))
         if present and why:
             key = "resources.pids_limit" if setting == "pids_limit" else setting
-            yield Limit(f"jobs.{plan.job}.{key}", f"not rendered: {why}.")
+            said = why if why.startswith("rendered") else f"not rendered: {why}"
+            yield Limit(f"jobs.{plan.job}.{key}", f"{said}.")
     if target == "swarm" and rt.network not in (None, "host"):
         yield Limit(
             f"jobs.{plan.job}.network",

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from cargohold.kinds import is_url
 from cargohold.plan import Plan
 
-__all__ = ["CREDENTIAL_ENV", "add_compose_mirrors", "literal"]
+__all__ = ["CREDENTIAL_ENV", "STATUS_PATH", "add_compose_mirrors", "literal"]
+
+# Where a mirror sidecar keeps what it last did, for `cargohold ps` to read from the container.
+STATUS_PATH = "/tmp/cargohold-mirror.json"
 
 # What a mirror needs from the environment of whoever starts it; never written into a file.
 CREDENTIAL_ENV = (
@@ -44,6 +48,18 @@ def add_compose_mirrors(document: dict[str, Any], plans: list[Plan], image: str)
             **{name: "${" + name + ":-}" for name in CREDENTIAL_ENV},
         }
         volume = {"type": "volume", "source": ckpt.store, "target": literal(ckpt.target)}
+        extra: list[dict[str, Any]] = []
+        if not is_url(ckpt.mirror):
+            # A folder of this host (absolute, the spec checks): bound at the same path, as
+            # `cargohold run` does, so the mirror does not write into its own layer.
+            extra.append(
+                {
+                    "type": "bind",
+                    "source": literal(ckpt.mirror),
+                    "target": literal(ckpt.mirror),
+                    "bind": {"create_host_path": False},
+                }
+            )
         labels = {**{k: literal(v) for k, v in plan.labels}, "cargohold.role": "mirror"}
         restore_name, mirror_name = f"{plan.job}-mirror-restore", f"{plan.job}-mirror"
         job = services[plan.job]
@@ -52,7 +68,7 @@ def add_compose_mirrors(document: dict[str, Any], plans: list[Plan], image: str)
             "user": plan.user,
             "command": ["cargohold", "mirror", "--restore-only"],
             "environment": env,
-            "volumes": [volume],
+            "volumes": [volume, *extra],
             "labels": labels,
         }
         if "depends_on" in job:  # after the volume is prepared, like the job
@@ -61,9 +77,9 @@ def add_compose_mirrors(document: dict[str, Any], plans: list[Plan], image: str)
         services[mirror_name] = {
             "image": image,
             "user": plan.user,
-            "command": ["cargohold", "mirror"],
+            "command": ["cargohold", "mirror", "--status-file", STATUS_PATH],
             "environment": dict(env),
-            "volumes": [{**volume, "read_only": True}],
+            "volumes": [{**volume, "read_only": True}, *extra],
             "labels": dict(labels),
             "depends_on": {restore_name: {"condition": "service_completed_successfully"}},
         }
