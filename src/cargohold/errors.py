@@ -1,4 +1,5 @@
-"""Every error cargohold raises, in one tree.
+"""The errors every layer shares, in one tree (a few layers add leaves of their own, listed
+at the end, so that this module stays free of what they know).
 
     CargoholdError                  base; carries a ``hint`` that says what to do next
     ├── SpecError                   cargohold.toml is malformed or inconsistent (exit 2)
@@ -14,6 +15,16 @@
     │   ├── UnsafeArchive           an archive member would escape its target
     │   └── ChecksumMismatch        data changed on the way
     └── CheckpointError             the in-container checkpoint library failed
+
+Defined where they are raised:
+
+    TransferError ── RepositoryError        a snapshot repository is unreachable or damaged
+                                            (``snapshots/_backend.py``)
+    CargoholdError ─┬ PasswordError         an encrypted repository's password is missing or
+                    │                       wrong, exit 5 (``snapshots/_format.py``)
+                    ├ MirrorUnreachable     a checkpoint mirror cannot be reached, exit 3
+                    └ MirrorAuthError       a checkpoint mirror refused the credentials, exit 2
+                                            (both ``mirror.py``)
 
 The CLI maps the tree to exit codes in one place (``main`` in ``cli/__init__.py``); library
 code raises and never prints. This module imports nothing outside the standard library, because

@@ -33,12 +33,13 @@ from cargohold.archive import (
 )
 from cargohold.engine import ContainerInfo, Engine
 from cargohold.errors import ChecksumMismatch, ContainerNotFound, EngineError, UsageError
-from cargohold.volumes import ACCESS_ENV, engine_is_local, open_volume
+from cargohold.volumes import ACCESS_ENV, check_volume_name, engine_is_local, open_volume
 
 __all__ = [
     "AtRisk",
     "ContainerScan",
     "Rescue",
+    "RescueTarget",
     "classify",
     "default_rescue_dir",
     "remove_container",
@@ -115,6 +116,36 @@ class ContainerScan:
     @property
     def bytes_at_risk(self) -> int:
         return sum(f.size for f in self.worth_keeping)
+
+
+@dataclass(frozen=True)
+class RescueTarget:
+    """Where a rescue goes: a host folder, or a volume. A volume is always written
+    ``volume:NAME``; a bare name is a folder (relative to here), never guessed to be a volume
+    because one of that name happens to exist."""
+
+    folder: Path | None = None
+    volume: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> RescueTarget:
+        """``volume:NAME`` or a folder.
+
+        Raises:
+            UsageError: an empty destination, or a volume name Docker would refuse.
+        """
+        if text.startswith("volume:"):
+            return cls(volume=check_volume_name(text.removeprefix("volume:")))
+        if not text.strip():
+            raise UsageError("--to is empty.", hint="Name a host folder, or volume:NAME.")
+        return cls(folder=Path(text).expanduser())
+
+    def for_container(self, scan: ContainerScan) -> RescueTarget:
+        """A folder per container under a folder (``watch`` rescues many); a volume keeps
+        each container's files under its name already."""
+        if self.folder is None:
+            return self
+        return RescueTarget(folder=self.folder / f"{scan.container}-{scan.id[:12]}")
 
 
 @dataclass(frozen=True)
@@ -274,15 +305,15 @@ def rescue_container(
     engine: Engine,
     name: str,
     *,
-    to: str | None = None,
+    to: RescueTarget | None = None,
     everything: bool = False,
     progress: Progress = no_progress,
 ) -> Rescue:
     """Copy a container's at-risk files out (paths kept) and verify every copy's sha256.
 
     Args:
-        to: a host folder, or ``volume:NAME`` (or the name of an existing volume); default a
-            per-container folder under the user's data folder.
+        to: a host folder or a volume; default a per-container folder under the user's data
+            folder.
         everything: every file of the layer, not only ML data.
 
     Raises:
@@ -292,12 +323,8 @@ def rescue_container(
     chosen = scan.files if everything else scan.worth_keeping
     if not chosen:
         return Rescue(scan.container, "", 0, 0)
-    volume = None
-    if to and to.startswith("volume:"):
-        volume = to.removeprefix("volume:")
-    elif to and "/" not in to and not to.startswith(".") and engine.volume_exists(to):
-        volume = to
-    staging = Path(to) if to and volume is None else default_rescue_dir(scan)
+    volume = to.volume if to is not None else None
+    staging = to.folder if to is not None and to.folder is not None else default_rescue_dir(scan)
     if volume is not None:
         import tempfile
 
@@ -353,7 +380,12 @@ def _sha256(path: Path) -> str:
 
 
 def remove_container(
-    engine: Engine, name: str, *, force: bool = False, rescue: bool = False, to: str | None = None
+    engine: Engine,
+    name: str,
+    *,
+    force: bool = False,
+    rescue: bool = False,
+    to: RescueTarget | None = None,
 ) -> tuple[ContainerScan, Rescue | None]:
     """Remove a container unless its layer holds unsaved ML data.
 
@@ -381,7 +413,7 @@ def watch(
     engine: Engine,
     *,
     on_event: Callable[[str], None],
-    to: str | None = None,
+    to: RescueTarget | None = None,
     stop_after: float | None = None,
 ) -> Iterator[Rescue]:
     """Follow container stops; rescue the ML data of each container that stops with some.
@@ -402,9 +434,7 @@ def watch(
         if not scan.worth_keeping:
             on_event(f"{scan.container} stopped; nothing worth keeping in its layer")
             continue
-        destination = to
-        if to and not to.startswith("volume:") and "/" in to:
-            destination = str(Path(to) / f"{scan.container}-{scan.id[:12]}")
+        destination = to.for_container(scan) if to is not None else None
         try:
             result = rescue_container(engine, event.id, to=destination)
         except EngineError as exc:

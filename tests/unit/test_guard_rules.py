@@ -87,3 +87,81 @@ def test_watch_does_not_read_a_dead_engine_as_a_removed_container() -> None:
     with pytest.raises(EngineUnavailable):
         list(watch(engine, on_event=said.append))  # type: ignore[arg-type]
     assert said == []
+
+
+# The one removal rule behind `prune` and `volume rm` (inventory.removal_decision): every branch
+# that needs no volume contents, with an engine that fails the test if it is touched.
+
+
+class _Untouchable:
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the rule asked the engine for {name}")
+
+
+def _summary(**changes: object) -> object:
+    from dataclasses import replace
+
+    from cargohold.inventory import VolumeSummary
+
+    base = VolumeSummary(
+        name="v", project="p", store="data", kind="dataset", bytes=10, files=1, used_by=[],
+        protected=False, last_snapshot="abc123", snapshot_current=True, access="local",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "remove", "reason"),
+    [
+        ({"used_by": ["train-1"]}, False, "used by train-1"),
+        ({"used_by": ["a"], "protected": True}, False, "used by a"),
+        ({"protected": True}, False, "protected"),
+        ({"last_snapshot": None}, False, "never snapshotted"),
+        ({}, True, "data is in snapshot abc123"),
+    ],
+)
+def test_the_removal_rule(
+    tmp_path: object, changes: dict[str, object], remove: bool, reason: str
+) -> None:
+    from pathlib import Path
+
+    from cargohold.inventory import removal_decision
+    from cargohold.snapshots import open_repository
+
+    repo = open_repository(str(Path(str(tmp_path)) / "repo"), create=True)
+    decision = removal_decision(_Untouchable(), _summary(**changes), repo)  # type: ignore[arg-type]
+    assert decision.remove is remove and reason in decision.reason
+
+
+def test_the_removal_rule_keeps_a_volume_when_there_is_no_repository() -> None:
+    from cargohold.inventory import removal_decision
+
+    decision = removal_decision(_Untouchable(), _summary(), None)  # type: ignore[arg-type]
+    assert not decision.remove and "never snapshotted" in decision.reason
+
+
+def test_the_removal_rule_keeps_a_volume_whose_snapshot_cannot_be_read(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from cargohold.inventory import removal_decision
+    from cargohold.snapshots import open_repository
+
+    repo = open_repository(str(Path(str(tmp_path)) / "repo"), create=True)
+    summary = _summary(snapshot_current=False, last_snapshot="0" * 64)
+    decision = removal_decision(_Untouchable(), summary, repo)  # type: ignore[arg-type]
+    assert not decision.remove and "cannot be read" in decision.reason
+
+
+def test_a_rescue_destination_is_a_folder_unless_written_as_a_volume() -> None:
+    from pathlib import Path
+
+    from cargohold.errors import UsageError
+    from cargohold.guard import RescueTarget
+
+    # A bare name is a folder, even when a volume of that name exists: nothing is guessed.
+    assert RescueTarget.parse("keep") == RescueTarget(folder=Path("keep"))
+    assert RescueTarget.parse("volume:keep") == RescueTarget(volume="keep")
+    assert RescueTarget.parse("./a/b").folder == Path("a/b")
+    for bad in ("", "volume:", "volume:../x", "volume:a/b"):
+        with pytest.raises(UsageError):
+            RescueTarget.parse(bad)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
@@ -14,15 +14,25 @@ from cargohold.engine import Engine, connect
 from cargohold.errors import CargoholdError
 from cargohold.kinds import format_size as _size
 
+if TYPE_CHECKING:
+    from cargohold.guard import RescueTarget
+
 RescueTo = Annotated[
     str | None,
     typer.Option(
         "--to",
-        help="A host folder, or volume:NAME (default: a per-container folder "
-        "under ~/.local/share/cargohold/rescued).",
+        help="A host folder, or volume:NAME (a bare name is a folder; default: a "
+        "per-container folder under ~/.local/share/cargohold/rescued).",
         show_default=False,
     ),
 ]
+
+
+def _target(to: str | None) -> RescueTarget | None:
+    """``--to`` parsed once: ``volume:NAME`` or a folder (the library never guesses)."""
+    from cargohold.guard import RescueTarget
+
+    return None if to is None else RescueTarget.parse(to)
 
 
 @app.command("scan")
@@ -91,7 +101,7 @@ def rescue_command(
 
     with _progress(f"rescue {container}") as progress:
         result = rescue_container(
-            connect(), container, to=to, everything=everything, progress=progress
+            connect(), container, to=_target(to), everything=everything, progress=progress
         )
     if not result.files:
         out.print(
@@ -115,7 +125,9 @@ def rm_command(
     """Remove a container, refusing while its own layer holds unsaved ML data."""
     from cargohold.guard import remove_container
 
-    scan, rescued = remove_container(connect(), container, force=force, rescue=rescue, to=to)
+    scan, rescued = remove_container(
+        connect(), container, force=force, rescue=rescue, to=_target(to)
+    )
     if rescued is not None and rescued.files:
         out.print(f"rescued {rescued.files} files to {rescued.destination}")
     lost = (
@@ -138,7 +150,10 @@ def watch_command(
     engine = connect()
     out.print("watching for containers that stop with ML data in their layer (Ctrl-C stops)")
     for _ in watch(
-        engine, on_event=lambda m: out.print(m, highlight=False), to=to, stop_after=seconds
+        engine,
+        on_event=lambda m: out.print(m, highlight=False),
+        to=_target(to),
+        stop_after=seconds,
     ):
         pass
 

@@ -4,8 +4,11 @@ Every call into the SDK runs inside ``translate(what)``, and every stream the SD
 iterated inside ``translated(stream, what)``: an engine that dies in the middle of a 50 GB
 transfer fails the same way as one that was never there. The first row whose exception class
 matches wins, so subclasses come before their bases. A call that knows what "not found" means
-at that place (a container, a volume, a path) passes ``not_found``; ``docker.errors`` is
-imported nowhere else.
+at that place (a container, a volume, a path) passes ``not_found``. The only other place that
+names ``docker.errors`` is ``_docker.py``, where one SDK error means an answer rather than a
+failure: removing what is already gone, a pull that no registry can serve (False), a build
+whose failure the SDK reports in its output, and the best-effort removal of a helper container
+(a dead engine is cleaned up at the next connection).
 """
 
 from __future__ import annotations
