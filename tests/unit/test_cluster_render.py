@@ -787,22 +787,37 @@ def test_a_mistyped_mirror_url_never_becomes_a_local_folder(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_folder_mirror_or_repository_is_refused_on_clusters_and_bound_on_compose(
+def test_a_folder_mirror_or_repository_is_mounted_from_the_node_and_said(
     tmp_path: Path,
 ) -> None:
     from cargohold.render import render_compose
 
     folder = tmp_path / "mirror"
     text = CLUSTER.replace('mirror = "s3://bucket/mirror"', f'mirror = "{folder}"')
+    text = text.replace('repository = "s3://bucket/repo"', f'repository = "{folder}"')
+    plan = _plan(text)
     for target in ("kubernetes", "swarm"):
-        assert "is a folder of this host" in _refused(text, target, tmp_path)
-    repo = CLUSTER.replace('repository = "s3://bucket/repo"', f'repository = "{folder}"')
-    assert "is a folder of this host" in _refused(repo, "kubernetes", tmp_path)
-    services = render_compose([_plan(text)], mirror_image=IMAGE)["services"]
+        notes = check_limits(plan, target)
+        assert any(f"mirror {folder} is a folder" in n and "every node" in n for n in notes)
+    assert any(f"repository {folder} is a folder" in n for n in check_limits(plan, "kubernetes"))
+    pod = _objects(text)["Job"]["spec"]["template"]["spec"]
+    host = [v for v in pod["volumes"] if "hostPath" in v]
+    assert {v["hostPath"]["path"] for v in host} == {str(folder)}
+    named = {v["name"] for v in host}
+    users = {c["name"]: c for c in [*pod["initContainers"], *pod["containers"]]}
+    for name in ("mirror-restore", "mirror", "restore-dataset"):
+        mounted = [m for m in users[name]["volumeMounts"] if m["name"] in named]
+        assert [m["mountPath"] for m in mounted] == [str(folder)], name
+    assert [m.get("readOnly") for m in users["restore-dataset"]["volumeMounts"]
+            if m["name"] in named] == [True]
+    swarm = render_swarm([plan])["services"]["train"]
+    assert {"type": "bind", "source": str(folder), "target": str(folder)} in swarm["volumes"]
+    services = render_compose([plan], mirror_image=IMAGE)["services"]
     bound = {"type": "bind", "source": str(folder), "target": str(folder),
              "bind": {"create_host_path": False}}
     assert bound in services["train-mirror"]["volumes"]
     assert bound in services["train-mirror-restore"]["volumes"]
+    _validate(render_kubernetes(plan, image=IMAGE))
 
 
 def test_kubernetes_names_that_collide_are_refused(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Errors become exit codes here and only here: 0 ok, 1 findings (or a failed transfer, checksum
 or checkpoint), 2 usage or spec error (and refused mirror credentials), 3 engine error (and an
 unreachable mirror), 4 a snapshot that completed while some paths changed under it, 5 a
-repository password missing or wrong, 130 interrupted. No traceback reaches the user; ``CARGOHOLD_DEBUG=1`` shows one.
+repository password missing or wrong, 130 interrupted. No traceback reaches the user;
+``CARGOHOLD_DEBUG=1`` shows one.
 """
 
 from __future__ import annotations

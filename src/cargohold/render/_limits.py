@@ -200,18 +200,23 @@ def _kubernetes_names(plan: Plan, target: str) -> Iterator[Limit]:
 @_rule
 def _host_folders(plan: Plan, target: str) -> Iterator[Limit]:
     """A mirror or a dataset repository that is a folder of this host: a cluster's pods and
-    tasks run elsewhere and would write the "mirror" into their own short-lived layer."""
+    tasks run on other machines, so the folder must be a shared file system mounted at the same
+    path on every node (it is mounted from the node: hostPath, a Swarm bind)."""
     if target not in ("kubernetes", "swarm"):
         return
     for m in plan.mounts:
         for key, location in (("mirror", m.mirror), ("repository", m.repository)):
-            if location is not None and not is_url(location):
-                yield Limit(
-                    f"stores.{m.store}.{key}",
-                    f"{key} {location} is a folder of this host, which a {target} node cannot "
-                    "reach; use an object store (s3://bucket/prefix) for a cluster.",
-                    fatal=True,
-                )
+            if location is None or is_url(location):
+                continue
+            if key == "repository" and target == "swarm":
+                continue  # Swarm does not restore datasets (said by _snapshot_datasets)
+            how = "a hostPath volume" if target == "kubernetes" else "a bind mount"
+            yield Limit(
+                f"stores.{m.store}.{key}",
+                f"{key} {location} is a folder: it is mounted from the node ({how}), so it "
+                "must exist on every node that may run the job (a shared file system mounted "
+                "at the same path); an object store (s3://bucket/prefix) needs nothing there.",
+            )
 
 
 @_rule

@@ -63,7 +63,7 @@ from typing import Any
 
 import yaml
 
-from cargohold.kinds import Backing
+from cargohold.kinds import Backing, is_url
 from cargohold.plan import LABEL_JOB, LABEL_PROJECT, Mount, Plan
 from cargohold.render._limits import placement_terms
 from cargohold.render._snapshots import snapshot_command
@@ -283,6 +283,28 @@ def _restore_dataset(plan: Plan, mount: Mount, image: str) -> dict[str, Any]:
     }
 
 
+def _host_folder(
+    mount: Mount,
+    location: str | None,
+    containers: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    *,
+    readonly: bool,
+) -> None:
+    """A repository or mirror that is a folder (a shared file system every node mounts at the
+    same path, check_limits says so): a hostPath volume at that same path, so the URL in the
+    containers' environment names it."""
+    if location is None or is_url(location):
+        return
+    name = dns_name(f"repo-{mount.store}", 63)
+    volumes.append({"name": name, "hostPath": {"path": location, "type": "Directory"}})
+    for container in containers:
+        entry: dict[str, Any] = {"name": name, "mountPath": location}
+        if readonly:
+            entry["readOnly"] = True
+        container["volumeMounts"].append(entry)
+
+
 def _mirror_containers(
     plan: Plan, mount: Mount, image: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -481,12 +503,18 @@ def render_kubernetes(plan: Plan, *, image: str) -> list[dict[str, Any]]:
     container["volumeMounts"] = mounts
     container["securityContext"] = _container_security(plan)
 
-    init_containers = [_restore_dataset(plan, m, image) for m in plan.mounts if m.snapshot]
+    init_containers = []
+    for m in plan.mounts:
+        if m.snapshot:
+            init = _restore_dataset(plan, m, image)
+            _host_folder(m, m.repository, [init], volumes, readonly=True)
+            init_containers.append(init)
     containers = [container]
     ckpt = plan.checkpoint_mount
     share_pids = False
     if ckpt is not None and ckpt.mirror is not None:
         restore, sidecar = _mirror_containers(plan, ckpt, image)
+        _host_folder(ckpt, ckpt.mirror, [restore, sidecar], volumes, readonly=False)
         init_containers.append(restore)
         containers.append(sidecar)
         share_pids = True

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cargohold.kinds import Backing
+from cargohold.kinds import Backing, is_url
 from cargohold.plan import Mount, Plan
 from cargohold.render._mirror import CREDENTIAL_ENV, literal
 
@@ -111,6 +111,10 @@ def _service(plan: Plan) -> dict[str, Any]:
     if plan.shm_size is not None:
         volumes.append({"type": "tmpfs", "target": "/dev/shm", "tmpfs": {"size": plan.shm_size}})
     volumes += [{"type": "tmpfs", "target": folder} for folder in rt.tmpfs]
+    if mirror is not None and not is_url(mirror):
+        # A folder mirror (a shared file system on every node, check_limits says so), bound
+        # at its own path so that CARGOHOLD_MIRROR names it inside the task.
+        volumes.append({"type": "bind", "source": literal(mirror), "target": literal(mirror)})
     service["volumes"] = volumes
     deploy: dict[str, Any] = {"replicas": 1, "labels": dict(plan.labels)}
     if plan.restart_max:
