@@ -14,6 +14,7 @@ runtimes it reports are known, and the check trusts them.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -30,8 +31,11 @@ INSTALL_HINT = (
     "Install the NVIDIA driver and the NVIDIA Container Toolkit on the engine's host "
     "(`apt-get install nvidia-container-toolkit`), then run "
     "`sudo nvidia-ctk runtime configure --runtime=docker` and restart dockerd. "
-    "`cargohold doctor` checks it again."
+    "`cargohold doctor` checks it again. Where GPUs work although this host shows no "
+    "driver (Docker Desktop's WSL2 engine runs in its own VM), CARGOHOLD_GPU_CHECK=off "
+    "skips the check."
 )
+GPU_CHECK_ENV = "CARGOHOLD_GPU_CHECK"
 _DRIVER_RE = re.compile(r"Kernel Module\s+(?:for\s+\S+\s+)?([0-9][0-9.]*)")
 
 
@@ -174,6 +178,8 @@ def require_gpus(support: GpuSupport, job: str, memlock: int | None = -1) -> Non
     Raises:
         EngineError: naming what is missing, with the commands that install it.
     """
+    if os.environ.get(GPU_CHECK_ENV, "").lower() in ("off", "0", "no", "false"):
+        return  # the user knows better than what this host shows (the engine may be a VM's)
     problem = support.problem(memlock)
     if problem is not None:
         raise EngineError(f"Job {job!r} asks for GPUs, but {problem}.", hint=INSTALL_HINT)

@@ -13,6 +13,7 @@ File-system facts (does the dataset folder exist?) are checked by ``load_spec`` 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import stat
 import tomllib
@@ -99,6 +100,7 @@ ULIMIT_NAMES = frozenset(
     }
 )
 MAX_STOP_TIMEOUT = 24 * 3600
+MAX_GPUS = 1024  # on one node; more is a typo
 # Devices that are the host itself: raw memory and I/O ports, and whole disks or their partitions.
 _HOST_OWNING_DEVICE_RE = re.compile(
     r"^/dev/(mem|kmem|port|(sd|hd|vd|xvd)[a-z]+\d*|nvme\d+(n\d+(p\d+)?)?|dm-\d+|md\d+|"
@@ -295,6 +297,13 @@ def _ulimit_value(name: str, limit: object, value: object) -> int:
         )
     if value < -1:
         raise ValueError(f"{name} = {value} is negative; -1 means unlimited")
+    if name == "nofile" and value == -1:
+        raise ValueError(
+            "nofile cannot be unlimited: the kernel caps open files at fs.nr_open "
+            "(1048576 by default); write a number"
+        )
+    if name == "nofile" and value < 3:
+        raise ValueError(f"nofile = {value}: a process needs a few open files to start at all")
     return value
 
 
@@ -335,6 +344,8 @@ class JobSpec(_Model):
         if isinstance(value, int):
             if value < 1:
                 raise ValueError(f"{value} GPUs: ask for at least 1, or leave gpus out")
+            if value > MAX_GPUS:
+                raise ValueError(f"{value} GPUs on one node: at most {MAX_GPUS}")
             return value
         if isinstance(value, str):
             if value != "all":
@@ -350,7 +361,11 @@ class JobSpec(_Model):
                 text = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
                 if not isinstance(text, str) or not _GPU_ID_RE.match(text):
                     raise ValueError(f"{item!r} is not a GPU index or UUID")
-            return [str(item) for item in value]
+            ids = [str(item) for item in value]
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            if twice:
+                raise ValueError(f"GPU {', '.join(twice)} is listed twice")
+            return ids
         raise ValueError('write "all", a number of GPUs, or a list of device ids or UUIDs')
 
     @field_validator("ulimits", mode="before")
@@ -377,7 +392,10 @@ class JobSpec(_Model):
     @field_validator("env_file", "secrets", mode="before")
     @classmethod
     def _string_or_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+        listed = [value] if isinstance(value, str) else value
+        if isinstance(listed, list) and any(isinstance(v, str) and "\x00" in v for v in listed):
+            raise ValueError("a name holds a NUL character")
+        return listed
 
     @field_validator("secrets")
     @classmethod
@@ -391,11 +409,19 @@ class JobSpec(_Model):
     @classmethod
     def _valid_devices(cls, value: list[str]) -> list[str]:
         for device in value:
+            if "\x00" in device:
+                raise ValueError("a device path holds a NUL character")
             host = device.split(":", 1)[0]
             if not host.startswith("/dev/"):
                 raise ValueError(f"{device!r} is not a device under /dev (HOST[:CONTAINER[:rwm]])")
             if ".." in PurePosixPath(host).parts:
                 raise ValueError(f"{device!r} climbs with '..'")
+            if posixpath.normpath(host) != host or host == "/dev/":
+                # /dev//mem, /dev/./mem and /dev/sda/ are /dev/mem and /dev/sda to Docker, and
+                # a folder (/dev/ itself) maps every device under it.
+                raise ValueError(
+                    f"{host!r}: write the device's plain path (e.g. /dev/fuse, /dev/infiniband)"
+                )
             parts = device.split(":")
             if len(parts) > 3 or (len(parts) == 3 and not set(parts[2]) <= set("rwm")):
                 raise ValueError(
@@ -422,7 +448,7 @@ class JobSpec(_Model):
     @field_validator("entrypoint", mode="before")
     @classmethod
     def _entrypoint_list(cls, value: Any) -> Any:
-        if isinstance(value, str) or value == []:
+        if isinstance(value, str) or value == [] or (isinstance(value, list) and value[0] == ""):
             raise ValueError(
                 'write the entrypoint as a non-empty list of arguments, e.g. ["python3"]'
             )
@@ -802,7 +828,7 @@ def _error_from_validation(exc: ValidationError) -> SpecError:
         )
     message = str(err["msg"]).removeprefix("Value error, ")
     return SpecError(
-        f"{SPEC_FILENAME}: {key}: {message}.".replace("..", "."),
+        f"{SPEC_FILENAME}: {key}: {message}" + ("" if message.endswith(".") else "."),
         key=key,
         hint="Fix that value; `cargohold init` writes a commented example.",
     )
@@ -912,6 +938,30 @@ def _holds_docker_socket(path: Path) -> bool:
     )
 
 
+def _host_owning_device_under(host: str) -> str | None:
+    """The first disk or memory device that ``--device host`` would give a job: the device
+    itself, or one under a folder (Docker maps a folder's devices recursively, links not
+    followed). None when there is none (or the path does not exist here)."""
+    try:
+        st = os.stat(host)
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISBLK(st.st_mode) or _HOST_OWNING_DEVICE_RE.match(host):
+        return host
+    if not stat.S_ISDIR(st.st_mode):
+        return None
+    for folder, _dirs, files in os.walk(host):
+        for file in files:
+            path = os.path.join(folder, file)
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                continue
+            if stat.S_ISBLK(mode) or (stat.S_ISCHR(mode) and _HOST_OWNING_DEVICE_RE.match(path)):
+                return path
+    return None
+
+
 def check_host_paths(spec: Spec) -> None:
     """A bind source that does not exist is created by Docker as an empty, root-owned folder,
     which hides the mistake until training reads nothing. Refuse it here (artifacts excepted:
@@ -923,13 +973,12 @@ def check_host_paths(spec: Spec) -> None:
     for name, job in spec.jobs.items():
         for device in job.devices:
             host = device.split(":", 1)[0]
-            try:
-                is_block = stat.S_ISBLK(os.stat(host).st_mode)
-            except OSError:
-                is_block = False
-            if is_block:
+            found = _host_owning_device_under(host)
+            if found is not None:
                 raise SpecError(
-                    f"Job {name!r}: {host} is a block device (a disk): the job would own the "
+                    f"Job {name!r}: {host} "
+                    + (f"holds {found}, " if found != host else "is ")
+                    + "a block device (a disk) or the host's memory: the job would own the "
                     "host's data.",
                     key=f"jobs.{name}.devices",
                     hint="Mount the data as a store instead; pass only devices like "

@@ -847,3 +847,17 @@ def test_storage_class_of_an_external_claim_is_said_not_dropped() -> None:
     ).replace('repository = "s3://bucket/repo"\nsnapshot = "digits-dataset@latest"\n', "")
     notes = check_limits(_plan(text), "kubernetes")
     assert any("external" in line and "storage_class" in line for line in notes)
+
+
+def test_a_seeded_volume_is_said_on_clusters_not_dropped(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    text = CLUSTER.replace(
+        '[stores.tmp]', '[stores.seeded]\nkind = "dataset"\ntarget = "/seeded"\n'
+        f'backing = "volume"\nsource = "{tmp_path / "data"}"\n\n[stores.tmp]'
+    )
+    plan = _plan(text)
+    assert any(m.seed for m in plan.mounts)
+    for target in ("kubernetes", "swarm"):
+        notes = [n for n in check_limits(plan, target) if "stores.seeded.source" in n]
+        assert notes and "not seeded" in notes[0], (target, check_limits(plan, target))
+    assert not any("not seeded" in n for n in check_limits(plan, "compose"))

@@ -104,3 +104,14 @@ def test_a_dockerd_with_unlimited_memlock(tmp_path: Path) -> None:
     _dockerd_limits(tmp_path, "unlimited")
     support = gpu_support(_info(), local=True, root=tmp_path)
     assert support.engine_memlock is None and support.problem() is None
+
+
+def test_the_check_can_be_turned_off_where_the_engine_is_a_vms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    support = gpu_support(_info(), local=True, root=tmp_path)  # nothing on this "host"
+    with pytest.raises(EngineError) as info:
+        require_gpus(support, "train")
+    assert "CARGOHOLD_GPU_CHECK=off" in (info.value.hint or "")
+    monkeypatch.setenv("CARGOHOLD_GPU_CHECK", "off")
+    require_gpus(support, "train")  # no error: Docker itself decides at start

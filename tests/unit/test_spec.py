@@ -276,6 +276,18 @@ def test_missing_env_file_is_refused(tmp_path: Path) -> None:
         ("resources = { pids_limit = true }", "jobs.train.resources.pids_limit"),
         ('devices = ["/dev/null:/x:rwmz"]', "jobs.train.devices"),
         ('devices = ["/dev/null:x"]', "jobs.train.devices"),
+        # Docker reads these as /dev/mem, /dev/sda, or every device of the host:
+        ('devices = ["/dev//mem"]', "jobs.train.devices"),
+        ('devices = ["/dev/./mem"]', "jobs.train.devices"),
+        ('devices = ["/dev/sda/"]', "jobs.train.devices"),
+        ('devices = ["/dev/"]', "jobs.train.devices"),
+        ('devices = ["/dev/a\\u0000b"]', "jobs.train.devices"),
+        ('env_file = "a\\u0000b"', "jobs.train.env_file"),
+        ("ulimits = { nofile = -1 }", "jobs.train.ulimits"),
+        ("ulimits = { nofile = 0 }", "jobs.train.ulimits"),
+        ('gpus = ["0", "0"]', "jobs.train.gpus"),
+        ("gpus = 9223372036854775807", "jobs.train.gpus"),
+        ('entrypoint = [""]', "jobs.train.entrypoint"),
     ],
 )
 def test_no_silent_coercion_of_runtime_values(line: str, key: str) -> None:
@@ -286,7 +298,8 @@ def test_no_silent_coercion_of_runtime_values(line: str, key: str) -> None:
 
 def test_runtime_values_that_are_fine() -> None:
     spec = parse_spec(_job('gpus = [0, 1]\nresources = { cpus = 2 }\nsecrets = "HF_TOKEN"\n'
-                           'devices = ["/dev/null:/dev/x:rw"]\nulimits = { nofile = -1 }'),
+                           'devices = ["/dev/null:/dev/x:rw"]\n'
+                           'ulimits = { nofile = 65536, stack = -1 }'),
                       base_dir=Path("/p"))
     job = spec.jobs["train"]
     assert job.gpus == ["0", "1"] and job.secrets == ["HF_TOKEN"]
@@ -347,3 +360,31 @@ def test_any_block_device_is_refused_when_the_spec_is_loaded(tmp_path: Path) -> 
     with pytest.raises(SpecError, match="block device") as info:
         load_spec(tmp_path)
     assert info.value.key == "jobs.train.devices"
+
+
+def test_a_device_folder_that_holds_a_disk_is_refused(tmp_path: Path) -> None:
+    """Docker maps a folder's devices recursively (/dev itself would hand the job every disk):
+    a folder holding a block device is refused, one of character devices (/dev/infiniband's
+    kind) is fine."""
+    import os as _os
+    import secrets as _secrets
+    import shutil as _shutil
+    import stat as _stat
+
+    from cargohold.spec import check_host_paths
+
+    if _os.geteuid() != 0:
+        pytest.skip("making device nodes needs root")
+    folder = Path("/dev/shm") / f"cargohold-test-{_secrets.token_hex(4)}"
+    (folder / "sub").mkdir(parents=True)
+    try:
+        _os.mknod(folder / "uverbs0", _stat.S_IFCHR | 0o600, _os.makedev(1, 3))
+        (tmp_path / "data").mkdir()
+        (tmp_path / "cargohold.toml").write_text(_job(f'devices = ["{folder}"]'))
+        check_host_paths(load_spec(tmp_path))  # character devices only: fine
+        _os.mknod(folder / "sub" / "disk", _stat.S_IFBLK | 0o600, _os.makedev(7, 0))
+        with pytest.raises(SpecError, match=r"holds .*/sub/disk") as info:
+            check_host_paths(load_spec(tmp_path))
+        assert info.value.key == "jobs.train.devices"
+    finally:
+        _shutil.rmtree(folder)

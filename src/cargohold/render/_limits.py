@@ -166,6 +166,24 @@ def _snapshot_datasets(plan: Plan, target: str) -> Iterator[Limit]:
 
 
 @_rule
+def _seeds(plan: Plan, target: str) -> Iterator[Limit]:
+    """A volume seeded once from a host folder: the copy is a helper run on this host (run,
+    the docker run line, Compose's prepare service); a cluster's node has no such folder."""
+    if target not in ("kubernetes", "swarm"):
+        return
+    for m in plan.mounts:
+        if m.seed is None:
+            continue
+        where = "claim" if target == "kubernetes" else "volume"
+        yield Limit(
+            f"stores.{m.store}.source",
+            f"the {where} {m.source} is not seeded from {m.seed} on a cluster (the folder is on "
+            f"this host): fill it before the job starts, e.g. `cargohold snapshot {m.seed}` here "
+            "and repository/snapshot on the store, or `cargohold ingest` on the node.",
+        )
+
+
+@_rule
 def _kubernetes_names(plan: Plan, target: str) -> Iterator[Limit]:
     """Kubernetes names are DNS labels: ``data_a`` and ``data-a`` become one name, and the API
     server would refuse the pod (kubernetes-validate does not see it)."""
