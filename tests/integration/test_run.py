@@ -106,6 +106,9 @@ def test_non_root_job_writes_its_stores_and_cannot_touch_the_dataset(
     container = docker_client.containers.get(f"{docker_resources.project}-train")
     assert container.labels["cargohold.job"] == "train"
     assert container.attrs["HostConfig"]["Privileged"] is False
+    # `-- sh -c …` replaced the spec's python3 command: the defaults follow the command that
+    # ran (a shell gets an init, so that SIGTERM reaches the job).
+    assert container.attrs["HostConfig"]["Init"] is True
     binds = [m["Source"] for m in container.attrs["Mounts"] if m["Type"] == "bind"]
     assert "/var/run/docker.sock" not in binds
 

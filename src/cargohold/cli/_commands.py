@@ -266,7 +266,17 @@ def run(
     from cargohold import jobs
     from cargohold.engine import connect
 
-    _, the_plan = _plan(file, job)
+    spec, the_plan = _plan(file, job)
+    trailing = ctx.meta.get(TRAILING_KEY)
+    command = tuple(trailing) if trailing else None
+    if command is not None:
+        # The defaults that depend on the command (init for a shell, PyTorch's larger shm)
+        # are decided for the command that runs, not for the one the spec names.
+        from cargohold.plan import make_plan
+
+        replaced = spec.jobs[the_plan.job].model_copy(update={"command": list(command)})
+        spec = spec.model_copy(update={"jobs": {**spec.jobs, the_plan.job: replaced}})
+        the_plan = make_plan(spec, the_plan.job, host_user=_host_user())
     how = jobs.Resume.parse(resume)
     engine = connect()
     for mount in the_plan.volumes():
@@ -276,8 +286,6 @@ def run(
                 f"note: {mount.source} is not snapshotted by `run`; `render compose` runs its "
                 f"schedule, or run `{by_hand}` beside it"
             )
-    trailing = ctx.meta.get(TRAILING_KEY)
-    command = tuple(trailing) if trailing else None
 
     status = StatusLine(err)
     say = status.first_clearing(_say)
