@@ -328,24 +328,32 @@ GPU_JOB = """
 """
 
 
+@pytest.mark.parametrize(
+    ("gpus", "count", "ids"),
+    [(GPU_JOB, 0, ["0", "GPU-0b3c1f"]), ('gpus = "all"', -1, None), ("gpus = 2", 2, None)],
+    ids=["device-ids", "all", "count"],
+)
 def test_gpu_settings_reach_the_engine_identically_without_a_gpu(
-    tmp_path: Path, job_image: str, docker_resources: Resources, docker_client: Any
+    tmp_path: Path, job_image: str, docker_resources: Resources, docker_client: Any,
+    gpus: str, count: int, ids: list[str] | None,
 ) -> None:
-    """No GPU here: the three ways are compared on created, never started, containers."""
+    """No GPU here: the three ways are compared on created, never started, containers, for
+    each way of asking for GPUs."""
     from cargohold.engine import connect
     from cargohold.jobs import container_request, job_environment, prepare_stores
     from cargohold.plan import make_plan
     from cargohold.spec import load_spec
 
     project = docker_resources.project
-    write_project(tmp_path, project, job_image, extra_job=GPU_JOB)
+    write_project(tmp_path, project, job_image, extra_job=gpus)
     plan = make_plan(load_spec(tmp_path), None, host_user=(0, 0))
     engine = connect()
     prepare_stores(engine, plan)
     engine.create_container(container_request(plan, job_environment(plan)))
     expected = _normalized(docker_client.api.inspect_container(f"{project}-train"))
-    assert expected["device_requests"] == [{"Driver": "", "Count": 0, "DeviceIDs": [
-        "0", "GPU-0b3c1f"], "Capabilities": [["gpu"]], "Options": {}}]
+    [request] = expected["device_requests"]
+    assert (request["Count"], request["DeviceIDs"] or None) == (count, ids), request
+    assert request["Capabilities"] == [["gpu"]] and not request["Driver"]
     assert ("memlock", -1, -1) in expected["ulimits"] and expected["shm"] == 128 << 20
     docker_client.containers.get(f"{project}-train").remove()
 
@@ -367,8 +375,10 @@ def test_gpu_settings_reach_the_engine_identically_without_a_gpu(
     finally:
         subprocess.run([*base, "down", "--remove-orphans"], capture_output=True, timeout=120)
 
-    # cargohold run itself fails fast, before creating anything, saying what to install.
     docker_client.containers.get(f"{project}-train").remove()
+    if ids is None:
+        return  # what follows does not depend on the form
+    # cargohold run itself fails fast, before creating anything, saying what to install.
     ran = run_cli("run", cwd=tmp_path)
     assert ran.returncode == 3, ran.stderr
     assert "asks for GPUs" in ran.stderr and "nvidia-container-toolkit" in ran.stderr
