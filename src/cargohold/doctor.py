@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from cargohold.engine import Engine, EngineInfo
-from cargohold.gpus import INSTALL_HINT, gpu_support
+from cargohold.gpus import gpu_support
 from cargohold.guard import scan_container
 from cargohold.inventory import VolumeSummary, volume_summaries
 from cargohold.kinds import Backing, StoreKind, format_size
@@ -114,7 +114,9 @@ def check_gpus(info: EngineInfo, plan: Plan | None, *, local: bool | None = None
     if problem is None:
         return Check("gpu runtime", "ok", f"{support.describe()} for GPUs {wanted}")
     return Check(
-        "gpu runtime", "fail", f"the job asks for GPUs ({wanted}), but {problem}. {INSTALL_HINT}"
+        "gpu runtime",
+        "fail",
+        f"the job asks for GPUs ({wanted}), but {problem}. {support.hint(memlock)}",
     )
 
 

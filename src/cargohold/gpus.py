@@ -36,6 +36,10 @@ INSTALL_HINT = (
     "skips the check."
 )
 GPU_CHECK_ENV = "CARGOHOLD_GPU_CHECK"
+MEMLOCK_HINT = (
+    "Raise dockerd's own limit: LimitMEMLOCK=infinity in docker.service (systemctl edit docker), "
+    "then restart dockerd; or ask for a smaller memlock in ulimits."
+)
 _DRIVER_RE = re.compile(r"Kernel Module\s+(?:for\s+\S+\s+)?([0-9][0-9.]*)")
 
 
@@ -81,6 +85,12 @@ class GpuSupport:
                 "memlock NCCL needs cannot be granted (LimitMEMLOCK=infinity in docker.service)"
             )
         return "; ".join(missing)
+
+    def hint(self, memlock: int | None = -1) -> str:
+        """What to do about ``problem(memlock)``: the toolkit's install, or only dockerd's
+        memlock limit when that is all that is missing."""
+        toolkit_missing = not self.usable
+        return INSTALL_HINT if toolkit_missing else MEMLOCK_HINT
 
     def describe(self) -> str:
         parts = [f"driver {self.driver}" if self.driver else "no NVIDIA driver"]
@@ -182,4 +192,4 @@ def require_gpus(support: GpuSupport, job: str, memlock: int | None = -1) -> Non
         return  # the user knows better than what this host shows (the engine may be a VM's)
     problem = support.problem(memlock)
     if problem is not None:
-        raise EngineError(f"Job {job!r} asks for GPUs, but {problem}.", hint=INSTALL_HINT)
+        raise EngineError(f"Job {job!r} asks for GPUs, but {problem}.", hint=support.hint(memlock))

@@ -95,6 +95,11 @@ def test_a_dockerd_that_cannot_grant_nccl_memlock(tmp_path: Path) -> None:
     assert "LimitMEMLOCK=infinity" in (support.problem() or "")  # NCCL's unlimited
     assert support.problem(memlock=1 << 20) is None  # a job that asks for less
     assert support.problem(memlock=None) is None
+    # Only dockerd's limit is missing: the hint says that, not "install the toolkit".
+    with pytest.raises(EngineError) as info:
+        require_gpus(support, "train")
+    assert "LimitMEMLOCK=infinity" in (info.value.hint or "")
+    assert "nvidia-container-toolkit" not in (info.value.hint or "")
 
 
 def test_a_dockerd_with_unlimited_memlock(tmp_path: Path) -> None:
