@@ -99,7 +99,10 @@ def test_evidence_says_why_a_mount_is_a_dataset() -> None:
         ("docker run -u 1000 pytorch/pytorch python train.py --save_dir /out", {"CH001"}),
         ("sudo docker run -it pytorch/pytorch python train.py --save_dir /out", {"CH001"}),
         ("sudo -u ml docker container run pytorch/pytorch python t.py --output_dir /o", {"CH001"}),
-        ("NCCL_DEBUG=INFO docker run -u 1 pytorch/pytorch torchrun t.py --ckpt_dir /c", {"CH001"}),
+        (
+            "NCCL_DEBUG=INFO docker run -u 1 pytorch/pytorch torchrun t.py --ckpt_save_dir /c",
+            {"CH001"},
+        ),
         ("podman run -u 1 pytorch/pytorch python t.py --output_dir /o && ls | wc", {"CH001"}),
         (
             "nvidia-docker run -u 1 -v c:/c pytorch/pytorch torchrun train.py --ckpt_dir /c",
@@ -123,7 +126,13 @@ def test_evidence_says_why_a_mount_is_a_dataset() -> None:
             set(),
         ),
         ("docker run -u 1 -w /app pytorch/pytorch python t.py --output_dir out/run1", {"CH001"}),
-        ("docker run -u 1 myorg/unknown python t.py --output_dir out/run1", set()),
+        # a relative output, the working directory unknown: silent while some mount could hold
+        # it, a certain loss when the container has no volume or bind mount at all
+        ("docker run -u 1 -v d:/d myorg/unknown python t.py --output_dir out/run1", set()),
+        ("docker run -u 1 myorg/unknown python t.py --output_dir out/run1", {"CH001"}),
+        ("docker run -u 1 --tmpfs /s myorg/unknown python t.py --output_dir out/run1", {"CH001"}),
+        ("docker run -u 1 myorg/unknown python t.py --output_dir $OUT/run1", set()),
+        ("docker run -u 1 myorg/unknown python t.py --output_dir ~/run1", set()),
         ("docker run -u 1 pytorch/pytorch python t.py --output_dir /path/to/output", set()),
         ("docker run -u 1 pytorch/pytorch python t.py --output_dir s3://bucket/run", set()),
         ("docker run -d postgres:16", {"CH011"}),
@@ -204,9 +213,148 @@ def test_docker_run_without_image_or_run_is_a_usage_error() -> None:
 
 
 def test_unknown_image_is_said_not_hidden() -> None:
-    report = lint_docker_run("docker run myorg/trainer:3 python t.py --output_dir out")
+    report = lint_docker_run("docker run -v d:/d myorg/trainer:3 python t.py --output_dir out")
     assert not report.findings
     assert any("myorg/trainer" in note and "unknown" in note for note in report.notes)
+    # with no mount at all the working directory does not matter: the loss is certain
+    report = lint_docker_run("docker run --rm myorg/trainer:3 python t.py --output_dir out")
+    [finding] = report.findings
+    assert finding.rule == "CH001" and "--rm" in finding.message
+    assert any("no volume or bind mount" in e for e in finding.evidence)
+    assert any("myorg/trainer" in note for note in report.notes)
+
+
+# -- classes found on held-out real-world files (issue 13's audit) -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "rules"),
+    [
+        # `ckpt_dir` is as often the weights a job reads (Meta llama, A1111): not an output name
+        (
+            "docker run -u 1 pytorch/pytorch torchrun --nproc_per_node 1 "
+            "example_chat_completion.py --ckpt_dir /opt/llama-2-7b-chat/ "
+            "--tokenizer_path /opt/tokenizer.model",
+            set(),
+        ),
+        ("docker run -u 1 myorg/sd-webui python launch.py --ckpt-dir /opt/sd/models", set()),
+        ("docker run -u 1 pytorch/pytorch python t.py --checkpoint_dir /opt/c", {"CH001"}),
+        ("docker run -u 1 -e CKPT_DIR=/opt/llama pytorch/pytorch torchrun chat.py", set()),
+        ("docker run -u 1 -e SAVE_CKPT_DIR=/c pytorch/pytorch torchrun train.py", {"CH001"}),
+        # Jupyter's notebook folder, from its arguments, wherever the command starts it
+        (
+            "docker run -p 8888:8888 -v ./nb:/notebooks jupyter/datascience-notebook "
+            "start-notebook.sh --NotebookApp.notebook_dir=/notebooks --NotebookApp.token=''",
+            set(),
+        ),
+        (
+            "docker run -p 8888:8888 -v w:/home/jovyan/work jupyter/scipy-notebook "
+            "start-notebook.py --ServerApp.root_dir=/srv/nb",
+            {"CH011"},
+        ),
+        (
+            'docker run -p 8888:8888 pytorch/pytorch bash -c "pip install jupyterlab && '
+            'jupyter lab --ip=0.0.0.0 --allow-root --notebook-dir=/workspace"',
+            {"CH011"},
+        ),
+        (
+            'docker run -p 8888:8888 -v nb:/workspace pytorch/pytorch bash -c "pip install '
+            'jupyterlab && jupyter lab --ip=0.0.0.0 --allow-root --notebook-dir=/workspace"',
+            set(),
+        ),
+        (
+            "docker run --runtime nvidia -it --rm -v $PWD:/tmp/working -w=/tmp/working "
+            "-p 8888:8888 gcr.io/kaggle-gpu-images/python jupyter notebook --no-browser "
+            '--ip="0.0.0.0" --notebook-dir=/tmp/working --allow-root',
+            set(),
+        ),
+        (
+            "docker run -it -p 8888:8888 gcr.io/kaggle-gpu-images/python jupyter notebook "
+            "--notebook-dir=/tmp/working --allow-root",
+            {"CH011"},
+        ),
+        # the working directory is the notebook folder when no argument names one
+        ("docker run -p 8888:8888 -w /nb myorg/img python -m jupyterlab --allow-root", {"CH011"}),
+        ("docker run -p 8888:8888 myorg/img jupyter lab --allow-root", set()),  # unknown folder
+        (
+            'docker run -v o:/out pytorch/pytorch sh -c "pip install jupyter notebook && '
+            'python train.py --output_dir /out"',
+            set(),  # installing jupyter does not run it
+        ),
+        # placeholders are examples to fill in, not datasets or host folders
+        (
+            "docker run -v /path/to/your/data:/data pytorch/pytorch python train.py "
+            "--data_dir /data",
+            set(),
+        ),
+        (
+            "docker run -v /srv/shards:/data pytorch/pytorch python train.py --data_dir /data",
+            {"CH004"},
+        ),
+        (
+            "docker run -v /path/to/output:/output pytorch/pytorch python train.py "
+            "--output_dir /output",
+            set(),
+        ),
+        (
+            "docker run -v /srv/runs:/output pytorch/pytorch python train.py --output_dir /output",
+            {"CH007"},
+        ),
+        # a generic `--data-dir` of a workload that is not training is not a dataset...
+        ("docker run -v ./sd:/data myorg/sd-webui python launch.py --data-dir /data", set()),
+        ("docker run -u 1 -v m:/data myorg/indexer python index.py --data /data", set()),
+        # ...unless the path itself names one
+        ("docker run -u 1 -v m:/data myorg/x python evaluate.py --data /data/coco/val", {"CH004"}),
+        ("docker run -u 1 -v m:/data myorg/x python evaluate.py --dataset_dir /data", {"CH004"}),
+        ("docker run -u 1 -v m:/data myorg/x python evaluate.py --data /data/train", {"CH004"}),
+        # output flags of TF/Keras, Ray, Flax and friends
+        ("docker run -u 1 tensorflow/tensorflow python task.py --job-dir /tmp/keras", {"CH001"}),
+        ("docker run -u 1 myorg/ray python tune.py --storage_path /home/ray/results", {"CH001"}),
+        ("docker run -u 1 myorg/ray python tune.py --local_dir /home/ray/results", {"CH001"}),
+        ("docker run -u 1 myorg/x python train.py --tb_log_dir /tb", {"CH001"}),
+        ("docker run -u 1 myorg/x python export.py --output_model /exp/m.onnx", {"CH001"}),
+        ("docker run -u 1 myorg/x python export.py --output_model onnx", set()),
+        ("docker run -u 1 myorg/flax python main.py --workdir=/tmp/mnist", {"CH001"}),
+        ("docker run -u 1 myorg/flax python main.py workdir=/tmp/mnist", {"CH001"}),
+        ("docker run -u 1 myorg/sky sky launch --workdir /src task.yaml", set()),  # a tool's own
+        (
+            "docker run -u 1 python:3.11 huggingface-cli download gpt2 --local-dir /models/gpt2",
+            {"CH002"},  # a download: kept or fetched again, not a job's output
+        ),
+        (
+            "docker run -u 1 -v m:/models python:3.11 huggingface-cli download gpt2 "
+            "--local-dir /models/gpt2",
+            set(),
+        ),
+    ],
+)
+def test_audited_classes(line: str, rules: set[str]) -> None:
+    assert {f.rule for f in lint_docker_run(line).findings} == rules, line
+
+
+def test_suppressions_are_read_once_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many findings in one file scan its comments once, not once per finding (a 2,000-service
+    file took seconds per hundred services)."""
+    import cargohold.lint as lint_module
+
+    calls: list[str] = []
+    real = lint_module._suppressions
+
+    def counting(file: str) -> dict[int, set[str] | None]:
+        calls.append(file)
+        return real(file)
+
+    monkeypatch.setattr(lint_module, "_suppressions", counting)
+    body = "".join(
+        f"  s{i}:{'  # cargohold: ignore CH011' if i % 2 else ''}\n    image: postgres:16\n"
+        for i in range(300)
+    )
+    (tmp_path / "compose.yml").write_text("services:\n" + body)
+    report = lint([tmp_path / "compose.yml"], [])
+    assert len(report.findings) == 150 and report.suppressed == 150
+    assert calls == [str(tmp_path / "compose.yml")]
 
 
 # -- compose semantics --------------------------------------------------------------------------

@@ -62,12 +62,33 @@ def test_sarif_validates_and_carries_what_code_scanning_needs() -> None:
 
 def test_fingerprint_survives_moved_lines(tmp_path: Path) -> None:
     body = "services:\n  db:\n    image: postgres:16\n"
-    (tmp_path / "a.yml").write_text(body)
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "a.yml").write_text("# a comment\n\n" + body)
-    [one] = lint([tmp_path / "a.yml"], []).findings
-    [two] = lint([tmp_path / "b" / "a.yml"], []).findings
+    path = tmp_path / "compose.yaml"
+    path.write_text(body)
+    [one] = lint([path], []).findings
+    path.write_text("# a comment\n\n" + body)
+    [two] = lint([path], []).findings
     assert one.line != two.line and fingerprint(one) == fingerprint(two)
+
+
+def test_fingerprint_tells_files_of_the_same_name_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two projects' compose.yaml in one repository: the same finding in each is two alerts."""
+    monkeypatch.chdir(tmp_path)
+    body = "services:\n  db:\n    image: postgres:16\n"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "compose.yaml").write_text(body)
+    report = lint([Path("a/compose.yaml"), Path("b/compose.yaml")], [])
+    log = sarif_log(report.findings, report.notes, "0.1.0")
+    results = log["runs"][0]["results"]
+    uris = [r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in results]
+    assert uris == ["a/compose.yaml", "b/compose.yaml"]
+    prints = {r["partialFingerprints"]["cargoholdFinding/v1"] for r in results}
+    assert len(prints) == 2
+    # the same file reached by its absolute path is the same finding
+    [again] = lint([tmp_path / "a" / "compose.yaml"], []).findings
+    assert fingerprint(again) == fingerprint(report.findings[0])
 
 
 def test_cli_sarif_is_valid() -> None:
@@ -176,6 +197,28 @@ def test_compose_binary_and_builtin_resolver_find_the_same(monkeypatch: pytest.M
         alone = lint([path], [])
         assert alone.resolver == "cargohold"
         assert alone.findings == report.findings, path.name
+
+
+def test_compose_resolves_a_file_given_by_a_relative_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose runs in the project's folder: a path relative to ours must still reach it
+    (`lint sub/compose.yml` was refused, and linted without Compose's `!reset`)."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "compose.yml").write_text(
+        "services:\n  t:\n    image: pytorch/pytorch\n    ipc: host\n    user: '1'\n"
+        "    command: python train.py --output_dir /out\n    volumes: [out:/out]\n"
+        "volumes:\n  out: {}\n"
+    )
+    (tmp_path / "sub" / "compose.override.yml").write_text(
+        "services:\n  t:\n    volumes: !reset []\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    report = lint([Path("sub/compose.yml")], [])
+    assert report.resolver == "compose" and not any("refused" in n for n in report.notes)
+    assert [f.rule for f in report.findings] == ["CH001"]
+    monkeypatch.setenv("CARGOHOLD_COMPOSE", "none")
+    assert lint([Path("sub/compose.yml")], []).findings == report.findings
 
 
 def test_a_project_compose_refuses_is_said_and_still_linted(tmp_path: Path) -> None:

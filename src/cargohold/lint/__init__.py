@@ -114,10 +114,10 @@ def _suppressed(
 ) -> bool:
     places = [(finding.file, finding.line), (service.where.file, service.where.line)]
     for file, line in places:
-        if file in texts:
-            table = _text_suppressions(texts[file])
-        else:
-            table = cache.setdefault(file, _suppressions(file))
+        table = cache.get(file)
+        if table is None:  # read and scanned once per file, not once per finding
+            table = _text_suppressions(texts[file]) if file in texts else _suppressions(file)
+            cache[file] = table
         if line in table:
             rules = table[line]
             if rules is None or finding.rule in rules:

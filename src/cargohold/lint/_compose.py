@@ -3,9 +3,10 @@
 Lint what Compose would run: merge keys (in :mod:`._yaml`), ``${VAR}`` interpolation from the
 environment and the project's ``.env``, ``include``, override files (``-f a -f b``, and
 ``compose.override.yaml`` beside a default-named file, as ``docker compose up`` finds it),
-``extends`` (same file or another), ``env_file``, ``volumes_from``, and a local Dockerfile's
-facts. Every value keeps the file and line it was written on. A test compares this resolver with
-the real Compose binary's ``config --format json`` on the whole corpus.
+``extends`` (same file or another), ``!reset``/``!override``, ``env_file``, ``volumes_from``,
+and a local Dockerfile's facts. Every value keeps the file and line it was written on. A test
+compares this resolver with the real Compose binary's ``config --format json`` on the whole
+corpus.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from cargohold.errors import UsageError
 from cargohold.lint._dockerfile import dockerfile_facts
 from cargohold.lint._model import Mount, Service, Text, at
-from cargohold.lint._yaml import LDict, LList, load_yaml, read_env_file
+from cargohold.lint._yaml import LDict, LList, Override, Reset, load_yaml, read_env_file, settle
 
 __all__ = ["add_image_volumes", "compose_services", "override_for", "parse_short_volume"]
 
@@ -70,6 +71,10 @@ def _target_of(item: Any) -> str:
 
 def _merge(base: Any, over: Any, key: str = "") -> Any:
     """Compose's merge of a service definition ``over`` onto ``base``."""
+    if isinstance(base, Override):
+        base = base.value
+    if isinstance(over, Reset | Override) or isinstance(base, Reset):
+        return over  # `!reset` drops the key, `!override` replaces it (see settle)
     if key in _REPLACED:
         return over
     if key in _MAPS:
@@ -350,7 +355,7 @@ def compose_services(files: list[Path]) -> list[Service]:
     for doc in project.docs.values():
         if isinstance(doc, dict) and isinstance(doc.get("volumes"), dict):
             named |= set(doc["volumes"])
-    resolved = {n: project.extend(n, d, services, set()) for n, d in services.items()}
+    resolved = {n: settle(project.extend(n, d, services, set())) for n, d in services.items()}
     result = {n: _service(n, project.keys[n], d, named) for n, d in resolved.items()}
     for name, definition in resolved.items():
         for ref in definition.get("volumes_from") or []:

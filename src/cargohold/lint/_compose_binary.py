@@ -56,8 +56,8 @@ def compose_model(files: list[Path]) -> tuple[dict[str, Any] | None, str]:
     if binary is None:
         return None, ""
     args = [str(binary)]
-    for path in files:
-        args += ["-f", str(path)]
+    for path in files:  # absolute: Compose runs in the project's folder, not ours
+        args += ["-f", str(path.resolve())]
     try:
         result = subprocess.run(
             [*args, "--profile", "*", "config", "--format", "json"],

@@ -24,7 +24,9 @@ __all__ = [
     "image_facts",
     "looks_placeholder",
     "mount_for",
+    "notebook_dir",
     "path_uses",
+    "relative_unknown",
     "run_user",
     "workdir",
     "workload",
@@ -49,7 +51,6 @@ _OUTPUT_NAMES = {
     "checkpoint_dir",
     "checkpoints_dir",
     "checkpoint_directory",
-    "ckpt_dir",
     "ckpt_save_dir",
     "save_checkpoint_dir",
     "checkpoint_save_dir",
@@ -93,6 +94,12 @@ _OUTPUT_NAMES = {
     "model_output_path",
     "tensorboard_logdir",
     "checkpoints_path",
+    "job_dir",  # TF/Keras, AI Platform trainers
+    "storage_path",  # Ray Tune/Train RunConfig
+    "local_dir",  # Ray Tune (older); a downloader's --local-dir is a download (cache)
+    "tb_log_dir",
+    "output_model",
+    "workdir",  # Flax examples: only as a script's argument (not a tool's own --workdir)
 }
 _PATHLIKE_ONLY = {
     "output",
@@ -100,7 +107,11 @@ _PATHLIKE_ONLY = {
     "project",
     "out",
     "output_file",
+    "output_model",
 }  # ambiguous names: only when the value is a path
+# Names that are outputs only as the argument of a script (`python main.py --workdir=/x`):
+# elsewhere they are a tool's own option.
+_SCRIPT_ONLY = {"workdir"}
 _CACHE_NAMES = {
     "cache_dir",
     "download_dir",
@@ -146,10 +157,15 @@ _INPUT_NAMES = {
     "coco_dir",
     "train_data_files",
 }
-_YACS = re.compile(r"^(?:[A-Z0-9_]+\.)*(OUTPUT_DIR|CHECKPOINT_DIR|CKPT_DIR|SAVE_DIR|LOG_DIR)$")
+# Input names that say "some data", not "a dataset": a web UI's `--data-dir` is its state.
+_GENERIC_INPUT = {
+    "data", "data_dir", "data_path", "data_root", "dataroot", "data_folder", "input_dir",
+}  # fmt: skip
+_YACS = re.compile(r"^(?:[A-Z0-9_]+\.)*(OUTPUT_DIR|CHECKPOINT_DIR|SAVE_DIR|LOG_DIR)$")
 _OUTPUT_ENV = re.compile(
-    r"^(?:[A-Z0-9]+_)*(CHECKPOINTS?|CKPTS?|OUTPUTS?|SAVE|RESULTS?|LOGS?|LOGGING|EXPORT|"
-    r"ARTIFACTS?|EXPERIMENTS?)_(DIR|PATH|ROOT|FOLDER|DIRECTORY|LOCATION)$|^WANDB_DIR$|"
+    r"^(?:[A-Z0-9]+_)*(CHECKPOINTS?|OUTPUTS?|SAVE|RESULTS?|LOGS?|LOGGING|EXPORT|"
+    r"ARTIFACTS?|EXPERIMENTS?)_(DIR|PATH|ROOT|FOLDER|DIRECTORY|LOCATION)$|"
+    r"^(?:[A-Z0-9]+_)*(SAVE|OUTPUT|OUT)_CKPTS?_(DIR|PATH|ROOT|FOLDER|DIRECTORY)$|^WANDB_DIR$|"
     r"^SM_MODEL_DIR$|^SM_OUTPUT_DATA_DIR$"
 )
 _WRITE_ENV = re.compile(r"^(?:[A-Z0-9]+_)*(MODELS?|WEIGHTS)_(DIR|PATH|ROOT|FOLDER|HOME)$")
@@ -198,6 +214,9 @@ class PathUse:
     path: PurePosixPath | None  # absolute in the container; None when it cannot be known
     use: Use
     evidence: str
+    # An input named only "data" (`--data-dir`, `DATA_PATH`): a dataset for a training job,
+    # but as often an application's state folder.
+    generic: bool = False
 
 
 def looks_placeholder(value: str) -> bool:
@@ -210,18 +229,38 @@ def image_facts(service: Service) -> KnownImage | None:
 
 
 def _split(text: Text) -> list[Text]:
+    """A shell string into words, its separators (``&&``, ``;``, ``|``) kept as words."""
     try:
         lexer = shlex.shlex(str(text), posix=True, punctuation_chars=";&|")
         lexer.whitespace_split = True
-        words = [w for w in lexer if w not in (";", "&&", "||", "|", "&")]
+        words = list(lexer)
     except ValueError:
         words = str(text).split()
     return text.split_into(words)
 
 
+def _separator(word: str) -> bool:
+    return bool(word) and not word.strip(";&|")
+
+
 def workload_words(service: Service) -> list[Text]:
     """What the container runs: entrypoint and command (the Dockerfile's when the service sets
     none), with ``sh -c "…"`` strings opened into words."""
+    return [w for w in _command_words(service) if not _separator(w)]
+
+
+def _simple_commands(service: Service) -> list[list[Text]]:
+    """The words of each simple command (``a && b`` is two) the container runs."""
+    commands: list[list[Text]] = [[]]
+    for word in _command_words(service):
+        if _separator(word):
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    return [c for c in commands if c]
+
+
+def _command_words(service: Service) -> list[Text]:
     words = [*service.entrypoint, *service.command]
     if not service.command and not service.entrypoint and service.build:
         words = list(service.build.command)
@@ -260,6 +299,75 @@ def workdir(service: Service) -> tuple[str | None, str]:
             return str(PurePosixPath(image_dir) / own), f"working_dir {own} in {source}"
         return None, ""
     return image_dir, source
+
+
+_JUPYTER_APPS = {"lab", "notebook", "server", "nbclassic"}
+_JUPYTER_BINS = {
+    "jupyter-lab", "jupyter-notebook", "jupyter-server", "jupyter-nbclassic",
+    "jupyterhub-singleuser", "start-notebook.sh", "start-notebook.py", "start-singleuser.sh",
+    "start-singleuser.py",
+}  # fmt: skip
+_JUPYTER_MODULES = {"jupyterlab", "notebook", "jupyter_server", "nbclassic"}
+_NOTEBOOK_DIR_FLAGS = {"notebook_dir", "root_dir"}  # --notebook-dir, --NotebookApp.notebook_dir,
+# --ServerApp.root_dir, --ServerApp.notebook_dir
+
+
+def _jupyter_at(command: list[Text], index: int) -> int | None:
+    """Where the server's own arguments start, if ``command[index]`` starts a Jupyter server."""
+    word = command[index]
+    base = word.rsplit("/", 1)[-1]
+    nxt = command[index + 1] if index + 1 < len(command) else ""
+    if base in _JUPYTER_BINS:
+        return index + 1
+    if base == "jupyter" and nxt in _JUPYTER_APPS:
+        return index + 2
+    if word == "-m" and nxt in _JUPYTER_MODULES:
+        return index + 2
+    if word == "-m" and nxt == "jupyter" and index + 2 < len(command):
+        return index + 3 if command[index + 2] in _JUPYTER_APPS else None
+    return None
+
+
+def notebook_dir(service: Service) -> tuple[str | None, str] | None:
+    """When the service runs a Jupyter server anywhere in its command (``bash -c "pip install
+    jupyterlab && jupyter lab …"`` too): the folder it serves notebooks from (None when it
+    cannot be known) and the evidence. The folder is ``--notebook-dir``,
+    ``--NotebookApp.notebook_dir`` or ``--ServerApp.root_dir``, else the working directory."""
+    for command in _simple_commands(service):
+        for index in range(len(command)):
+            start = _jupyter_at(command, index)
+            if start is None or any(w == "install" for w in command[:index]):
+                continue
+            server = " ".join(command[max(0, start - 2) : start])
+            args = command[start:]
+            for position, word in enumerate(args):
+                flag, eq, inline = word.partition("=")
+                if not word.startswith("-") or _norm(flag) not in _NOTEBOOK_DIR_FLAGS:
+                    continue
+                value = inline if eq else (args[position + 1] if position + 1 < len(args) else "")
+                value = value.strip("\"'")
+                if not value or "$" in value or looks_placeholder(value):
+                    return None, f"{server} {word}"
+                if value.startswith("/"):
+                    return str(PurePosixPath(value)), f"{server} {flag}={value}"
+                base, _ = workdir(service)
+                if base is None or not re.fullmatch(r"[\w.@+/-]+", value):
+                    return None, f"{server} {flag}={value}"
+                return str(PurePosixPath(base) / value), f"{server} {flag}={value}"
+            base, source = workdir(service)
+            if base is None:
+                return None, server
+            return base, f"{server} serves its working directory {base} ({source})"
+    return None
+
+
+def relative_unknown(value: Text) -> bool:
+    """A relative path (``./output``, ``runs/exp1``) that ``_resolve`` could not place only
+    because the working directory is unknown."""
+    text = str(value).strip().strip("\"'")
+    if not text or value.unresolved or "://" in text or text.startswith(("~", "$", "-", "/")):
+        return False
+    return not looks_placeholder(text) and bool(re.fullmatch(r"[\w.@+/-]+", text))
 
 
 def _resolve(value: Text, service: Service) -> PurePosixPath | None:
@@ -302,13 +410,19 @@ def path_uses(service: Service) -> list[PathUse]:
     kind, _ = workload(service)
     words = workload_words(service)
 
-    def add(value: Text, use: Use, evidence: str) -> None:
+    def add(value: Text, use: Use, evidence: str, name: str = "") -> None:
         if use == "output" and kind in ("tensorboard", "serving"):
             return  # `tensorboard --logdir` reads; servers' --output flags are not training data
         model_dir = evidence.lstrip("-").lower().startswith(("model_dir", "model-dir"))
         if use == "output" and model_dir and kind != "training":
             return  # a model folder is read by everything but a training job
-        uses.append(PathUse(value, _resolve(value, service), use, evidence))
+        if name == "local_dir" and kind == "prep":
+            use = "cache"  # `huggingface-cli download --local-dir`: a download, not an output
+        generic = use == "input" and name in _GENERIC_INPUT
+        uses.append(PathUse(value, _resolve(value, service), use, evidence, generic))
+
+    def script_before(index: int) -> bool:
+        return any(_SCRIPT.search(w) for w in words[:index])
 
     for index, word in enumerate(words):
         nxt = words[index + 1] if index + 1 < len(words) else None
@@ -320,13 +434,18 @@ def path_uses(service: Service) -> list[PathUse]:
             if use and value is not None and not (not eq and value.startswith("-")):
                 if name in _PATHLIKE_ONLY and not _pathlike(value):
                     continue
-                add(value, use, f"{flag} {value}")
+                if name in _SCRIPT_ONLY and not script_before(index):
+                    continue
+                add(value, use, f"{flag} {value}", name)
             continue
         key, eq, value_text = word.partition("=")
         if eq and re.fullmatch(r"[+~]?[A-Za-z_][\w.]*", key):
-            use = _use_of(_norm(key.lstrip("+~")), key.lstrip("+~"))
-            if use and not (_norm(key) in _PATHLIKE_ONLY and not _pathlike(value_text)):
-                add(word.derive(value_text), use, f"{key}={value_text}")
+            name = _norm(key.lstrip("+~"))
+            use = _use_of(name, key.lstrip("+~"))
+            if name in _SCRIPT_ONLY and not script_before(index):
+                continue
+            if use and not (name in _PATHLIKE_ONLY and not _pathlike(value_text)):
+                add(word.derive(value_text), use, f"{key}={value_text}", name)
             continue
         if _YACS.match(word) and nxt is not None:
             add(nxt, "output", f"{word} {nxt}")
@@ -336,7 +455,7 @@ def path_uses(service: Service) -> list[PathUse]:
             hit = parts & (OUTPUT_PARTS | {"runs", "experiments"})
             previous = words[index - 1]
             # only a script's arguments: `ls /checkpoints` or `cp` read, `train.py … /ckpt` writes
-            script = any(_SCRIPT.search(w) for w in words[:index])
+            script = script_before(index)
             if hit and script and not previous.startswith("-") and not looks_placeholder(word):
                 add(word, "output", f"positional argument {word} (a {sorted(hit)[0]} folder)")
     env = dict(service.build.env) if service.build else {}
@@ -350,8 +469,8 @@ def path_uses(service: Service) -> list[PathUse]:
             add(value, "output", f"{name}={value}")
         elif _WRITE_ENV.match(name):
             add(value, "write", f"{name}={value}")
-        elif _INPUT_ENV.match(name):
-            add(value, "input", f"{name}={value}")
+        elif match := _INPUT_ENV.match(name):
+            add(value, "input", f"{name}={value}", "data" if match.group(1) == "DATA" else "")
     return uses
 
 
@@ -386,6 +505,8 @@ def workload(service: Service) -> tuple[Workload, str]:
         return "tracking", "runs mlflow server"
     if re.search(r"\bjupyter(-lab|-notebook)?\b|\bjupyterlab\b", first):
         return "notebook", "runs jupyter"
+    if (notebook := notebook_dir(service)) is not None:
+        return "notebook", notebook[1]
     if text and _SERVING.search(first):
         return "serving", f"runs {_SERVING.search(first).group()}"  # type: ignore[union-attr]
     if (

@@ -18,7 +18,9 @@ from cargohold.lint._evidence import (
     image_facts,
     looks_placeholder,
     mount_for,
+    notebook_dir,
     path_uses,
+    relative_unknown,
     run_user,
     workdir,
     workload,
@@ -92,6 +94,13 @@ def _name_parts(path: str) -> set[str]:
     return words
 
 
+def _placeholder_mount(mount: Mount) -> bool:
+    """``/path/to/your/data:/data``: an example someone is meant to fill in, not a mount."""
+    return looks_placeholder(str(mount.target)) or (
+        mount.source is not None and looks_placeholder(str(mount.source))
+    )
+
+
 def _kept(mount: Mount | None) -> bool:
     return mount is not None and mount.kind != "tmpfs"
 
@@ -123,7 +132,9 @@ def output_not_on_mount(service: Service) -> Iterator[Hit]:
     positional ``…/checkpoints`` path) to a path that no volume or bind mount holds. They land
     in the container's writable layer, and ``docker rm`` or ``compose down`` deletes them.
     Relative paths are resolved against ``working_dir``/``-w`` or the image's WORKDIR; when the
-    working directory is unknown, nothing is reported."""
+    working directory is unknown, a relative path is reported only if the container has no
+    volume or bind mount at all (then no working directory could be on one)."""
+    yield from _relative_outputs_without_mounts(service)
     for found in _outputs(service, "output"):
         assert found.path is not None
         mount = mount_for(found.path, service.mounts)
@@ -141,6 +152,36 @@ def output_not_on_mount(service: Service) -> Iterator[Hit]:
             f"(e.g. `-v outputs:{found.path}`).",
             _relative_note(found, service),
             str(found.path),
+        )
+
+
+def _relative_outputs_without_mounts(service: Service) -> Iterator[Hit]:
+    if workdir(service)[0] is not None or any(m.kind != "tmpfs" for m in service.mounts):
+        return
+    seen: set[str] = set()
+    for found in path_uses(service):
+        if found.use != "output" or found.path is not None or not relative_unknown(found.value):
+            continue
+        if str(found.value) in seen:
+            continue
+        seen.add(str(found.value))
+        yield Hit(
+            found.value,
+            f"{found.evidence} is relative to a working directory lint does not know, but the "
+            "container has no volume or bind mount at all, so wherever that directory is, the "
+            "outputs stay in the container: "
+            + (
+                "`--rm` deletes them the moment it stops."
+                if service.removed_on_exit
+                else "`docker rm` (or `compose down`) deletes them with it."
+            ),
+            "Mount a named volume or a host folder and point the path at it (e.g. "
+            f"`-v outputs:/outputs` and an absolute /outputs/{str(found.value).lstrip('./')}).",
+            (
+                found.evidence,
+                "the working directory is unknown; the container has no volume or bind mount",
+            ),
+            str(found.value),
         )
 
 
@@ -196,6 +237,9 @@ def _data_dirs(service: Service) -> tuple[list[str], str]:
         and re.search(r"--appendonly\s+yes|--save\s+\d", text)
     ):
         return ["/data"], "redis-server is told to persist (--appendonly/--save) into /data"
+    notebook = notebook_dir(service)
+    if notebook is not None and notebook[0] is not None:
+        return [notebook[0]], notebook[1]
     if known is None or not known.data_dirs:
         return [], ""
     if known.data_env and service.env.get(known.data_env):
@@ -251,12 +295,17 @@ def state_not_on_volume(service: Service) -> Iterator[Hit]:
     """A stateful service (PostgreSQL, MySQL, MongoDB, MinIO, Qdrant, Milvus, Weaviate, Chroma,
     Elasticsearch, Label Studio, MLflow's metadata and artifacts, Jupyter's notebooks) has no
     named volume or bind mount on its data directory: ``compose down`` (or ``docker rm``) loses
-    the data, and an anonymous volume is not re-attached to the next container."""
+    the data, and an anonymous volume is not re-attached to the next container. Jupyter is
+    found anywhere in the command (``bash -c "pip install jupyterlab && jupyter lab …"``), and
+    its notebooks are where ``--notebook-dir``/``--ServerApp.root_dir`` says, else in its
+    working directory."""
     dirs, evidence = _data_dirs(service)
     if not dirs:
         return
     known = image_facts(service)
-    notebook = known is not None and known.role == "notebook"
+    notebook = (known is not None and known.role == "notebook") or (
+        notebook_dir(service) is not None
+    )
     mlflow = evidence.startswith("mlflow server")
     if any(
         (m := mount_for(PurePosixPath(d), service.mounts)) is not None and m.kind == "tmpfs"
@@ -349,9 +398,29 @@ def anonymous_volume(service: Service) -> Iterator[Hit]:
         )
 
 
-def _dataset_evidence(service: Service, mount: Mount) -> list[str]:
+def _names_dataset(path: str) -> bool:
+    parts = [p.lower() for p in path.split("/") if p]
+    split = any(a == "data" and b in _DATA_SPLITS for a, b in itertools.pairwise(parts))
+    return bool(_name_parts(path) & _DATASET_PARTS) or split
+
+
+def _own_part(service: Service, mount: Mount) -> str:
+    """A bind source as its own name: ``./coco`` beside the compose file is ``coco``, whatever
+    folder the project sits in (``~/corpus-tools/…`` names no dataset)."""
+    source = str(mount.source or "")
+    if mount.kind != "bind" or not source.startswith("/"):
+        return source
+    project = str(service.base_dir.resolve())
+    if source == project:
+        return "."
+    return source[len(project) + 1 :] if source.startswith(project + "/") else source
+
+
+def _dataset_evidence(service: Service, mount: Mount, training: bool) -> list[str]:
+    """Why ``mount`` holds a dataset. A generic ``--data-dir``/``DATA_PATH`` counts only for a
+    training job, or when the path it names is itself a dataset's."""
     evidence: list[str] = []
-    for text, what in ((str(mount.target), "target"), (str(mount.source or ""), "source")):
+    for text, what in ((str(mount.target), "target"), (_own_part(service, mount), "source")):
         if what == "source" and mount.kind == "bind" and not mount.source:
             continue
         names = _name_parts(text) & _DATASET_PARTS
@@ -368,6 +437,7 @@ def _dataset_evidence(service: Service, mount: Mount) -> list[str]:
             found.use == "input"
             and found.path is not None
             and mount_for(found.path, service.mounts) is mount
+            and (training or not found.generic or _names_dataset(str(found.path)))
         ):
             evidence.append(f"{found.evidence} reads it as input")
     return evidence
@@ -383,8 +453,10 @@ def writable_dataset(service: Service) -> Iterator[Hit]:
     """A mount holds a training dataset -- its path names one (``datasets``, ``coco``,
     ``data/train``…) or an input argument (``--data_dir``, ``DATA_DIR=``) reads from it -- and
     it is writable, though the job writes nothing there: a bug in training can modify or delete
-    it. Not reported for databases, object stores, web UIs and servers (their data is state,
-    not a dataset), for data-preparation jobs, or when the job writes into the mount."""
+    it. A generic ``--data-dir``/``DATA_PATH`` is a dataset only for a training job or when its
+    path names one (a web UI's ``--data-dir`` is its state). Not reported for databases, object
+    stores, web UIs and servers (their data is state, not a dataset), for data-preparation
+    jobs, when the job writes into the mount, or for placeholders (``/path/to/your/data``)."""
     kind, _ = workload(service)
     known = image_facts(service)
     if kind in ("prep", "serving", "notebook", "tensorboard", "tracking"):
@@ -406,6 +478,8 @@ def writable_dataset(service: Service) -> Iterator[Hit]:
     for mount in service.mounts:
         if mount.readonly or mount.kind not in ("bind", "volume") or mount.target.unresolved:
             continue
+        if _placeholder_mount(mount):
+            continue  # `-v /path/to/your/data:/data`: an example to fill in
         if (
             mount.kind == "bind"
             and mount.source is not None
@@ -425,7 +499,7 @@ def writable_dataset(service: Service) -> Iterator[Hit]:
         ]
         if writes:
             continue
-        evidence = _dataset_evidence(service, mount)
+        evidence = _dataset_evidence(service, mount, kind == "training")
         if not evidence:
             continue
         yield Hit(
@@ -562,8 +636,8 @@ def bind_without_user(service: Service) -> Iterator[Hit]:
     """A job that runs as root (no ``user:``, and an image or Dockerfile known to run as root)
     writes outputs, checkpoints or caches into a bind-mounted host folder: the files come out
     owned by root, and you cannot edit or delete them without sudo. Not reported for images
-    that run as non-root or drop privileges, nor for read-only consumers (TensorBoard,
-    servers)."""
+    that run as non-root or drop privileges, for read-only consumers (TensorBoard, servers),
+    nor for placeholder host folders (``/path/to/output``)."""
     who, why = run_user(service)
     kind, _ = workload(service)
     if who != "root" or kind in ("tensorboard", "serving", "tracking"):
@@ -576,6 +650,8 @@ def bind_without_user(service: Service) -> Iterator[Hit]:
     for mount in service.mounts:
         if mount.kind != "bind" or mount.readonly or mount.source is None:
             continue
+        if _placeholder_mount(mount):
+            continue  # `-v /path/to/output:/output`: an example, not a host folder
         if _SOCKET.search(str(mount.source)) or str(mount.target).startswith(("/dev", "/sys")):
             continue
         mine = [u for u in uses if u.path and mount_for(u.path, service.mounts) is mount]

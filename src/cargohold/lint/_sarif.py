@@ -1,9 +1,10 @@
 """SARIF 2.1.0 for code-scanning tools, with rule metadata from the registry.
 
 Carries what GitHub code scanning needs: every rule with its short and full description and
-help, each result's level, location and ``partialFingerprints`` (from the rule, the service and
-the finding's subject -- not the line, so a finding keeps its identity when lines move), and
-the evidence in the result's properties.
+help, each result's level, location and ``partialFingerprints`` (from the rule, the file's
+relative path, the service and the finding's subject -- not the line, so a finding keeps its
+identity when lines move), and the evidence in the result's properties. Rules carry no
+``helpUri``: it must be absolute, and the project declares no homepage to anchor it to.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
 
 def fingerprint(finding: Finding) -> str:
-    """A hash that identifies a finding across edits that only move lines."""
-    key = "\0".join((finding.rule, Path(finding.file).name, finding.service, finding.subject))
+    """A hash that identifies a finding across edits that only move lines: the rule, the file
+    as the result's location names it (its path relative to the working directory, so
+    ``a/compose.yaml`` and ``b/compose.yaml`` differ), the service and the subject."""
+    key = "\0".join((finding.rule, _uri(finding.file), finding.service, finding.subject))
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

@@ -2,7 +2,9 @@
 
 PyYAML's node API keeps line numbers but leaves ``<<`` merge keys to the constructor; this
 loader walks the nodes itself so that a service inheriting ``<<: *base`` gets the base's
-values *with the base's lines*. Values are interpolated the way Compose does it (``$$``,
+values *with the base's lines*. Compose's ``!reset`` and ``!override`` tags come out as
+:data:`RESET` and :class:`Override`, for the merge of override files and ``extends`` to honour
+(and :func:`settle` to remove). Values are interpolated the way Compose does it (``$$``,
 ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?err}``, ``${VAR:+alt}``, ``$VAR``);
 a variable with no value and no default leaves the value marked ``unresolved``.
 """
@@ -19,7 +21,17 @@ import yaml
 from cargohold.errors import UsageError
 from cargohold.lint._model import Text
 
-__all__ = ["LDict", "LList", "interpolate", "load_yaml", "read_env_file"]
+__all__ = [
+    "RESET",
+    "LDict",
+    "LList",
+    "Override",
+    "Reset",
+    "interpolate",
+    "load_yaml",
+    "read_env_file",
+    "settle",
+]
 
 _MERGE = "tag:yaml.org,2002:merge"
 _NULL = "tag:yaml.org,2002:null"
@@ -39,6 +51,52 @@ class LList(list[Any]):
 
     line: int = 0
     file: str = ""
+
+
+class Reset:
+    """``!reset``: the key is dropped, also from what this file overrides or extends."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "!reset"
+
+
+RESET = Reset()
+
+
+class Override:
+    """``!override VALUE``: replaces what it overrides instead of merging with it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"!override {self.value!r}"
+
+
+def settle(value: Any) -> Any:
+    """``value`` once merging is done: ``!reset`` keys and items gone, ``!override`` unwrapped
+    (copies; lines kept)."""
+    if isinstance(value, Override):
+        return settle(value.value)
+    if isinstance(value, LDict):
+        result = LDict()
+        result.line, result.file = value.line, value.file
+        result.key_lines = dict(getattr(value, "key_lines", {}))
+        result.update({k: settle(v) for k, v in value.items() if not isinstance(v, Reset)})
+        return result
+    if isinstance(value, dict):
+        return {k: settle(v) for k, v in value.items() if not isinstance(v, Reset)}
+    if isinstance(value, LList):
+        items = LList(settle(v) for v in value if not isinstance(v, Reset))
+        items.line, items.file = value.line, value.file
+        return items
+    if isinstance(value, list):
+        return [settle(v) for v in value if not isinstance(v, Reset)]
+    return value
 
 
 def _line(node: yaml.Node) -> int:
@@ -64,6 +122,14 @@ def _convert(
         )
     if depth > 64:
         raise UsageError(f"{file} nests deeper than 64 levels.", hint="Is it a compose file?")
+    if node.tag == "!reset":
+        return RESET
+    if node.tag == "!override":
+        return Override(_node(node, file, env, depth, spent))
+    return _node(node, file, env, depth, spent)
+
+
+def _node(node: yaml.Node, file: str, env: Mapping[str, str], depth: int, spent: list[int]) -> Any:
     if isinstance(node, yaml.ScalarNode):
         if node.tag == _NULL:
             return None
@@ -91,10 +157,12 @@ def _convert(
             name = str(key.value) if isinstance(key, yaml.ScalarNode) else ""
             result[name] = _convert(value, file, env, depth + 1, spent)
             result.key_lines[name] = _line(key)
-        # Explicit keys win over merged ones; of several merged maps, the first wins.
+        # Explicit keys win over merged ones; of several merged maps, the first wins. Compose
+        # drops a `!reset` key before it merges `<<`, so the merged value comes back.
         for source in merged:
             for name, value in source.items():
-                result.setdefault(name, value)
+                if name not in result or isinstance(result[name], Reset):
+                    result[name] = value
         return result
     return None
 
