@@ -21,19 +21,22 @@ import os
 import tarfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from cargohold.engine import ContainerRequest, Engine, MountRequest
 from cargohold.errors import EngineError
 from cargohold.image import DEFAULT_TAG, build_cargohold_image
 from cargohold.mirror import MirrorStatus
-from cargohold.plan import Plan
+from cargohold.plan import LABEL_PROJECT, Plan
 from cargohold.render._mirror import CREDENTIAL_ENV, STATUS_PATH
 
 __all__ = [
     "ROLE_LABEL",
     "STATUS_PATH",
+    "MirrorState",
     "mirror_container_name",
+    "mirror_states",
     "mirror_status",
     "start_mirror",
     "stop_mirror",
@@ -157,6 +160,31 @@ def mirror_status(engine: Engine, name: str) -> MirrorStatus | None:
             text = raw.read(_MAX_STATUS)
         return MirrorStatus.parse(text)
     return None
+
+
+@dataclass(frozen=True)
+class MirrorState:
+    """A checkpoint mirror container (`cargohold run`'s or Compose's) and what it last did."""
+
+    name: str
+    state: str  # ok | unreachable | refused | failing | starting | the container's state
+    message: str
+    pushed: int
+
+
+def mirror_states(engine: Engine, project: str | None) -> list[MirrorState]:
+    """Every mirror container (of ``project``, or of all projects), for `cargohold ps`."""
+    found = []
+    for c in engine.containers(f"{ROLE_LABEL}=mirror"):
+        if project is not None and c.labels.get(LABEL_PROJECT) != project:
+            continue
+        status = mirror_status(engine, c.name) if c.state == "running" else None
+        if status is not None:
+            found.append(MirrorState(c.name, status.state, status.message, status.pushed))
+        else:
+            state = "starting" if c.state == "running" else c.state
+            found.append(MirrorState(c.name, state, c.status, 0))
+    return found
 
 
 def stop_mirror(engine: Engine, name: str, say: Say) -> MirrorStatus | None:

@@ -113,21 +113,13 @@ def plan(
     ] = False,
 ) -> None:
     """Each store of a job (backing, source, target, mode) and its runtime settings, with why."""
-    from cargohold.render._limits import TARGETS, limits_of
+    from cargohold.render._limits import TARGETS, limits_json, limits_of
 
     _, the_plan = _plan(file, job)
-    limits = {t: limits_of(the_plan, t) for t in TARGETS}
     if as_json:
-        emit_json(
-            {
-                **the_plan.to_json(),
-                "limits": {
-                    t: [{"key": x.key, "message": x.message, "fatal": x.fatal} for x in found]
-                    for t, found in limits.items()
-                },
-            }
-        )
+        emit_json({**the_plan.to_json(), "limits": limits_json(the_plan)})
         return
+    limits = {t: limits_of(the_plan, t) for t in TARGETS}
     # One block per store rather than a table: the reasons are sentences, and a table
     # squeezed into 80 columns (a pipe, CI logs) breaks them a word per line. User text is
     # escaped: a path with [brackets] is printed as it is.

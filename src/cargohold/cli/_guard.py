@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
 
 from cargohold.cli._commands import SpecOption, app, emit_json, out
 from cargohold.cli._data import JsonOption, _progress
-from cargohold.engine import Engine, connect
+from cargohold.engine import connect
 from cargohold.errors import CargoholdError
 from cargohold.kinds import format_size as _size
 
@@ -179,33 +179,11 @@ def doctor_command(file: SpecOption = None, as_json: JsonOption = False) -> int:
     return 1 if worst(checks) == "fail" else 0
 
 
-def _mirror_states(engine: Engine, project: str | None) -> list[dict[str, Any]]:
-    """The checkpoint mirrors `cargohold run` started, with what each last did."""
-    from cargohold.plan import LABEL_PROJECT
-    from cargohold.sidecar import ROLE_LABEL, mirror_status
-
-    found = []
-    for c in engine.containers(f"{ROLE_LABEL}=mirror"):
-        if project is not None and c.labels.get(LABEL_PROJECT) != project:
-            continue
-        state = mirror_status(engine, c.name) if c.state == "running" else None
-        found.append(
-            {
-                "name": c.name,
-                "state": state.state
-                if state
-                else ("starting" if c.state == "running" else c.state),
-                "message": state.message if state else c.status,
-                "pushed": state.pushed if state else 0,
-            }
-        )
-    return found
-
-
 @app.command("ps")
 def ps_command(file: SpecOption = None, as_json: JsonOption = False) -> int:
     """The project's containers and volumes, their sizes, and the data at risk."""
     from cargohold.doctor import project_status
+    from cargohold.sidecar import mirror_states
     from cargohold.spec import load_spec
 
     project = None
@@ -216,14 +194,14 @@ def ps_command(file: SpecOption = None, as_json: JsonOption = False) -> int:
             raise
     engine = connect()
     status = project_status(engine, project)
-    mirrors = _mirror_states(engine, project)
+    mirrors = mirror_states(engine, project)
     if as_json:
         emit_json(
             {
                 "project": status.project,
                 "containers": [asdict(c) for c in status.containers],
                 "volumes": [asdict(v) for v in status.volumes],
-                "mirrors": mirrors,
+                "mirrors": [asdict(m) for m in mirrors],
             }
         )
         return 1 if status.at_risk else 0
@@ -236,8 +214,8 @@ def ps_command(file: SpecOption = None, as_json: JsonOption = False) -> int:
         )
         out.print(Text(f"  container {c.name:<28} {c.status:<24} ") + risk)
     for m in mirrors:
-        line = f"  mirror    {m['name']:<28} {m['state']}: {m['message']}"
-        out.print(Text(line, "green" if m["state"] == "ok" else "bold red"))
+        line = f"  mirror    {m.name:<28} {m.state}: {m.message}"
+        out.print(Text(line, "green" if m.state == "ok" else "bold red"))
     for v in status.volumes:
         snap = (
             "snapshot current"

@@ -16,7 +16,14 @@ from cargohold.errors import SpecError
 from cargohold.kinds import Backing, is_url
 from cargohold.plan import Plan
 
-__all__ = ["TARGETS", "Limit", "check_limits", "limits_of", "placement_terms"]
+__all__ = [
+    "TARGETS",
+    "Limit",
+    "check_limits",
+    "limits_json",
+    "limits_of",
+    "placement_terms",
+]
 
 TARGETS = ("docker-run", "compose", "swarm", "kubernetes")
 _ONE_HOST = ("docker-run", "compose")
@@ -413,6 +420,16 @@ def limits_of(plan: Plan, target: str) -> list[Limit]:
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}")
     return [limit for rule in _RULES for limit in rule(plan, target)]
+
+
+def limits_json(plan: Plan) -> dict[str, list[dict[str, object]]]:
+    """Every target's limits for ``plan --json``: key, message and whether it is fatal."""
+    return {
+        target: [
+            {"key": x.key, "message": x.message, "fatal": x.fatal} for x in limits_of(plan, target)
+        ]
+        for target in TARGETS
+    }
 
 
 def check_limits(plan: Plan, target: str) -> list[str]:
