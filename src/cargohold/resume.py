@@ -12,11 +12,13 @@ and judge names; this module only applies the checkpoint format's rules
 (``checkpoint._format``) to the entries they yield:
 
 * a ``step-…`` folder with a ``manifest.json`` (written last: no manifest, no checkpoint) of at
-  most 16 MiB that parses as the format's table (format, version, step, files; for many ranks
-  also ``world_size`` and ``ranks``, every rank's files listed in ``files`` and nothing else);
-* every file the manifest names is a clean relative name inside the folder, reached as a regular
-  file (a symlink, a FIFO, a missing file makes the checkpoint not whole) with the manifest's
-  size and a checksum of a known algorithm;
+  most 16 MiB that the library's own parser, ``checkpoint._format.Manifest.parse``, accepts
+  (format, version, step, files, each a clean relative name inside the folder with a size and
+  a checksum of a known algorithm; for many ranks also ``world_size`` and ``ranks``, every
+  rank's files listed in ``files`` and nothing else): one set of rules for the library inside
+  the container and for this lookup outside it;
+* every file the manifest names is reached as a regular file (a symlink, a FIFO, a missing file
+  makes the checkpoint not whole) with the manifest's size;
 * checksums: where the files can be read again after the walk (a folder on this host:
   ``random_access``) every checksum of the newest candidates is verified, newest first, each
   read bounded by the manifest's size.
@@ -43,19 +45,17 @@ than 250,000 files, or more than 64 MiB of manifests to hold before the newest w
 from __future__ import annotations
 
 import hashlib
-import json
 import tarfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
 
-from cargohold.archive import CHUNK, Entry, EntrySource, Opener, clean_member_name
+from cargohold.archive import CHUNK, Entry, EntrySource, Opener
 from cargohold.checkpoint import _format
 from cargohold.errors import TransferError
 
 __all__ = ["MAX_MANIFEST", "latest_whole_checkpoint"]
 
-MAX_MANIFEST = 16 << 20  # a manifest of a million files is ~100 MB of JSON; ours are far less
+MAX_MANIFEST = _format.MAX_MANIFEST
 _MAX_FILES = 250_000  # files remembered across the store (~50 MB): beyond, the library decides
 _MAX_MANIFESTS_KEPT = 4 * MAX_MANIFEST  # JSON bytes of parsed manifests held at once
 
@@ -71,7 +71,7 @@ class _File:
 class _Step:
     step: int
     name: str
-    manifest: dict[str, Any] | None = None
+    manifest: _format.Manifest | None = None
     manifest_bytes: int = 0
     evicted: bool = False  # its manifest was dropped to stay within memory: unknown, not "no"
     files: dict[str, _File] = field(default_factory=dict)  # relative to the step folder
@@ -141,7 +141,7 @@ class _Store:
         elif entry.kind == "hardlink" and entry.target in self._known:
             step.files[rel] = self._known[entry.target]  # the same bytes under a second name
 
-    def _keep_manifest(self, step: _Step, manifest: dict[str, Any] | None, size: int) -> None:
+    def _keep_manifest(self, step: _Step, manifest: _format.Manifest | None, size: int) -> None:
         """Keep a parsed manifest, within a memory budget: over it, the oldest steps' are
         dropped (if every newer step fails, the answer is None, never an older one)."""
         if manifest is None:
@@ -159,76 +159,31 @@ class _Store:
                 oldest.evicted = True
 
 
-def _read_manifest(entry: Entry, opener: Opener) -> dict[str, Any] | None:
-    """The manifest's table, or None when it is too large or not the format's table."""
+def _read_manifest(entry: Entry, opener: Opener) -> _format.Manifest | None:
+    """The manifest, or None when it is too large or not one (``_format.Manifest.parse``)."""
     if entry.size > MAX_MANIFEST:
         return None
     try:
         with opener() as data:
             raw = data.read(MAX_MANIFEST + 1)
-        manifest = json.loads(raw)
-    except (OSError, EOFError, ValueError, RecursionError, TransferError, tarfile.TarError):
+        return _format.Manifest.parse(raw)
+    except (OSError, EOFError, ValueError, TransferError, tarfile.TarError):
         return None
-    if (
-        len(raw) > MAX_MANIFEST
-        or not isinstance(manifest, dict)
-        or manifest.get("format") != _format.FORMAT_NAME
-        or manifest.get("version") != _format.FORMAT_VERSION
-        or not isinstance(manifest.get("files"), dict)
-        or not _is_int(manifest.get("step"))
-    ):
-        return None
-    return manifest
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _clean(name: object) -> bool:
-    if not isinstance(name, str) or name == _format.MANIFEST:
-        return False
-    try:
-        return clean_member_name(name) == name and name != ""
-    except TransferError:
-        return False
-
-
-def _ranks_hold(manifest: dict[str, Any]) -> bool:
-    """A many-rank manifest: every rank 0..world_size-1 listed, together exactly ``files``."""
-    if "ranks" not in manifest and "world_size" not in manifest:
-        return True
-    world, ranks = manifest.get("world_size"), manifest.get("ranks")
-    if not isinstance(world, int) or isinstance(world, bool) or not isinstance(ranks, dict):
-        return False
-    if not 1 <= world <= len(ranks):
-        return False
-    if set(ranks) != {str(r) for r in range(world)}:
-        return False
-    listed: list[str] = []
-    for names in ranks.values():
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            return False
-        listed.extend(names)
-    return len(listed) == len(set(listed)) and set(listed) == set(manifest["files"])
 
 
 def _whole(step: _Step) -> bool:
     manifest = step.manifest
-    if manifest is None or not _ranks_hold(manifest):
+    if manifest is None:
         return False
-    for name, entry in manifest["files"].items():
-        found = step.files.get(name) if _clean(name) else None
-        if found is None or not isinstance(entry, dict) or not _is_int(entry.get("size")):
-            return False
-        algorithm = next((a for a in _format.CHECKSUMS if isinstance(entry.get(a), str)), None)
-        if algorithm is None or found.size != entry["size"]:
+    for name, entry in manifest.files.items():  # clean relative names: the parser saw to it
+        found = step.files.get(name)
+        if found is None or found.size != entry.size:
             return False
         if found.crc32 is not None:  # streamed: crc32 checked here, a sha256 on restore
-            if algorithm == "crc32" and found.crc32 != entry[algorithm]:
+            if entry.algorithm == "crc32" and found.crc32 != entry.digest:
                 return False
         elif found.opener is None or (
-            _checksum(found.opener, found.size, algorithm) != entry[algorithm]
+            _checksum(found.opener, found.size, entry.algorithm) != entry.digest
         ):
             return False
     return True

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -36,7 +37,7 @@ WORKER = textwrap.dedent(
     import torch
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
-    from cargohold.checkpoint import CheckpointManager, torch_file
+    from cargohold.checkpoint import CheckpointError, CheckpointManager, torch_file
     from cargohold.checkpoint.dcp import dcp_async_save, dcp_save
 
 
@@ -67,15 +68,26 @@ WORKER = textwrap.dedent(
         def digest(vector):
             return hashlib.sha256(vector.numpy().tobytes()).hexdigest()
 
+        def dcp_state(full):
+            return {f"params-{rank}": full[rank::world].clone(), "replicated": full,
+                    "digest": torch.tensor(list(digest(full).encode()), dtype=torch.uint8)}
+
         ckpt = CheckpointManager(folder, keep_last=2, metric="loss", timeout=30,
                                  warn_ephemeral=False)
         assert (ckpt.rank, ckpt.world_size) == (rank, world)
         step = 0
+        def final_save():  # on SIGTERM, at the step where all ranks agree to stop
+            if mode == "files":
+                ckpt.save(step, {f"params-{rank}.pt": torch_file(flat()[rank::world].clone()),
+                                 f"final-{rank}": b"yes",
+                                 **({"digest.txt": digest(flat()).encode()} if rank == 0
+                                    else {})})
+            else:
+                dcp_save(ckpt, step, {**dcp_state(flat()), "final": torch.ones(1)},
+                         metrics={"final": 1.0})
+
         if os.environ.get("FINAL"):
-            ckpt.handle_sigterm(lambda: ckpt.save(step, {
-                f"params-{rank}.pt": torch_file(flat()[rank::world].clone()),
-                f"final-{rank}": b"yes", **({"digest.txt": digest(flat()).encode()}
-                                            if rank == 0 else {})}))
+            ckpt.handle_sigterm(final_save)
         latest = ckpt.restore_latest()
         if latest is not None:
             if mode == "files":
@@ -104,9 +116,13 @@ WORKER = textwrap.dedent(
             loss = (model(x) - x[:, :4]).pow(2).mean()
             optimizer.zero_grad()
             loss.backward()
-            for p in model.parameters():
-                dist.all_reduce(p.grad)
-                p.grad /= world
+            try:
+                for p in model.parameters():
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
+            except RuntimeError as exc:  # the training's own collective: a peer is gone
+                say({"rank": rank, "failed": "training", "message": str(exc)[:300]})
+                return 5
             optimizer.step()
             full = flat()
             metrics = {"loss": loss.item()}
@@ -116,9 +132,7 @@ WORKER = textwrap.dedent(
                     files["digest.txt"] = digest(full).encode()
                 (ckpt.save if step % 2 else ckpt.save_async)(step, files, metrics)
             else:
-                state = {f"params-{rank}": full[rank::world].clone(), "replicated": full,
-                         "digest": torch.tensor(list(digest(full).encode()), dtype=torch.uint8)}
-                (dcp_save if step % 2 else dcp_async_save)(ckpt, step, state, metrics)
+                (dcp_save if step % 2 else dcp_async_save)(ckpt, step, dcp_state(full), metrics)
             ckpt.preemption_point()
         ckpt.close()
         dist.destroy_process_group()
@@ -138,6 +152,9 @@ WORKER = textwrap.dedent(
                 code = rank_main(folder, steps, mode)
             except SystemExit as exc:  # handle_sigterm's exit
                 code = exc.code
+            except CheckpointError as exc:
+                say({"rank": rank, "failed": "checkpoint", "message": exc.message})
+                code = 4
             except BaseException:
                 import traceback
                 traceback.print_exc()
@@ -223,6 +240,103 @@ class Job:
         return codes, text
 
 
+DEAD_RANK_WORKER = textwrap.dedent(
+    """
+    import json, os, signal, sys, warnings
+    from datetime import timedelta
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint import DefaultSavePlanner
+    from cargohold.checkpoint import CheckpointError, CheckpointManager
+    from cargohold.checkpoint.dcp import dcp_async_save, dcp_save
+
+    folder, mode, victim = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    DEATH = 3  # the step whose save the victim dies in, half-way through its own files
+
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+    class DyingPlanner(DefaultSavePlanner):  # DCP asks it for each tensor as it writes them
+        def resolve_data(self, write_item):
+            die()
+
+
+    def rank_main(rank):
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+        ckpt = CheckpointManager(folder, timeout=60, warn_ephemeral=False)
+        assert type(ckpt._coordinator).__name__ == "TorchCoordinator"
+        state = {f"shard-{rank}": torch.full((1000,), float(rank)), "replicated": torch.ones(8)}
+        for step in range(DEATH + 2):
+            dying = rank == victim and step == DEATH
+            if mode == "save":
+                def write(f, dying=dying):
+                    f.write(b"x" * 1000)
+                    if dying:
+                        f.flush()
+                        die()
+                ckpt.save(step, {f"shard-{rank}.bin": write})
+            elif mode == "dcp_save":
+                dcp_save(ckpt, step, state, planner=DyingPlanner() if dying else None)
+            else:
+                dcp_async_save(ckpt, step, state, planner=DyingPlanner() if dying else None)
+        ckpt.close()
+
+
+    pids = []
+    for rank in range(4):
+        pid = os.fork()
+        if pid == 0:
+            os.environ["RANK"] = str(rank)
+            result = {"rank": rank, "error": None}
+            try:
+                rank_main(rank)
+            except CheckpointError as exc:
+                result = {"rank": rank, "error": "CheckpointError", "message": exc.message}
+            except BaseException as exc:
+                result = {"rank": rank, "error": type(exc).__name__, "message": str(exc)[:500]}
+            os.write(1, (json.dumps(result) + "\\n").encode())
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "victim"),
+    [("save", 2), ("save", 0), ("dcp_save", 2), ("dcp_async_save", 1)],
+)
+def test_a_rank_dying_mid_save_fails_every_other_rank_naming_it(
+    tmp_path: Path, mode: str, victim: int
+) -> None:
+    """Through the process group (TorchCoordinator): the collectives of the survivors fail
+    with gloo's "Connection closed by peer", which names nobody; every survivor raises a
+    CheckpointError naming the dead rank (rank 0 keeps that reason, not the failed answer),
+    and nothing of the step it died in is committed."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "WORLD_SIZE": str(WORLD),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", DEAD_RANK_WORKER, str(tmp_path),
+                           mode, str(victim)], env=env, capture_output=True, text=True,
+                          timeout=180)
+    results = {r["rank"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert sorted(results) == [r for r in range(WORLD) if r != victim], done.stdout + done.stderr
+    for result in results.values():
+        assert result["error"] == "CheckpointError", result
+        assert f"rank {victim} died" in result["message"], result
+        # Where it failed: waiting for the parts (not in rank 0's answer, which then broke too).
+        assert "every rank's part" in result["message"], result
+        assert "outcome" not in result["message"], result
+        assert not re.search(rf"rank (?!{victim}\b)\d+ died", result["message"]), result
+    assert time.monotonic() - began < 50, "the survivors waited for a timeout (60 s)"
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("step-")) == [
+        f"step-{s:010d}" for s in range(3)]
+
+
 # Through cargohold's own files ("files") the ranks also resume bit for bit in the SIGKILL and
 # SIGTERM tests below; one clean run of each kind is enough here.
 @pytest.mark.parametrize("mode", ["dcp"])
@@ -246,8 +360,40 @@ def test_four_gloo_ranks_train_save_and_resume_bit_exact(tmp_path: Path, mode: s
     assert steps[-1] == 6
 
 
-# With the 26 of test_checkpoint_ranks.py: 30 SIGKILLs across the suite. More on demand.
+# With the 30 of test_checkpoint_ranks.py (plain processes) and the deterministic deaths above,
+# well over 30 SIGKILLs across the suite; more here on demand.
 KILLS = int(os.environ.get("CARGOHOLD_CHECKPOINT_KILLS", "4"))
+
+
+def _survivors_failed_cleanly(victim: int, codes: list[int] | None, output: str) -> str:
+    """Every rank but the victim ended on its own, each with a precise reason; which one.
+
+    A survivor that was inside a checkpoint operation (a save, its background part, the
+    preemption check) raises a CheckpointError naming the victim: exit 4. One that was in the
+    training step's own ``all_reduce`` gets torch's RuntimeError there, outside cargohold
+    (the worker reports it, exit 5); its background save, if any, dies with the process.
+    Nothing else: no raw traceback (exit 1), no hang until the orchestrator's kill.
+    """
+    assert codes is not None, f"a rank hung after rank {victim} was killed: {output[-3000:]}"
+    reports = {}
+    for line in output.splitlines():
+        if line.startswith('{"rank"') and '"failed"' in line:
+            report = json.loads(line)
+            reports[report["rank"]] = report
+    seen = []
+    for rank in range(WORLD):
+        if rank == victim:
+            assert codes[rank] == -signal.SIGKILL, (codes, output[-3000:])
+            continue
+        report = reports.get(rank)
+        assert report is not None, f"rank {rank} gave no reason: {output[-3000:]}"
+        if report["failed"] == "checkpoint":
+            assert codes[rank] == 4, (codes, report)
+            assert f"rank {victim}" in report["message"] and "died" in report["message"], report
+        else:
+            assert (report["failed"], codes[rank]) == ("training", 5), (codes, report)
+        seen.append(report["failed"])
+    return ",".join(seen)
 
 
 def test_sigkill_a_random_gloo_rank_then_resume_every_shard(tmp_path: Path) -> None:
@@ -261,9 +407,12 @@ def test_sigkill_a_random_gloo_rank_then_resume_every_shard(tmp_path: Path) -> N
             while not any((tmp_path / mode).glob("step-*")) and time.monotonic() < deadline:
                 time.sleep(0.1)
             time.sleep(rng.uniform(0.1, 1.5))
-            os.kill(job.pids[rng.randrange(WORLD)], signal.SIGKILL)
-            _, output = job.finish(timeout=45)
+            victim = rng.randrange(WORLD)
+            os.kill(job.pids[victim], signal.SIGKILL)
+            codes, output = job.finish(timeout=90)
         assert "MISMATCH" not in output, output[-3000:]
+        print(f"kill {kill} ({mode}, rank {victim}):",
+              _survivors_failed_cleanly(victim, codes, output))
     for mode in ("files", "dcp"):
         with Job(tmp_path / mode, 0, mode) as job:
             resumed = job.resumed()
@@ -291,6 +440,53 @@ def test_sigterm_on_every_gloo_rank_commits_one_final_checkpoint(tmp_path: Path)
          *(f"final-{r}" for r in range(WORLD))])
     with Job(tmp_path, 0, "files") as job:  # and it restores, bit for bit, on every rank
         assert len(set(job.resumed())) == 1
+        codes, output = job.finish(timeout=120)
+    assert codes == [0] * WORLD, output[-3000:]
+
+
+# One process reading what four ranks wrote: DCP says it assumes a single process, as meant.
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_sigterm_on_every_gloo_rank_commits_one_final_dcp_checkpoint(tmp_path: Path) -> None:
+    """The same with DCP writing the bytes (``dcp_save`` as the final save): one final
+    checkpoint, whole, that plain ``dcp.load`` reads, bit for bit."""
+    import hashlib
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+
+    with Job(tmp_path, 10**6, "dcp", FINAL="1") as job:
+        job.resumed()
+        time.sleep(1.0)
+        for pid in job.pids:
+            os.kill(pid, signal.SIGTERM)
+        codes, output = job.finish(timeout=120)
+    assert codes == [143] * WORLD, output[-3000:]
+    manifests = {n: json.loads((tmp_path / n / "manifest.json").read_text())
+                 for n in os.listdir(tmp_path) if n.startswith("step-")}
+    finals = [n for n, m in manifests.items() if "final" in m["metrics"]]
+    assert len(finals) == 1, manifests
+    final = tmp_path / finals[0]
+    assert finals[0] == max(manifests)  # the last step of the run, saved once more
+    manifest = manifests[finals[0]]
+    assert manifest["world_size"] == WORLD and ".metadata" in manifest["files"]
+    assert sorted(n for names in manifest["ranks"].values() for n in names) == sorted(
+        manifest["files"])
+    # Plain DCP, no cargohold: every tensor the four ranks saved comes back.
+    stored = FileSystemReader(str(final)).read_metadata().state_dict_metadata
+    state = {key: torch.empty(meta.size, dtype=meta.properties.dtype)
+             for key, meta in stored.items()}
+    assert sorted(state) == sorted(["digest", "final", "replicated",
+                                    *(f"params-{r}" for r in range(WORLD))])
+    dcp.load(state, checkpoint_id=final, no_dist=True)
+    full = state["replicated"]
+    assert hashlib.sha256(full.numpy().tobytes()).hexdigest() == bytes(
+        state["digest"].tolist()).decode()
+    for rank in range(WORLD):
+        assert torch.equal(state[f"params-{rank}"], full[rank::WORLD])
+    assert state["final"].tolist() == [1.0]
+    with Job(tmp_path, 0, "dcp") as job:  # and it restores, bit for bit, on every rank
+        assert job.resumed() == [int(finals[0].split("-")[1])] * WORLD
         codes, output = job.finish(timeout=120)
     assert codes == [0] * WORLD, output[-3000:]
 

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["LOCK_PREFIX", "LivenessLock", "is_alive", "lock_path", "remove_if_dead"]
+__all__ = ["LOCK_PREFIX", "LivenessLock", "is_alive", "is_dead", "lock_path", "remove_if_dead"]
 
 LOCK_PREFIX = ".lock-"
 
@@ -118,6 +118,20 @@ def is_alive(path: Path) -> bool:
         return True
     os.close(fd)  # drops the probe's own shared lock
     return False
+
+
+def is_dead(path: Path) -> bool:
+    """Was ``path`` held by a process that is gone? True only when the lock file is there and
+    nobody holds it: a holder that ended cleanly removed its file (``release``), one that
+    died could not."""
+    try:
+        fd = _take_if_free(path, exclusive=False)
+    except FileNotFoundError:
+        return False
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
 
 
 def remove_if_dead(path: Path) -> bool:

@@ -14,14 +14,29 @@ folder. The protocol, for the k-th save of a session (every rank calls ``save`` 
    removes it.
 
 Agreement goes through one of two ``Coordinator``s. ``FileCoordinator`` needs nothing but the
-shared folder (any shared file system, standard library only): rank 0 opens a *session* (a
-random token, a folder ``.session-<token>/`` and a liveness lock ``.lock-<token>`` it holds
-while it lives) and publishes it in ``.session.json``; the other ranks join the session whose
-lock is alive, so a pointer left by a dead run is never followed. Broadcasts are small JSON files
-in the session folder. ``TorchCoordinator`` is used when a ``torch.distributed`` process group
-is initialised: broadcasts and barriers are collectives on two private gloo groups (one for the
-saves, which may run in a background thread, one for the training loop's preemption check), so
-they are fast and fail with the job instead of at a timeout; the files stay the same.
+shared folder and the standard library: rank 0 opens a *session* (a random token, a folder
+``.session-<token>/`` and a liveness lock ``.lock-<token>`` it holds while it lives) and
+publishes it in ``.session.json``; the other ranks join the session whose lock is alive, so a
+pointer left by a dead run is never followed. Broadcasts are small JSON files in the session
+folder. ``TorchCoordinator`` is used when a ``torch.distributed`` process group is initialised:
+broadcasts and barriers are collectives on two private gloo groups (one for the saves, which may
+run in a background thread, one for the training loop's preemption check), so they are fast and
+fail with the job instead of at a timeout; the files stay the same. With either, every rank holds
+a liveness lock ``rank-<r>.lock`` in the session folder: when a collective fails or a record
+does not come, the lock that is free names the rank that died (a rank that ended cleanly
+removed its lock file: it is not taken for dead).
+
+Which shared folders qualify. Not any shared file system: the protocol needs POSIX record locks
+(``fcntl``) that every rank's process sees and that the lock manager drops when their holder
+dies, an atomic ``rename`` within a folder (the commit), hard links (``os.link``: the first
+stop proposal wins) and a file renamed into place being seen whole by the other ranks. One node:
+any local file system (ext4, xfs, btrfs, tmpfs, a Docker volume or bind mount). Many nodes:
+NFSv4 (or NFSv3 with its lock manager; never a mount with ``nolock`` or ``local_lock``), Lustre
+mounted with ``-o flock`` (not ``localflock``), IBM Storage Scale (GPFS), CephFS. On NFS a
+rank that dies with its whole node is seen dead only when the server's lease for that node
+expires (90 s by default); until then the others wait for it as for a hanging rank. Object
+store mounts (s3fs, gcsfuse, mountpoint-s3) have no locks and no hard links: they do not
+qualify (use ``cargohold run``'s mirror to copy committed checkpoints to object storage).
 """
 
 from __future__ import annotations
@@ -39,7 +54,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cargohold.checkpoint._atomic import fsync_dir
-from cargohold.checkpoint._locks import LivenessLock, is_alive, lock_path
+from cargohold.checkpoint._locks import LivenessLock, is_alive, is_dead, lock_path
 from cargohold.errors import CheckpointError
 
 __all__ = [
@@ -50,9 +65,11 @@ __all__ = [
     "FileCoordinator",
     "Ranks",
     "TorchCoordinator",
+    "dead_ranks",
     "detect_ranks",
     "make_coordinator",
     "missing_ranks",
+    "rank_lock",
     "rank_record_name",
     "read_json",
     "write_json_atomically",
@@ -62,6 +79,7 @@ SESSION_POINTER = ".session.json"
 SESSION_PREFIX = ".session-"
 PENDING_PREFIX = ".pending-"
 _POLL = 0.02  # seconds between two looks at the shared folder
+_GRACE = 2.0  # seconds a failed collective waits for the dead rank's lock to be free
 
 # (rank, world size, local rank) variables, in the order launchers are tried.
 _LAUNCHERS = (
@@ -154,6 +172,21 @@ def missing_ranks(pending: Path, world_size: int) -> list[int]:
     return [r for r in range(world_size) if not (pending / rank_record_name(r)).exists()]
 
 
+def rank_lock(session_folder: Path, rank: int) -> Path:
+    """The liveness lock a rank holds in its session's folder while it lives."""
+    return session_folder / f"rank-{rank:05d}.lock"
+
+
+def dead_ranks(session_folder: Path, ranks: range | list[int], me: int) -> list[int]:
+    """Those of ``ranks`` (not ``me``: a process never probes its own lock) whose lock is free
+    though its file is there: they died without ending their session."""
+    return [r for r in ranks if r != me and is_dead(rank_lock(session_folder, r))]
+
+
+def _named(ranks: list[int]) -> str:
+    return ", ".join(f"rank {r}" for r in ranks)
+
+
 class Coordinator(Protocol):
     rank: int
     world_size: int
@@ -180,7 +213,7 @@ class Coordinator(Protocol):
 
 def _timeout_error(what: str, ranks: list[int], timeout: float, dead: list[int]) -> CheckpointError:
     names = ", ".join(str(r) for r in ranks)
-    died = f" ({', '.join(f'rank {r}' for r in dead)} died)" if dead else ""
+    died = f" ({_named(dead)} died)" if dead else ""
     return CheckpointError(
         f"{what}: rank {names} did not finish within {timeout:.0f} s{died}. Nothing was committed.",
         hint="A rank died or hangs; restart all ranks: the next start removes the pending folder "
@@ -219,7 +252,7 @@ class FileCoordinator:
         self._written: list[Path] = []
 
     def _rank_lock(self, rank: int) -> Path:
-        return self.folder / f"rank-{rank:05d}.lock"
+        return rank_lock(self.folder, rank)
 
     def _join(self) -> str:
         deadline = time.monotonic() + self.timeout
@@ -245,11 +278,7 @@ class FileCoordinator:
     def _dead_ranks(self) -> list[int]:
         """Ranks of this session whose liveness lock is free: rank 0 is gone, and a rank it
         was waiting for may be the reason (the error names the cause, not only the messenger)."""
-        return [
-            r
-            for r in range(self.world_size)
-            if r != self.rank and self._rank_lock(r).exists() and not is_alive(self._rank_lock(r))
-        ]
+        return dead_ranks(self.folder, range(self.world_size), self.rank)
 
     def _leader_alive(self) -> bool:
         return is_alive(lock_path(self.directory, self.session))
@@ -295,11 +324,7 @@ class FileCoordinator:
             if not missing:
                 self._everyone_joined = True
                 return
-            dead = [
-                r
-                for r in missing
-                if self._rank_lock(r).exists() and not is_alive(self._rank_lock(r))
-            ]
+            dead = dead_ranks(self.folder, missing, self.rank)
             if dead or time.monotonic() > deadline:
                 raise _timeout_error(f"Checkpoint {pending.name}", missing, timeout, dead)
             time.sleep(_POLL)
@@ -381,13 +406,20 @@ def open_session(directory: Path, world_size: int) -> tuple[str, LivenessLock]:
 
 
 class TorchCoordinator:
-    """Agreement through ``torch.distributed`` collectives on private gloo groups."""
+    """Agreement through ``torch.distributed`` collectives on private gloo groups.
+
+    A collective fails (gloo: "Connection closed by peer") when a peer died; which one, the
+    collective does not say. Every rank holds its liveness lock in the session folder, so the
+    error names the rank whose lock is free (see ``_failure``).
+    """
 
     def __init__(self, directory: Path, dist: Any, timeout: float) -> None:
         self.rank = int(dist.get_rank())
         self.world_size = int(dist.get_world_size())
         self.timeout = timeout
         self._dist = dist
+        self._probe = False  # every rank's lock exists: a free one means a dead rank
+        self._broken: str | None = None  # why a collective failed: the group is unusable
         wait = timedelta(seconds=timeout)
 
         def groups() -> tuple[Any, Any]:
@@ -405,30 +437,105 @@ class TorchCoordinator:
             token, self._leader = open_session(directory, self.world_size)
         self.session = str(self._collective(lambda: self._bcast(token), "opening the session"))
         self.folder = directory / f"{SESSION_PREFIX}{self.session}"
+        self._me: LivenessLock | None = self._take_rank_lock(directory)
+        self._collective(
+            lambda: dist.barrier(group=self.save_group), "taking every rank's liveness lock"
+        )
+        self._probe = True
+
+    def _take_rank_lock(self, directory: Path) -> LivenessLock:
+        """This rank's liveness lock in the session folder rank 0 just made (on a network file
+        system another node may not see that folder at once: it is looked for a while).
+
+        Raises:
+            OSError: the lock cannot be taken.
+        """
+        deadline = time.monotonic() + min(self.timeout, 30.0)
+        while True:
+            try:
+                return LivenessLock(rank_lock(self.folder, self.rank), wait=5.0)
+            except FileNotFoundError:
+                if time.monotonic() > deadline:
+                    raise
+                with contextlib.suppress(OSError):
+                    os.listdir(directory)  # revalidates an NFS client's cached listing
+                time.sleep(_POLL)
+
+    @property
+    def broken(self) -> str | None:
+        """Why the process group failed, if it did: no collective can run on it since."""
+        return self._broken
 
     def _bcast(self, value: object) -> Any:
         box = [value]
         self._dist.broadcast_object_list(box, src=0, group=self.save_group)
         return box[0]
 
-    def _collective(self, call: Callable[[], Any], what: str, pending: Path | None = None) -> Any:
+    def _collective(
+        self, call: Callable[[], Any], what: str, pending: Path | None = None, after: str = ""
+    ) -> Any:
+        if self._broken is not None:  # a collective on a broken group may hang: none is tried
+            raise CheckpointError(
+                f"Rank {self.rank}: no {what}: the process group broke earlier. {self._broken}",
+                hint="Restart all ranks: every rank resumes from the last committed checkpoint.",
+            )
         try:
             return call()
         except Exception as exc:  # gloo raises RuntimeError subclasses when a peer is gone
-            missing = missing_ranks(pending, self.world_size) if pending is not None else []
-            who = (
-                f": rank {', '.join(map(str, missing))} never got its part durable"
-                if missing
-                else ""
+            error = self._failure(what, exc, pending, after)
+            self._broken = error.message
+            raise error from exc
+
+    def _failure(
+        self, what: str, exc: Exception, pending: Path | None, after: str
+    ) -> CheckpointError:
+        """The error of a failed collective, naming the ranks that died when their locks say so.
+
+        A dead process's socket and lock go at its exit, one after the other: the locks are
+        probed for a moment (``_GRACE``) before the error says only that a peer is gone.
+        """
+        dead: list[int] = []
+        if self._probe:
+            deadline = time.monotonic() + min(_GRACE, self.timeout)
+            while not (dead := dead_ranks(self.folder, range(self.world_size), self.rank)):
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(_POLL)
+        if self._me is not None and self._probe:
+            # A failed collective leaves the group broken for good: this rank is out of the
+            # session, alive. Its lock goes with its file, so that a rank that learns of the
+            # failure only when this one exits names the rank that died, not this messenger.
+            self._me.release()
+            self._me = None
+        tail = f" {after}" if after else ""
+        if dead:
+            message = f"Rank {self.rank}: {_named(dead)} died while {what}.{tail}"
+        else:
+            missing = (
+                [r for r in missing_ranks(pending, self.world_size) if r != self.rank]
+                if pending is not None
+                else []
             )
-            raise CheckpointError(
-                f"torch.distributed failed while {what}{who} ({exc}). Nothing was committed.",
-                hint="A rank died or hangs; restart all ranks: every rank resumes from the last "
-                "committed checkpoint.",
-            ) from None
+            parts = f"; no durable part yet from {_named(missing)}" if missing else ""
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            message = (
+                f"Rank {self.rank}: a peer rank died or stopped answering while {what}{parts} "
+                f"(torch.distributed: {first}).{tail}"
+            )
+        return CheckpointError(
+            message,
+            hint="A rank died or hangs; restart all ranks: every rank resumes from the last "
+            "committed checkpoint, and the next start removes the pending folder.",
+        )
 
     def broadcast(self, key: str, value: object) -> Any:
-        return self._collective(lambda: self._bcast(value), f"agreeing on {key}")
+        after = ""
+        if key.startswith("outcome-") and self.rank != 0:
+            after = (
+                "Rank 0 may have committed the checkpoint before that: after a restart all "
+                "ranks resume from the newest whole one."
+            )
+        return self._collective(lambda: self._bcast(value), f"agreeing on {key}", after=after)
 
     def all_durable(self, pending: Path, ok: bool, timeout: float) -> None:
         box: list[object] = [None] * self.world_size
@@ -436,7 +543,12 @@ class TorchCoordinator:
         def gather() -> None:
             self._dist.all_gather_object(box, ok, group=self.save_group)
 
-        self._collective(gather, f"waiting for every rank's part of {pending.name}", pending)
+        self._collective(
+            gather,
+            f"waiting for every rank's part of {pending.name}",
+            pending,
+            after="Nothing was committed.",
+        )
 
     def any_preempted(self, local: bool) -> bool:
         import torch
@@ -453,6 +565,9 @@ class TorchCoordinator:
         pass  # the flag travels with the next all_reduce
 
     def close(self) -> None:
+        if self._me is not None:
+            self._me.release()
+            self._me = None
         if self._leader is not None:
             self._leader.release()
 

@@ -41,7 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from cargohold.checkpoint._ranks import TorchCoordinator
-from cargohold.checkpoint.manager import Checkpoint, CheckpointManager, WritePart, _Slot
+from cargohold.checkpoint.manager import (
+    Checkpoint,
+    CheckpointManager,
+    WritePart,
+    _metrics,
+    _Slot,
+)
 from cargohold.errors import CheckpointError
 
 __all__ = ["dcp_async_save", "dcp_save"]
@@ -75,6 +81,19 @@ def _single_process_is_intended(options: dict[str, Any]) -> Iterator[None]:
         yield
 
 
+def _failures(dcp: Any) -> tuple[type[BaseException], ...]:
+    """What a failed DCP call raises: its ``CheckpointException`` is a ``BaseException``."""
+    special = getattr(dcp, "CheckpointException", None)
+    return (Exception, special) if isinstance(special, type) else (Exception,)
+
+
+def _plain(what: str, exc: BaseException) -> Exception:
+    """An ``Exception`` the manager's save protocol handles like any writer's failure."""
+    if isinstance(exc, Exception):
+        return exc
+    return RuntimeError(f"{what} failed: {exc}")
+
+
 def _my_share(manager: CheckpointManager, folder: Path, metadata: Any) -> dict[str, Any]:
     """Fsync and checksum this rank's share of the files DCP wrote (round robin by name)."""
     storage = getattr(metadata, "storage_data", None) or {}
@@ -105,6 +124,14 @@ def _claimed(
     options = _dcp_options(manager)
     with manager._operation():
         manager.wait()
+        coordinator = manager._coordinator
+        if isinstance(coordinator, TorchCoordinator) and coordinator.broken is not None:
+            # DCP's collectives on a group that failed may wait for the dead until timeout.
+            raise CheckpointError(
+                f"Rank {manager.rank}: no DCP save of step {step}: the process group broke "
+                f"earlier. {coordinator.broken}",
+                hint="Restart all ranks: every rank resumes from the last committed checkpoint.",
+            )
         yield manager._begin(step), options
 
 
@@ -122,16 +149,20 @@ def dcp_save(
         CheckpointError: DCP failed on some rank, or a rank did not finish.
     """
     dcp = _torch_dcp()
+    values = _metrics(metrics)
     with _claimed(manager, step, state_dict) as (slot, options):
 
         def write(folder: Path) -> dict[str, Any]:
-            with _single_process_is_intended(options):
-                metadata = dcp.save(
-                    dict(state_dict), checkpoint_id=str(folder), planner=planner, **options
-                )
+            try:
+                with _single_process_is_intended(options):
+                    metadata = dcp.save(
+                        dict(state_dict), checkpoint_id=str(folder), planner=planner, **options
+                    )
+            except _failures(dcp) as exc:
+                raise _plain("dcp.save", exc) from exc
             return _my_share(manager, folder, metadata)
 
-        return manager._finish(slot, dict(metrics or {}), write)
+        return manager._finish(slot, values, write)
 
 
 def dcp_async_save(
@@ -151,15 +182,17 @@ def dcp_async_save(
         CheckpointError: the previous asynchronous save failed.
     """
     dcp = _torch_dcp()
+    values = _metrics(metrics)
     with _claimed(manager, step, state_dict) as (slot, options):
         try:
             with _single_process_is_intended(options):
                 started = dcp.async_save(
                     dict(state_dict), checkpoint_id=str(slot.folder), planner=planner, **options
                 )
-        except Exception as exc:
+        except _failures(dcp) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             error = CheckpointError(
-                f"dcp.async_save failed on rank {manager.rank}: {exc}.",
+                f"dcp.async_save failed on rank {manager.rank}: {first}.",
                 hint="See the error above; the previous checkpoints are untouched.",
             )
 
@@ -172,6 +205,10 @@ def dcp_async_save(
             future = getattr(started, "upload_completion", started)
 
             def write(folder: Path) -> dict[str, Any]:
-                return _my_share(manager, folder, future.result())
+                try:
+                    metadata = future.result()
+                except _failures(dcp) as exc:
+                    raise _plain("dcp.async_save", exc) from exc
+                return _my_share(manager, folder, metadata)
 
-        manager._in_background(slot, dict(metrics or {}), write)
+        manager._in_background(slot, values, write)

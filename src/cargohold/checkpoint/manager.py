@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO, Literal
 
@@ -75,13 +75,13 @@ class Checkpoint:
         return open(self.files[name], "rb")
 
 
-def _checkpoint_from(folder: Path, manifest: dict[str, Any]) -> Checkpoint:
+def _checkpoint_from(folder: Path, manifest: _format.Manifest) -> Checkpoint:
     return Checkpoint(
-        step=int(manifest["step"]),
+        step=manifest.step,
         path=folder,
-        metrics={k: float(v) for k, v in (manifest.get("metrics") or {}).items()},
-        files={name: folder / name for name in manifest["files"]},
-        created=float(manifest.get("created", 0.0)),
+        metrics=dict(manifest.metrics),
+        files={name: folder / name for name in manifest.files},
+        created=manifest.created,
     )
 
 
@@ -119,13 +119,27 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def _safe_name(name: str) -> str:
-    path = PurePosixPath(name)
-    if not name or path.is_absolute() or ".." in path.parts or str(path) in (".", _format.MANIFEST):
+    try:
+        return _format.normal_name(name)
+    except ValueError:
         raise CheckpointError(
             f"Checkpoint file name {name!r} is not a plain relative name.",
             hint=f"Use names like 'model.pt' or 'optim/state.pt' (not {_format.MANIFEST!r}).",
-        )
-    return str(path)
+        ) from None
+
+
+def _metrics(metrics: Mapping[str, object] | None) -> dict[str, float]:
+    """The metrics as the manifest keeps them: numbers (a tensor's or a string's float)."""
+    found: dict[str, float] = {}
+    for name, value in (metrics or {}).items():
+        try:
+            found[str(name)] = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError):
+            raise CheckpointError(
+                f"Metric {name!r} is {value!r}, not a number.",
+                hint="Pass metrics as numbers, e.g. metrics={'loss': loss.item()}.",
+            ) from None
+    return found
 
 
 class CheckpointManager:
@@ -387,8 +401,9 @@ class CheckpointManager:
         with self._operation():
             self.wait()
             sources = self._prepare(step, files)
+            values = _metrics(metrics)
             slot = self._begin(step)
-            return self._finish(slot, dict(metrics or {}), self._file_writer(sources))
+            return self._finish(slot, values, self._file_writer(sources))
 
     def save_async(
         self,
@@ -409,12 +424,13 @@ class CheckpointManager:
         with self._operation():
             self.wait()
             sources = self._prepare(step, files)
+            values = _metrics(metrics)
             # The previous save is finished (wait() above), so its staging buffers are free.
             captured = {
                 name: src.capture(self._staging.area(name)) for name, src in sources.items()
             }
             slot = self._begin(step)
-            self._in_background(slot, dict(metrics or {}), self._file_writer(captured))
+            self._in_background(slot, values, self._file_writer(captured))
 
     def _in_background(self, slot: _Slot, metrics: dict[str, float], write: WritePart) -> None:
         def work() -> None:
@@ -524,15 +540,17 @@ class CheckpointManager:
         with self._lock:
             try:
                 files = write(slot.folder)
-                manifest = {
-                    "format": _format.FORMAT_NAME,
-                    "version": _format.FORMAT_VERSION,
-                    "step": slot.step,
-                    "created": time.time(),
-                    "metrics": metrics,
-                    "files": files,
-                }
-                _write_manifest(slot.folder, manifest)
+                manifest = _format.Manifest.from_json(
+                    {
+                        "format": _format.FORMAT_NAME,
+                        "version": _format.FORMAT_VERSION,
+                        "step": slot.step,
+                        "created": time.time(),
+                        "metrics": metrics,
+                        "files": files,
+                    }
+                )
+                _write_manifest(slot.folder, manifest.to_json())
                 self._publish(slot.folder, slot.final, slot.token)
             except OSError as exc:
                 shutil.rmtree(slot.folder, ignore_errors=True)
@@ -555,9 +573,10 @@ class CheckpointManager:
         write: WritePart,
     ) -> Checkpoint:
         """This rank's part of a save; on rank 0 also the commit (protocol in ``_ranks.py``)."""
-        step, seq, pending = slot.step, slot.seq, slot.folder
+        step, pending = slot.step, slot.folder
         with self._lock:
             record: dict[str, Any] = {"rank": self.rank, "step": step}
+            failure: Exception | None = None  # this rank's own, kept as the error's cause
             try:
                 record["files"] = write(pending)
             except OSError as exc:
@@ -566,54 +585,102 @@ class CheckpointManager:
                 )
             except CheckpointError as exc:
                 record["error"] = exc.message
+            except Exception as exc:
+                # A writer's own bug, or DCP's collectives failing because a peer died: either
+                # way the others learn it below (and a dead peer is named there), never a
+                # raw error on this rank alone while the others wait.
+                failure = exc
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                record["error"] = (
+                    f"rank {self.rank} could not write its files: {type(exc).__name__}: {first}"
+                )
             try:
                 write_json_atomically(pending / rank_record_name(self.rank), record)
             except OSError as exc:  # rank 0 reports it; the others are missed by rank 0
                 record.setdefault("error", f"rank {self.rank} could not record its part: {exc}")
-            if self.rank == 0:
-                try:
-                    coordinator.all_durable(pending, "error" not in record, self.timeout)
-                    if "error" in record:  # its own record may be unwritable (a full disk)
-                        raise CheckpointError(
-                            f"The checkpoint of step {step} failed on rank 0: {record['error']}.",
-                            hint="Free space on the shared folder; the previous checkpoints "
-                            "are intact.",
-                        )
-                    manifest = self._commit_ranked(coordinator, pending, slot.final, step, metrics)
-                    outcome: dict[str, Any] = {"ok": True, "manifest": manifest}
-                except CheckpointError as exc:
-                    outcome = {"ok": False, "message": exc.message, "hint": exc.hint}
-                except OSError as exc:
-                    outcome = {"ok": False, "message": str(self._save_failed(step, exc))}
-                if not outcome["ok"]:
-                    # First free what this save holds: on a full disk the answer needs room.
-                    shutil.rmtree(pending, ignore_errors=True)
-                self._tell_outcome(coordinator, seq, step, outcome)
-                if outcome["ok"]:
-                    self._apply_retention()
-            else:
-                coordinator.all_durable(pending, "error" not in record, self.timeout)
-                outcome = coordinator.broadcast(f"outcome-{seq}", None)
+            try:
+                outcome = self._agree(coordinator, slot, metrics, record)
+            except CheckpointError as exc:
+                if failure is not None and exc.__cause__ is None:
+                    exc.__cause__ = failure
+                raise
             if not isinstance(outcome, dict) or not outcome.get("ok"):
                 message = outcome.get("message") if isinstance(outcome, dict) else None
                 hint = outcome.get("hint") if isinstance(outcome, dict) else None
                 raise CheckpointError(
                     str(message or f"The checkpoint of step {step} was not committed."),
                     hint=str(hint or "Check free space and the other ranks' errors."),
+                ) from failure
+            try:
+                manifest = _format.Manifest.from_json(outcome.get("manifest"))
+            except ValueError as exc:
+                raise CheckpointError(
+                    f"Rank {self.rank}: rank 0's answer for step {step} holds no valid "
+                    f"manifest: {exc}.",
+                    hint="Something else writes into the checkpoint folder's session files.",
+                ) from None
+            return _checkpoint_from(slot.final, manifest)
+
+    def _agree(
+        self,
+        coordinator: Coordinator,
+        slot: _Slot,
+        metrics: dict[str, float],
+        record: dict[str, Any],
+    ) -> Any:
+        """Wait for every rank's part; rank 0 commits and answers. The outcome, on every rank.
+
+        Raises:
+            CheckpointError: on a rank other than 0, when rank 0 or the agreement failed.
+        """
+        step, seq, pending = slot.step, slot.seq, slot.folder
+        if self.rank != 0:
+            coordinator.all_durable(pending, "error" not in record, self.timeout)
+            return coordinator.broadcast(f"outcome-{seq}", None)
+        try:
+            coordinator.all_durable(pending, "error" not in record, self.timeout)
+            if "error" in record:  # its own record may be unwritable (a full disk)
+                raise CheckpointError(
+                    f"The checkpoint of step {step} failed on rank 0: {record['error']}.",
+                    hint="Free space on the shared folder; the previous checkpoints are intact.",
                 )
-            return _checkpoint_from(slot.final, outcome["manifest"])
+            manifest = self._commit_ranked(coordinator, pending, slot.final, step, metrics)
+            outcome: dict[str, Any] = {"ok": True, "manifest": manifest.to_json()}
+        except CheckpointError as exc:
+            outcome = {"ok": False, "message": exc.message, "hint": exc.hint}
+        except OSError as exc:
+            outcome = {"ok": False, "message": str(self._save_failed(step, exc))}
+        if not outcome["ok"]:
+            # First free what this save holds: on a full disk the answer needs room.
+            shutil.rmtree(pending, ignore_errors=True)
+        self._tell_outcome(coordinator, seq, step, outcome)
+        if outcome["ok"]:
+            self._apply_retention()
+        return outcome
 
     def _tell_outcome(
         self, coordinator: Coordinator, seq: int, step: int, outcome: dict[str, Any]
     ) -> None:
         """Rank 0 answers the others. On a full disk the answer itself may not fit until
         another rank has removed its partial files, so it is retried for ``timeout``; a rank
-        that never hears it fails at its own timeout, and nothing is committed either way."""
+        that never hears it fails at its own timeout, and nothing is committed either way.
+
+        When the answer cannot go out because a rank died (the collectives of a process group
+        fail), a failed save keeps its own reason: that is what rank 0 raises, not the broken
+        messenger."""
         deadline = time.monotonic() + self.timeout
         while True:
             try:
                 coordinator.broadcast(f"outcome-{seq}", outcome)
                 return
+            except CheckpointError as exc:
+                if outcome["ok"]:
+                    raise CheckpointError(
+                        f"The checkpoint of step {step} was committed, but rank 0 could not "
+                        f"tell the other ranks: {exc.message}",
+                        hint="Restart all ranks: every rank resumes from this checkpoint.",
+                    ) from exc
+                return  # rank 0 raises its own failure, which says why
             except OSError as exc:
                 if time.monotonic() > deadline:
                     if outcome["ok"]:
@@ -633,7 +700,7 @@ class CheckpointManager:
         final: Path,
         step: int,
         metrics: dict[str, float],
-    ) -> dict[str, Any]:
+    ) -> _format.Manifest:
         """Merge every rank's record into one manifest and publish the folder (rank 0)."""
         files: dict[str, Any] = {}
         ranks: dict[str, list[str]] = {}
@@ -681,14 +748,14 @@ class CheckpointManager:
             (pending / rank_record_name(rank)).unlink()
         _write_manifest(pending, manifest)
         try:
-            _format.check_folder(pending, verify=False)
+            checked = _format.check_folder(pending, verify=False)
         except ValueError as exc:
             raise CheckpointError(
                 f"The checkpoint of step {step} is not whole: {exc}.",
                 hint="A rank's file changed after it reported it durable.",
             ) from None
         self._publish(pending, final, coordinator.session)
-        return manifest
+        return checked
 
     def _write_files(
         self, folder: Path, sources: dict[str, FileSource], *, exclusive: bool
