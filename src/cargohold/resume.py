@@ -173,7 +173,7 @@ def _read_manifest(entry: Entry, opener: Opener) -> _format.Manifest | None:
 
 def _whole(step: _Step) -> bool:
     manifest = step.manifest
-    if manifest is None:
+    if manifest is None or manifest.step != step.step:  # a step-3 folder claiming step 1000
         return False
     for name, entry in manifest.files.items():  # clean relative names: the parser saw to it
         found = step.files.get(name)

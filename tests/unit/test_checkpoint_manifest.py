@@ -86,9 +86,6 @@ HOSTILE: dict[str, tuple[Edit | bytes, str]] = {
     "time a string": (_key("created", "yesterday"), "time is a string, not a number"),
     "time huge": (_key("created", HUGE), "too large a number"),
     "metrics a list": (_key("metrics", [1]), "metrics are a list, not an object"),
-    "metric a string": (_key("metrics", {"loss": "low"}), "metric 'loss' is a string"),
-    "metric null": (_key("metrics", {"loss": None}), "metric 'loss' is null"),
-    "metric huge": (_key("metrics", {"loss": HUGE}), "too large a number"),
     "files a list": (_files(["model.pt"]), "file list is a list, not an object"),
     "files missing": (_without("files"), "file list is null"),
     "entry a number": (_entry(5), "entry for model.pt is an integer, not an object"),
@@ -208,6 +205,8 @@ def test_a_checkpoint_file_that_is_no_regular_file_is_never_read(tmp_path: Path)
         _format.check_folder(data.parent, verify=True)
     found = latest_valid(tmp_path)
     assert found is not None and found.name == "step-0000000001"
+    with ConfinedDir.open(tmp_path) as root:  # the host-side lookup applies the same rule
+        assert latest_whole_checkpoint(ConfinedReader(root)) == "step-0000000001"
 
 
 def test_a_manifest_is_a_frozen_typed_record(tmp_path: Path) -> None:
@@ -249,3 +248,52 @@ def test_metrics_are_numbers_before_anything_is_written(tmp_path: Path) -> None:
     ckpt.save(2, {"a": b"x"}, metrics={"loss": "0.5", "epoch": 3})  # numbers in other clothes
     assert ckpt.get(2).metrics == {"loss": 0.5, "epoch": 3.0}
     assert sorted(os.listdir(tmp_path)) == ["step-0000000002"]
+
+
+def test_a_metric_an_old_writer_stored_as_text_still_counts(tmp_path: Path) -> None:
+    """Before the typed manifest, `metrics={"loss": "0.25"}` was written as text and read as
+    0.25: such checkpoints must still be found (metrics are not integrity data); a metric that
+    is no number at all is dropped, not the checkpoint."""
+    from cargohold.checkpoint import CheckpointManager, latest_valid
+    from cargohold.checkpoint._format import read_manifest
+
+    manager = CheckpointManager(tmp_path, keep_last=0)
+    manager.save(4, {"w.bin": b"weights"})
+    manager.close()
+    manifest_path = tmp_path / "step-0000000004" / "manifest.json"
+    raw = json.loads(manifest_path.read_text())
+    raw["metrics"] = {"loss": "0.25", "note": "best so far", "acc": 0.5, "none": None}
+    manifest_path.write_text(json.dumps(raw))
+    found = latest_valid(tmp_path)
+    assert found is not None and found.name == "step-0000000004"
+    assert dict(read_manifest(found).metrics) == {"loss": 0.25, "acc": 0.5}
+
+
+def test_a_manifest_whose_step_is_not_its_folders_is_not_a_checkpoint(tmp_path: Path) -> None:
+    from cargohold.checkpoint import CheckpointManager, latest_valid
+
+    manager = CheckpointManager(tmp_path, keep_last=0)
+    manager.save(1, {"w.bin": b"one"})
+    manager.save(3, {"w.bin": b"three"})
+    manager.close()
+    manifest_path = tmp_path / "step-0000000003" / "manifest.json"
+    raw = json.loads(manifest_path.read_text())
+    raw["step"] = 1000
+    manifest_path.write_text(json.dumps(raw))
+    found = latest_valid(tmp_path)
+    assert found is not None and found.name == "step-0000000001"
+    with ConfinedDir.open(tmp_path) as root:  # the host-side lookup applies the same rule
+        assert latest_whole_checkpoint(ConfinedReader(root)) == "step-0000000001"
+
+
+@pytest.mark.parametrize("step", [True, 2**63, -1, 1.0])
+def test_a_step_that_is_no_plain_integer_is_a_checkpoint_error(
+    tmp_path: Path, step: object
+) -> None:
+    from cargohold.checkpoint import CheckpointManager
+    from cargohold.errors import CheckpointError
+
+    manager = CheckpointManager(tmp_path, keep_last=0)
+    with pytest.raises(CheckpointError, match="step must be an integer"):
+        manager.save(step, {"w.bin": b"x"})  # type: ignore[arg-type]
+    manager.close()

@@ -241,6 +241,26 @@ def test_unknown_image_is_said_not_hidden() -> None:
         ("docker run -u 1 pytorch/pytorch python t.py --checkpoint_dir /opt/c", {"CH001"}),
         ("docker run -u 1 -e CKPT_DIR=/opt/llama pytorch/pytorch torchrun chat.py", set()),
         ("docker run -u 1 -e SAVE_CKPT_DIR=/c pytorch/pytorch torchrun train.py", {"CH001"}),
+        # ... but a --ckpt_dir whose path names a checkpoints folder is where the job saves
+        (
+            "docker run -u 1 --ipc=host pytorch/pytorch python train.py --data /data "
+            "--ckpt_dir /workspace/checkpoints",
+            {"CH001"},
+        ),
+        # Megatron writes index caches beside --data-path unless --data-cache-path is set:
+        # its dataset mount is written, so no "mount it read-only" advice (torchvision's
+        # references' --data-path only reads: tested in the corpus, extends-base.yml)
+        (
+            "docker run -u 1 --ipc=host -v /srv/pile:/data/pile -v ck:/ck nvcr.io/nvidia/pytorch "
+            "torchrun pretrain_gpt.py --data-path /data/pile/pile_text_document --save /ck",
+            set(),
+        ),
+        (
+            "docker run -u 1 --ipc=host -v /srv/pile:/data/pile -v ck:/ck nvcr.io/nvidia/pytorch "
+            "torchrun pretrain_gpt.py --data-path /data/pile/pile_text_document --save /ck "
+            "--data-cache-path /ck/cache",
+            {"CH004"},
+        ),
         # Jupyter's notebook folder, from its arguments, wherever the command starts it
         (
             "docker run -p 8888:8888 -v ./nb:/notebooks jupyter/datascience-notebook "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -141,6 +142,20 @@ def _number(value: object, what: str) -> float:
         raise ValueError(f"{what} is too large a number") from None
 
 
+def _lenient_number(value: object) -> float | None:
+    """A metric as a float: a JSON number, or text that reads as one; else None."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return None if math.isnan(number) else number
+    try:
+        return _number(value, "a metric")
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """What the manifest promises about one file: its size and one checksum."""
@@ -227,7 +242,13 @@ class Manifest:
             raw_metrics = {}
         if not isinstance(raw_metrics, dict):
             raise ValueError(f"the manifest's metrics are {_kind(raw_metrics)}, not an object")
-        metrics = {str(k): _number(v, f"metric {_show(k)}") for k, v in raw_metrics.items()}
+        # Metrics are not integrity data: one an old writer stored as text ("0.25") is read as
+        # its number, and one that is no number at all is dropped, never the checkpoint.
+        metrics = {}
+        for key, raw_value in raw_metrics.items():
+            number = _lenient_number(raw_value)
+            if number is not None:
+                metrics[str(key)] = number
         raw_files = value.get("files")
         if not isinstance(raw_files, dict):
             raise ValueError(f"the manifest's file list is {_kind(raw_files)}, not an object")
@@ -346,6 +367,10 @@ def check_folder(folder: Path, *, verify: bool) -> Manifest:
         ValueError: with the reason the checkpoint cannot be trusted.
     """
     manifest = read_manifest(folder)
+    named = STEP_DIR_RE.fullmatch(folder.name)
+    if named is not None and int(named.group(1)) != manifest.step:
+        # A step-3 folder claiming step 1000 would restore as 1000 and confuse retention.
+        raise ValueError(f"the manifest says step {manifest.step}, the folder {folder.name}")
     for name, entry in manifest.files.items():
         path = folder / name
         try:

@@ -109,6 +109,8 @@ _PATHLIKE_ONLY = {
     "output_file",
     "output_model",
 }  # ambiguous names: only when the value is a path
+# Names that are outputs only when their path names a checkpoints or outputs folder.
+_NAMED_OUTPUTS = {"ckpt_dir", "ckpt_path"}
 # Names that are outputs only as the argument of a script (`python main.py --workdir=/x`):
 # elsewhere they are a tool's own option.
 _SCRIPT_ONLY = {"workdir"}
@@ -424,6 +426,18 @@ def path_uses(service: Service) -> list[PathUse]:
     def script_before(index: int) -> bool:
         return any(_SCRIPT.search(w) for w in words[:index])
 
+    # Megatron writes its index-map caches beside --data-path unless --data-cache-path is set
+    # (torchvision's references take a --data-path they only read: Megatron's own scripts only).
+    megatron = (
+        any(
+            "megatron" in w.lower() or re.search(r"pretrain_(gpt|bert|t5|llama|mamba|retro)", w)
+            for w in words
+        )
+        or "megatron" in str(service.image or "").lower()
+    )
+    cache_beside_data = megatron and not any(
+        _norm(w.partition("=")[0]) == "data_cache_path" for w in words
+    )
     for index, word in enumerate(words):
         nxt = words[index + 1] if index + 1 < len(words) else None
         if word.startswith("-"):
@@ -431,6 +445,28 @@ def path_uses(service: Service) -> list[PathUse]:
             name = _norm(flag)
             use = _use_of(name, flag.lstrip("-"))
             value = word.derive(inline) if eq else nxt
+            # `--ckpt_dir` reads weights as often as it writes them (Meta's llama): an output
+            # only when the path itself names a checkpoints folder.
+            if (
+                use is None
+                and name in _NAMED_OUTPUTS
+                and value is not None
+                and {p.lower() for p in PurePosixPath(str(value)).parts} & OUTPUT_PARTS
+            ):
+                use = "output"
+            if (
+                name == "data_path"
+                and cache_beside_data
+                and kind == "training"
+                and value is not None
+                and not str(value).startswith("-")
+            ):
+                add(
+                    value,
+                    "write",
+                    f"{flag} {value} (index caches are written beside it "
+                    "without --data-cache-path)",
+                )
             if use and value is not None and not (not eq and value.startswith("-")):
                 if name in _PATHLIKE_ONLY and not _pathlike(value):
                     continue
