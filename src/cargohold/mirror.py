@@ -567,6 +567,36 @@ def supervise(
 UNTIL_POD_DONE = "--until-pod-done"
 
 
+def stop_when_pod_done(
+    stop: threading.Event,
+    on_unshared: Callable[[], None],
+    *,
+    grace: float = 300.0,
+    poll: float = 1.0,
+) -> threading.Thread:
+    """Set ``stop`` once the pod's other processes have ended (``--until-pod-done``): after
+    they were seen running and are gone, or when none showed up within ``grace`` seconds.
+    ``on_unshared`` hears once that the process namespace is not shared (then ``stop`` is left
+    to a signal). Runs in a daemon thread, returned started."""
+
+    def watch() -> None:
+        started, seen = time.monotonic(), False
+        while not stop.is_set():
+            alive = others_alive()
+            if alive is None:
+                on_unshared()
+                return
+            seen = seen or alive
+            if not alive and (seen or time.monotonic() - started > grace):
+                stop.set()
+                return
+            time.sleep(poll)
+
+    thread = threading.Thread(target=watch, name="cargohold-pod-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def others_alive(own: set[int] | None = None) -> bool | None:
     """In a pod sharing one process namespace: does any process besides the pause process
     (pid 1), this one and the other sidecars still run? None when the namespace is not shared

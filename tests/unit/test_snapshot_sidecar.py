@@ -328,6 +328,34 @@ def test_sidecars_do_not_wait_for_each_other(monkeypatch: pytest.MonkeyPatch) ->
     assert mirror.others_alive({8}) is False
 
 
+def test_the_pod_watch_stops_once_the_job_has_come_and_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """mirror.stop_when_pod_done, which both sidecars use: not before the job was seen, then
+    as soon as it is gone; and it says so (and leaves the stop to a signal) when the process
+    namespace is not shared."""
+    import threading
+
+    from cargohold import mirror
+
+    answers = iter([False, True, True, False])
+    monkeypatch.setattr(mirror, "others_alive", lambda: next(answers, False))
+    stop = threading.Event()
+    mirror.stop_when_pod_done(stop, lambda: None, poll=0.01).join(timeout=5)
+    assert stop.is_set() and next(answers, "done") == "done"  # all four answers were used
+
+    monkeypatch.setattr(mirror, "others_alive", lambda: False)  # the job never shows up
+    stop = threading.Event()
+    mirror.stop_when_pod_done(stop, lambda: None, grace=0.05, poll=0.01).join(timeout=5)
+    assert stop.is_set()
+
+    said: list[str] = []
+    monkeypatch.setattr(mirror, "others_alive", lambda: None)  # not a shared namespace
+    stop = threading.Event()
+    mirror.stop_when_pod_done(stop, lambda: said.append("unshared"), poll=0.01).join(timeout=5)
+    assert not stop.is_set() and said == ["unshared"]
+
+
 # -- the command the sidecar runs -------------------------------------------------------------
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -177,7 +176,7 @@ def mirror_command(
         MIRROR_ENV,
         Mirror,
         MirrorUnreachable,
-        others_alive,
+        stop_when_pod_done,
         supervise,
     )
 
@@ -218,25 +217,11 @@ def mirror_command(
     # `docker stop` (and the end of an attached `cargohold run`): one last push, then exit.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if until_pod_done:
-        seen = threading.Event()
-
-        def watch() -> None:
-            started = time.monotonic()
-            while not stop.is_set():
-                alive = others_alive()
-                if alive is None:
-                    _loud(
-                        "--until-pod-done needs shareProcessNamespace; mirroring until stopped",
-                        True,
-                    )
-                    return
-                if alive:
-                    seen.set()
-                elif seen.is_set() or time.monotonic() - started > 300:
-                    stop.set()
-                    return
-                time.sleep(1)
-
-        threading.Thread(target=watch, name="cargohold-pod-watch", daemon=True).start()
+        stop_when_pod_done(
+            stop,
+            lambda: _loud(
+                "--until-pod-done needs shareProcessNamespace; mirroring until stopped", True
+            ),
+        )
     mirror.run(interval=interval, stop=stop)
     return 0

@@ -213,27 +213,17 @@ def _stop_on_sigterm() -> threading.Event:
 
 
 def _stop_when_pod_done(stop: threading.Event) -> None:
-    """Set ``stop`` once the pod's other processes have ended (see ``mirror --until-pod-done``)."""
-    from cargohold.mirror import others_alive
+    """Set ``stop`` once the pod's other processes have ended (``mirror.stop_when_pod_done``)."""
+    from cargohold.mirror import stop_when_pod_done
 
-    def watch() -> None:
-        started, seen = time.monotonic(), False
-        while not stop.is_set():
-            alive = others_alive()
-            if alive is None:
-                err.print(
-                    "cargohold snapshot: --until-pod-done needs shareProcessNamespace; "
-                    "snapshotting until stopped",
-                    markup=False,
-                )
-                return
-            seen = seen or alive
-            if not alive and (seen or time.monotonic() - started > 300):
-                stop.set()
-                return
-            time.sleep(1)
-
-    threading.Thread(target=watch, name="cargohold-pod-watch", daemon=True).start()
+    stop_when_pod_done(
+        stop,
+        lambda: err.print(
+            "cargohold snapshot: --until-pod-done needs shareProcessNamespace; "
+            "snapshotting until stopped",
+            markup=False,
+        ),
+    )
 
 
 def _scheduled_run(
