@@ -239,6 +239,9 @@ class Runtime:
     gpus: Gpus | None = None
     ipc: str | None = None
     shm_size: int | None = None
+    # The /dev/shm a cluster gives the job when ipc = "host" (which pods and services cannot
+    # have): the size the job would get without host IPC. None: Docker's default is enough.
+    cluster_shm_size: int | None = None
     ulimits: tuple[Ulimit, ...] = ()
     stop_timeout: int | None = None
     init: bool = False
@@ -587,16 +590,19 @@ def _runtime(
         reasons["ipc"] = f"IPC namespace {ipc}, as the spec asks"
 
     shm_size: int | None = None
+    cluster_shm_size: int | None = None
     if job.shm_size is not None:
         shm_size = parse_size(job.shm_size)
         reasons["shm_size"] = f"/dev/shm of {job.shm_size}, as the spec asks"
-    elif ipc != "host":
+    else:
         words = [job.image, *(job.entrypoint or ()), *(command or ())]
         torch = next((w for w in words if _TORCH_RE.search(w)), None)
         why = "the job has GPUs: NCCL and DataLoader workers" if gpus is not None else None
         if why is None and torch is not None:
             why = f"the job looks like PyTorch ({torch!r}): its DataLoader workers"
-        if why is not None:
+        if why is not None and ipc == "host":
+            cluster_shm_size = DEFAULT_SHM  # the host's /dev/shm here; a cluster has none
+        elif why is not None:
             shm_size = DEFAULT_SHM
             reasons["shm_size"] = (
                 f"/dev/shm of 1g because {why} pass data through shared memory, and Docker's "
@@ -687,6 +693,7 @@ def _runtime(
         gpus=gpus,
         ipc=ipc,
         shm_size=shm_size,
+        cluster_shm_size=shm_size if shm_size is not None else cluster_shm_size,
         ulimits=ulimits,
         stop_timeout=stop_timeout,
         init=init,

@@ -117,6 +117,29 @@ class IpcMode(StrEnum):
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # A NUL byte ends a C string: Docker, the shell line and the file system would each
+        # read a different value than the spec shows (and rendered lines carry it raw).
+        if _holds_nul(value):
+            raise ValueError("the value holds a NUL character")
+        return value
+
+
+def _holds_nul(value: object) -> bool:
+    """A NUL in a string, a list's strings, or a table's keys and string values (a nested
+    table is a model of its own and checks its own fields, so the error names the key)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(
+            _holds_nul(k) or (not isinstance(v, dict) and _holds_nul(v)) for k, v in value.items()
+        )
+    return False
+
 
 class ProjectSpec(_Model):
     name: str
@@ -195,7 +218,10 @@ class StoreSpec(_Model):
     @field_validator("target")
     @classmethod
     def _absolute_target(cls, value: str) -> str:
-        return container_path(value)
+        path = container_path(value)
+        if path.rstrip("/") == "/dev/shm":
+            raise ValueError("/dev/shm is the job's shared memory: set shm_size (or ipc) instead")
+        return path
 
     @field_validator("snapshots", mode="before")
     @classmethod
@@ -221,13 +247,21 @@ class StoreSpec(_Model):
             raise ValueError(
                 f"{value!r}: a folder here is written as an absolute path (or use s3://…)"
             )
+        if value is not None and not is_url(value):
+            if posixpath.normpath(value) != value or value == "/":
+                raise ValueError(f"{value!r}: write the folder's plain path, not / itself")
+            if _docker_socket_inside(value):
+                raise ValueError(
+                    f"{value} is or holds the Docker socket, which the mirror's container "
+                    "would get with it; use a folder of its own"
+                )
         return value
 
     @field_validator("capacity")
     @classmethod
     def _valid_capacity(cls, value: str | int | None) -> str | int | None:
-        if value is not None:
-            parse_size(value)
+        if value is not None and parse_size(value) == 0:
+            raise ValueError("a claim of 0 bytes holds nothing; leave capacity out for 10Gi")
         return value
 
     @field_validator("size", mode="before")
@@ -321,7 +355,7 @@ class JobSpec(_Model):
     secrets: list[str] = Field(default_factory=list)
     workdir: str | None = None
     # Clusters (issue 10): pods/tasks working on one job, and where the scheduler may put them.
-    nodes: int = Field(default=1, ge=1, le=1000)
+    nodes: StrictInt = Field(default=1, ge=1, le=1000)
     placement: list[str] = Field(default_factory=list)
     gpus: str | int | list[str] | None = None
     ipc: IpcMode | None = None
@@ -333,6 +367,16 @@ class JobSpec(_Model):
     network: str | None = None
     read_only: StrictBool = False
     hardening: StrictBool = True
+
+    @field_validator("image")
+    @classmethod
+    def _valid_image(cls, value: str) -> str:
+        # The image lands in a docker run line: "--privileged" there is an option, not a name.
+        if not value.strip() or value.startswith("-") or any(c.isspace() for c in value):
+            raise ValueError(
+                f"{value!r} is not an image reference, e.g. pytorch/pytorch:2.3.0-cuda12.1"
+            )
+        return value
 
     @field_validator("gpus", mode="before")
     @classmethod
@@ -567,6 +611,33 @@ class Spec(_Model):
                     hint=f"Declare [stores.{unknown[0]}] or use one of: "
                     f"{', '.join(self.stores) or '(no stores declared)'}.",
                 )
+            checkpoints = [n for n in selected if self.stores[n].kind is StoreKind.CHECKPOINTS]
+            if len(checkpoints) > 1 and any(self.stores[n].mirror for n in checkpoints):
+                raise SpecError(
+                    f"Job {job_name!r} mounts {len(checkpoints)} checkpoints stores and one has "
+                    "a mirror; the mirror follows the job's one checkpoints store.",
+                    key=f"jobs.{job_name}.stores",
+                    hint="Give the job one checkpoints store (the mirrored one).",
+                )
+            for store_name in selected:
+                store = self.stores[store_name]
+                for what, location in (("mirror", store.mirror), ("repository", store.repository)):
+                    if location is None or is_url(location):
+                        continue
+                    for other in selected:
+                        target = self.stores[other].target.rstrip("/") or "/"
+                        if (
+                            location == target
+                            or location.startswith(target + "/")
+                            or target.startswith(location + "/")
+                        ):
+                            raise SpecError(
+                                f"Store {store_name!r}: the {what} folder {location} overlaps "
+                                f"store {other!r} mounted at {target}; the two mounts would "
+                                "hide each other.",
+                                key=f"stores.{store_name}.{what}",
+                                hint="Keep the mirror in a folder of its own, or in s3://….",
+                            )
             targets: dict[str, str] = {}
             for store_name in selected:
                 target = self.stores[store_name].target

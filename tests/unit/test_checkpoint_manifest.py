@@ -294,6 +294,6 @@ def test_a_step_that_is_no_plain_integer_is_a_checkpoint_error(
     from cargohold.errors import CheckpointError
 
     manager = CheckpointManager(tmp_path, keep_last=0)
-    with pytest.raises(CheckpointError, match="step must be an integer"):
+    with pytest.raises(CheckpointError, match="step must be a non-negative integer"):
         manager.save(step, {"w.bin": b"x"})  # type: ignore[arg-type]
     manager.close()

@@ -861,3 +861,94 @@ def test_a_seeded_volume_is_said_on_clusters_not_dropped(tmp_path: Path) -> None
         notes = [n for n in check_limits(plan, target) if "stores.seeded.source" in n]
         assert notes and "not seeded" in notes[0], (target, check_limits(plan, target))
     assert not any("not seeded" in n for n in check_limits(plan, "compose"))
+
+
+def test_host_ipc_on_a_cluster_still_gets_a_shared_memory_mount() -> None:
+    """ipc = "host" uses the host's /dev/shm under Docker; pods and services cannot have it, so
+    a GPU job there gets the 1 GiB it would get without host IPC, not Docker's 64 MB."""
+    text = CLUSTER.replace('shm_size = "1g"\n', 'ipc = "host"\n')
+    plan = _plan(text)
+    assert plan.shm_size is None and plan.runtime.cluster_shm_size == 1 << 30
+    pod = _objects(text)["Job"]["spec"]["template"]["spec"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}} in pod["volumes"]
+    stack = render_swarm([plan])["services"]["train"]
+    assert {"type": "tmpfs", "target": "/dev/shm", "tmpfs": {"size": 1 << 30}} in stack["volumes"]
+    assert any("jobs.train.ipc" in n for n in check_limits(plan, "kubernetes"))
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('image = "--privileged"', "jobs.train.image"),
+        ('image = ""', "jobs.train.image"),
+        ('image = "a b"', "jobs.train.image"),
+        ('workdir = "/w\\u0000x"', "jobs.train.workdir"),
+        ("nodes = true", "jobs.train.nodes"),
+        ('nodes = "4"', "jobs.train.nodes"),
+    ],
+)
+def test_job_values_that_would_change_the_rendered_line_are_refused(line: str, key: str) -> None:
+    text = CLUSTER
+    if line.startswith("image"):
+        text = text.replace('image = "registry.example.com/digits:1"\n', "")
+    text = text.replace("[jobs.train]\n", f"[jobs.train]\n{line}\n")
+    with pytest.raises(SpecError) as info:
+        _plan(text)
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("mirror", "why"),
+    [
+        ("/var/run", "Docker socket"),
+        ("/", "plain path"),
+        ("/srv/../etc", "plain path"),
+        ("/ckpt/mirror", "overlaps"),
+        ("/data", "overlaps"),
+    ],
+)
+def test_a_mirror_folder_that_would_expose_or_hide_something_is_refused(
+    mirror: str, why: str
+) -> None:
+    with pytest.raises(SpecError, match=why):
+        _plan(CLUSTER.replace('mirror = "s3://bucket/mirror"', f'mirror = "{mirror}"'))
+
+
+def test_a_second_checkpoints_store_with_the_mirror_is_refused() -> None:
+    text = CLUSTER + '\n[stores.more]\nkind = "checkpoints"\ntarget = "/more"\nmirror = "s3://b/x"\n'
+    with pytest.raises(SpecError, match="checkpoints stores"):
+        _plan(text)
+
+
+def test_compose_services_a_job_name_would_replace_are_refused(tmp_path: Path) -> None:
+    text = CLUSTER + '\n[jobs.train-mirror]\nimage = "registry.example.com/digits:1"\n'
+    result = _refused(text, "compose", tmp_path)
+    assert "'train-mirror' is wanted twice" in result
+
+
+def test_two_folders_that_would_share_one_claim_are_refused(tmp_path: Path) -> None:
+    import secrets
+    import shutil
+
+    short = Path("/tmp") / f"cg{secrets.token_hex(2)}"  # long paths get a hash: no clash
+    try:
+        for name in ("data_a", "data-a"):
+            (short / name).mkdir(parents=True)
+        text = CLUSTER + (
+            f'\n[stores.one]\nkind = "dataset"\ntarget = "/one"\nsource = "{short / "data_a"}"\n'
+            f'\n[stores.two]\nkind = "dataset"\ntarget = "/two"\nsource = "{short / "data-a"}"\n'
+        )
+        assert "both the Kubernetes claim" in _refused(text, "kubernetes", tmp_path)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+@pytest.mark.parametrize("target", ["kubernetes", "swarm", "compose"])
+def test_an_output_that_is_no_file_or_the_spec_is_refused(tmp_path: Path, target: str) -> None:
+    spec = tmp_path / "cargohold.toml"
+    spec.write_text(CLUSTER.replace("nodes", "#nodes"))
+    for output in ("", ".", str(tmp_path), "cargohold.toml"):
+        result = run_cli("render", target, "-o", output, cwd=tmp_path)
+        assert result.returncode == 2, (output, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert spec.read_text() == CLUSTER.replace("nodes", "#nodes")

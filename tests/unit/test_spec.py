@@ -288,6 +288,8 @@ def test_missing_env_file_is_refused(tmp_path: Path) -> None:
         ('gpus = ["0", "0"]', "jobs.train.gpus"),
         ("gpus = 9223372036854775807", "jobs.train.gpus"),
         ('entrypoint = [""]', "jobs.train.entrypoint"),
+        ('entrypoint = ["python3", "a\\u0000b"]', "jobs.train.entrypoint"),
+        ('secrets = ["A", "B\\u0000"]', "jobs.train.secrets"),
     ],
 )
 def test_no_silent_coercion_of_runtime_values(line: str, key: str) -> None:

@@ -489,7 +489,7 @@ class CheckpointManager:
     def _prepare(self, step: int, files: Mapping[str, object]) -> dict[str, FileSource]:
         if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < 2**63:
             raise CheckpointError(
-                f"step must be an integer from 0 to 2**63-1, not {step!r}.",
+                f"step must be a non-negative integer below 2**63, not {step!r}.",
                 hint="Pass the epoch or global step as an int.",
             )
         if not files:

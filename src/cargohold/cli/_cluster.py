@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cargohold import __version__
-from cargohold._atomic import write_text_atomic
 from cargohold.cli._commands import (
     TRAILING_KEY,
     JobArgument,
@@ -22,6 +20,7 @@ from cargohold.cli._commands import (
     err,
     out,
     render_app,
+    write_rendering,
 )
 from cargohold.errors import UsageError
 
@@ -48,14 +47,6 @@ def _header(command: str, limits: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(text: str, output: Path | None) -> None:
-    if output is None:
-        sys.stdout.write(text)
-    else:
-        write_text_atomic(output, text)
-        _say(f"wrote {output}")
-
-
 @render_app.command("kubernetes")
 def render_kubernetes_command(
     job: JobArgument = None,
@@ -77,7 +68,7 @@ def render_kubernetes_command(
             "[--from-literal=CARGOHOLD_S3_ENDPOINT=…]\n"
         )
     text = header + dump_kubernetes(render_kubernetes(plan, image=image))
-    _write(text, output)
+    write_rendering(text, output, file)
 
 
 @render_app.command("swarm")
@@ -96,7 +87,7 @@ def render_swarm_command(file: SpecOption = None, output: OutputOption = None) -
         raise UsageError("The spec declares no jobs to render.", hint="Add a [jobs.train] table.")
     limits = [f"{p.job}: {line}" for p in plans for line in check_limits(p, "swarm")]
     text = _header("render swarm", limits) + yaml.safe_dump(render_swarm(plans), sort_keys=False)
-    _write(text, output)
+    write_rendering(text, output, file)
 
 
 @app.command("image")

@@ -221,11 +221,29 @@ def render_compose_command(
     text = header + yaml.safe_dump(
         render_compose(plans, mirror_image=f"cargohold:{__version__}"), sort_keys=False
     )
+    write_rendering(text, output, file)
+
+
+def write_rendering(text: str, output: Path | None, spec_file: Path | None) -> None:
+    """A rendered file to stdout, or to ``output`` whole (never a folder, never the spec).
+
+    Raises:
+        UsageError: ``output`` is empty, a folder, or the spec file itself.
+    """
     if output is None:
         sys.stdout.write(text)
-    else:
-        write_text_atomic(output, text)
-        _say(f"wrote {output}")
+        return
+    from cargohold.spec import SPEC_FILENAME
+
+    if not str(output) or str(output).endswith("/") or output.is_dir():
+        raise UsageError(f"-o {str(output)!r} is not a file name.", hint="Name a file: -o FILE.")
+    same = spec_file is not None and output.resolve() == spec_file.resolve()
+    if same or output.name == SPEC_FILENAME:
+        raise UsageError(
+            f"-o {output} would overwrite the spec.", hint="Write the rendering to another file."
+        )
+    write_text_atomic(output, text)
+    _say(f"wrote {output}")
 
 
 class _TrailingCommand(typer.core.TyperCommand):

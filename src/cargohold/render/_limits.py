@@ -193,33 +193,32 @@ def _seeds(plan: Plan, target: str) -> Iterator[Limit]:
 @_rule
 def _kubernetes_names(plan: Plan, target: str) -> Iterator[Limit]:
     """Kubernetes names are DNS labels: ``data_a`` and ``data-a`` become one name, and the API
-    server would refuse the pod (kubernetes-validate does not see it)."""
+    server would refuse the pod, or two folders would share one claim (kubernetes-validate
+    sees neither)."""
     if target != "kubernetes":
         return
     from cargohold.render.kubernetes import dns_name
 
-    for what, named in (
-        ("pod volume", {m.store: dns_name(m.store, 63) for m in plan.mounts}),
-        (
-            "claim",
-            {
-                m.source or m.store: dns_name(m.source or m.store, 63)
-                for m in plan.mounts
-                if m.backing is Backing.VOLUME
-            },
-        ),
-    ):
+    pod_volumes = [(m.store, m.store) for m in plan.mounts]
+    # A claim per volume or bind source (a bind's folder becomes a claim too); stores sharing
+    # one source share its claim on purpose.
+    claims = list(
+        {
+            (m.source or m.store): m.store for m in plan.mounts if m.backing is not Backing.TMPFS
+        }.items()
+    )
+    for what, named in (("pod volume", pod_volumes), ("claim", claims)):
         first: dict[str, str] = {}
-        for original, name in named.items():
-            if name in first:
+        for original, store in named:
+            name = dns_name(original, 63)
+            if name in first and first[name] != original:
                 yield Limit(
-                    f"stores.{original}" if what == "pod volume" else f"volumes.{original}",
+                    f"stores.{store}",
                     f"{original!r} and {first[name]!r} are both the Kubernetes {what} {name!r}; "
                     "rename one (Kubernetes names are lower case, digits and '-').",
                     fatal=True,
                 )
-            else:
-                first[name] = original
+            first.setdefault(name, original)
 
 
 @_rule
@@ -357,7 +356,7 @@ def _gpus(plan: Plan, target: str) -> Iterator[Limit]:
 # Runtime settings a target has no field for: (target, setting) → what happens instead.
 _UNSUPPORTED: dict[tuple[str, str], str] = {
     ("kubernetes", "ipc"): "a pod shares IPC between its containers; /dev/shm is a memory "
-    "emptyDir sized by shm_size",
+    "emptyDir sized by shm_size (1 GiB for a GPU or PyTorch job)",
     ("kubernetes", "ulimits"): "Kubernetes has no per-pod ulimits; the node's container "
     "runtime defaults apply (set them there, e.g. memlock for NCCL)",
     ("kubernetes", "init"): "Kubernetes has no init flag; the pause process reaps zombies "
@@ -368,7 +367,8 @@ _UNSUPPORTED: dict[tuple[str, str], str] = {
     ("kubernetes", "devices"): "host devices reach pods through a device plugin's resource",
     ("kubernetes", "network"): "pods get the cluster network; hostNetwork (the node's own) is "
     "left out: it hands the pod the node's ports and most clusters' policies refuse it",
-    ("swarm", "ipc"): "Swarm services have no ipc; /dev/shm is a tmpfs mount",
+    ("swarm", "ipc"): "Swarm services have no ipc; /dev/shm is a tmpfs mount (1 GiB for a GPU "
+    "or PyTorch job)",
     ("swarm", "ulimits"): "rendered, but docker stack deploy honours service ulimits only "
     "from Docker 23 (API 1.42) on",
     ("swarm", "security_opt"): "docker stack deploy ignores security_opt",

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from cargohold.errors import SpecError
 from cargohold.kinds import Backing
 from cargohold.plan import Mount, Plan, Runtime
 from cargohold.render._mirror import add_compose_mirrors
 from cargohold.render._prepare import seed_mounts, seed_script, stores_to_chown
-from cargohold.render._snapshots import add_compose_snapshots
+from cargohold.render._snapshots import add_compose_snapshots, snapshots_service_name
 
 __all__ = ["render_compose"]
 
@@ -175,6 +176,7 @@ def render_compose(plans: list[Plan], *, mirror_image: str | None = None) -> dic
     """
     if not plans:
         raise ValueError("render_compose needs at least one plan")
+    _refuse_name_clashes(plans, with_sidecars=mirror_image is not None)
     services: dict[str, Any] = {}
     volumes: dict[str, Any] = {}
     for plan in plans:
@@ -203,6 +205,41 @@ def render_compose(plans: list[Plan], *, mirror_image: str | None = None) -> dic
         add_compose_snapshots(escaped, plans, mirror_image)
         add_compose_mirrors(escaped, plans, mirror_image)
     return escaped
+
+
+def _refuse_name_clashes(plans: list[Plan], *, with_sidecars: bool) -> None:
+    """A job named like a service this file adds for another (``train-prepare``,
+    ``train-mirror``, …) would replace it in the services table without a word.
+
+    Raises:
+        SpecError: naming the job whose name is taken.
+    """
+    owner: dict[str, str] = {}
+    jobs = {plan.job for plan in plans}
+    for plan in plans:
+        names = [plan.job]
+        if seed_script(plan) is not None:
+            names.append(f"{plan.job}-seed")
+        if stores_to_chown(plan):
+            names.append(f"{plan.job}-prepare")
+        if with_sidecars:
+            ckpt = plan.checkpoint_mount
+            if ckpt is not None and ckpt.mirror is not None:
+                names += [f"{plan.job}-mirror-restore", f"{plan.job}-mirror"]
+            names += [
+                snapshots_service_name(plan, m) for m in plan.volumes() if m.snapshots is not None
+            ]
+        for name in names:
+            if (name in owner and owner[name] != plan.job) or names.count(name) > 1:
+                other = owner.get(name, plan.job)
+                raise SpecError(
+                    f"Compose service {name!r} is wanted twice, for job {other!r} and for job "
+                    f"{plan.job!r}: one would replace the other.",
+                    key=f"jobs.{name if name in jobs else plan.job}",
+                    hint="Rename the job (names ending in -prepare, -seed, -mirror, "
+                    "-mirror-restore or -snapshots-STORE are the helpers' of another job).",
+                )
+            owner[name] = plan.job
 
 
 def _escaped(value: Any) -> Any:

@@ -492,10 +492,11 @@ def render_kubernetes(plan: Plan, *, image: str) -> list[dict[str, Any]]:
         container["resources"] = resources
     mounts = [_mount(m) for m in plan.mounts]
     volumes = [_pod_volume(m) for m in plan.mounts]
-    if plan.shm_size is not None:
+    shm = plan.runtime.cluster_shm_size
+    if shm is not None:  # also for ipc = "host", which a pod cannot have
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append(
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": quantity(plan.shm_size)}}
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": quantity(shm)}}
         )
     for index, folder in enumerate(plan.runtime.tmpfs):
         mounts.append({"name": f"tmpfs-{index}", "mountPath": folder})

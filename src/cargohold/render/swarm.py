@@ -108,8 +108,9 @@ def _service(plan: Plan) -> dict[str, Any]:
     if rt.network == "host":
         service["networks"] = [_HOST_NETWORK]
     volumes = [_service_volume(m) for m in plan.mounts]
-    if plan.shm_size is not None:
-        volumes.append({"type": "tmpfs", "target": "/dev/shm", "tmpfs": {"size": plan.shm_size}})
+    shm = plan.runtime.cluster_shm_size
+    if shm is not None:  # also for ipc = "host", which a service cannot have
+        volumes.append({"type": "tmpfs", "target": "/dev/shm", "tmpfs": {"size": shm}})
     volumes += [{"type": "tmpfs", "target": folder} for folder in rt.tmpfs]
     if mirror is not None and not is_url(mirror):
         # A folder mirror (a shared file system on every node, check_limits says so), bound
