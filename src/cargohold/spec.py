@@ -155,6 +155,7 @@ class ProjectSpec(_Model):
         return value
 
 
+_STORAGE_CLASS_RE = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _URL_WITH_CREDENTIALS_RE = re.compile(r"^[a-z][a-z0-9+.-]*://[^/]*@")
 _CREDENTIALS_HINT = (
     "the URL carries credentials; remove them and set AWS_ACCESS_KEY_ID / "
@@ -257,6 +258,14 @@ class StoreSpec(_Model):
                 )
         return value
 
+    @field_validator("storage_class")
+    @classmethod
+    def _valid_storage_class(cls, value: str | None) -> str | None:
+        # A StorageClass name is a DNS subdomain: lower case, digits, '-' and '.'.
+        if value is not None and not _STORAGE_CLASS_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a StorageClass name (lower case, digits, '-', '.')")
+        return value
+
     @field_validator("capacity")
     @classmethod
     def _valid_capacity(cls, value: str | int | None) -> str | int | None:
@@ -295,7 +304,7 @@ class UlimitSpec(_Model):
 
 
 class ResourcesSpec(_Model):
-    cpus: StrictInt | StrictFloat | None = Field(default=None, gt=0, le=4096)
+    cpus: StrictInt | StrictFloat | None = Field(default=None, ge=0.01, le=4096)
     memory: str | int | None = None
     pids_limit: StrictInt | None = Field(default=None, ge=1, le=4_194_304)
 
@@ -524,6 +533,8 @@ class JobSpec(_Model):
     def _valid_user(cls, value: str) -> str:
         if value not in ("host", "root") and not _USER_RE.match(value):
             raise ValueError(f'{value!r} is not "host", "root" or a numeric "UID:GID"')
+        if _USER_RE.match(value) and any(int(n) >= 2**32 - 1 for n in value.split(":")):
+            raise ValueError(f"{value!r}: user and group ids are below 4294967295")
         return value
 
     @field_validator("placement")

@@ -952,3 +952,32 @@ def test_an_output_that_is_no_file_or_the_spec_is_refused(tmp_path: Path, target
         assert result.returncode == 2, (output, result.stderr)
         assert "Traceback" not in result.stderr
     assert spec.read_text() == CLUSTER.replace("nodes", "#nodes")
+
+
+def test_small_settings_are_rendered_as_written_or_refused() -> None:
+    # hardening = false: no allowPrivilegeEscalation: false on the job's container
+    pod = _objects(CLUSTER.replace("[jobs.train]\n", "[jobs.train]\nhardening = false\n"))
+    job = pod["Job"]["spec"]["template"]["spec"]["containers"][0]
+    assert "allowPrivilegeEscalation" not in job.get("securityContext", {})
+    hardened = _objects()["Job"]["spec"]["template"]["spec"]["containers"][0]
+    assert hardened["securityContext"]["allowPrivilegeEscalation"] is False
+    # Swarm expands {{…}} in environment values: said
+    plan = _plan(CLUSTER.replace('env = { LR = "0.1" }', 'env = { LR = "0.1", T = "{{x}}" }'))
+    assert any("jobs.train.env" in n and "template" in n for n in check_limits(plan, "swarm"))
+    # values pasted into a shell line are quoted
+    text = CLUSTER.replace('snapshot = "digits-dataset@latest"', 'snapshot = "$(reboot)"')
+    notes = check_limits(_plan(text), "swarm")
+    assert any("'$(reboot)'" in n for n in notes), notes
+    for line, key in (
+        ('user = "4294967296:0"', "jobs.train.user"),
+        ("resources = { cpus = 0.0001 }", "jobs.train.resources.cpus"),
+    ):
+        with pytest.raises(SpecError) as info:
+            _plan(CLUSTER.replace('user = "1000:1000"\n', "").replace(
+                "resources = { cpus = 4, memory = \"16g\" }\n", "").replace(
+                "[jobs.train]\n", f"[jobs.train]\n{line}\n"))
+        assert info.value.key is not None and info.value.key.startswith(key)
+    for bad in ('""', '"NFS Class!"'):
+        with pytest.raises(SpecError) as info:
+            _plan(CLUSTER.replace('storage_class = "nfs-client"', f"storage_class = {bad}"))
+        assert info.value.key == "stores.dataset.storage_class"

@@ -167,8 +167,10 @@ def _snapshot_datasets(plan: Plan, target: str) -> Iterator[Limit]:
         yield Limit(
             f"stores.{m.store}.snapshot",
             f"{target} has no init containers to restore {m.snapshot} from {m.repository}; "
-            f"restore it into volume {m.source} first: `CARGOHOLD_REPO={m.repository} "
-            f"cargohold restore {m.snapshot} {m.source}` on the node that runs it.",
+            f"restore it into volume {m.source} first: "
+            f"`CARGOHOLD_REPO={shlex.quote(m.repository or '')} "
+            f"{shlex.join(['cargohold', 'restore', m.snapshot, m.source or m.store])}` on the "
+            "node that runs it.",
         )
 
 
@@ -185,8 +187,9 @@ def _seeds(plan: Plan, target: str) -> Iterator[Limit]:
         yield Limit(
             f"stores.{m.store}.source",
             f"the {where} {m.source} is not seeded from {m.seed} on a cluster (the folder is on "
-            f"this host): fill it before the job starts, e.g. `cargohold snapshot {m.seed}` here "
-            "and repository/snapshot on the store, or `cargohold ingest` on the node.",
+            f"this host): fill it before the job starts, e.g. "
+            f"`{shlex.join(['cargohold', 'snapshot', m.seed])}` here and repository/snapshot "
+            "on the store, or `cargohold ingest` on the node.",
         )
 
 
@@ -396,6 +399,14 @@ def _runtime(plan: Plan, target: str) -> Iterator[Limit]:
             key = "resources.pids_limit" if setting == "pids_limit" else setting
             said = why if why.startswith("rendered") else f"not rendered: {why}"
             yield Limit(f"jobs.{plan.job}.{key}", f"{said}.")
+    if target == "swarm":
+        templated = sorted(k for k, v in plan.env if "{{" in v)
+        if templated:
+            yield Limit(
+                f"jobs.{plan.job}.env",
+                f"{', '.join(templated)}: Swarm reads {{{{…}}}} in environment values as a "
+                "template ({{.Node.Hostname}}) and replaces it; the value the job sees differs.",
+            )
     if target == "swarm" and rt.network not in (None, "host"):
         yield Limit(
             f"jobs.{plan.job}.network",

@@ -396,7 +396,9 @@ def _resources(plan: Plan) -> dict[str, Any]:
 
 def _container_security(plan: Plan) -> dict[str, Any]:
     rt = plan.runtime
-    context: dict[str, Any] = {"allowPrivilegeEscalation": False}
+    context: dict[str, Any] = {}
+    if "no-new-privileges" in rt.security_opt:  # hardening (on by default)
+        context["allowPrivilegeEscalation"] = False
     if rt.cap_drop:
         context["capabilities"] = {"drop": [c.upper().removeprefix("CAP_") for c in rt.cap_drop]}
     if rt.read_only:
