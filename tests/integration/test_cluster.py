@@ -81,6 +81,8 @@ def swarm(docker_client: Any) -> Iterator[None]:
     if state not in ("inactive", "active"):
         pytest.fail(f"the engine's swarm state is {state!r}")
     made = state == "inactive"
+    bridge = "docker_gwbridge"  # swarm init makes it; leaving the swarm does not remove it
+    had_bridge = bridge in _docker("network", "ls", "--format", "{{.Name}}").split()
     if made:
         _docker("swarm", "init", "--advertise-addr", "127.0.0.1",
                 "--listen-addr", "127.0.0.1:2377")
@@ -89,6 +91,12 @@ def swarm(docker_client: Any) -> Iterator[None]:
     finally:
         if made:
             _docker("swarm", "leave", "--force", check=False)
+            if not had_bridge:
+                for _ in range(10):  # its endpoints go a moment after the swarm does
+                    _docker("network", "rm", bridge, check=False)
+                    if bridge not in _docker("network", "ls", "--format", "{{.Name}}").split():
+                        break
+                    time.sleep(1)
 
 
 @contextlib.contextmanager
