@@ -120,3 +120,14 @@ def test_folder_arguments_that_cannot_work_are_clear_errors(tmp_path: Path) -> N
     # A volume name still means a volume: it needs the engine, and says so.
     result = run_cli("ingest", str(source), "somevolume", env=NO_ENGINE)
     assert result.returncode == 3 and "Docker" in result.stderr
+
+
+def test_a_folder_is_never_copied_into_itself(tmp_path: Path) -> None:
+    source = _source(tmp_path)
+    for args in (("ingest", str(source), str(source / "train" / "copy")),
+                 ("ingest", str(source), str(source)),
+                 ("export", str(source), str(source / "copy"))):
+        result = run_cli(*args, env=NO_ENGINE, timeout=60)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "would read itself" in result.stderr
+    assert sorted(p.name for p in (source / "train").iterdir()) == ["shard"]

@@ -349,6 +349,7 @@ def export_folder(
             f"{source} is not a folder.",
             hint="Export a folder (a path), or a volume (VOLUME or VOLUME:PATH).",
         )
+    _refuse_copy_into_itself(str(source), destination)
 
     @contextlib.contextmanager
     def entries() -> Iterator[EntrySource]:
@@ -377,6 +378,7 @@ def ingest_folder(
             f"{destination} exists and is not a folder.",
             hint="Ingest into a folder (made when missing) or a volume.",
         )
+    _refuse_copy_into_itself(source, destination)
     with _source_entries(source, hash_files=verify) as (entries, known_hashes):
 
         @contextlib.contextmanager
@@ -395,6 +397,25 @@ def ingest_folder(
 
         _verify_copy(landed, source, str(destination), known_hashes)
     return TransferResult(result.files, result.bytes, "folder", verify, recovered=result.recovered)
+
+
+def _refuse_copy_into_itself(source: str, destination: Path) -> None:
+    """A folder copied into itself would read its own copy as it grows (cp -a refuses too).
+
+    Raises:
+        UsageError: ``destination`` is ``source`` or lies inside it.
+    """
+    if "://" in source and not source.startswith("file://"):
+        return
+    folder = Path(source.removeprefix("file://")).expanduser()
+    if not folder.is_dir():
+        return
+    inner, outer = destination.expanduser().resolve(), folder.resolve()
+    if inner == outer or inner.is_relative_to(outer):
+        raise UsageError(
+            f"{destination} is inside {source}: the copy would read itself as it grows.",
+            hint="Copy into a folder outside the source.",
+        )
 
 
 def _write_host(
