@@ -189,9 +189,10 @@ def init_repository(
                     f"{url} is already a repository.", hint="Use it, or pick another --repo."
                 )
             if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
-                # (another process may be creating it right now: its folders and the hidden
-                # temporary file of its config are no reason to refuse)
-                ours = {"packs", "index", "snapshots", "sessions", "condemned", "tmp"}
+                # (another process may be creating it right now: its folders, the hidden
+                # temporary file of its config and the config it has just published are no
+                # reason to refuse; _publish_once then finds the config there)
+                ours = {"packs", "index", "snapshots", "sessions", "condemned", "tmp", CONFIG}
                 names = {p.name for p in root.iterdir() if not p.name.startswith(".")}
                 if not names <= ours:
                     raise RepositoryError(
