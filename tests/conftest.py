@@ -186,6 +186,28 @@ def docker_resources(docker_client: Any) -> Iterator[Resources]:
         resources.cleanup()
 
 
+def s3_filesystem(s3_endpoint: dict[str, str]) -> Any:
+    """An s3fs file system on the test S3 server (for setting up and removing buckets)."""
+    import s3fs
+
+    return s3fs.S3FileSystem(key=s3_endpoint["AWS_ACCESS_KEY_ID"],
+                             secret=s3_endpoint["AWS_SECRET_ACCESS_KEY"],
+                             client_kwargs={"endpoint_url": s3_endpoint["CARGOHOLD_S3_ENDPOINT"]})
+
+
+def remove_bucket(fs: Any, bucket: str) -> None:
+    """Remove a test's bucket and all in it (the S3 server's memory is small)."""
+    import time
+
+    for _ in range(5):  # radosgw may list a just-deleted object for a moment
+        try:
+            if fs.exists(bucket):
+                fs.rm(bucket, recursive=True)
+            return
+        except OSError:
+            time.sleep(1)
+
+
 def run_cli(
     *args: str,
     cwd: Path | None = None,

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Resources, run_cli
+from tests.conftest import Resources, remove_bucket, run_cli, s3_filesystem
 
 # A job that saves a checkpoint per step; its first attempt dies after step 3.
 FAIL_ONCE = """
@@ -257,18 +257,7 @@ def _bucket_removed(s3_endpoint: dict[str, str], bucket: str) -> Iterator[None]:
     try:
         yield
     finally:
-        import s3fs
-
-        fs = s3fs.S3FileSystem(key=s3_endpoint["AWS_ACCESS_KEY_ID"],
-                               secret=s3_endpoint["AWS_SECRET_ACCESS_KEY"],
-                               client_kwargs={"endpoint_url": s3_endpoint["CARGOHOLD_S3_ENDPOINT"]})
-        for _ in range(5):  # radosgw may list a just-deleted object for a moment
-            try:
-                if fs.exists(bucket):
-                    fs.rm(bucket, recursive=True)
-                break
-            except OSError:
-                time.sleep(1)
+        remove_bucket(s3_filesystem(s3_endpoint), bucket)
 
 
 def test_a_job_survives_losing_its_node(

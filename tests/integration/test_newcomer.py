@@ -335,12 +335,13 @@ def test_an_engine_that_does_not_answer_is_named(newcomer: pwd.struct_passwd) ->
     )
 
 
-def test_without_python3_venv_the_message_is_the_apt_line(tmp_path: Path) -> None:
-    # A python3 like Debian's without python3-venv: `import ensurepip` fails.
+def _setup_with_system_python(
+    tmp_path: Path, script: str, extra: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """setup.sh EXTRA with SYSTEM_PYTHON a shell ``script`` standing in for a distribution's
+    python3, into a throw-away VENV that is removed again: the result and the VENV's name."""
     python = tmp_path / "python3"
-    python.write_text(
-        f"#!/bin/sh\ncase \"$*\" in *ensurepip*) exit 1;; esac\nexec {sys.executable} \"$@\"\n"
-    )
+    python.write_text(script)
     python.chmod(0o755)
     venv = f".venv-test-{secrets.token_hex(4)}"
     env = {**os.environ, "SYSTEM_PYTHON": str(python), "VENV": venv,
@@ -348,10 +349,20 @@ def test_without_python3_venv_the_message_is_the_apt_line(tmp_path: Path) -> Non
     for name in ("PYTHON", "VIRTUAL_ENV"):
         env.pop(name, None)
     try:
-        result = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh"), "demo"], env=env,
+        result = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh"), extra], env=env,
                                 capture_output=True, text=True, timeout=300)
     finally:
         shutil.rmtree(REPO / venv, ignore_errors=True)
+    return result, venv
+
+
+def test_without_python3_venv_the_message_is_the_apt_line(tmp_path: Path) -> None:
+    # A python3 like Debian's without python3-venv: `import ensurepip` fails.
+    result, venv = _setup_with_system_python(
+        tmp_path,
+        f"#!/bin/sh\ncase \"$*\" in *ensurepip*) exit 1;; esac\nexec {sys.executable} \"$@\"\n",
+        "demo",
+    )
     assert result.returncode == 1
     assert "python3 -m venv is not installed" in result.stderr
     assert "apt-get install -y python3-venv" in result.stderr
@@ -360,23 +371,14 @@ def test_without_python3_venv_the_message_is_the_apt_line(tmp_path: Path) -> Non
 
 def test_a_python_older_than_3_11_is_named_with_the_way_out(tmp_path: Path) -> None:
     # Ubuntu 22.04's python3 is 3.10: the venv would be made, then pip would refuse cargohold.
-    python = tmp_path / "python3"
-    python.write_text(
+    result, venv = _setup_with_system_python(
+        tmp_path,
         "#!/bin/sh\ncase \"$*\" in *version_info*) exit 1;; *python_version*) echo 3.10.12;"
-        " exit 0;; esac\nexit 0\n"
+        " exit 0;; esac\nexit 0\n",
+        "dev",
     )
-    python.chmod(0o755)
-    venv = f".venv-test-{secrets.token_hex(4)}"
-    env = {**os.environ, "SYSTEM_PYTHON": str(python), "VENV": venv,
-           "CARGOHOLD_LOG_DIR": str(tmp_path / "logs")}
-    for name in ("PYTHON", "VIRTUAL_ENV"):
-        env.pop(name, None)
-    try:
-        result = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh"), "dev"], env=env,
-                                capture_output=True, text=True, timeout=300)
-    finally:
-        shutil.rmtree(REPO / venv, ignore_errors=True)
     assert result.returncode == 1
+    python = tmp_path / "python3"
     assert f"{python} is Python 3.10.12; cargohold needs 3.11 or newer" in result.stderr
     assert "apt-get install -y python3.11 python3.11-venv" in result.stderr
     assert "make test SYSTEM_PYTHON=python3.11" in result.stderr

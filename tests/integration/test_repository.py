@@ -23,7 +23,7 @@ from cargohold.snapshots import SnapshotInfo, open_repository
 from cargohold.snapshots._format import Node, SnapshotRecord
 from cargohold.snapshots.forget import Policy, apply_policy
 from cargohold.snapshots.repository import new_snapshot_id
-from tests.conftest import SRC, run_cli
+from tests.conftest import SRC, remove_bucket, run_cli, s3_filesystem
 from tests.trees import listing, make_awkward_tree
 
 
@@ -343,26 +343,17 @@ def test_gc_racing_snapshots_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_gc_racing_snapshots_on_s3(tmp_path: Path, s3_endpoint: dict[str, str]) -> None:
-    import s3fs
 
     bucket = f"cht-gc-{os.getpid()}-{random.randrange(1 << 30):x}"
     env = {**_env(tmp_path), **s3_endpoint, "CARGOHOLD_REPO": f"s3://{bucket}/repo"}
-    fs = s3fs.S3FileSystem(key=s3_endpoint["AWS_ACCESS_KEY_ID"],
-                           secret=s3_endpoint["AWS_SECRET_ACCESS_KEY"],
-                           client_kwargs={"endpoint_url": s3_endpoint["CARGOHOLD_S3_ENDPOINT"]})
+    fs = s3_filesystem(s3_endpoint)
     try:
         # The race starts forget and gc next to the first snapshots: the repository must exist
         # already (a snapshot creates it on first use, forget and gc never do).
         _ok(run_cli("repo", "init", env=env))
         _gc_race(tmp_path, env, rounds=1)
     finally:
-        for _ in range(5):  # radosgw may list a just-deleted object for a moment
-            try:
-                if fs.exists(bucket):
-                    fs.rm(bucket, recursive=True)
-                break
-            except OSError:
-                time.sleep(1)
+        remove_bucket(fs, bucket)
 
 
 def test_snapshot_records_from_an_object_store_are_cached_and_the_cache_is_not_trusted(
@@ -370,13 +361,10 @@ def test_snapshot_records_from_an_object_store_are_cached_and_the_cache_is_not_t
 ) -> None:
     """Records are kept on this machine (a snapshot read every record to find its parent, one
     GET each); a damaged or swapped cached record is read from the store again."""
-    import s3fs
 
     bucket = f"cht-rec-{os.getpid()}-{random.randrange(1 << 30):x}"
     env = {**_env(tmp_path), **s3_endpoint, "CARGOHOLD_REPO": f"s3://{bucket}/repo"}
-    fs = s3fs.S3FileSystem(key=s3_endpoint["AWS_ACCESS_KEY_ID"],
-                           secret=s3_endpoint["AWS_SECRET_ACCESS_KEY"],
-                           client_kwargs={"endpoint_url": s3_endpoint["CARGOHOLD_S3_ENDPOINT"]})
+    fs = s3_filesystem(s3_endpoint)
     source = _fill(tmp_path / "src", 3)
     try:
         first = json.loads(_ok(run_cli("snapshot", str(source), "--json", env=env)))
@@ -393,8 +381,7 @@ def test_snapshot_records_from_an_object_store_are_cached_and_the_cache_is_not_t
         _ok(run_cli("forget", "--keep-last", "1", env=env))
         assert not cached[first["id"]].exists() and cached[second["id"]].exists()
     finally:
-        if fs.exists(bucket):
-            fs.rm(bucket, recursive=True)
+        remove_bucket(fs, bucket)
 
 
 def test_a_pack_upload_cut_off_and_retried_stores_the_whole_pack(

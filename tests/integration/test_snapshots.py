@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from cargohold.snapshots.repository import _PACK_SLOTS
-from tests.conftest import SRC, Resources, run_cli
+from tests.conftest import SRC, Resources, remove_bucket, run_cli, s3_filesystem
 from tests.trees import listing, make_awkward_tree
 
 
@@ -154,7 +154,6 @@ def test_two_snapshots_at_once_into_one_repository(
 
 def test_snapshots_on_s3(tmp_path: Path, docker_resources: Resources,
                          s3_endpoint: dict[str, str]) -> None:
-    import s3fs
 
     bucket = docker_resources.project
     volume, restored = f"{docker_resources.project}-data", f"{docker_resources.project}-back"
@@ -162,9 +161,7 @@ def test_snapshots_on_s3(tmp_path: Path, docker_resources: Resources,
     env = {**_env(tmp_path, "auto"), **s3_endpoint}
     repo = f"s3://{bucket}/team/snapshots"
     source = make_awkward_tree(tmp_path / "src")
-    fs = s3fs.S3FileSystem(key=s3_endpoint["AWS_ACCESS_KEY_ID"],
-                           secret=s3_endpoint["AWS_SECRET_ACCESS_KEY"],
-                           client_kwargs={"endpoint_url": s3_endpoint["CARGOHOLD_S3_ENDPOINT"]})
+    fs = s3_filesystem(s3_endpoint)
     try:
         _ok(run_cli("ingest", str(source), volume, env=env))
         first = json.loads(_ok(run_cli("snapshot", volume, "--repo", repo, "--json", env=env)))
@@ -189,8 +186,7 @@ def test_snapshots_on_s3(tmp_path: Path, docker_resources: Resources,
         assert wrong.returncode != 0 and "hint:" in wrong.stderr
         assert "Traceback" not in wrong.stderr
     finally:
-        if fs.exists(bucket):
-            fs.rm(bucket, recursive=True)
+        remove_bucket(fs, bucket)
 
 
 def test_a_full_disk_gives_a_clear_error_and_publishes_nothing(

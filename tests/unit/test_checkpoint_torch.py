@@ -421,16 +421,22 @@ def test_sigkill_a_random_gloo_rank_then_resume_every_shard(tmp_path: Path) -> N
         assert codes == [0] * WORLD, output[-3000:]
 
 
-def test_sigterm_on_every_gloo_rank_commits_one_final_checkpoint(tmp_path: Path) -> None:
-    """The orchestrator signals every rank, each somewhere else in its step: the ranks agree
-    on one step at preemption_point, save it once, whole, and exit 143."""
-    with Job(tmp_path, 10**6, "files", FINAL="1") as job:
+def _sigterm_every_rank(folder: Path, mode: str) -> None:
+    """Train with a final save on SIGTERM, signal every rank once it has started (each somewhere
+    else in its step), and see every rank exit 143."""
+    with Job(folder, 10**6, mode, FINAL="1") as job:
         job.resumed()
         time.sleep(1.0)
         for pid in job.pids:
             os.kill(pid, signal.SIGTERM)
         codes, output = job.finish(timeout=120)
     assert codes == [143] * WORLD, output[-3000:]
+
+
+def test_sigterm_on_every_gloo_rank_commits_one_final_checkpoint(tmp_path: Path) -> None:
+    """The orchestrator signals every rank, each somewhere else in its step: the ranks agree
+    on one step at preemption_point, save it once, whole, and exit 143."""
+    _sigterm_every_rank(tmp_path, "files")
     finals = [n for n in os.listdir(tmp_path)
               if n.startswith("step-") and (tmp_path / n / "final-0").exists()]
     assert len(finals) == 1, finals
@@ -455,13 +461,7 @@ def test_sigterm_on_every_gloo_rank_commits_one_final_dcp_checkpoint(tmp_path: P
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import FileSystemReader
 
-    with Job(tmp_path, 10**6, "dcp", FINAL="1") as job:
-        job.resumed()
-        time.sleep(1.0)
-        for pid in job.pids:
-            os.kill(pid, signal.SIGTERM)
-        codes, output = job.finish(timeout=120)
-    assert codes == [143] * WORLD, output[-3000:]
+    _sigterm_every_rank(tmp_path, "dcp")
     manifests = {n: json.loads((tmp_path / n / "manifest.json").read_text())
                  for n in os.listdir(tmp_path) if n.startswith("step-")}
     finals = [n for n, m in manifests.items() if "final" in m["metrics"]]

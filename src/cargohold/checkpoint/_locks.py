@@ -105,33 +105,32 @@ def _take_if_free(path: Path, *, exclusive: bool) -> int | None:
     return fd
 
 
+def _probe(path: Path) -> bool | None:
+    """Is ``path`` held by a live process (True), there but held by nobody (False), or not
+    there at all (None)? The probe's own shared lock is dropped at once."""
+    try:
+        fd = _take_if_free(path, exclusive=False)
+    except FileNotFoundError:
+        return None
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
 def is_alive(path: Path) -> bool:
     """Does a live process (any container, any host sharing the lock manager) hold ``path``?
 
     A missing lock file means nobody holds it.
     """
-    try:
-        fd = _take_if_free(path, exclusive=False)
-    except FileNotFoundError:
-        return False
-    if fd is None:
-        return True
-    os.close(fd)  # drops the probe's own shared lock
-    return False
+    return _probe(path) is True
 
 
 def is_dead(path: Path) -> bool:
     """Was ``path`` held by a process that is gone? True only when the lock file is there and
     nobody holds it: a holder that ended cleanly removed its file (``release``), one that
     died could not."""
-    try:
-        fd = _take_if_free(path, exclusive=False)
-    except FileNotFoundError:
-        return False
-    if fd is None:
-        return False
-    os.close(fd)
-    return True
+    return _probe(path) is False
 
 
 def remove_if_dead(path: Path) -> bool:
