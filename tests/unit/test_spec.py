@@ -390,3 +390,13 @@ def test_a_device_folder_that_holds_a_disk_is_refused(tmp_path: Path) -> None:
         assert info.value.key == "jobs.train.devices"
     finally:
         _shutil.rmtree(folder)
+
+
+def test_a_nul_in_a_nested_table_names_the_innermost_key() -> None:
+    text = (
+        '[project]\nname = "p"\n[stores.ck]\nkind = "checkpoints"\ntarget = "/ck"\n'
+        '[stores.ck.snapshots]\nevery = "1h"\nrepo = "/x\\u0000y"\n[jobs.train]\nimage = "i"\n'
+    )
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, base_dir=Path("/p"))
+    assert info.value.key == "stores.ck.snapshots.repo"
