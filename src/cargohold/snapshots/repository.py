@@ -90,6 +90,7 @@ from cargohold.snapshots._format import (
     unwrap_key,
 )
 from cargohold.snapshots._lookup import BlobTable
+from cargohold.snapshots._s3 import S3Backend, s3_backend
 
 __all__ = [
     "PASSWORD_ENV",
@@ -140,6 +141,14 @@ def read_password(password_file: str | None = None) -> bytes | None:
 
 
 def _backend(url: str) -> Backend:
+    backend: Backend | None
+    if url.startswith("s3://"):
+        # S3 with keys from the environment or ~/.aws/credentials: our own small client
+        # (importing s3fs and making its client was half of an unchanged snapshot's time);
+        # other credentials (roles, SSO) and other schemes go through fsspec.
+        backend = s3_backend(url)
+        if backend is not None:
+            return backend
     if "://" in url and not url.startswith("file://"):
         return FsspecBackend(url)
     return LocalBackend(Path(url.removeprefix("file://")).expanduser())
@@ -201,7 +210,7 @@ def init_repository(
                     )
             _local_dirs(root)
         else:
-            assert isinstance(backend, FsspecBackend)
+            assert isinstance(backend, FsspecBackend | S3Backend)
             backend.ensure_bucket()
             if backend.exists(CONFIG) or backend.exists(LEGACY_MARKER):
                 if exist_ok:
