@@ -187,11 +187,11 @@ def _craft(repo_url: str, root_nodes: list[Node], extra: dict[str, list[Node]] |
     repo = open_repository(repo_url, create=True)
     repo.begin_session()
     try:
-        subtrees = {name: repo.store_tree(nodes) for name, nodes in (extra or {}).items()}
+        subtrees = {name: repo.store_tree(nodes)[0] for name, nodes in (extra or {}).items()}
         nodes = [dataclasses.replace(n, refs=(subtrees[n.name],))
                  if n.kind == "dir" and n.name in subtrees else n for n in root_nodes]
         # store_tree does not validate: it writes exactly what it is given
-        root = Node("root", "dir", 0o755, 0, 0, 0, refs=(repo.store_tree(nodes),))
+        root = Node("root", "dir", 0o755, 0, 0, 0, refs=(repo.store_tree(nodes)[0],))
         repo.flush()
         record = SnapshotRecord(id=new_snapshot_id(), source="/evil", kind="path",
                                 created=datetime.now(UTC).isoformat(), files=1, bytes=1,
@@ -204,7 +204,8 @@ def _craft(repo_url: str, root_nodes: list[Node], extra: dict[str, list[Node]] |
 
 @pytest.mark.parametrize(
     "case",
-    ["dotdot", "slash", "empty", "dot", "hardlink-out", "symlink-then-dir", "bad-blob-id"],
+    ["dotdot", "slash", "empty", "dot", "hardlink-out", "symlink-then-dir", "bad-blob-id",
+     "small-file-size-lie", "folder-with-bytes"],
 )
 def test_hostile_trees_never_write_outside_the_target(tmp_path: Path, case: str) -> None:
     url = str(tmp_path / "repo")
@@ -223,6 +224,10 @@ def test_hostile_trees_never_write_outside_the_target(tmp_path: Path, case: str)
         "hardlink-out": [Node("h", "hardlink", 0o644, 0, 0, 0, target="../outside/precious")],
         "symlink-then-dir": [link, Node("x", "dir", 0o755, 0, 0, 0, refs=(blob,))],
         "bad-blob-id": [Node("f", "file", 0o644, 0, 0, 0, size=3, refs=("../../etc",))],
+        # small files kept in a tree: bytes that are not the size the node claims, a folder
+        # holding bytes of its own
+        "small-file-size-lie": [Node("f", "file", 0o644, 0, 0, 0, size=99, data=b"abc")],
+        "folder-with-bytes": [Node("d", "dir", 0o755, 0, 0, 0, refs=(blob,), data=b"abc")],
     }
     if case == "symlink-then-dir":
         nodes = {"x": [file_node]}
@@ -545,6 +550,11 @@ def test_memory_stays_bounded_at_100000_files(tmp_path: Path) -> None:
                         log)
     assert max(first, back) < 300, (first, back)
     assert sum(1 for _ in (tmp_path / "back").rglob("*.txt")) == files
+    # Repository overhead over the data (random bytes: compressed, they are as big): small
+    # files live in their folder's tree, so each costs ~25 bytes, not a blob id twice.
+    data = sum(p.stat().st_size for p in source.rglob("*.txt"))
+    stored = sum(p.stat().st_size for p in (tmp_path / "repo").rglob("*") if p.is_file())
+    assert stored <= 1.10 * data, (stored, data)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 < 2000
 
 

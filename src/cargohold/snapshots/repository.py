@@ -70,6 +70,7 @@ from cargohold.snapshots._backend import (
     fsspec_filesystem,
 )
 from cargohold.snapshots._format import (
+    INLINE_MAX,
     ChunkerParams,
     Keys,
     Node,
@@ -230,6 +231,7 @@ def init_repository(
         config = RepoConfig(
             id=secrets.token_hex(16),
             chunker=ChunkerParams(seed=chunker_seed(master)),
+            inline_max=INLINE_MAX,
             encryption=encryption,
         )
         data = config.model_dump_json(indent=2).encode()
@@ -630,15 +632,19 @@ class Repository:
             raise damaged(what, str(exc)) from None
         return when, packs
 
-    def add_blob(self, kind: str, blob: str, plain: bytes | memoryview) -> int:
-        """Store a blob unless it is already stored; returns the bytes it added."""
+    def add_blob(
+        self, kind: str, blob: str, plain: bytes | memoryview, *, sealed: bytes | None = None
+    ) -> int:
+        """Store a blob unless it is already stored; returns the bytes it added. ``sealed``:
+        ``plain`` already sealed by the caller."""
         raw = bytes.fromhex(blob)
         index = self._ensure_index()
         with self._lock:
             if raw in index or raw in self._new_blobs:
                 return 0
             self._new_blobs[raw] = None
-        sealed = self.keys.seal(plain, metadata=kind == "t")
+        if sealed is None:
+            sealed = self.keys.seal(plain, metadata=kind == "t")
         self.add_sealed(kind, blob, sealed)
         return len(sealed)
 
@@ -721,15 +727,19 @@ class Repository:
                 self._finish(key[0], pack)
         self._write_index()
 
-    def store_tree(self, nodes: list[Node]) -> str:
+    def store_tree(self, nodes: list[Node]) -> tuple[str, int]:
+        """Store a folder's tree blob; its id and the bytes it added (0 if already stored).
+        Sealed once, for the pack and the local cache alike (a tree holding small files'
+        bytes is worth compressing only once)."""
         plain = encode_tree(nodes)
         blob = self.keys.blob_id(plain)
-        self.add_blob("t", blob, plain)
+        sealed = self.keys.seal(plain, metadata=True)
+        added = self.add_blob("t", blob, plain, sealed=sealed)
         if self._tree_cache is not None:
             path = self._tree_cache / blob[:2] / blob
             if not path.exists():
-                self._cache_write(path, self.keys.seal(plain, metadata=True))
-        return blob
+                self._cache_write(path, sealed)
+        return blob, added
 
     # -- snapshot records -----------------------------------------------------------------
 

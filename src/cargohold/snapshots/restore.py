@@ -147,6 +147,14 @@ def snapshot_entries(
             if child.kind == "dir":
                 yield entry(child, child_path), None
                 yield from walk(child, child_path)
+            elif child.kind == "file" and with_data and child.data is not None:
+                # a small file kept in its tree (checked with the tree's own id)
+                yield (
+                    entry(child, child_path),
+                    (
+                        lambda d=child.data: io.BytesIO(d)  # type: ignore[misc]
+                    ),
+                )
             elif child.kind == "file" and with_data:
                 what = _label(record_id, child_path)
                 yield (

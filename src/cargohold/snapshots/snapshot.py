@@ -6,7 +6,9 @@ bottom-up: when the walk leaves a folder, that folder's nodes become one tree bl
 holds the folders on the current path, never the whole tree, and a folder whose listing did not
 change produces the same tree blob as last time -- stored once, at no cost.
 
-File contents: a file up to the chunker's minimum is one blob; a bigger one is cut by FastCDC
+File contents: a file of at most the repository's ``inline_max`` (4 KiB) is kept in its
+folder's tree (``_format``: *Small files*); one up to the chunker's minimum is one blob; a
+bigger one is cut by FastCDC
 (``_format.ChunkerParams``: 256 KiB min, 1 MiB average, 4 MiB max -- about 1,000 blobs per GB,
 so the index stays ~40 kB per GB, and a 10 MB append to a 200 MB file stores ~2 new chunks
 plus the appended bytes, not the whole file again). Files are read by a pool of threads; blobs
@@ -50,7 +52,7 @@ from cargohold.archive import Entry, Opener, Progress, Walked, data_stamp, no_pr
 from cargohold.archive.confined import ConfinedDir, ConfinedReader
 from cargohold.engine import Engine
 from cargohold.errors import TransferError, UsageError
-from cargohold.snapshots._format import TREE_NODES, Node, SnapshotRecord
+from cargohold.snapshots._format import INLINE_PER_FOLDER, TREE_NODES, Node, SnapshotRecord
 from cargohold.snapshots.repository import Repository, RepositoryError, new_snapshot_id
 from cargohold.volumes import open_volume
 
@@ -69,7 +71,7 @@ EXIT_CHANGED = 4  # the snapshot completed, but some paths changed or vanished w
 _WORKERS = max(2, min(4, os.cpu_count() or 2))
 # Files smaller than this are read on the walking thread: handing a 1 KB file to the pool cost
 # more than reading it (33 futex calls a file; hashing so little does not release the GIL).
-_INLINE_BELOW = 64 << 10
+_ON_WALKER_BELOW = 64 << 10
 _PENDING = 128  # files being read at once (each holds an open descriptor)
 _CHANGED_LISTED = 1000  # changed paths recorded by name; more are counted
 
@@ -159,8 +161,12 @@ class _Chunker:
         self._progress(len(data))
         return blob
 
-    def store(self, source: IO[bytes], size_hint: int) -> tuple[list[str], int]:
-        """Cut a stream into blobs; returns their ids and the bytes read.
+    def store(
+        self, source: IO[bytes], size_hint: int, *, inline_max: int = 0
+    ) -> tuple[list[str], int, bytes | None]:
+        """Cut a stream into blobs; returns their ids, the bytes read, and -- for a file of at
+        most ``inline_max`` bytes -- the bytes themselves instead of a blob (they go into the
+        folder's tree).
 
         A small file is read with one exactly-sized read: over-sized buffers shrunk afterwards
         fragment the heap, and at a million files that alone costs hundreds of MB.
@@ -171,10 +177,14 @@ class _Chunker:
             while len(data) <= self._params.min:
                 more = source.read(self._params.min + 1 - len(data))
                 if not more:
-                    return ([self._blob(data)] if data else []), len(data)
+                    if 0 < len(data) <= inline_max:
+                        self._progress(len(data))
+                        return [], len(data), data
+                    return ([self._blob(data)] if data else []), len(data), None
                 data += more
             head = data
-        return self._store_blocks(source, head, self._sealers)
+        refs, total = self._store_blocks(source, head, self._sealers)
+        return refs, total, None
 
     def _cdc(self) -> FastCDC:
         return FastCDC(
@@ -285,6 +295,7 @@ class _Folder:
     parent: dict[str, Node] | None = None  # the previous snapshot's nodes of this folder
     previous: Node | None = None  # the previous snapshot's node of this folder
     result: Node | None = None
+    inline_left: int = INLINE_PER_FOLDER  # bytes of small files its trees may still hold
 
 
 def _node(entry: Entry, name: str, st: os.stat_result | None, **extra: Any) -> Node:
@@ -324,6 +335,7 @@ class _Builder:
         self.parent_root = parent_root
         self.data_version = 0
         self.root: Node | None = None
+        self.inline_max = repo.config.inline_max
 
     # A folder's nodes in the previous snapshot: read when the walk enters the folder.
     def _parent_nodes(self, node: Node | None) -> dict[str, Node] | None:
@@ -366,9 +378,9 @@ class _Builder:
             refs = list(folder.previous.refs)
         else:
             refs = [
-                self.repo.store_tree(children[start : start + TREE_NODES])
+                self._store_tree(children[start : start + TREE_NODES])
                 for start in range(0, len(children), TREE_NODES)
-            ] or [self.repo.store_tree([])]
+            ] or [self._store_tree([])]
         name = folder.path.rsplit("/", 1)[-1] if folder.path else "root"
         folder.result = _node(folder.entry, name, folder.st, refs=tuple(refs))
         # Only the result outlives the folder: its nodes (and their futures) must not stay
@@ -377,6 +389,22 @@ class _Builder:
         folder.parent = None
         if not self.stack:
             self.root = folder.result
+
+    def _store_tree(self, nodes: list[Node]) -> str:
+        blob, added = self.repo.store_tree(nodes)
+        if added:
+            with self.stats.lock:
+                self.stats.new_blobs += 1
+                self.stats.new_bytes += added
+        return blob
+
+    def _inline(self, folder: _Folder, size: int) -> int:
+        """``inline_max`` if a file of ``size`` bytes may live in ``folder``'s tree (taking
+        its share of the folder's allowance), else 0."""
+        if size > self.inline_max or size > folder.inline_left:
+            return 0
+        folder.inline_left -= size
+        return self.inline_max
 
     def _wait_some(self) -> None:
         while len(self.pending) >= _PENDING or (self.pending and self.pending[0].done()):
@@ -424,41 +452,46 @@ class _Builder:
             and all(self.repo.has_blob(ref) for ref in previous.refs)
         ):
             same = (previous.mode, previous.uid, previous.gid) == (entry.mode, entry.uid, entry.gid)
+            if previous.data is not None:
+                top.inline_left -= len(previous.data)
             # (the previous node itself when nothing differs: making a frozen node per
             # unchanged file was a fifth of an unchanged snapshot of small files)
             top.items.append(
-                previous if same else _node(entry, name, st, size=entry.size, refs=previous.refs)
+                previous
+                if same
+                else _node(entry, name, st, size=entry.size, refs=previous.refs, data=previous.data)
             )
             self.progress(entry.size, files=1)
             return
         assert opener is not None
-        if st is not None and entry.size < _INLINE_BELOW:
-            node = self._read_walked(entry, name, st, opener)
+        inline = self._inline(top, entry.size)
+        if st is not None and entry.size < _ON_WALKER_BELOW:
+            node = self._read_walked(entry, name, st, opener, inline)
             if node is not None:
                 top.items.append(node)
             return
         if st is not None:  # a source that stats what it walks hands out lasting openers
             self._wait_some()
-            future = self.pool.submit(self._read_walked, entry, name, st, opener)
+            future = self.pool.submit(self._read_walked, entry, name, st, opener, inline)
             self.pending.append(future)
             top.items.append(future)
             return
         # An archive stream must be read in order, here and now.
         with opener() as source:
-            refs, size = self.chunker.store(source, entry.size)
-        top.items.append(_node(entry, name, None, size=size, refs=tuple(refs)))
+            refs, size, data = self.chunker.store(source, entry.size, inline_max=inline)
+        top.items.append(_node(entry, name, None, size=size, refs=tuple(refs), data=data))
         self.progress(0, files=1)
 
     def _read_walked(
-        self, entry: Entry, name: str, st: os.stat_result, opener: Opener
+        self, entry: Entry, name: str, st: os.stat_result, opener: Opener, inline: int
     ) -> Node | None:
         try:
-            return self._read_file(entry, name, st, opener)
+            return self._read_file(entry, name, st, opener, inline)
         finally:  # counted like the record counts it: vanished files too
             self.progress(0, files=1)
 
     def _read_file(
-        self, entry: Entry, name: str, st: os.stat_result, opener: Opener
+        self, entry: Entry, name: str, st: os.stat_result, opener: Opener, inline: int
     ) -> Node | None:
         try:
             source = opener()
@@ -469,12 +502,12 @@ class _Builder:
             before = os.fstat(source.fileno())
             if before.st_ino != st.st_ino:
                 self.stats.note_changed(entry.path)
-            refs, size = self.chunker.store(source, before.st_size)
+            refs, size, data = self.chunker.store(source, before.st_size, inline_max=inline)
             after = os.fstat(source.fileno())
         if not _same(before, after) or size != before.st_size:
             self.stats.note_changed(entry.path)
         moved = dataclasses.replace(entry, size=size, mtime_ns=before.st_mtime_ns)
-        return _node(moved, name, before, size=size, refs=tuple(refs))
+        return _node(moved, name, before, size=size, refs=tuple(refs), data=data)
 
     def finish(self) -> Node:
         while self.pending:
