@@ -538,18 +538,24 @@ class ConfinedWriter:
             self.implicit.discard(rel)
             self._dirs.append((rel, entry))
             return
-        self._clear(parent, name, rel, keep_dir=False)
-        self._forget(rel)
         if entry.kind == "file":
             assert data is not None
-            fd = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=parent)
+            try:  # (into a new folder nothing is there: create first, clear only on a clash)
+                fd = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=parent)
+            except FileExistsError:
+                self._clear(parent, name, rel, keep_dir=False)
+                self._forget(rel)
+                fd = os.open(name, _CREATE_FLAGS, 0o600, dir_fd=parent)
             if self._pool is None or entry.size < _INLINE_BELOW:
                 self._fill(fd, entry, data)
                 return
             if len(self._pending) >= self._MAX_PENDING:
                 self._wait(next(iter(self._pending)))
             self._pending[rel] = self._pool.submit(self._fill, fd, entry, data)
-        elif entry.kind == "symlink":
+            return
+        self._clear(parent, name, rel, keep_dir=False)
+        self._forget(rel)
+        if entry.kind == "symlink":
             if not entry.target or "\0" in entry.target:
                 raise UnsafeArchive(
                     f"Refused {rel!r}: a symlink with an empty or invalid target.",
