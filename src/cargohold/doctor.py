@@ -313,13 +313,13 @@ def project_status(engine: Engine, project: str | None) -> ProjectStatus:
     label = f"{LABEL_PROJECT}={project}" if project else LABEL_PROJECT
     containers = []
     for container in engine.containers(label):
-        scan = scan_container(engine, container.id)
+        scan = scan_container(engine, container.id, keep=0)
         containers.append(
             ContainerStatus(
                 container.name,
                 container.status,
                 container.image,
-                len(scan.worth_keeping),
+                scan.keeping,
                 scan.bytes_at_risk,
             )
         )

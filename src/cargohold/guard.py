@@ -1,23 +1,29 @@
 """Guard against the classic loss: ML data written into a container's own writable layer.
 
-``scan`` asks the engine what a container changed outside its mounts (the ``changes``
-endpoint: the engine walks the layer itself), sizes each file (directly from the overlay's
-upper folder when it is readable here, else through the archive endpoint), and ranks them:
-checkpoints and weights first, then datasets, then everything else, logs last. ``rescue`` copies
-the files worth keeping out through the archive endpoint -- which works on stopped containers --
-and verifies each copy's sha256. ``remove_container`` refuses while unsaved ML data is inside;
+``scan`` lists what a container wrote outside its mounts: where the overlay's upper folder is
+readable here, by walking it (folder descriptors, links never followed: the same confined walk
+as a volume's); else by asking the engine (the ``changes`` endpoint, sizes through the archive
+endpoint). It ranks the files: checkpoints and weights first, then datasets, then everything
+else, logs last. ``rescue`` copies the files worth keeping out -- from the upper folder, or
+through the archive endpoint, one request per top-level folder -- which works on stopped
+containers, and verifies each copy's sha256 as soon as it is written (nothing is kept per file
+but the scan's own list, so a layer of a million files is rescued in bounded memory).
+``remove_container`` refuses while unsaved ML data is inside;
 ``watch`` follows the engine's events and rescues containers that stop with ML data inside.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import os
 import re
+import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -31,6 +37,7 @@ from cargohold.archive import (
     TreeWriter,
     no_progress,
 )
+from cargohold.archive.confined import ConfinedDir, ConfinedReader
 from cargohold.engine import ContainerInfo, Engine
 from cargohold.errors import ChecksumMismatch, ContainerNotFound, EngineError, UsageError
 from cargohold.volumes import ACCESS_ENV, check_volume_name, engine_is_local, open_volume
@@ -94,7 +101,7 @@ RANK = {"checkpoint": 0, "dataset": 1, "other": 2, "log": 3}
 WORTH_KEEPING = {"checkpoint", "dataset"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AtRisk:
     path: str
     category: str  # checkpoint | dataset | other | log
@@ -104,18 +111,26 @@ class AtRisk:
 
 @dataclass(frozen=True)
 class ContainerScan:
+    """A layer's files, ranked: all of them, or only the first few (``scan_container``'s
+    ``keep``) with the counts of all."""
+
     container: str
     id: str
     status: str
     files: list[AtRisk] = field(default_factory=list)
+    count: int = 0  # files in the layer
+    keeping: int = 0  # of them worth keeping
+    at_risk_bytes: int = 0  # their bytes
+    total_bytes: int = 0  # bytes of every file
 
     @property
     def worth_keeping(self) -> list[AtRisk]:
+        """Those listed in ``files`` that are worth keeping (``keeping`` counts them all)."""
         return [f for f in self.files if f.category in WORTH_KEEPING]
 
     @property
     def bytes_at_risk(self) -> int:
-        return sum(f.size for f in self.worth_keeping)
+        return self.at_risk_bytes
 
 
 @dataclass(frozen=True)
@@ -156,42 +171,56 @@ class Rescue:
     bytes: int
 
 
+@dataclass
+class _Facts:
+    """What classifying a path needs to know about the other paths: per folder, so that it is
+    gathered in one pass and kept per folder, not per file."""
+
+    folders_with_config: set[str] = field(default_factory=set)
+    images_per_folder: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # one string per image folder
+
+    def add(self, path: str) -> None:
+        parent, _, name = path.rpartition("/")
+        if name == "config.json":
+            self.folders_with_config.add(parent or "/")
+        if PurePosixPath(name).suffix.lower() in IMAGE_SUFFIXES:
+            parent = parent or "/"
+            self.images_per_folder[parent] = self.images_per_folder.get(parent, 0) + 1
+
+
+_CHECKPOINT_FOLDER = re.compile(r"^checkpoint[-_]?\d+$")
+
+
+def _category(path: str, facts: _Facts) -> tuple[str, str]:
+    pure = PurePosixPath(path)
+    suffix = pure.suffix.lower()
+    parent = str(pure.parent)
+    if any(_CHECKPOINT_FOLDER.match(part) for part in pure.parts[:-1]):
+        return "checkpoint", "inside a checkpoint-* folder"
+    if suffix in WEIGHT_SUFFIXES:
+        return "checkpoint", f"model weights or checkpoint ({suffix})"
+    if suffix == ".bin" and parent in facts.folders_with_config:
+        return "checkpoint", "weights (.bin beside a config.json)"
+    if suffix in DATASET_SUFFIXES:
+        return "dataset", f"dataset file ({suffix})"
+    images = facts.images_per_folder.get(parent, 0)
+    if suffix in IMAGE_SUFFIXES and images >= IMAGE_FOLDER_MIN:
+        reason = facts.reasons.get(parent)
+        if reason is None:
+            reason = facts.reasons[parent] = f"one of {images} images in {parent}"
+        return "dataset", reason
+    if suffix in LOG_SUFFIXES or "tfevents" in pure.name or "/logs/" in path:
+        return "log", "log"
+    return "other", "written to the container's layer"
+
+
 def classify(paths: list[str]) -> dict[str, tuple[str, str]]:
     """Category and reason for each changed file path (absolute, in the container)."""
-    folders_with_config = {
-        str(PurePosixPath(p).parent) for p in paths if PurePosixPath(p).name == "config.json"
-    }
-    images_per_folder: dict[str, int] = {}
+    facts = _Facts()
     for p in paths:
-        if PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES:
-            parent = str(PurePosixPath(p).parent)
-            images_per_folder[parent] = images_per_folder.get(parent, 0) + 1
-    result: dict[str, tuple[str, str]] = {}
-    for p in paths:
-        pure = PurePosixPath(p)
-        suffix = pure.suffix.lower()
-        parts = pure.parts
-        if any(re.match(r"^checkpoint[-_]?\d+$", part) for part in parts[:-1]):
-            result[p] = ("checkpoint", "inside a checkpoint-* folder")
-        elif suffix in WEIGHT_SUFFIXES:
-            result[p] = ("checkpoint", f"model weights or checkpoint ({suffix})")
-        elif suffix == ".bin" and str(pure.parent) in folders_with_config:
-            result[p] = ("checkpoint", "weights (.bin beside a config.json)")
-        elif suffix in DATASET_SUFFIXES:
-            result[p] = ("dataset", f"dataset file ({suffix})")
-        elif (
-            suffix in IMAGE_SUFFIXES
-            and images_per_folder.get(str(pure.parent), 0) >= IMAGE_FOLDER_MIN
-        ):
-            result[p] = (
-                "dataset",
-                f"one of {images_per_folder[str(pure.parent)]} images in {pure.parent}",
-            )
-        elif suffix in LOG_SUFFIXES or "tfevents" in pure.name or "/logs/" in p:
-            result[p] = ("log", "log")
-        else:
-            result[p] = ("other", "written to the container's layer")
-    return result
+        facts.add(p)
+    return {p: _category(p, facts) for p in paths}
 
 
 def _upper_dir(info: ContainerInfo) -> str | None:
@@ -205,41 +234,77 @@ def _upper_dir(info: ContainerInfo) -> str | None:
     return None
 
 
-def scan_container(engine: Engine, name: str) -> ContainerScan:
-    """What a container wrote to its own layer, ML files first.
+def scan_container(engine: Engine, name: str, *, keep: int | None = None) -> ContainerScan:
+    """What a container wrote to its own layer, ML files first: every file, or the first
+    ``keep`` of the ranking (with counts of all) -- a layer of a million files is then scanned
+    in bounded memory.
 
     Raises:
         EngineError: no such container.
     """
     info = engine.inspect_container(name)
-    changes = engine.container_changes(name)
+    count = keeping = at_risk = total = 0
+
+    def counted() -> Iterator[AtRisk]:
+        nonlocal count, keeping, at_risk, total
+        for item in _layer(engine, info):
+            count += 1
+            total += item.size
+            if item.category in WORTH_KEEPING:
+                keeping += 1
+                at_risk += item.size
+            yield item
+
+    if keep is None:
+        ranked = list(counted())
+        # By rank, then largest first, then by path: three stable sorts by one attribute
+        # each, where one sort by a tuple built a tuple per file.
+        ranked.sort(key=attrgetter("path"))
+        ranked.sort(key=attrgetter("size"), reverse=True)
+        ranked.sort(key=lambda f: RANK[f.category])
+    elif keep <= 0:  # (nsmallest(0, …) would not even read the layer: only its counts)
+        ranked = []
+        for _ in counted():
+            pass
+    else:
+        ranked = heapq.nsmallest(keep, counted(), key=lambda f: (RANK[f.category], -f.size, f.path))
+    return ContainerScan(info.name, info.id, info.state, ranked, count, keeping, at_risk, total)
+
+
+def _layer(engine: Engine, info: ContainerInfo) -> Iterator[AtRisk]:
+    """The files of a container's layer, classified, in the order they are found."""
+    name = info.id
     upper = _upper_dir(info)
-    files: list[tuple[str, int]] = []
-    for path in changes:
-        if _NOISE.search(path):
-            continue
-        if upper is not None:
-            try:
-                st = os.lstat(upper + path)
-            except OSError:
-                continue
-            if not _is_regular(st.st_mode):
-                continue
-            files.append((path, st.st_size))
-        else:
-            files.append((path, -1))
-    if upper is None:
-        files = _sizes_through_archive(engine, name, [p for p, _ in files])
-    categories = classify([p for p, _ in files])
-    at_risk = [AtRisk(p, categories[p][0], size, categories[p][1]) for p, size in files]
-    at_risk.sort(key=lambda f: (RANK[f.category], -f.size, f.path))
-    return ContainerScan(info.name, info.id, info.state, at_risk)
+    files: Callable[[], Iterable[tuple[str, int]]]
+    if upper is not None:
+        # Walked twice (a walk of metadata is cheap): once for the per-folder facts, once
+        # for the list -- rather than holding every path twice.
+        files = lambda: _layer_files(upper)  # noqa: E731
+    else:
+        paths = [p for p in engine.container_changes(name) if not _NOISE.search(p)]
+        listed = _sizes_through_archive(engine, name, paths)
+        files = lambda: listed  # noqa: E731
+    facts = _Facts()
+    for path, _ in files():
+        facts.add(path)
+    for path, size in files():
+        category, reason = _category(path, facts)
+        yield AtRisk(path, category, size, reason)
 
 
-def _is_regular(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)
+def _layer_files(upper: str) -> Iterator[tuple[str, int]]:
+    """(path in the container, size) of every regular file in a layer's upper folder, by a
+    confined walk (a link is never followed, whatever the container swaps in meanwhile);
+    overlay's whiteouts (device files) and what vanishes are not files."""
+    base = ConfinedDir.open(Path(upper), follow=True)
+    try:
+        for entry, _, st in ConfinedReader(base).walk():
+            if entry.kind in ("file", "hardlink") and st is not None:
+                path = "/" + entry.path
+                if not _NOISE.search(path):
+                    yield path, st.st_size
+    finally:
+        base.close()
 
 
 def _sizes_through_archive(engine: Engine, name: str, paths: list[str]) -> list[tuple[str, int]]:
@@ -264,10 +329,12 @@ def _archive_entries(engine: Engine, name: str, path: str) -> TarReader:
     return TarReader(engine.container_archive(name, path), strip=1)
 
 
-def scan_containers(engine: Engine, names: list[str] | None = None) -> list[ContainerScan]:
+def scan_containers(
+    engine: Engine, names: list[str] | None = None, *, keep: int | None = None
+) -> list[ContainerScan]:
     """Scan the named containers, or every container (running or stopped)."""
     targets = names if names else engine.container_names()
-    return [scan_container(engine, n) for n in targets]
+    return [scan_container(engine, n, keep=keep) for n in targets]
 
 
 def default_rescue_dir(scan: ContainerScan) -> Path:
@@ -319,9 +386,8 @@ def rescue_container(
     Raises:
         ChecksumMismatch: a copy differs from what was read.
     """
-    scan = scan_container(engine, name)
-    chosen = scan.files if everything else scan.worth_keeping
-    if not chosen:
+    scan = scan_container(engine, name, keep=0)  # (the counts; the files are walked again)
+    if not (scan.count if everything else scan.keeping):
         return Rescue(scan.container, "", 0, 0)
     volume = to.volume if to is not None else None
     staging = to.folder if to is not None and to.folder is not None else default_rescue_dir(scan)
@@ -331,30 +397,28 @@ def rescue_container(
         staging = Path(tempfile.mkdtemp(prefix="cargohold-rescue-"))
     total = count = 0
     # The scan sized every file a moment ago: the copy's length is known.
-    progress.expect(files=len(chosen), nbytes=sum(f.size for f in chosen), exact=True)
+    progress.expect(
+        files=scan.count if everything else scan.keeping,
+        nbytes=scan.total_bytes if everything else scan.at_risk_bytes,
+        exact=True,
+    )
+    # One file at a time (workers=1: ``add`` returns with the file written), so each copy is
+    # checked at once and no digest is kept per file.
     writer = TreeWriter(staging, progress=progress)
-    hashes: dict[str, str] = {}
-    for item in chosen:
-        for entry, data in _archive_entries(engine, name, item.path):
-            if entry.kind != "file" or data is None:
-                continue
-            rel = item.path.lstrip("/")
-            target = Entry(
-                rel, "file", entry.mode, entry.uid, entry.gid, entry.mtime_ns, entry.size
-            )
-            hashing = _Hashing(data)
-            _ensure_parents(staging, rel)
-            writer.add(target, hashing)
-            hashes[rel] = hashing.digest.hexdigest()
-            total += entry.size
-            count += 1
-    writer.finish()
-    for rel, digest in hashes.items():
-        if _sha256(staging / rel) != digest:
+    info = engine.inspect_container(name)
+    chosen = (f for f in _layer(engine, info) if everything or f.category in WORTH_KEEPING)
+    for entry, data in _chosen_entries(engine, name, _upper_dir(info), chosen):
+        hashing = _Hashing(data)
+        _ensure_parents(staging, entry.path)
+        writer.add(entry, hashing)
+        if _sha256(staging / entry.path) != hashing.digest.hexdigest():
             raise ChecksumMismatch(
-                f"{rel}: the rescued copy differs from the container's file.",
+                f"{entry.path}: the rescued copy differs from the container's file.",
                 hint="Run the rescue again; check the disk if it repeats.",
             )
+        total += entry.size
+        count += 1
+    writer.finish()
     destination = str(staging)
     if volume is not None:
         if not engine.volume_exists(volume):
@@ -365,6 +429,50 @@ def rescue_container(
         shutil.rmtree(staging, ignore_errors=True)
         destination = f"volume {volume}:{scan.container}"
     return Rescue(scan.container, destination, count, total)
+
+
+def _chosen_entries(
+    engine: Engine, name: str, upper: str | None, chosen: Iterable[AtRisk]
+) -> Iterator[tuple[Entry, Opener]]:
+    """The chosen files as entries (paths relative to the container's root) with their data:
+    opened in the upper folder without following links, or read from the engine's archive of
+    each top-level folder that holds some (one request per folder, not per file)."""
+    if upper is not None:
+        base = ConfinedDir.open(Path(upper), follow=True)
+        try:
+            for item in chosen:
+                rel = item.path.lstrip("/")
+                st = base.lstat(rel)
+                if st is None or not stat.S_ISREG(st.st_mode):
+                    continue  # gone since the scan
+                entry = Entry(
+                    rel,
+                    "file",
+                    stat.S_IMODE(st.st_mode),
+                    st.st_uid,
+                    st.st_gid,
+                    st.st_mtime_ns,
+                    st.st_size,
+                )
+                yield entry, (lambda r=rel: base.open_file(r))  # type: ignore[misc]
+        finally:
+            base.close()
+        return
+    by_top: dict[str, set[str]] = {}
+    for item in chosen:
+        top = "/" + item.path.lstrip("/").split("/", 1)[0]
+        by_top.setdefault(top, set()).add(item.path)
+    for top in sorted(by_top):
+        wanted = by_top.pop(top)
+        for entry, data in _archive_entries(engine, name, top):
+            full = f"{top}/{entry.path}" if entry.path else top
+            if entry.kind != "file" or data is None or full not in wanted:
+                continue
+            rel = full.lstrip("/")
+            yield (
+                Entry(rel, "file", entry.mode, entry.uid, entry.gid, entry.mtime_ns, entry.size),
+                data,
+            )
 
 
 def _ensure_parents(root: Path, rel: str) -> None:
@@ -392,12 +500,12 @@ def remove_container(
     Raises:
         UsageError: ML data would be lost (neither ``force`` nor ``rescue``).
     """
-    scan = scan_container(engine, name)
+    scan = scan_container(engine, name, keep=5)
     rescued = None
-    if scan.worth_keeping and not force:
+    if scan.keeping and not force:
         if not rescue:
             listing = ", ".join(f"{f.path} ({f.size} B)" for f in scan.worth_keeping[:5])
-            more = len(scan.worth_keeping) - 5
+            more = scan.keeping - 5
             raise UsageError(
                 f"Refusing to remove {scan.container}: its own layer holds ML data that "
                 f"would be lost: {listing}" + (f" and {more} more" if more > 0 else "") + ".",
@@ -425,13 +533,13 @@ def watch(
     for event in engine.container_stops(until=deadline):
         name = event.name or event.id
         try:
-            scan = scan_container(engine, event.id)
+            scan = scan_container(engine, event.id, keep=0)
         except ContainerNotFound as exc:
             on_event(
                 f"{name} stopped and is already gone ({exc}); --rm containers cannot be rescued"
             )
             continue
-        if not scan.worth_keeping:
+        if not scan.keeping:
             on_event(f"{scan.container} stopped; nothing worth keeping in its layer")
             continue
         destination = to.for_container(scan) if to is not None else None
@@ -441,7 +549,7 @@ def watch(
             on_event(f"{scan.container}: rescue failed ({exc})")
             continue
         on_event(
-            f"{scan.container} stopped with {len(scan.worth_keeping)} ML files in its "
+            f"{scan.container} stopped with {scan.keeping} ML files in its "
             f"layer: rescued {result.files} files to {result.destination}"
         )
         yield result

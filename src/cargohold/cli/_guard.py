@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,7 +17,7 @@ from cargohold.errors import CargoholdError
 from cargohold.kinds import format_size as _size
 
 if TYPE_CHECKING:
-    from cargohold.guard import RescueTarget
+    from cargohold.guard import ContainerScan, RescueTarget
 
 RescueTo = Annotated[
     str | None,
@@ -35,6 +37,22 @@ def _target(to: str | None) -> RescueTarget | None:
     return None if to is None else RescueTarget.parse(to)
 
 
+def _emit_scans(scans: list[ContainerScan]) -> None:
+    """The scans as JSON, written file by file: a layer of a million files would otherwise be
+    copied into a million dicts and one string before the first byte is printed."""
+    write = sys.stdout.write
+    write("[")
+    for i, scan in enumerate(scans):
+        head = json.dumps({"container": scan.container, "id": scan.id, "status": scan.status})
+        write(("," if i else "") + "\n  " + head[:-1] + ', "files": [')
+        for j, f in enumerate(scan.files):
+            item = {"path": f.path, "category": f.category, "size": f.size, "reason": f.reason}
+            write(("," if j else "") + "\n    " + json.dumps(item))
+        write(f'], "worth_keeping": {scan.keeping}, "bytes_at_risk": {scan.bytes_at_risk}}}')
+    write("\n]\n")
+    sys.stdout.flush()
+
+
 @app.command("scan")
 def scan_command(
     containers: Annotated[
@@ -47,29 +65,21 @@ def scan_command(
     Exit 1 when checkpoints, weights or datasets are at risk."""
     from cargohold.guard import scan_containers
 
-    scans = scan_containers(connect(), containers or None)
-    at_risk = any(s.worth_keeping for s in scans)
+    # (text shows the first --limit files: only they are kept, whatever the layer's size)
+    scans = scan_containers(connect(), containers or None, keep=None if as_json else limit)
+    at_risk = any(s.keeping for s in scans)
     if as_json:
-        emit_json(
-            [
-                {
-                    **asdict(s),
-                    "worth_keeping": len(s.worth_keeping),
-                    "bytes_at_risk": s.bytes_at_risk,
-                }
-                for s in scans
-            ]
-        )
+        _emit_scans(scans)
         return 1 if at_risk else 0
     for scan in scans:
-        if not scan.files:
+        if not scan.count:
             out.print(Text.assemble((scan.container, "green"), f" ({scan.status}): clean"))
             continue
-        head = ("AT RISK", "red") if scan.worth_keeping else ("layer written", "yellow")
+        head = ("AT RISK", "red") if scan.keeping else ("layer written", "yellow")
         out.print(
             Text.assemble(
                 head,
-                f" {scan.container} ({scan.status}): {len(scan.worth_keeping)} ML files, "
+                f" {scan.container} ({scan.status}): {scan.keeping} ML files, "
                 f"{_size(scan.bytes_at_risk)} would be lost with the container",
             )
         )
@@ -80,8 +90,8 @@ def scan_command(
                     (f"({item.reason})", "dim"),
                 )
             )
-        if len(scan.files) > limit:
-            out.print(f"  … and {len(scan.files) - limit} more (--limit)")
+        if scan.count > limit:
+            out.print(f"  … and {scan.count - limit} more (--limit)")
         if scan.worth_keeping:
             out.print(f"  save it: cargohold rescue {scan.container}")
     return 1 if at_risk else 0
