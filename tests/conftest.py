@@ -227,3 +227,30 @@ def run_cli(
         timeout=timeout,
         input=input,
     )
+
+
+# Linux keeps the larger of a process's peak RSS before and after exec, and a forked child
+# starts with its parent's RSS: a child of this (large, late in the suite) pytest process would
+# report pytest's own size. So a small interpreter forks cargohold and reports its rusage.
+_MEASURE = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n"
+)
+
+
+def peak_rss_mb(
+    args: list[str], env: dict[str, str], log: Path, *, codes: tuple[int, ...] = (0,)
+) -> float:
+    """Peak RSS of one cargohold process, measured by a small parent (see _MEASURE); its exit
+    code must be one of ``codes``."""
+    full = {**os.environ, **env, "PYTHONPATH": str(SRC)}
+    with log.open("w") as errors:
+        measured = subprocess.run(
+            [sys.executable, "-c", _MEASURE, sys.executable, "-m", "cargohold", *args],
+            env=full, stdout=subprocess.PIPE, stderr=errors, text=True, check=False,
+        )
+    code, maxrss_kb = measured.stdout.split()
+    assert measured.returncode == 0 and int(code) in codes, log.read_text()
+    return int(maxrss_kb) / 1024

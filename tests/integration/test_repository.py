@@ -23,7 +23,7 @@ from cargohold.snapshots import SnapshotInfo, open_repository
 from cargohold.snapshots._format import Node, SnapshotRecord
 from cargohold.snapshots.forget import Policy, apply_policy
 from cargohold.snapshots.repository import new_snapshot_id
-from tests.conftest import SRC, remove_bucket, run_cli, s3_filesystem
+from tests.conftest import SRC, peak_rss_mb, remove_bucket, run_cli, s3_filesystem
 from tests.trees import listing, make_awkward_tree
 
 
@@ -510,30 +510,6 @@ def test_files_changing_during_a_snapshot_are_named_with_exit_4(tmp_path: Path) 
 # -- memory --------------------------------------------------------------------------------
 
 
-# Linux keeps the larger of a process's peak RSS before and after exec, and a forked child
-# starts with its parent's RSS: a child of this (large, late in the suite) pytest process would
-# report pytest's own size. So a small interpreter forks cargohold and reports its rusage.
-_MEASURE = (
-    "import os, subprocess, sys\n"
-    "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
-    "_, status, usage = os.wait4(p.pid, 0)\n"
-    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n"
-)
-
-
-def _peak_rss_mb(args: list[str], env: dict[str, str], log: Path) -> float:
-    """Peak RSS of one cargohold process, measured by a small parent (see _MEASURE)."""
-    full = {**os.environ, **env, "PYTHONPATH": str(SRC)}
-    with log.open("w") as errors:
-        measured = subprocess.run(
-            [sys.executable, "-c", _MEASURE, sys.executable, "-m", "cargohold", *args],
-            env=full, stdout=subprocess.PIPE, stderr=errors, text=True, check=False,
-        )
-    code, maxrss_kb = measured.stdout.split()
-    assert measured.returncode == 0 and code == "0", log.read_text()
-    return int(maxrss_kb) / 1024
-
-
 def test_memory_stays_bounded_at_100000_files(tmp_path: Path) -> None:
     files = int(os.environ.get("CARGOHOLD_MANY_FILES", "100000"))
     source = tmp_path / "many"
@@ -545,8 +521,8 @@ def test_memory_stays_bounded_at_100000_files(tmp_path: Path) -> None:
         (folder / f"{i}.txt").write_bytes(rng.randbytes(rng.randint(20, 400)))
     env = _env(tmp_path)
     log = tmp_path / "stderr"
-    first = _peak_rss_mb(["snapshot", str(source)], env, log)
-    back = _peak_rss_mb(["restore", f"{source}@latest", "--to", str(tmp_path / "back")], env,
+    first = peak_rss_mb(["snapshot", str(source)], env, log)
+    back = peak_rss_mb(["restore", f"{source}@latest", "--to", str(tmp_path / "back")], env,
                         log)
     assert max(first, back) < 300, (first, back)
     assert sum(1 for _ in (tmp_path / "back").rglob("*.txt")) == files
