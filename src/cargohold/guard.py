@@ -39,7 +39,13 @@ from cargohold.archive import (
 )
 from cargohold.archive.confined import ConfinedDir, ConfinedReader
 from cargohold.engine import ContainerInfo, Engine
-from cargohold.errors import ChecksumMismatch, ContainerNotFound, EngineError, UsageError
+from cargohold.errors import (
+    ChecksumMismatch,
+    ContainerNotFound,
+    EngineError,
+    TransferError,
+    UsageError,
+)
 from cargohold.volumes import ACCESS_ENV, check_volume_name, engine_is_local, open_volume
 
 __all__ = [
@@ -53,6 +59,7 @@ __all__ = [
     "rescue_container",
     "scan_container",
     "scan_containers",
+    "shown",
     "watch",
 ]
 
@@ -292,6 +299,12 @@ def _layer(engine: Engine, info: ContainerInfo) -> Iterator[AtRisk]:
         yield AtRisk(path, category, size, reason)
 
 
+def shown(path: str) -> str:
+    """A path read from a layer, printable: bytes that are not UTF-8 (kept by the walk as
+    surrogates) become U+FFFD instead of failing the terminal's encoder."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _layer_files(upper: str) -> Iterator[tuple[str, int]]:
     """(path in the container, size) of every regular file in a layer's upper folder, by a
     confined walk (a link is never followed, whatever the container swaps in meanwhile);
@@ -504,7 +517,7 @@ def remove_container(
     rescued = None
     if scan.keeping and not force:
         if not rescue:
-            listing = ", ".join(f"{f.path} ({f.size} B)" for f in scan.worth_keeping[:5])
+            listing = ", ".join(f"{shown(f.path)} ({f.size} B)" for f in scan.worth_keeping[:5])
             more = scan.keeping - 5
             raise UsageError(
                 f"Refusing to remove {scan.container}: its own layer holds ML data that "
@@ -534,7 +547,7 @@ def watch(
         name = event.name or event.id
         try:
             scan = scan_container(engine, event.id, keep=0)
-        except ContainerNotFound as exc:
+        except (ContainerNotFound, TransferError) as exc:  # (its layer went with it)
             on_event(
                 f"{name} stopped and is already gone ({exc}); --rm containers cannot be rescued"
             )
@@ -545,7 +558,7 @@ def watch(
         destination = to.for_container(scan) if to is not None else None
         try:
             result = rescue_container(engine, event.id, to=destination)
-        except EngineError as exc:
+        except (EngineError, TransferError) as exc:  # (gone while copied: --rm)
             on_event(f"{scan.container}: rescue failed ({exc})")
             continue
         on_event(

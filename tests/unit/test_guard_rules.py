@@ -165,3 +165,13 @@ def test_a_rescue_destination_is_a_folder_unless_written_as_a_volume() -> None:
     for bad in ("", "volume:", "volume:../x", "volume:a/b"):
         with pytest.raises(UsageError):
             RescueTarget.parse(bad)
+
+
+def test_a_layer_path_that_is_not_utf8_is_shown_not_a_crash() -> None:
+    import os
+
+    from cargohold.guard import shown
+
+    raw = os.fsdecode(b"/workspace/w\xff.pt")  # as a walk of the layer returns it
+    assert shown(raw) == "/workspace/w\ufffd.pt"
+    shown(raw).encode("utf-8")  # printable on a UTF-8 terminal

@@ -63,7 +63,7 @@ def scan_command(
 ) -> int:
     """Files in containers' writable layers that `docker rm` would delete, ML data first.
     Exit 1 when checkpoints, weights or datasets are at risk."""
-    from cargohold.guard import scan_containers
+    from cargohold.guard import scan_containers, shown
 
     # (text shows the first --limit files: only they are kept, whatever the layer's size)
     scans = scan_containers(connect(), containers or None, keep=None if as_json else limit)
@@ -86,13 +86,13 @@ def scan_command(
         for item in scan.files[:limit]:
             out.print(
                 Text.assemble(
-                    f"  {item.category:<10} {_size(item.size):>9}  {item.path}  ",
+                    f"  {item.category:<10} {_size(item.size):>9}  {shown(item.path)}  ",
                     (f"({item.reason})", "dim"),
                 )
             )
         if scan.count > limit:
             out.print(f"  … and {scan.count - limit} more (--limit)")
-        if scan.worth_keeping:
+        if scan.keeping:
             out.print(f"  save it: cargohold rescue {scan.container}")
     return 1 if at_risk else 0
 
@@ -140,9 +140,7 @@ def rm_command(
     )
     if rescued is not None and rescued.files:
         out.print(f"rescued {rescued.files} files to {rescued.destination}")
-    lost = (
-        f" ({len(scan.worth_keeping)} ML files discarded)" if force and scan.worth_keeping else ""
-    )
+    lost = f" ({scan.keeping} ML files discarded)" if force and scan.keeping else ""
     out.print(f"removed {scan.container}{lost}")
 
 
