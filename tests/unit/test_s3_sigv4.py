@@ -572,3 +572,46 @@ def test_reading_a_range_missing_and_short(fake: FakeS3) -> None:
         backend.close()
     ranges = [r["headers"].get("range") for r in fake.requests]
     assert ranges == ["bytes=6-10", "bytes=0-4", "bytes=6-10", "bytes=6-10"]
+
+
+# -- hostile answers and settings (a review's findings) ---------------------------------------
+
+
+def test_an_answer_declaring_an_unknown_encoding_is_malformed_not_a_traceback() -> None:
+    body = b'<?xml version="1.0" encoding="bogus"?><Error><Code>X</Code></Error>'
+    assert error_info(500, {}, body)[0] == "HTTP 500"
+
+
+def test_a_listing_that_repeats_its_continuation_token_stops_with_an_error(
+    fake: FakeS3,
+) -> None:
+    page = (b"<ListBucketResult><IsTruncated>true</IsTruncated>"
+            b"<NextContinuationToken>same</NextContinuationToken></ListBucketResult>")
+    fake.script = [(200, {}, page)] * 3
+    with pytest.raises(RepositoryError, match="malformed"):
+        _backend(fake).list("index")
+    assert len(fake.requests) == 2  # the second page gave the same token: stopped there
+
+
+def test_credentials_lose_a_stray_carriage_return_and_a_control_character_is_named_not_shown(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "KEYID\r")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t\r\n")
+    found = find_credentials()
+    assert found is not None and (found.access_key, found.secret_key) == ("KEYID", "s3cr3t")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "tok\x01en-value")
+    with pytest.raises(RepositoryError) as refused:
+        find_credentials()
+    assert "AWS_SESSION_TOKEN" in refused.value.message
+    assert "en-value" not in refused.value.message + (refused.value.hint or "")
+
+
+def test_a_proxy_in_the_environment_leaves_the_url_to_s3fs(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "KEYID")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    assert s3_backend("s3://bkt/repo") is not None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert s3_backend("s3://bkt/repo") is None

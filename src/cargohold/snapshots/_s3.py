@@ -165,7 +165,11 @@ def find_credentials() -> Credentials | None:
     env = os.environ
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         token = env.get("AWS_SESSION_TOKEN") or None
-        return Credentials(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], token)
+        return Credentials(
+            _header_safe(env["AWS_ACCESS_KEY_ID"], "AWS_ACCESS_KEY_ID"),
+            env["AWS_SECRET_ACCESS_KEY"].strip("\r\n"),  # (only signed with, never sent)
+            _header_safe(token, "AWS_SESSION_TOKEN") if token else None,
+        )
     if env.get("AWS_WEB_IDENTITY_TOKEN_FILE") or any(k in _profile_config() for k in _NOT_STATIC):
         return None
     path = env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials"
@@ -173,7 +177,25 @@ def find_credentials() -> Credentials | None:
     key, secret = section.get("aws_access_key_id"), section.get("aws_secret_access_key")
     if not key or not secret:
         return None
-    return Credentials(key, secret, section.get("aws_session_token") or None)
+    token = section.get("aws_session_token") or None
+    return Credentials(
+        _header_safe(key, "aws_access_key_id"),
+        secret.strip("\r\n"),
+        _header_safe(token, "aws_session_token") if token else None,
+    )
+
+
+def _header_safe(value: str, name: str) -> str:
+    """A credential without surrounding blanks (a CRLF file leaves a \r), or an error that
+    names the variable and never shows its value: http.client's own error would."""
+    value = value.strip()
+    if not value or any(not 0x20 <= ord(c) <= 0x7E for c in value):
+        raise RepositoryError(
+            f"{name} holds a character that cannot be sent to S3 (a control character or a "
+            "non-ASCII letter).",
+            hint="Check how the credential was set: a file with Windows line ends leaves a \\r.",
+        )
+    return value
 
 
 def find_region() -> str:
@@ -211,7 +233,7 @@ def _xml(body: bytes) -> ET.Element:
     """The document with namespaces dropped from every tag; ValueError when malformed."""
     try:
         root = ET.fromstring(body)
-    except ET.ParseError as exc:
+    except (ET.ParseError, LookupError) as exc:  # (LookupError: an unknown encoding declared)
         raise ValueError(f"malformed XML ({exc})") from None
     for element in root.iter():
         element.tag = element.tag.rpartition("}")[2]
@@ -426,15 +448,19 @@ class S3Backend:
         body: bytes | _File | None,
     ) -> _Response:
         """Send once and read the whole answer (a file body streamed from disk)."""
-        if not isinstance(body, _File):
-            connection.request(method, target, body=body, headers=headers)
-        else:
-            try:
-                stream = open(body.path, "rb")  # noqa: SIM115 (the with below closes it)
-            except OSError as exc:  # the local file, not the network: not worth retrying
-                raise self._error(what, f"cannot read {body.path} ({exc.strerror})") from None
-            with stream:
-                connection.request(method, target, body=stream, headers=headers)
+        try:
+            if not isinstance(body, _File):
+                connection.request(method, target, body=body, headers=headers)
+            else:
+                try:
+                    stream = open(body.path, "rb")  # noqa: SIM115 (the with below closes it)
+                except OSError as exc:  # the local file, not the network: not worth retrying
+                    raise self._error(what, f"cannot read {body.path} ({exc.strerror})") from None
+                with stream:
+                    connection.request(method, target, body=stream, headers=headers)
+        except ValueError:  # http.client refusing a header value: never echo it (a secret)
+            detail = "a header value cannot be sent (check the credentials)"
+            raise self._error(what, detail) from None
         answer = connection.getresponse()
         data = answer.read()
         return _Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, data)
@@ -518,6 +544,7 @@ class S3Backend:
         prefix = f"{strip}{folder.strip('/')}/" if folder.strip("/") else strip
         found: list[tuple[str, int]] = []
         token = ""
+        seen: set[str] = set()
         while True:
             query = {"list-type": "2", "prefix": prefix, "max-keys": str(self.page_size)}
             if token:
@@ -535,8 +562,9 @@ class S3Backend:
                         found.append((key.removeprefix(strip), int(_text(item, "Size") or 0)))
                 token = _text(page, "NextContinuationToken")
                 more = _text(page, "IsTruncated") == "true"
-                if more and not token:
-                    raise ValueError("truncated without a continuation token")
+                if more and (not token or token in seen):
+                    raise ValueError("truncated without a new continuation token")
+                seen.add(token)
             except ValueError as exc:  # (int() of a bad Size included)
                 raise self._error("Listing", f"the server's answer is malformed ({exc})") from None
             if not more:
@@ -573,6 +601,22 @@ def s3_backend(url: str) -> S3Backend | None:
     if not url.startswith("s3://"):
         return None
     credentials = find_credentials()
-    if credentials is None:
+    if credentials is None or _proxied():
         return None
     return S3Backend(url, credentials, region=find_region(), endpoint=find_endpoint())
+
+
+def _proxied() -> bool:
+    """Whether the environment names an HTTP proxy (``HTTPS_PROXY`` and the like): s3fs goes
+    through it, ``http.client`` would not -- so s3fs it is."""
+    return any(
+        os.environ.get(name)
+        for name in (
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        )
+    )
