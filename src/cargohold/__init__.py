@@ -4,6 +4,6 @@ Kept free of imports on purpose: ``cargohold.checkpoint`` is imported inside tra
 have only the standard library, and importing it imports this file first.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

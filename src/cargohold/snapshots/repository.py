@@ -499,10 +499,14 @@ class Repository:
         return decode_tree(plain, what)
 
     def _cache_write(self, path: Path, sealed: bytes) -> None:
+        """Readable by this user only: trees hold names and, since small files live in them,
+        those files' bytes too."""
         with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-            tmp.write_bytes(sealed)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(sealed)
             os.replace(tmp, path)
 
     # -- writing ---------------------------------------------------------------------------

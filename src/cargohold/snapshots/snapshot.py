@@ -450,6 +450,9 @@ class _Builder:
             and (previous.size, previous.mtime_ns, previous.ino, previous.ctime_ns)
             == (entry.size, entry.mtime_ns, st.st_ino, st.st_ctime_ns)
             and all(self.repo.has_blob(ref) for ref in previous.refs)
+            # (a small file kept in the tree is reused only within the folder's allowance, so
+            # new files sorting before it cannot push the folder past it)
+            and (previous.data is None or len(previous.data) <= top.inline_left)
         ):
             same = (previous.mode, previous.uid, previous.gid) == (entry.mode, entry.uid, entry.gid)
             if previous.data is not None:
