@@ -106,9 +106,11 @@ def job_image(docker_client: object, base_image: str) -> Iterator[str]:
 def cargohold_image(docker_client: Any, base_image: str) -> Iterator[str]:
     """The image `cargohold image` builds (the one `cargohold run` uses for its mirror), built
     once through the CLI; removed at the end if this session built it."""
-    from cargohold.image import DEFAULT_TAG
+    from cargohold.engine import connect
+    from cargohold.image import DEFAULT_TAG, image_is_current
 
-    existed = bool(docker_client.images.list(name=DEFAULT_TAG))
+    # (an image of this tag built from older code -- images outlive runs -- is rebuilt)
+    existed = image_is_current(connect(), DEFAULT_TAG)
     if not existed:
         built = run_cli("image", "--tag", DEFAULT_TAG, timeout=900)
         assert built.returncode == 0, built.stderr

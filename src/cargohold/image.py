@@ -11,6 +11,7 @@ package index. The cluster then pulls the image from the user's registry: ``dock
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata as metadata
 import logging
 import re
@@ -26,12 +27,21 @@ from cargohold.baseimage import ensure_base_image
 from cargohold.engine import Engine
 from cargohold.errors import ImageNotFound
 
-__all__ = ["DEFAULT_TAG", "IMAGE_LABEL", "build_cargohold_image", "runtime_distributions"]
+__all__ = [
+    "DEFAULT_TAG",
+    "IMAGE_LABEL",
+    "SOURCE_LABEL",
+    "build_cargohold_image",
+    "image_is_current",
+    "runtime_distributions",
+    "source_stamp",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TAG = f"cargohold:{__version__}"
 IMAGE_LABEL = "cargohold.image"
+SOURCE_LABEL = "cargohold.source"  # source_stamp() of the code the image was built from
 # What the CLI needs at run time, and s3fs for s3:// repositories and mirrors.
 _EXTRAS = ("s3",)
 _SKIP_PARTS = ("__pycache__",)
@@ -150,6 +160,22 @@ def _stage(context: Path) -> int:
     return copied
 
 
+def source_stamp() -> str:
+    """A fingerprint of the cargohold code installed here. An image of the same tag built from
+    other code (an older build of this version: images outlive upgrades) is rebuilt rather
+    than reused -- a sidecar running older code could refuse a newer repository."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def image_is_current(engine: Engine, tag: str = DEFAULT_TAG) -> bool:
+    """Whether ``tag`` exists and was built from the code installed here."""
+    return engine.image_label(tag, SOURCE_LABEL) == source_stamp()
+
+
 def build_cargohold_image(
     engine: Engine, tag: str = DEFAULT_TAG, *, on_output: Callable[[str], None] | None = None
 ) -> str:
@@ -178,7 +204,7 @@ def build_cargohold_image(
             tag=tag,
             dockerfile=None,
             buildargs={"BASE_IMAGE": base},
-            labels={IMAGE_LABEL: __version__},
+            labels={IMAGE_LABEL: __version__, SOURCE_LABEL: source_stamp()},
             on_output=on_output,
         )
     return tag

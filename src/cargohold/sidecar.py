@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 from cargohold.engine import ContainerRequest, Engine, MountRequest
 from cargohold.errors import EngineError
-from cargohold.image import DEFAULT_TAG, build_cargohold_image
+from cargohold.image import DEFAULT_TAG, build_cargohold_image, image_is_current
 from cargohold.mirror import MirrorStatus
 from cargohold.plan import LABEL_PROJECT, Plan
 from cargohold.render._mirror import CREDENTIAL_ENV, STATUS_PATH
@@ -105,8 +105,8 @@ def start_mirror(engine: Engine, plan: Plan, say: Say) -> str | None:
     ckpt = plan.checkpoint_mount
     if ckpt is None or ckpt.mirror is None:
         return None
-    if not engine.image_exists(DEFAULT_TAG):
-        say(f"Building {DEFAULT_TAG} for the checkpoint mirror (once)")
+    if not image_is_current(engine, DEFAULT_TAG):
+        say(f"Building {DEFAULT_TAG} for the checkpoint mirror (once per cargohold version)")
         build_cargohold_image(engine, DEFAULT_TAG)
     restorer = f"{plan.container_name}-mirror-restore"
     _remove(engine, restorer)

@@ -78,6 +78,10 @@ class Engine(Protocol):
 
     # images
     def image_exists(self, name: str) -> bool: ...
+    def image_label(self, name: str, key: str) -> str | None:
+        """The value of one label of an image; None when the image or the label is missing."""
+        ...
+
     def pull(self, name: str) -> bool:
         """Try to pull; False when no registry can provide the image."""
         ...

@@ -201,6 +201,15 @@ class DockerEngine:
     def image_exists(self, name: str) -> bool:
         return _exists(f"Looking up image {name}", lambda: self._client.api.inspect_image(name))
 
+    def image_label(self, name: str, key: str) -> str | None:
+        with translate(f"Looking up image {name}"):
+            try:
+                labels = (self._client.api.inspect_image(name).get("Config") or {}).get("Labels")
+            except docker.errors.ImageNotFound:
+                return None
+        value = (labels or {}).get(key)
+        return value if isinstance(value, str) else None
+
     def pull(self, name: str) -> bool:
         """Try to pull an image; False when no registry can provide it (air-gapped, unknown)."""
         repository, _, tag = name.partition(":")
