@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from cargohold.archive.staging import MARKER
 from tests.conftest import Resources, remove_bucket, run_cli, s3_filesystem
 
 # A job that saves a checkpoint per step; its first attempt dies after step 3.
@@ -401,7 +402,7 @@ def test_the_rendered_dataset_init_container_restores_into_its_claim(
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)
     (data / "train" / "0.csv").write_text("x,y\n1,2\n")
-    for i in range(48):  # enough to be killed in the middle of (several seconds on this machine)
+    for i in range(256):  # enough to be killed in the middle of (a few seconds on this machine)
         (data / "train" / f"blob-{i}.bin").write_bytes(os.urandom(1 << 20))
     made = run_cli("snapshot", str(data), "--repo", str(repo), "--tag", "digits-v1")
     assert made.returncode == 0, made.stderr
@@ -419,9 +420,10 @@ def test_the_rendered_dataset_init_container_restores_into_its_claim(
         "labels": {"cargohold.project": project},
     }
     killed = docker_client.containers.run(cargohold_image, init["command"], detach=True, **run)
-    staging = claim / "content" / ".cargohold-restore.staging"
+    # (the restore is under way once its staging marker is in the content folder)
+    marker = claim / "content" / MARKER
     deadline = time.monotonic() + 60
-    while not staging.exists() and time.monotonic() < deadline:
+    while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     killed.kill()
     killed.wait(timeout=30)
