@@ -399,7 +399,12 @@ def rescue_container(
     Raises:
         ChecksumMismatch: a copy differs from what was read.
     """
-    scan = scan_container(engine, name, keep=0)  # (the counts; the files are walked again)
+    info = engine.inspect_container(name)
+    upper = _upper_dir(info)
+    # A readable upper folder is walked again for the copy (only the counts are kept); through
+    # the engine the layer is listed once -- that list is per file anyway -- and each archive
+    # streamed is one of the copy's.
+    scan = scan_container(engine, name, keep=0 if upper is not None else None)
     if not (scan.count if everything else scan.keeping):
         return Rescue(scan.container, "", 0, 0)
     volume = to.volume if to is not None else None
@@ -418,9 +423,9 @@ def rescue_container(
     # One file at a time (workers=1: ``add`` returns with the file written), so each copy is
     # checked at once and no digest is kept per file.
     writer = TreeWriter(staging, progress=progress)
-    info = engine.inspect_container(name)
-    chosen = (f for f in _layer(engine, info) if everything or f.category in WORTH_KEEPING)
-    for entry, data in _chosen_entries(engine, name, _upper_dir(info), chosen):
+    layer = _layer(engine, info) if upper is not None else iter(scan.files)
+    chosen = (f for f in layer if everything or f.category in WORTH_KEEPING)
+    for entry, data in _chosen_entries(engine, name, upper, chosen):
         hashing = _Hashing(data)
         _ensure_parents(staging, entry.path)
         writer.add(entry, hashing)
