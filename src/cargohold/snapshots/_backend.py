@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 import tempfile
 import threading
 import time
@@ -64,11 +63,25 @@ class Backend(Protocol):
         ...
 
 
+_DAMAGED = "The repository is damaged: `cargohold repo check` lists what is missing."
+# What to check when an object store refuses or cannot be reached (every remote back end).
+REMOTE_HINT = "Check the URL, the credentials (AWS_ACCESS_KEY_ID, …) and CARGOHOLD_S3_ENDPOINT."
+
+
 def _missing(url: str, name: str) -> RepositoryError:
-    return RepositoryError(
-        f"{name} is missing from the repository {url}.",
-        hint="The repository is damaged: `cargohold repo check` lists what is missing.",
-    )
+    return RepositoryError(f"{name} is missing from the repository {url}.", hint=_DAMAGED)
+
+
+def _short(url: str, name: str) -> RepositoryError:
+    return RepositoryError(f"{name} in {url} is shorter than its index says.", hint=_DAMAGED)
+
+
+def pack_file(folder: str | Path, session: str) -> str:
+    """A new empty local file in ``folder`` for a pack being written by ``session`` (its name
+    starts with the session, so the next writer can tell a dead one's debris)."""
+    fd, path = tempfile.mkstemp(prefix=f"{session}-", dir=folder)
+    os.close(fd)
+    return path
 
 
 class LocalBackend:
@@ -123,10 +136,7 @@ class LocalBackend:
         except FileNotFoundError:
             raise _missing(self.url, name) from None
         if len(data) != length:
-            raise RepositoryError(
-                f"{name} in {self.url} is shorter than its index says.",
-                hint="The repository is damaged: `cargohold repo check` lists what is missing.",
-            )
+            raise _short(self.url, name)
         return data
 
     def forget_handles(self) -> None:
@@ -162,9 +172,7 @@ class LocalBackend:
         return os.stat(self._path(name)).st_mtime
 
     def temp_file(self, session: str) -> str:
-        fd, path = tempfile.mkstemp(prefix=f"{session}-", dir=self.root / "tmp")
-        os.close(fd)
-        return path
+        return pack_file(self.root / "tmp", session)
 
     # -- liveness of writers: a live writer holds an flock on its session file ------------
 
@@ -220,11 +228,7 @@ class FsspecBackend:
         except RepositoryError:
             raise
         except Exception as exc:  # fsspec back ends raise their own exception types
-            raise RepositoryError(
-                f"{what} {self.url} failed: {exc}.",
-                hint="Check the URL, the credentials (AWS_ACCESS_KEY_ID, …) "
-                "and CARGOHOLD_S3_ENDPOINT.",
-            ) from None
+            raise RepositoryError(f"{what} {self.url} failed: {exc}.", hint=REMOTE_HINT) from None
 
     def ensure_bucket(self) -> None:
         if self.url.startswith("s3://"):
@@ -274,10 +278,7 @@ class FsspecBackend:
         except FileNotFoundError:
             raise _missing(self.url, name) from None
         if length >= 0 and len(data) != length:
-            raise RepositoryError(
-                f"{name} in {self.url} is shorter than its index says.",
-                hint="The repository is damaged: `cargohold repo check` lists what is missing.",
-            )
+            raise _short(self.url, name)
         return data
 
     def exists(self, name: str) -> bool:
@@ -307,9 +308,4 @@ class FsspecBackend:
         return float(modified or 0)
 
     def temp_file(self, session: str) -> str:
-        fd, path = tempfile.mkstemp(prefix=f"{session}-", dir=self._tmp)
-        os.close(fd)
-        return path
-
-    def new_name(self) -> str:
-        return secrets.token_hex(16)
+        return pack_file(self._tmp, session)

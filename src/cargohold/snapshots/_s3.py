@@ -24,7 +24,6 @@ import hmac
 import http.client
 import os
 import re
-import secrets
 import ssl
 import tempfile
 import threading
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from cargohold.snapshots._backend import RepositoryError, _missing
+from cargohold.snapshots._backend import REMOTE_HINT, RepositoryError, _missing, _short, pack_file
 
 __all__ = [
     "Credentials",
@@ -63,8 +62,6 @@ _TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 _TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
 _VIRTUAL_HOST = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")  # a bucket name fit for DNS
 _REGION = re.compile(r"[a-z0-9-]{1,40}")
-_HINT = "Check the URL, the credentials (AWS_ACCESS_KEY_ID, …) and CARGOHOLD_S3_ENDPOINT."
-_DAMAGED = "The repository is damaged: `cargohold repo check` lists what is missing."
 # In a profile of ~/.aws/config, what the AWS SDKs prefer to the shared credentials file.
 _NOT_STATIC = ("role_arn", "web_identity_token_file", "sso_session", "sso_start_url")
 
@@ -313,7 +310,8 @@ class S3Backend:
             if self._scheme == "https":
                 self._tls = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE"))
         except (ValueError, OSError) as exc:  # ssl.SSLError is an OSError
-            raise RepositoryError(f"Cannot open repository {url}: {exc}.", hint=_HINT) from None
+            message = f"Cannot open repository {url}: {exc}."
+            raise RepositoryError(message, hint=REMOTE_HINT) from None
         self._lock = threading.Lock()
         self._local = threading.local()
         self._connections: set[http.client.HTTPConnection] = set()
@@ -373,7 +371,7 @@ class S3Backend:
         return f"{base}/{uri_encode(key, keep_slash=True)}"
 
     def _error(self, what: str, detail: str) -> RepositoryError:
-        return RepositoryError(f"{what} {self.url} failed: {detail}.", hint=_HINT)
+        return RepositoryError(f"{what} {self.url} failed: {detail}.", hint=REMOTE_HINT)
 
     def _fail(self, what: str, response: _Response) -> RepositoryError:
         code, message, _ = error_info(response.status, response.headers, response.body)
@@ -527,9 +525,7 @@ class S3Backend:
         elif response.status not in (200, 206, 416):
             raise self._fail("Reading from", response)
         if response.status == 416 or (length > 0 and len(data) != length):
-            raise RepositoryError(
-                f"{name} in {self.url} is shorter than its index says.", hint=_DAMAGED
-            )
+            raise _short(self.url, name)
         return data
 
     def exists(self, name: str) -> bool:
@@ -587,12 +583,7 @@ class S3Backend:
             raise self._error("Reaching", "the server's answer has no Last-Modified") from None
 
     def temp_file(self, session: str) -> str:
-        fd, path = tempfile.mkstemp(prefix=f"{session}-", dir=self._tmp)
-        os.close(fd)
-        return path
-
-    def new_name(self) -> str:
-        return secrets.token_hex(16)
+        return pack_file(self._tmp, session)
 
 
 def s3_backend(url: str) -> S3Backend | None:
