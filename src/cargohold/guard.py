@@ -321,19 +321,28 @@ def _layer_files(upper: str) -> Iterator[tuple[str, int]]:
 
 
 def _sizes_through_archive(engine: Engine, name: str, paths: list[str]) -> list[tuple[str, int]]:
-    """Without access to the layer's folder: one archive of the changed top folders, read for
-    its headers (file data is skipped, not stored)."""
-    wanted = set(paths)
-    tops = sorted(
-        {"/" + PurePosixPath(p).parts[1] for p in paths if len(PurePosixPath(p).parts) > 1}
-    )
-    found: list[tuple[str, int]] = []
-    for top in tops:
-        for entry, _ in _archive_entries(engine, name, top):
+    """Without access to the layer's folder: the archives of the changed top folders, read for
+    their headers (file data is skipped, not stored)."""
+    return [(full, entry.size) for full, entry, _ in _archived_files(engine, name, paths)]
+
+
+def _archived_files(
+    engine: Engine, name: str, paths: Iterable[str]
+) -> Iterator[tuple[str, Entry, Opener | None]]:
+    """(path in the container, entry, data) of each of ``paths`` that is a file, from one
+    archive per top-level folder holding some (not one per file); the data must be read before
+    the next item is taken (it is the archive's stream)."""
+    by_top: dict[str, set[str]] = {}
+    for path in paths:
+        parts = PurePosixPath(path).parts
+        if len(parts) > 1:
+            by_top.setdefault("/" + parts[1], set()).add(path)
+    for top in sorted(by_top):
+        wanted = by_top.pop(top)
+        for entry, data in _archive_entries(engine, name, top):
             full = f"{top}/{entry.path}" if entry.path else top
             if entry.kind == "file" and full in wanted:
-                found.append((full, entry.size))
-    return found
+                yield full, entry, data
 
 
 def _archive_entries(engine: Engine, name: str, path: str) -> TarReader:
@@ -476,16 +485,8 @@ def _chosen_entries(
         finally:
             base.close()
         return
-    by_top: dict[str, set[str]] = {}
-    for item in chosen:
-        top = "/" + item.path.lstrip("/").split("/", 1)[0]
-        by_top.setdefault(top, set()).add(item.path)
-    for top in sorted(by_top):
-        wanted = by_top.pop(top)
-        for entry, data in _archive_entries(engine, name, top):
-            full = f"{top}/{entry.path}" if entry.path else top
-            if entry.kind != "file" or data is None or full not in wanted:
-                continue
+    for full, entry, data in _archived_files(engine, name, (f.path for f in chosen)):
+        if data is not None:
             rel = full.lstrip("/")
             yield (
                 Entry(rel, "file", entry.mode, entry.uid, entry.gid, entry.mtime_ns, entry.size),
