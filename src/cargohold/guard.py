@@ -331,24 +331,27 @@ def _archived_files(
 ) -> Iterator[tuple[str, Entry, Opener | None]]:
     """(path in the container, entry, data) of each of ``paths`` that is a file, from one
     archive per top-level folder holding some (not one per file); the data must be read before
-    the next item is taken (it is the archive's stream)."""
+    the next item is taken (it is the archive's stream). Names are matched as ``shown`` prints
+    them: the engine's list of changes has a name that is not UTF-8 with U+FFFD where the
+    archive has the raw bytes; what is yielded is the archive's own name."""
     by_top: dict[str, set[str]] = {}
     for path in paths:
         parts = PurePosixPath(path).parts
         if len(parts) > 1:
-            by_top.setdefault("/" + parts[1], set()).add(path)
+            by_top.setdefault(shown("/" + parts[1]), set()).add(shown(path))
     for top in sorted(by_top):
         wanted = by_top.pop(top)
         for entry, data in _archive_entries(engine, name, top):
             full = f"{top}/{entry.path}" if entry.path else top
-            if entry.kind == "file" and full in wanted:
+            if entry.kind == "file" and shown(full) in wanted:
                 yield full, entry, data
 
 
 def _archive_entries(engine: Engine, name: str, path: str) -> TarReader:
     """The entries under ``path`` in a container, relative to it (read from the engine's tar
-    stream, never trusted: the reader judges every member name)."""
-    return TarReader(engine.container_archive(name, path), strip=1)
+    stream, never trusted: the reader judges every member name; FIFOs and devices a job left
+    are passed over, as the walk of the upper folder passes over them)."""
+    return TarReader(engine.container_archive(name, path), strip=1, skip_special=True)
 
 
 def scan_containers(

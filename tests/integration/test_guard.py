@@ -183,3 +183,44 @@ def test_scan_prints_paths_with_brackets_literally(job_image: str, docker_resour
     for path in paths[:3]:
         assert f"  {path}  (model weights or checkpoint" in scanned.stdout
     assert "/out/[red]  (written to the container's layer)" in scanned.stdout
+
+
+# A layer a hostile job prepared for the host-side walk: links to host paths under ML names, a
+# linked folder, a FIFO, and a file whose name is not UTF-8.
+PLANTER = """
+import os
+os.makedirs("/workspace/out", exist_ok=True)
+with open("/workspace/out/model.pt", "wb") as f:
+    f.write(b"real weights")
+os.symlink("/etc/hostname", "/workspace/out/evil.pt")
+os.symlink("/root", "/workspace/out/checkpoint-9")
+os.mkfifo("/workspace/out/pipe.ckpt")
+with open(b"/workspace/out/w\\xff.safetensors", "wb") as f:
+    f.write(b"odd name")
+"""
+
+
+def test_a_hostile_layer_is_scanned_and_rescued_without_following_links(
+    tmp_path: Path, base_image: str, docker_resources: Resources, docker_client: Any,
+    monkeypatch: pytest.MonkeyPatch, access: str
+) -> None:
+    monkeypatch.setenv("CARGOHOLD_VOLUME_ACCESS", access)
+    name = f"{docker_resources.project}-planted"
+    docker_resources.containers.append(name)
+    container = docker_client.containers.run(base_image, ["python3", "-c", PLANTER], name=name,
+                                             detach=True)
+    assert container.wait(timeout=60)["StatusCode"] == 0, container.logs()
+
+    scanned = run_cli("scan", name)  # text output, the odd name included: no traceback
+    assert scanned.returncode == 1 and "Traceback" not in scanned.stderr, scanned.stderr
+    listed = json.loads(run_cli("scan", name, "--json").stdout)[0]["files"]
+    regular = sorted(os.path.basename(f["path"]) for f in listed if "/workspace/" in f["path"])
+    assert regular == sorted(["model.pt", os.fsdecode(b"w\xff.safetensors")])  # no link, no FIFO
+
+    rescued = run_cli("rescue", name, "--all", "--to", str(tmp_path / "out"))
+    assert rescued.returncode == 0, rescued.stderr
+    out = tmp_path / "out" / "workspace" / "out"
+    assert (out / "model.pt").read_bytes() == b"real weights"
+    assert sorted(os.listdir(os.fsencode(out))) == sorted([b"model.pt", b"w\xff.safetensors"])
+    for path in (tmp_path / "out").rglob("*"):
+        assert not path.is_symlink(), path

@@ -65,14 +65,24 @@ class TarReader:
         strip: how many leading name components to drop (the engine's archives of a folder
             start with the folder's own name).
         prefix: a folder to put every entry under.
+        skip_special: pass over device nodes and FIFOs (counted in ``skipped``) instead of
+            refusing the archive -- for reading what a container holds, where such a file
+            is no data, rather than for extracting an archive into a volume.
     """
 
     random_access = False
 
     def __init__(
-        self, stream: IO[bytes] | Iterable[bytes], *, strip: int = 0, prefix: str = ""
+        self,
+        stream: IO[bytes] | Iterable[bytes],
+        *,
+        strip: int = 0,
+        prefix: str = "",
+        skip_special: bool = False,
     ) -> None:
         self._stream = open_archive_for_reading(stream)
+        self._skip_special = skip_special
+        self.skipped = 0
         self._strip = strip
         self._prefix = clean_member_name(prefix, what="target path") if prefix else ""
 
@@ -123,6 +133,9 @@ class TarReader:
             # (it is not the root of anything, and must not be taken for one).
             name = clean_member_name(member.name).rsplit("/", 1)[-1]
         if member.isdev() or member.isfifo():
+            if self._skip_special:
+                self.skipped += 1
+                return
             kind = "device node" if member.isdev() else "FIFO"
             raise UnsafeArchive(
                 f"Refused member {member.name!r}: a {kind}.",
