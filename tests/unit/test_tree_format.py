@@ -108,3 +108,12 @@ def test_any_damage_is_refused_or_still_a_consistent_tree(data: st.DataObject) -
     for node in decoded:  # whatever was accepted is self-consistent
         if node.data is not None:
             assert node.kind == "file" and not node.refs and node.size == len(node.data) > 0
+
+
+@pytest.mark.parametrize("value", [-1, 1 << 20, "many", None, [4096]])
+def test_a_repository_config_with_a_bad_inline_max_is_refused(value: object) -> None:
+    from cargohold.snapshots._format import parse_config
+
+    config = {"format": "cargohold-repository", "version": 2, "id": "ab" * 16, "inline_max": value}
+    with pytest.raises(RepositoryError, match="inline_max"):
+        parse_config(json.dumps(config).encode(), "/repo")
