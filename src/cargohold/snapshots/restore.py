@@ -2,8 +2,12 @@
 
 The rules (issue 8, defects 4, 5, 7):
 
-* **Verify before touching the target.** Every tree of the snapshot is read and validated, and
-  every content blob must be in the index, before anything is written.
+* **Nothing changes until everything is checked.** Every tree and every blob is checked
+  against its id as it is written, into a staging area (below); the target's content changes
+  only when the whole snapshot is written and checked. A write that could not be staged would
+  read and check every byte first (``verify_snapshot``); both access paths stage today, so a
+  restore reads the snapshot once (a pass over every tree first cost a fifth of a restore of
+  100,000 small files).
 * **Stage, then swap.** Through the Engine API, ``--force`` stages the snapshot in a second
   volume and empties the target only when that is whole (``volumes._engine_api``). On the
   direct path (a volume's folder, or ``--to DIR``) the snapshot is
@@ -170,8 +174,8 @@ def snapshot_entries(
     yield from walk(root, "")
 
 
-def verify_snapshot(repo: Repository, record_id: str, root: Node, *, read_data: bool) -> int:
-    """Read every tree; check every content blob is indexed (``read_data``: read and check it).
+def verify_snapshot(repo: Repository, record_id: str, root: Node) -> int:
+    """Read every tree and every content blob of a snapshot, each checked against its id.
 
     Returns the number of files. Raises ChecksumMismatch naming the snapshot and the path.
     """
@@ -186,17 +190,7 @@ def verify_snapshot(repo: Repository, record_id: str, root: Node, *, read_data: 
             elif child.kind == "file":
                 files += 1
                 for ref in child.refs:
-                    what = _label(record_id, child_path)
-                    if repo.locate(ref) is None:
-                        raise ChecksumMismatch(
-                            f"{what}: blob {ref[:12]}… is missing from the repository.",
-                            hint="The repository is damaged; restore another snapshot.",
-                        )
-                    if read_data:
-                        try:
-                            repo.read_blob(ref, what)
-                        except RepositoryError as exc:
-                            raise ChecksumMismatch(exc.message, hint=exc.hint) from None
+                    repo.read_blob(ref, _label(record_id, child_path))
 
     try:
         walk(root, "")
@@ -285,10 +279,10 @@ def restore_volume(
             return RestoreResult(snapshot_id, source, volume, 0, 0, files.access, True)
         if not force and not files.is_empty():
             raise _not_empty(volume)
-    # Everything that will be needed must be there before anything changes; where a write is
-    # not staged, every byte is read and checked first (both access paths stage today).
-    read_data = files is not None and not files.stages_writes
-    verify_snapshot(repo, snapshot_id, tree_root, read_data=read_data)
+    # Everything that will be needed must be there before anything changes: a staged write is
+    # checked as it goes; one that is not (no access path today) reads every byte first.
+    if files is not None and not files.stages_writes:
+        verify_snapshot(repo, snapshot_id, tree_root)
     created = files is None
     if files is None:
         engine.create_volume(volume, {"cargohold.restored-from": snapshot_id})
@@ -351,9 +345,8 @@ def restore_to_path(
             return RestoreResult(snapshot_id, source, str(target), 0, 0, "local", True)
         if not force and any(not is_internal(name) for name in root.names()):
             raise _not_empty(str(target))
-        verify_snapshot(repo, snapshot_id, tree_root, read_data=False)
-        with staged(root, operation, "replace") as stage:
-            writer = ConfinedWriter(stage.dir, progress=progress, workers=WRITERS)
+        with staged(root, operation, "replace") as stage:  # (checked as it is written)
+            writer = ConfinedWriter(stage.dir, progress=progress, workers=WRITERS, durable=True)
             writer.write_all(_source(repo, snapshot_id, tree_root))
             stage.keep_attrs.update(writer.implicit)
         syncfs(root.fd)

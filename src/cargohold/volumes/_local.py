@@ -99,7 +99,10 @@ class LocalVolume:
             with staged(root, operation, "replace" if replace else "merge") as stage:
                 target = stage.dir.sub(path, create=True) if path else stage.dir
                 writer = ConfinedWriter(
-                    target, progress=progress, workers=WRITERS if source.random_access else 1
+                    target,
+                    progress=progress,
+                    workers=WRITERS if source.random_access else 1,
+                    durable=True,
                 )
                 try:
                     writer.write_all(source)

@@ -475,7 +475,7 @@ def _export_to(
     durable: bool = False,
 ) -> ConfinedWriter:
     with target, open_entries() as entries:
-        writer = ConfinedWriter(target, progress=progress)
+        writer = ConfinedWriter(target, progress=progress, durable=durable)
         writer.write_all(entries)
         if durable:  # an ingest, like one into a volume; an export is a copy out, as cp's
             syncfs(target.fd)
