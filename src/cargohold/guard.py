@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 import logging
 import os
 import re
 import stat
+import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from operator import attrgetter
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from cargohold.archive import (
     CHUNK,
@@ -116,6 +118,61 @@ class AtRisk:
     reason: str
 
 
+def _rank_key(f: AtRisk) -> tuple[int, int, str]:
+    """ML files first, then the largest, then by path."""
+    return RANK[f.category], -f.size, f.path
+
+
+def _close_all(files: list[IO[str]]) -> None:
+    for f in files:
+        f.close()
+
+
+class _Ranking:
+    """Every file of a layer, ranked, in bounded memory: runs of ``RUN`` files are sorted in
+    memory and spilled to unnamed temporary files (a JSON line per file), then merged each time
+    the ranking is iterated. A layer of a million files costs a few MB of memory here, where a
+    sorted list of them cost ~220 bytes a file."""
+
+    RUN = 50_000
+
+    def __init__(self, items: Iterable[AtRisk]) -> None:
+        self._runs: list[IO[str]] = []
+        self._memory: list[AtRisk] = []
+        weakref.finalize(self, _close_all, self._runs)  # the files go with the ranking
+        run: list[AtRisk] = []
+        for item in items:
+            run.append(item)
+            if len(run) >= self.RUN:
+                self._spill(run)
+                run = []
+        if self._runs:
+            self._spill(run)
+        else:
+            self._memory = sorted(run, key=_rank_key)
+
+    def _spill(self, run: list[AtRisk]) -> None:
+        run.sort(key=_rank_key)
+        # open as long as the ranking lives (unnamed: gone with it, or with the process)
+        spilled = tempfile.TemporaryFile("w+", encoding="ascii")  # noqa: SIM115
+        for f in run:
+            spilled.write(json.dumps([f.path, f.category, f.size, f.reason]) + "\n")
+        self._runs.append(spilled)
+
+    def __iter__(self) -> Iterator[AtRisk]:
+        """The ranking from its start (one iteration at a time: the runs are read in place)."""
+        if not self._runs:
+            return iter(self._memory)
+        return heapq.merge(*(self._read(run) for run in self._runs), key=_rank_key)
+
+    @staticmethod
+    def _read(run: IO[str]) -> Iterator[AtRisk]:
+        run.seek(0)
+        for line in run:
+            path, category, size, reason = json.loads(line)
+            yield AtRisk(path, category, size, reason)
+
+
 @dataclass(frozen=True)
 class ContainerScan:
     """A layer's files, ranked: all of them, or only the first few (``scan_container``'s
@@ -124,7 +181,7 @@ class ContainerScan:
     container: str
     id: str
     status: str
-    files: list[AtRisk] = field(default_factory=list)
+    files: Iterable[AtRisk] = field(default_factory=list)  # a list, or every file ranked
     count: int = 0  # files in the layer
     keeping: int = 0  # of them worth keeping
     at_risk_bytes: int = 0  # their bytes
@@ -262,19 +319,15 @@ def scan_container(engine: Engine, name: str, *, keep: int | None = None) -> Con
                 at_risk += item.size
             yield item
 
+    ranked: Iterable[AtRisk]
     if keep is None:
-        ranked = list(counted())
-        # By rank, then largest first, then by path: three stable sorts by one attribute
-        # each, where one sort by a tuple built a tuple per file.
-        ranked.sort(key=attrgetter("path"))
-        ranked.sort(key=attrgetter("size"), reverse=True)
-        ranked.sort(key=lambda f: RANK[f.category])
+        ranked = _Ranking(counted())
     elif keep <= 0:  # (nsmallest(0, …) would not even read the layer: only its counts)
         ranked = []
         for _ in counted():
             pass
     else:
-        ranked = heapq.nsmallest(keep, counted(), key=lambda f: (RANK[f.category], -f.size, f.path))
+        ranked = heapq.nsmallest(keep, counted(), key=_rank_key)
     return ContainerScan(info.name, info.id, info.state, ranked, count, keeping, at_risk, total)
 
 

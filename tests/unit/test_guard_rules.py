@@ -175,3 +175,36 @@ def test_a_layer_path_that_is_not_utf8_is_shown_not_a_crash() -> None:
     raw = os.fsdecode(b"/workspace/w\xff.pt")  # as a walk of the layer returns it
     assert shown(raw) == "/workspace/w\ufffd.pt"
     shown(raw).encode("utf-8")  # printable on a UTF-8 terminal
+
+
+def test_every_file_of_a_layer_is_ranked_through_spilled_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``scan --json`` ranks every file in bounded memory: runs sorted and spilled to temporary
+    files, merged on reading -- the same order as one sort in memory, names of any kind kept."""
+    import random
+
+    from cargohold import guard
+
+    rng = random.Random(7)
+    names = ["a.pt", "b.jpg", "c.log", "d", "é.parquet", "x\udcff.bin", 'q"uote\n.ckpt']
+    items = [
+        guard.AtRisk(
+            f"/w/{rng.randrange(50)}/{rng.choice(names)}",
+            rng.choice(list(guard.RANK)),
+            rng.randrange(5),
+            f"reason {i}",
+        )
+        for i in range(500)
+    ]
+    expected = sorted(items, key=lambda f: (guard.RANK[f.category], -f.size, f.path))
+    monkeypatch.setattr(guard._Ranking, "RUN", 7)
+    ranking = guard._Ranking(iter(items))
+    assert len(ranking._runs) == 72 and not ranking._memory
+    first = list(ranking)
+    assert [f.path for f in first] == [f.path for f in expected]
+    assert [(f.category, f.size) for f in first] == [(f.category, f.size) for f in expected]
+    assert sorted(first, key=lambda f: f.reason) == sorted(items, key=lambda f: f.reason)
+    assert list(ranking) == first  # read again from the start
+    monkeypatch.setattr(guard._Ranking, "RUN", 1000)
+    assert [f.path for f in guard._Ranking(iter(items))] == [f.path for f in expected]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from dataclasses import asdict
@@ -83,7 +84,7 @@ def scan_command(
                 f"{_size(scan.bytes_at_risk)} would be lost with the container",
             )
         )
-        for item in scan.files[:limit]:
+        for item in itertools.islice(scan.files, limit):
             out.print(
                 Text.assemble(
                     f"  {item.category:<10} {_size(item.size):>9}  {shown(item.path)}  ",
