@@ -147,3 +147,150 @@ def test_flushing_writes_back_while_the_block_runs(monkeypatch: pytest.MonkeyPat
     count = len(calls)
     time.sleep(0.05)
     assert calls and set(calls) == {7} and len(calls) == count  # stopped with the block
+
+
+def _dataset(src: Path) -> None:
+    """50 folders of small files, each with a nested folder, a symlink, and a hardlink to a
+    file of the folder before (so links cross the two processes' shares)."""
+    for d in range(50):
+        for sub in ("", "/inner"):
+            folder = src / f"c{d:02}{sub}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(20):
+                (folder / f"{i}.bin").write_bytes(os.urandom(i * 10))
+        os.symlink("0.bin", src / f"c{d:02}" / "link")
+        if d:
+            os.link(src / f"c{d - 1:02}" / "1.bin", src / f"c{d:02}" / "hl")
+        os.utime(src / f"c{d:02}", ns=(10**18, 10**18 + d))
+
+
+def _same_tree(a: Path, b: Path) -> None:
+    for folder, dirs, files in os.walk(a):
+        for name in dirs + files:
+            x = Path(folder, name)
+            y = b / x.relative_to(a)
+            sx, sy = x.lstat(), y.lstat()
+            assert (sx.st_mode, sx.st_mtime_ns, sx.st_nlink, sx.st_size) == (
+                sy.st_mode, sy.st_mtime_ns, sy.st_nlink, sy.st_size
+            ), x
+            if x.is_symlink():
+                assert os.readlink(x) == os.readlink(y)
+            elif x.is_file():
+                assert x.read_bytes() == y.read_bytes()
+    assert sum(len(f) + len(d) for _, d, f in os.walk(a)) == sum(
+        len(f) + len(d) for _, d, f in os.walk(b)
+    )
+
+
+def test_a_twin_process_copies_part_of_a_large_walk_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files, folder times, symlinks and hardlinks (across both processes' shares) are as
+    with one process; the twin really copied a share."""
+    from cargohold.archive import _twin
+    from cargohold.archive.folder import FolderReader
+
+    monkeypatch.setattr(_twin, "TWIN_AFTER", 10)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    waited: list[tuple[int, int]] = []
+    real_wait = _twin.Twin.wait
+
+    def wait(self: _twin.Twin) -> tuple[int, int]:
+        waited.append(real_wait(self))
+        return waited[-1]
+
+    monkeypatch.setattr(_twin.Twin, "wait", wait)
+    _dataset(tmp_path / "src")
+    (tmp_path / "dst").mkdir()
+    with ConfinedDir.open(tmp_path / "dst") as root:
+        writer = ConfinedWriter(root, workers=4)
+        writer.write_all(FolderReader(tmp_path / "src"))
+    assert len(waited) == 1 and 0 < waited[0][0] < 2000
+    assert writer.files == 2000
+    _same_tree(tmp_path / "src", tmp_path / "dst")
+
+
+def test_a_failing_twin_fails_the_copy_with_its_own_message(tmp_path: Path) -> None:
+    """The twin's error reaches the first process as the same kind of error, never a
+    traceback; here its target folder was removed under it."""
+    from cargohold.archive import _twin
+    from cargohold.archive.confined import Share, TwinSource
+
+    _dataset(tmp_path / "src")
+    (tmp_path / "gone").mkdir()
+    with ConfinedDir.open(tmp_path / "src") as source, ConfinedDir.open(tmp_path / "gone") as gone:
+        (tmp_path / "gone").rmdir()
+        writer = ConfinedWriter(gone, workers=2)
+        twin = _twin.Twin.start(
+            TwinSource(source, "", Share(0, before=True)), "c01", writer, lambda n, files=0: None
+        )
+        assert twin is not None
+        try:
+            with pytest.raises((OSError, TransferError)) as failed:
+                twin.wait()
+        finally:
+            twin.stop()
+            writer.close()
+    assert "Traceback" not in str(failed.value)
+    assert "No such file" in str(failed.value) or "does not exist" in str(failed.value)
+
+
+def _twins_of(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"cargohold.archive._twin" in cmdline and marker.encode() in cmdline:
+                found.append(int(pid))
+    return found
+
+
+def test_a_twin_dies_with_a_killed_first_process(tmp_path: Path) -> None:
+    """SIGKILL leaves the first process no chance to stop its twin: the kernel does
+    (PR_SET_PDEATHSIG), so nothing goes on writing into a staging folder a rerun removes."""
+    import signal
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    for d in range(300):  # (the twin's half takes seconds: it must die well before it ends)
+        (src / f"c{d:03}").mkdir(parents=True)
+        for i in range(200):
+            (src / f"c{d:03}" / f"{i}").write_bytes(b"x" * 100)
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from cargohold.archive import _twin\n"
+        "from cargohold.archive.confined import ConfinedDir, ConfinedWriter\n"
+        "from cargohold.archive.folder import FolderReader\n"
+        "_twin.TWIN_AFTER = 10\n"
+        "os.sched_getaffinity = lambda _: {0, 1}\n"
+        "with ConfinedDir.open(Path(sys.argv[2]), create=True) as root:\n"
+        "    ConfinedWriter(root, workers=2).write_all(FolderReader(Path(sys.argv[1])))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(confined.__file__).parents[2])}
+    first = subprocess.Popen([sys.executable, "-c", script, str(src), str(tmp_path / "dst")],
+                             env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not _twins_of(str(tmp_path)) and time.monotonic() < deadline:
+            assert first.poll() is None, "the copy ended before a twin was seen"
+            time.sleep(0.01)
+        assert _twins_of(str(tmp_path)), "no twin started"
+        time.sleep(0.8)  # the twin is past its start, copying
+        assert first.poll() is None and _twins_of(str(tmp_path)), "the copy ended too soon"
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        deadline = time.monotonic() + 0.5
+        while _twins_of(str(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _twins_of(str(tmp_path))
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        for pid in _twins_of(str(tmp_path)):
+            os.kill(pid, signal.SIGKILL)

@@ -27,16 +27,18 @@ import shutil
 import stat
 import threading
 import weakref
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from cargohold.archive._entries import CHUNK, Entry, Kind, Opener, Progress, Walked, no_progress
 from cargohold.archive._fs import flushing
 from cargohold.errors import TransferError, UnsafeArchive
 
-__all__ = ["ConfinedDir", "ConfinedReader", "ConfinedWriter", "RegularFile"]
+__all__ = ["ConfinedDir", "ConfinedReader", "ConfinedWriter", "RegularFile", "Share", "TwinSource"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -311,6 +313,42 @@ def _entry(rel: str, st: os.stat_result, kind: Kind, *, size: int = 0, target: s
     )
 
 
+class Share:
+    """Which files of a walk this process copies while a twin process copies the others
+    (``archive._twin``). Before the walk enters the folder ``start`` (walk-relative), the
+    files are the first process's (``before``); from there on, the files and links of a folder
+    belong to the process whose ``index`` is crc32 of the folder's path modulo ``count``, and a
+    hardlink goes with the file it links to. Folders are every process's: each makes them as
+    it needs them."""
+
+    __slots__ = ("active", "before", "count", "index", "start")
+
+    def __init__(
+        self, index: int, *, before: bool, start: str | None = None, count: int = 2
+    ) -> None:
+        self.index = index
+        self.count = count
+        self.before = before
+        self.start = start
+        self.active = False
+
+    def owns(self, folder: str) -> bool:
+        """Are the files in ``folder`` this process's (as things stand in the walk)?"""
+        if not self.active:
+            return self.before
+        return zlib.crc32(folder.encode("utf-8", "surrogateescape")) % self.count == self.index
+
+
+@dataclass(frozen=True)
+class TwinSource:
+    """What a twin process needs to walk the same tree as a ``ConfinedReader``."""
+
+    base: ConfinedDir
+    rel: str
+    share: Share
+    visible: bool = False  # behind ``staging.Visible``
+
+
 class ConfinedReader:
     """The entries at ``rel`` under a confined folder: parents before children, names sorted.
 
@@ -330,12 +368,23 @@ class ConfinedReader:
         *,
         name: str | None = None,
         on_vanished: Callable[[str], None] | None = None,
+        share: Share | None = None,
     ) -> None:
         self._base = base
         self._rel = "/".join(_parts(rel))
         self._name = name
+        self._on_vanished = on_vanished
         self._vanished = on_vanished or (lambda _: None)
+        self.share = share
         self.skipped = 0
+
+    def twin_source(self) -> TwinSource | None:
+        """Let a twin process copy part of this walk (None: this walk cannot be split); from
+        now on this walk yields only its own share once the share is started."""
+        if self.share is not None or self._name is not None or self._on_vanished is not None:
+            return None
+        self.share = Share(0, before=True)
+        return TwinSource(self._base, self._rel, self.share)
 
     def __iter__(self) -> Iterator[tuple[Entry, Opener | None]]:
         for entry, opener, _ in self.walk():
@@ -382,7 +431,8 @@ class ConfinedReader:
         yield from self._walk_folder()
 
     def _walk_folder(self) -> Iterator[Walked]:
-        seen_inodes: dict[tuple[int, int], str] = {}
+        seen_inodes: dict[tuple[int, int], tuple[str, bool]] = {}  # -> first path, ours?
+        share = self.share
         # Each frame: (path relative to the walk, its folder -- closed to keep the number of
         # open folders bounded, reopened when the walk returns to it -- the names to visit).
         root = _Held(self._base.open_dir(self._rel))
@@ -415,10 +465,15 @@ class ConfinedReader:
                     except OSError:
                         self._vanished(rel)  # replaced while we walked
                         continue
-                    yield _entry(rel, st, "dir"), None, st
+                    if share is not None and rel == share.start:
+                        share.active = True
+                    if share is None or share.active or share.before:
+                        yield _entry(rel, st, "dir"), None, st
                     self._bound_open(stack)
                     stack.append((rel, _Held(child), iter(_sorted_names(child))))
                 elif stat.S_ISLNK(st.st_mode):
+                    if share is not None and not share.owns(rel_dir):
+                        continue
                     try:
                         target = os.readlink(name, dir_fd=fd)
                     except OSError:
@@ -426,14 +481,18 @@ class ConfinedReader:
                         continue
                     yield _entry(rel, st, "symlink", target=target), None, st
                 elif stat.S_ISREG(st.st_mode):
+                    mine = share is None or share.owns(rel_dir)
                     key = (st.st_dev, st.st_ino)
                     if st.st_nlink > 1 and key in seen_inodes:
-                        yield _entry(rel, st, "hardlink", target=seen_inodes[key]), None, st
+                        first, first_mine = seen_inodes[key]
+                        if first_mine:  # (the process that wrote the file makes its links)
+                            yield _entry(rel, st, "hardlink", target=first), None, st
                         continue
                     if st.st_nlink > 1:
-                        seen_inodes[key] = rel
-                    entry = _entry(rel, st, "file", size=st.st_size)
-                    yield entry, self._opener(self._join(rel), held, name), st
+                        seen_inodes[key] = (rel, mine)
+                    if mine:
+                        entry = _entry(rel, st, "file", size=st.st_size)
+                        yield entry, self._opener(self._join(rel), held, name), st
                 else:
                     self.skipped += 1
         finally:
@@ -499,9 +558,12 @@ class ConfinedWriter:
         progress: Progress = no_progress,
         workers: int = 1,
         durable: bool = False,
+        folder_attrs: bool = True,
     ) -> None:
         self.root = root
+        self.workers = workers
         self._durable = durable
+        self._folder_attrs = folder_attrs  # (a twin leaves them to the first process)
         self._as_root = os.geteuid() == 0
         self._dirs: list[tuple[str, Entry]] = []
         self._progress = progress
@@ -532,8 +594,11 @@ class ConfinedWriter:
                 try:
                     fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
                 except FileNotFoundError:
-                    os.mkdir(name, 0o755, dir_fd=parent)
-                    self.implicit.add(rel)
+                    try:
+                        os.mkdir(name, 0o755, dir_fd=parent)
+                        self.implicit.add(rel)
+                    except FileExistsError:  # made meanwhile (by a twin): opened like any
+                        pass
                     fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             except OSError as exc:
                 raise _refuse_through(rel, exc, parent, name) from None
@@ -592,7 +657,8 @@ class ConfinedWriter:
                     "volume or a target is never replaced.",
                     hint="Only extract archives you trust.",
                 )
-            self._dirs.append(("", entry))
+            if self._folder_attrs:
+                self._dirs.append(("", entry))
             self.implicit.discard("")
             return
         self._wait(rel)
@@ -602,7 +668,8 @@ class ConfinedWriter:
             self._clear(parent, name, rel, keep_dir=True)
             self._dir(rel)
             self.implicit.discard(rel)
-            self._dirs.append((rel, entry))
+            if self._folder_attrs:
+                self._dirs.append((rel, entry))
             return
         if entry.kind == "file":
             assert data is not None
@@ -708,18 +775,42 @@ class ConfinedWriter:
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
     def write_all(self, entries: Iterable[tuple[Entry, Opener | None]]) -> None:
+        """Write every entry, then the folders' attributes. A walk of a local folder with
+        ``workers`` > 1, on two cores or more, is shared with a twin process once
+        ``TWIN_AFTER`` files are written (``archive._twin``)."""
+        from cargohold.archive import _twin
+
+        source = _twin.source_of(entries) if self._pool is not None else None
+        twin: _twin.Twin | None = None
         try:
             with flushing(self.root.fd) if self._durable else contextlib.nullcontext():
                 for entry, data in entries:
                     self.add(entry, data)
+                    if (
+                        source is not None
+                        and entry.kind == "dir"
+                        and entry.path
+                        and self.files + len(self._pending) >= _twin.TWIN_AFTER
+                    ):
+                        twin = _twin.Twin.start(source, entry.path, self, self._progress)
+                        source = None  # (one twin; none at all if it could not start)
+                self._wait()
+                if twin is not None:
+                    files, nbytes = twin.wait()
+                    self.files += files
+                    self.bytes += nbytes
                 self.finish()
         finally:
+            if twin is not None:
+                twin.stop()
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
             self.close()
 
     def finish(self) -> None:
         self._wait()
+        if not self._folder_attrs:
+            return
         # Deepest first, so that setting a folder's time is not undone by its children.
         for rel, entry in sorted(self._dirs, key=lambda d: d[0].count("/"), reverse=True):
             if rel:

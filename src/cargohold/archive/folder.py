@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cargohold.archive._entries import Entry, Opener, Progress, Walked, no_progress
-from cargohold.archive.confined import ConfinedDir, ConfinedReader, ConfinedWriter
+from cargohold.archive.confined import ConfinedDir, ConfinedReader, ConfinedWriter, TwinSource
 from cargohold.errors import TransferError
 
 __all__ = ["FolderReader", "TreeWriter"]
@@ -52,6 +52,9 @@ class FolderReader:
 
     def __iter__(self) -> Iterator[tuple[Entry, Opener | None]]:
         return iter(self._open())
+
+    def twin_source(self) -> TwinSource | None:
+        return self._open().twin_source()
 
     def walk(self) -> Iterator[Walked]:
         return self._open().walk()

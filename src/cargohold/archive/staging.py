@@ -18,6 +18,7 @@ marker's own record is validated when read (a damaged one is an error that says 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -30,7 +31,7 @@ from typing import Literal
 
 from cargohold.archive._entries import Entry, EntrySource, Opener, Walked
 from cargohold.archive._fs import syncfs
-from cargohold.archive.confined import ConfinedDir
+from cargohold.archive.confined import ConfinedDir, TwinSource
 from cargohold.errors import TransferError
 
 __all__ = [
@@ -78,6 +79,11 @@ class Visible:
 
     def walk(self) -> Iterator[Walked]:
         return (w for w in self._source.walk() if not _hidden(w[0].path))
+
+    def twin_source(self) -> TwinSource | None:
+        ask = getattr(self._source, "twin_source", None)
+        found: TwinSource | None = ask() if ask is not None else None
+        return None if found is None else dataclasses.replace(found, visible=True)
 
 
 @dataclass(frozen=True)

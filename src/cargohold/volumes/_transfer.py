@@ -45,6 +45,7 @@ from cargohold.errors import (
 )
 from cargohold.volumes._access import Recovery, VolumeAccess, split_volume_path
 from cargohold.volumes._journal import Journal
+from cargohold.volumes._local import WRITERS
 from cargohold.volumes._open import open_volume
 
 __all__ = [
@@ -475,7 +476,12 @@ def _export_to(
     durable: bool = False,
 ) -> ConfinedWriter:
     with target, open_entries() as entries:
-        writer = ConfinedWriter(target, progress=progress, durable=durable)
+        writer = ConfinedWriter(
+            target,
+            progress=progress,
+            workers=WRITERS if entries.random_access else 1,
+            durable=durable,
+        )
         writer.write_all(entries)
         if durable:  # an ingest, like one into a volume; an export is a copy out, as cp's
             syncfs(target.fd)
