@@ -137,11 +137,12 @@ def test_flushing_writes_back_while_the_block_runs(monkeypatch: pytest.MonkeyPat
     flushed = threading.Event()
     calls: list[int] = []
 
-    def fake_syncfs(fd: int) -> None:
+    def fake_syncfs(fd: int) -> bool:
         calls.append(fd)
         flushed.set()
+        return True
 
-    monkeypatch.setattr(_fs, "syncfs", fake_syncfs)
+    monkeypatch.setattr(_fs, "_syncfs_only", fake_syncfs)
     with _fs.flushing(7, every=0.01):
         assert flushed.wait(5)
     count = len(calls)
@@ -294,3 +295,75 @@ def test_a_twin_dies_with_a_killed_first_process(tmp_path: Path) -> None:
             first.wait()
         for pid in _twins_of(str(tmp_path)):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_twin_shares_from_a_position_even_when_the_start_folder_is_gone(
+    tmp_path: Path,
+) -> None:
+    """The split starts at a position in the walk, not at a name: a start folder renamed or
+    removed before the twin's walk gets there must not leave the files after it to nobody
+    (they were the parent's to skip)."""
+    import zlib
+
+    from cargohold.archive import _twin
+    from cargohold.archive.confined import Share, TwinSource
+
+    src = tmp_path / "src"
+    names = ["a", "b", "d", "e", "f/g", "f/h", "k", "m"]  # "c" (the start) is gone
+    for name in names:
+        (src / name).mkdir(parents=True)
+        for i in range(5):
+            (src / name / f"{i}.bin").write_bytes(b"x")
+    (tmp_path / "dst").mkdir()
+    with ConfinedDir.open(src) as source, ConfinedDir.open(tmp_path / "dst") as target:
+        writer = ConfinedWriter(target, workers=2)
+        twin = _twin.Twin.start(
+            TwinSource(source, "", Share(0, before=True)), "c", writer, lambda n, files=0: None
+        )
+        assert twin is not None
+        try:
+            files, _ = twin.wait()
+        finally:
+            twin.stop()
+            writer.close()
+    copied = {str(p.relative_to(tmp_path / "dst")) for p in (tmp_path / "dst").rglob("*.bin")}
+    expected = {
+        f"{name}/{i}.bin"
+        for name in names
+        if name > "c" and zlib.crc32(name.encode()) % 2 == 1
+        for i in range(5)
+    }
+    assert expected and copied == expected and files == len(expected)
+
+
+def test_a_twin_imports_nothing_from_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The working folder may be a copied volume (`cd out && sudo cargohold ingest . v`): a
+    `cargohold` package planted there never runs in the twin."""
+    from cargohold.archive import _twin
+    from cargohold.archive.confined import Share, TwinSource
+
+    planted = tmp_path / "cwd" / "cargohold"
+    (planted / "archive").mkdir(parents=True)
+    marker = tmp_path / "ran"
+    (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (planted / "archive" / "__init__.py").write_text("")
+    (planted / "archive" / "_twin.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    for d in ("a", "b", "c"):
+        (tmp_path / "src" / d).mkdir(parents=True)
+        (tmp_path / "src" / d / "f").write_bytes(b"x")
+    (tmp_path / "dst").mkdir()
+    with ConfinedDir.open(tmp_path / "src") as source, ConfinedDir.open(tmp_path / "dst") as dst:
+        writer = ConfinedWriter(dst, workers=2)
+        twin = _twin.Twin.start(
+            TwinSource(source, "", Share(0, before=True)), "a", writer, lambda n, files=0: None
+        )
+        assert twin is not None
+        try:
+            twin.wait()
+        finally:
+            twin.stop()
+            writer.close()
+    assert not marker.exists()

@@ -41,7 +41,8 @@ def flushing(fd: int, every: float = FLUSH_EVERY) -> Iterator[None]:
 
     def run() -> None:
         while not stop.wait(every):
-            syncfs(fd)
+            if not _syncfs_only(fd):  # (no sync of the whole machine every second)
+                return
 
     thread = threading.Thread(target=run, name="cargohold-flush", daemon=True)
     thread.start()
@@ -50,3 +51,11 @@ def flushing(fd: int, every: float = FLUSH_EVERY) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def _syncfs_only(fd: int) -> bool:
+    """``syncfs`` of ``fd``'s file system; False where it is missing or fails."""
+    try:
+        return bool(ctypes.CDLL(None, use_errno=True).syncfs(fd) == 0)
+    except (OSError, AttributeError):
+        return False

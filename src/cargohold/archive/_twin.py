@@ -56,10 +56,15 @@ _ENV = "CARGOHOLD_TWIN"  # "0": never start one
 
 def source_of(entries: Iterable[Any]) -> TwinSource | None:
     """The walk ``entries`` is, if a twin can share it (and this machine has two cores)."""
-    if os.environ.get(_ENV) == "0" or len(os.sched_getaffinity(0)) < 2:
+    if os.environ.get(_ENV) == "0" or _cores() < 2:
         return None
     ask = getattr(entries, "twin_source", None)
     return ask() if ask is not None else None
+
+
+def _cores() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 class Twin:
@@ -70,6 +75,7 @@ class Twin:
         self._progress = progress
         self._done: tuple[int, int] | None = None
         self._error: dict[str, str] | None = None
+        self.failed = False  # the twin said it failed (the first process stops there)
         self._stderr: deque[str] = deque(maxlen=20)  # (read as it comes: a full pipe blocks)
         self._reader = threading.Thread(target=self._follow, name="cargohold-twin", daemon=True)
         self._reader.start()
@@ -100,7 +106,8 @@ class Twin:
         }
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "cargohold.archive._twin", json.dumps(spec)],
+                # -P: nothing imported from the working folder (it may be a copied volume's)
+                [sys.executable, "-P", "-m", "cargohold.archive._twin", json.dumps(spec)],
                 pass_fds=(source.base.fd, writer.root.fd),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -110,9 +117,15 @@ class Twin:
             )
         except OSError:  # no process to be had (a limit): the first one copies everything
             return None
+        try:
+            twin = cls(process, progress)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
         source.share.start = start
         source.share.active = True
-        return cls(process, progress)
+        return twin
 
     def _follow(self) -> None:
         stdout = self._process.stdout
@@ -128,6 +141,7 @@ class Twin:
                     self._done = (files, nbytes)
                 elif kind == "error":
                     self._error = json.loads(rest)
+                    self.failed = True
             except Exception:  # a bad line or a failing display: read on (a pipe left
                 continue  # unread would block the twin)
 

@@ -315,13 +315,18 @@ def _entry(rel: str, st: os.stat_result, kind: Kind, *, size: int = 0, target: s
 
 class Share:
     """Which files of a walk this process copies while a twin process copies the others
-    (``archive._twin``). Before the walk enters the folder ``start`` (walk-relative), the
-    files are the first process's (``before``); from there on, the files and links of a folder
-    belong to the process whose ``index`` is crc32 of the folder's path modulo ``count``, and a
-    hardlink goes with the file it links to. Folders are every process's: each makes them as
-    it needs them."""
+    (``archive._twin``). Up to the folder ``start`` (walk-relative) the files are the first
+    process's (``before``); after it, the files and links of a folder belong to the process
+    whose ``index`` is crc32 of the folder's path modulo ``count``, and a hardlink goes with
+    the file it links to. Folders are every process's: each makes them as it needs them.
 
-    __slots__ = ("active", "before", "count", "index", "start")
+    "After" is a position, not a name: a walk visits paths in the order of their names, part
+    by part (names sorted in every folder, parents first), so the twin starts sharing at the
+    first path that sorts after ``start`` -- whether or not ``start`` itself is still there
+    when its own walk gets that far (a folder renamed meanwhile must not leave half the files
+    to nobody)."""
+
+    __slots__ = ("_after", "active", "before", "count", "index", "start")
 
     def __init__(
         self, index: int, *, before: bool, start: str | None = None, count: int = 2
@@ -330,7 +335,13 @@ class Share:
         self.count = count
         self.before = before
         self.start = start
+        self._after = start.split("/") if start is not None else None
         self.active = False
+
+    def reach(self, rel: str) -> None:
+        """The walk is at ``rel``: from a path past ``start`` on, the files are shared."""
+        if self._after is not None and rel.split("/") > self._after:
+            self.active = True
 
     def owns(self, folder: str) -> bool:
         """Are the files in ``folder`` this process's (as things stand in the walk)?"""
@@ -454,6 +465,8 @@ class ConfinedReader:
                     fd = held.fd
                 assert fd is not None
                 rel = f"{rel_dir}/{name}" if rel_dir else name
+                if share is not None and not share.active:
+                    share.reach(rel)
                 try:
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except FileNotFoundError:
@@ -465,8 +478,6 @@ class ConfinedReader:
                     except OSError:
                         self._vanished(rel)  # replaced while we walked
                         continue
-                    if share is not None and rel == share.start:
-                        share.active = True
                     if share is None or share.active or share.before:
                         yield _entry(rel, st, "dir"), None, st
                     self._bound_open(stack)
@@ -786,6 +797,8 @@ class ConfinedWriter:
             with flushing(self.root.fd) if self._durable else contextlib.nullcontext():
                 for entry, data in entries:
                     self.add(entry, data)
+                    if twin is not None and twin.failed:
+                        twin.wait()  # (raises its error now, not after our own half)
                     if (
                         source is not None
                         and entry.kind == "dir"
