@@ -28,12 +28,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _peers import Borg, Cargohold, Measured, Tool, ensure_peers, ratio, settle, size_text, timed
+import _peers
+from _peers import Borg, Cargohold, Measured, Tool, ratio, size_text, timed
 
 
 def make_tree(root: Path, files: int, per_folder: int) -> None:
@@ -66,7 +66,7 @@ def run(tool: Tool, source: Path, work: Path) -> Measured:
     tool.init()
     env = tool.env()
     for label in ("first", "unchanged"):
-        settle()
+        _peers.settle()
         m.seconds[label], m.peak_mb[label] = timed(tool.backup(source), env)
     m.size["repository"] = tool.size()
     return m
@@ -83,33 +83,11 @@ def best(results: dict[str, Measured], key: str, commands: dict[str, object], ru
     for attempt in range(runs):
         for name, make in commands.items():
             args, env = make(attempt)  # type: ignore[operator]
-            settle()
+            _peers.settle()
             seconds, peak = timed(args, env)
             m = results[name]
             if key not in m.seconds or seconds < m.seconds[key]:
                 m.seconds[key], m.peak_mb[key] = seconds, peak
-
-
-@contextlib.contextmanager
-def fresh_file_system(where: Path, files: int, copies: int) -> Iterator[Path]:
-    """A new ext4 file system on a sparse image under ``where``, mounted; removed afterwards."""
-    image = where / f"cargohold-bench-{os.getpid()}.img"
-    mount = Path(tempfile.mkdtemp(prefix="cargohold-bench-fs-", dir=where))
-    # every copy of every file in a block of its own, the repositories, room to spare
-    gigabytes = files * copies * 4096 // 10**9 + files * 4000 // 10**9 + 4
-    subprocess.run(["truncate", "-s", f"{gigabytes}G", str(image)], check=True)
-    try:
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-N", str(files * copies + 200_000), str(image)],
-                       check=True)
-        subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
-        try:
-            yield mount
-        finally:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
-    finally:
-        image.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            mount.rmdir()
 
 
 def volumes(
@@ -162,14 +140,14 @@ def main() -> None:
                         help="run in --dir itself (the default as root is a new ext4 there)")
     args = parser.parse_args()
     if not args.skip_borg:
-        ensure_peers()
+        _peers.ensure_peers()
     fresh = not args.no_fresh_fs and os.geteuid() == 0 and shutil.which("mkfs.ext4") is not None
     runs = RUNS if args.files < LARGE else 1
     with contextlib.ExitStack() as stack:
         where = Path(args.dir)
         if fresh:
             copies = 1 + COPIES_PER_RUN * runs
-            where = stack.enter_context(fresh_file_system(where, args.files, copies))
+            where = stack.enter_context(_peers.fresh_file_system(where, args.files, copies))
         work = Path(tempfile.mkdtemp(prefix="cargohold-many-", dir=where))
         if not fresh:  # (a fresh file system goes whole: deleting millions of files takes long)
             stack.callback(shutil.rmtree, work, True)

@@ -1,7 +1,7 @@
 """cargohold's repository against restic, borg and cp -a, on the same folder in the same run.
 
     python3 benchmarks/repository.py [--small-files 5000] [--float-mb 512] [--csv-mb 200]
-                                     [--dir /var/tmp] [--s3] [--repeat 3]
+                                     [--dir /var/tmp] [--s3] [--repeat 3] [--no-fresh-fs]
 
 The data set (issue 12): small random files, a float32 array, a CSV. Operations: first
 snapshot, unchanged snapshot, a small change (1% of the small files rewritten, 10 MB appended to
@@ -9,12 +9,14 @@ the CSV), restore into an empty folder, and the repository's size after the thre
 One table: each tool's time, peak memory, and cargohold's ratio to each peer; the issue's goals
 are printed below it. ``--s3`` runs cargohold and restic again against a radosgw started by
 tests/services/radosgw.sh. borg runs unencrypted (``-e none``) like cargohold's default;
-restic always encrypts.
+restic always encrypts. As root, everything runs on a new ext4 file system and nothing is
+deleted until the end (``_peers.fresh_file_system`` says why).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -35,6 +37,7 @@ from _peers import (
     Restic,
     Tool,
     ensure_peers,
+    fresh_file_system,
     ratio,
     settle,
     size_text,
@@ -75,9 +78,11 @@ def small_change(root: Path) -> None:
             row += 1
 
 
-def run_tool(tool: Tool, source: Path, pristine: Path, work: Path) -> Measured:
+def run_tool(tool: Tool, label: str, pristine: Path, work: Path) -> Measured:
+    """Nothing is deleted until the end (see ``fresh_file_system``): each tool has its own
+    copy of the data, each restore its own target."""
     m = Measured()
-    shutil.rmtree(source, ignore_errors=True)
+    source = work / f"data-{label}"
     subprocess.run(["cp", "-a", str(pristine), str(source)], check=True)
     tool.init()
     env = tool.env()
@@ -87,15 +92,12 @@ def run_tool(tool: Tool, source: Path, pristine: Path, work: Path) -> Measured:
         settle()
         m.seconds[label], m.peak_mb[label] = timed(tool.backup(source), env)
     m.size["repository"] = tool.size()
-    target = work / f"restore-{tool.name}"
     runs = []
-    for _ in range(REPEAT):  # the disk's writeback makes single restores vary by 2x here
-        shutil.rmtree(target, ignore_errors=True)
+    for i in range(REPEAT):  # the disk's writeback makes single restores vary by 2x here
         settle()
-        runs.append(timed(tool.restore(target), env))
+        runs.append(timed(tool.restore(work / f"restore-{label}-{i}"), env))
     m.seconds["restore"] = statistics.median(r[0] for r in runs)
     m.peak_mb["restore"] = max(r[1] for r in runs)
-    shutil.rmtree(target, ignore_errors=True)
     return m
 
 
@@ -103,15 +105,13 @@ def copy_times(pristine: Path, work: Path) -> tuple[float, float]:
     """Medians of ``cp -a`` and of ``cp -a`` followed by ``sync`` (what a restore that makes
     its data durable, as cargohold's does, compares with)."""
     plain, durable = [], []
-    for _ in range(REPEAT):
-        shutil.rmtree(work / "cp-copy", ignore_errors=True)
+    for i in range(REPEAT):
         settle()
-        seconds, _ = timed(["cp", "-a", str(pristine), str(work / "cp-copy")])
+        seconds, _ = timed(["cp", "-a", str(pristine), str(work / f"cp-copy-{i}")])
         began = time.monotonic()
         os.sync()
         plain.append(seconds)
         durable.append(seconds + time.monotonic() - began)
-    shutil.rmtree(work / "cp-copy", ignore_errors=True)
     return statistics.median(plain), statistics.median(durable)
 
 
@@ -123,34 +123,46 @@ def main() -> None:
     parser.add_argument("--dir", default="/var/tmp")
     parser.add_argument("--s3", action="store_true", help="also cargohold and restic on S3")
     parser.add_argument("--repeat", type=int, default=3, help="restores per tool (median)")
+    parser.add_argument("--no-fresh-fs", action="store_true",
+                        help="run in --dir itself (the default as root is a new ext4 there)")
     args = parser.parse_args()
     global REPEAT
     REPEAT = max(1, args.repeat)
     ensure_peers()
-    work = Path(tempfile.mkdtemp(prefix="cargohold-bench-", dir=args.dir))
-    try:
-        pristine = work / "pristine"
-        make_data(pristine, args.small_files, args.float_mb, args.csv_mb)
-        data_bytes = tree_bytes(pristine)
-        source = work / "data"
-        results: dict[str, Measured] = {}
-        for tool in (Cargohold(work), Restic(work), Borg(work)):
-            results[tool.name] = run_tool(tool, source, pristine, work)
-        cp = Measured()
-        plain, durable = copy_times(pristine, work)
-        cp.seconds["first"] = cp.seconds["restore"] = plain
-        results["cp -a"] = cp
-        synced = Measured()
-        synced.seconds["restore"] = durable
-        results["cp -a+sync"] = synced
-        if args.s3:
-            results.update(run_s3(work, source, pristine))
-        report(results, data_bytes)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    fresh = not args.no_fresh_fs and os.geteuid() == 0 and shutil.which("mkfs.ext4") is not None
+    with contextlib.ExitStack() as stack:
+        where = Path(args.dir)
+        if fresh:  # data, 3 tools' copies, their restores and cp's, on S3 too: ~30 copies
+            data_gb = (args.float_mb + args.csv_mb) * 30 // 1000 + 4
+            where = stack.enter_context(
+                fresh_file_system(where, args.small_files, 30, extra_gb=data_gb))
+        work = Path(tempfile.mkdtemp(prefix="cargohold-bench-", dir=where))
+        if not fresh:
+            stack.callback(shutil.rmtree, work, True)
+        measure(args, work, fresh)
 
 
-def run_s3(work: Path, source: Path, pristine: Path) -> dict[str, Measured]:
+def measure(args: argparse.Namespace, work: Path, fresh: bool) -> None:
+    pristine = work / "pristine"
+    make_data(pristine, args.small_files, args.float_mb, args.csv_mb)
+    data_bytes = tree_bytes(pristine)
+    results: dict[str, Measured] = {}
+    for tool in (Cargohold(work), Restic(work), Borg(work)):
+        results[tool.name] = run_tool(tool, tool.name, pristine, work)
+    cp = Measured()
+    plain, durable = copy_times(pristine, work)
+    cp.seconds["first"] = cp.seconds["restore"] = plain
+    results["cp -a"] = cp
+    synced = Measured()
+    synced.seconds["restore"] = durable
+    results["cp -a+sync"] = synced
+    if args.s3:
+        results.update(run_s3(work, pristine))
+    report(results, data_bytes)
+    print("(on a new ext4 file system)" if fresh else f"(in {args.dir})")
+
+
+def run_s3(work: Path, pristine: Path) -> dict[str, Measured]:
     """cargohold and restic on S3: the radosgw at $CARGOHOLD_TEST_S3_ENDPOINT if one runs,
     else one started here (tests/services/radosgw.sh)."""
     folder = str(work / "radosgw")
@@ -174,7 +186,7 @@ def run_s3(work: Path, source: Path, pristine: Path) -> dict[str, Measured]:
         theirs = Restic(work, f"s3:{endpoint}/{bucket}/restic", keys)
         results = {}
         for tool, label in ((ours, "cargohold S3"), (theirs, "restic S3")):
-            measured = run_tool(tool, source, pristine, work)
+            measured = run_tool(tool, label.replace(" ", "-"), pristine, work)
             measured.size.pop("repository", None)
             results[label] = measured
         return results
