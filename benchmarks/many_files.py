@@ -14,7 +14,9 @@ The copies (restore, ingest, export and their ``cp -a``) run twice each, taking 
 better time counts. As root, everything runs on a new ext4 file system (a sparse image on a
 loop device, the volumes' folders bind-mounted onto it): for minutes after a mass deletion,
 ext4 here creates files up to 10x slower (``recently_deleted`` in its inode allocator), so on
-a file system used before, whichever command ran after a deletion paid for it.
+a file system used before, whichever command ran after a deletion paid for it. (Through a
+loop device writeback costs the writer's CPU: cargohold's restore and ingest sync their data,
+``cp -a`` does not, so these ratios are if anything unkind to cargohold.)
 """
 
 from __future__ import annotations
