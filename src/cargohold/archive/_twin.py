@@ -1,18 +1,19 @@
 """A second process for a copy between two local folders: ingest, export and clone of a dataset
 of small files at the speed of ``cp -a`` on two cores (issue 16).
 
-Copying a small file is a handful of system calls; Python threads hand the GIL over around
-every one of them, so on two cores two threads copying small files were slower than one (the
-sys time of an ingest of 100,000 files went from 3.8 s to 6-7 s). Two processes do not share a
-GIL: two halves of the same copy run in parallel, as ``floor.py``-style loops of system calls
-do (100,000 files: 2.0 s in two threads of bare calls, 3.0 s in one).
+Copying a small file is a handful of system calls and ~10 us of Python; Python threads hand
+the GIL over around every call, so on two cores threads writing small files were slower than
+one (the sys time of an ingest of 100,000 files went from 3.8 s to 6-7 s, with per-folder
+batches handed to a pool). Two processes share no GIL: two halves of the same copy run in
+parallel.
 
 So when a ``ConfinedWriter`` with a pool copies a walk of a local folder (``ConfinedReader``,
 also behind ``FolderReader`` or ``staging.Visible``) and has written ``TWIN_AFTER`` files -- a
-small copy never pays for a process -- it starts a *twin*: ``python -m cargohold.archive._twin``
-with the source's and the target's folder descriptors (``pass_fds``: the twin reaches nothing
-by path, the same confinement holds). Both walk the whole tree; from the folder where the
-split starts, each copies the files and links of the folders that are its own (``Share``:
+small copy never pays for a process -- it starts a *twin*: ``python -P -m
+cargohold.archive._twin`` with the source's and the target's folder descriptors (``pass_fds``:
+the twin reaches nothing by path, the same confinement holds; ``-P``: it imports nothing from
+the working folder). Both walk the whole tree; past the position where the split starts
+(``Share``), each copies the files and links of the folders that are its own (``Share``:
 crc32 of the folder's path), a hardlink going with the file it links to; folders are made by
 whichever process needs one first. The first process sets the folders' attributes once the
 twin is done, and it alone decides when the write is complete: the caller's staging, swap and
@@ -21,7 +22,7 @@ twin is done, and it alone decides when the write is complete: the caller's stag
 The twin reports progress as lines on its standard output (``p FILES BYTES``), then
 ``done FILES BYTES``, or ``error {json}`` and exit 1 with the message and hint of what
 failed. A failure of either process fails the write; the first process stops the twin before
-anything is cleaned up.
+anything is cleaned up, and the kernel stops it with a killed first process.
 """
 
 from __future__ import annotations
