@@ -41,8 +41,13 @@ from typing import IO, TYPE_CHECKING, Any
 
 from cargohold import errors
 from cargohold.archive._entries import Progress
-from cargohold.archive.confined import ConfinedDir, ConfinedReader, ConfinedWriter, Share
-from cargohold.archive.confined import TwinSource as TwinSource
+from cargohold.archive.confined import (
+    ConfinedDir,
+    ConfinedReader,
+    ConfinedWriter,
+    Share,
+    TwinSource,
+)
 from cargohold.errors import CargoholdError, TransferError
 
 if TYPE_CHECKING:

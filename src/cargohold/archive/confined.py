@@ -446,9 +446,9 @@ class ConfinedReader:
         share = self.share
         # Each frame: (path relative to the walk, its folder -- closed to keep the number of
         # open folders bounded, reopened when the walk returns to it -- the names to visit).
-        root = _Held(self._base.open_dir(self._rel))
+        root_fd = self._base.open_dir(self._rel)
         stack: list[tuple[str, _Held, Iterator[str]]] = [
-            ("", root, iter(_sorted_names(root.fd)))  # type: ignore[arg-type]
+            ("", _Held(root_fd), iter(_sorted_names(root_fd)))
         ]
         try:
             while stack:
@@ -822,8 +822,6 @@ class ConfinedWriter:
 
     def finish(self) -> None:
         self._wait()
-        if not self._folder_attrs:
-            return
         # Deepest first, so that setting a folder's time is not undone by its children.
         for rel, entry in sorted(self._dirs, key=lambda d: d[0].count("/"), reverse=True):
             if rel:
