@@ -367,3 +367,17 @@ def test_a_twin_imports_nothing_from_the_working_folder(
             twin.stop()
             writer.close()
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["not json"], ["[]"], ['{"parent": "x"}'], ["{}"], ['{"parent": 1}']]
+)
+def test_a_twin_started_by_hand_says_so_without_a_traceback(argv: list[str]) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(confined.__file__).parents[2])}
+    run = subprocess.run([sys.executable, "-P", "-m", "cargohold.archive._twin", *argv],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "started by cargohold itself" in run.stderr

@@ -277,11 +277,30 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
+_SPEC = {
+    "source_fd",
+    "source_path",
+    "rel",
+    "visible",
+    "start",
+    "target_fd",
+    "target_path",
+    "workers",
+    "parent",
+}  # what Twin.start hands over
+
+
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         spec = json.loads(argv[1])
+        if not isinstance(spec, dict) or not spec.keys() >= _SPEC:
+            raise ValueError(spec)
         _die_with_parent(int(spec["parent"]))
+    except (IndexError, ValueError, TypeError):
+        sys.stderr.write("cargohold.archive._twin is started by cargohold itself, not by hand.\n")
+        return 2
+    try:
         files, nbytes = _twin_main(spec)
     except KeyboardInterrupt:
         return 130
