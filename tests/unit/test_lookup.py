@@ -8,7 +8,13 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cargohold.snapshots._lookup import BlobTable
+from cargohold.snapshots._format import (
+    encode_index,
+    encode_packed_index,
+    index_entries,
+    index_packs,
+)
+from cargohold.snapshots._lookup import BlobSet, BlobTable
 
 
 def _entries(items: list[tuple[bytes, int, int]]) -> memoryview:
@@ -69,3 +75,58 @@ def test_a_million_blobs_fit_in_sixty_megabytes() -> None:
     assert table.get(ids[32 * 777 : 32 * 778]) == (1, 0, 0)
     used = sys.getsizeof(table._buckets) + sum(sys.getsizeof(b) for b in table._buckets if b)
     assert used < 60 << 20, used
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.binary(min_size=32, max_size=32), max_size=300),
+    st.lists(st.binary(min_size=32, max_size=32), max_size=50),
+)
+def test_the_blob_set_answers_like_a_set(added: list[bytes], others: list[bytes]) -> None:
+    blobs, model = BlobSet(), set()
+    for blob in added:
+        assert blobs.add(blob) == (blob not in model)
+        model.add(blob)
+    assert len(blobs) == len(model)
+    for blob in added + others:
+        assert (blob in blobs) == (blob in model)
+    assert b"short" not in blobs
+
+
+def test_the_blob_set_counts_only_whole_records() -> None:
+    """Ids share a bucket back to back: the second half of one and the first of the next
+    spell a third id, which is not in the set until added."""
+    prefix = b"\x12\x34"
+    first = prefix + os.urandom(14) + prefix + os.urandom(14)
+    second = prefix + os.urandom(30)
+    straddling = first[16:] + second[:16]
+    blobs = BlobSet()
+    blobs.add(first)
+    blobs.add(second)
+    assert first in blobs and second in blobs and straddling not in blobs
+    assert blobs.add(straddling) and straddling in blobs and len(blobs) == 3
+
+
+def test_a_million_referenced_blobs_fit_in_forty_megabytes() -> None:
+    """(gc held them in a set of bytes: about 120 MB.)"""
+    import sys
+
+    ids = os.urandom(32 * 1_000_000)
+    blobs = BlobSet()
+    for i in range(0, len(ids), 32):
+        blobs.add(ids[i : i + 32])
+    assert len(blobs) == 1_000_000 and ids[32 * 5 : 32 * 6] in blobs
+    used = sys.getsizeof(blobs._buckets) + sum(sys.getsizeof(b) for b in blobs._buckets if b)
+    assert used < 40 << 20, used
+
+
+def test_a_packed_index_encodes_like_a_listed_one() -> None:
+    packs = [
+        ("packs/ab/" + "ab" * 32, "d", [(os.urandom(32).hex(), 0, 10),
+          (os.urandom(32).hex(), 10, 7)]),
+        ("packs/cd/" + "cd" * 32, "t", []),
+    ]
+    listed = encode_index(packs)
+    read = index_packs(listed, "index")
+    assert encode_packed_index(read) == listed
+    assert [(b.hex(), o, n) for b, o, n in index_entries(read[0][2])] == packs[0][2]

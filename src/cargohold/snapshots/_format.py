@@ -51,7 +51,7 @@ import os
 import re
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -76,6 +76,7 @@ __all__ = [
     "decode_index",
     "decode_tree",
     "encode_index",
+    "encode_packed_index",
     "encode_tree",
     "index_entries",
     "index_packs",
@@ -311,13 +312,24 @@ def chunker_seed(master: bytes | None) -> int:
 
 def encode_index(packs: list[tuple[str, str, list[tuple[str, int, int]]]]) -> bytes:
     """``[(pack name, blob kind, [(blob id, offset, length)])]`` → the index's plaintext."""
+    return encode_packed_index(
+        [
+            (name, kind, b"".join(_INDEX_ENTRY.pack(bytes.fromhex(b), o, n) for b, o, n in blobs))
+            for name, kind, blobs in packs
+        ]
+    )
+
+
+def encode_packed_index(packs: Sequence[tuple[str, str, bytes | memoryview]]) -> bytes:
+    """``encode_index`` with each pack's entries packed already, as ``index_packs`` gives
+    them (40 bytes an entry): gc rewrites an index of millions of blobs without a tuple each."""
     out = bytearray(b"CHIX\x02")
     out += struct.pack("<I", len(packs))
-    for name, kind, blobs in packs:
+    for name, kind, entries in packs:
         raw = name.encode()
-        out += struct.pack("<H", len(raw)) + raw + kind.encode()[:1] + struct.pack("<I", len(blobs))
-        for blob, offset, length in blobs:
-            out += _INDEX_ENTRY.pack(bytes.fromhex(blob), offset, length)
+        count = len(entries) // _INDEX_ENTRY.size
+        out += struct.pack("<H", len(raw)) + raw + kind.encode()[:1] + struct.pack("<I", count)
+        out += entries
     return bytes(out)
 
 

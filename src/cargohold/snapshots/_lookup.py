@@ -19,6 +19,14 @@ _LOCATION = struct.Struct("<III")
 _ENTRY = struct.Struct("<32sII")  # as an index file has them
 
 
+def _at_record(bucket: bytearray, blob: bytes, size: int) -> int:
+    """Where ``blob`` starts a record of ``size`` bytes in ``bucket``; -1 if nowhere."""
+    pos = bucket.find(blob)
+    while pos >= 0 and pos % size:
+        pos = bucket.find(blob, pos + 1)
+    return pos
+
+
 class BlobTable:
     """Blob id (32 raw bytes) → (pack number, offset, length). Not thread-safe."""
 
@@ -32,10 +40,7 @@ class BlobTable:
         return self._count
 
     def _find(self, bucket: bytearray, blob: bytes) -> int:
-        pos = bucket.find(blob)
-        while pos >= 0 and pos % _SIZE:
-            pos = bucket.find(blob, pos + 1)
-        return pos
+        return _at_record(bucket, blob, _SIZE)
 
     def __contains__(self, blob: bytes) -> bool:
         bucket = self._buckets[blob[0] << 8 | blob[1]]
@@ -90,3 +95,36 @@ class BlobTable:
             bucket += record(blob, pack, offset, length)
             added += 1
         self._count += added
+
+
+class BlobSet:
+    """A set of blob ids (32 raw bytes) in ~33 bytes each, where a ``set`` of ``bytes`` takes
+    ~120: gc and check hold every blob a repository's snapshots reference. Same buckets as
+    ``BlobTable``, records of the id alone. Not thread-safe."""
+
+    __slots__ = ("_buckets", "_count")
+
+    def __init__(self) -> None:
+        self._buckets: list[bytearray | None] = [None] * 65536
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, blob: bytes) -> bool:
+        bucket = self._buckets[blob[0] << 8 | blob[1]]
+        return bucket is not None and len(blob) == 32 and _at_record(bucket, blob, 32) >= 0
+
+    def add(self, blob: bytes) -> bool:
+        """Add ``blob``; False if it was there already."""
+        if len(blob) != 32:
+            raise ValueError("a blob id is 32 bytes")
+        key = blob[0] << 8 | blob[1]
+        bucket = self._buckets[key]
+        if bucket is None:
+            bucket = self._buckets[key] = bytearray()
+        elif _at_record(bucket, blob, 32) >= 0:
+            return False
+        bucket += blob
+        self._count += 1
+        return True

@@ -30,7 +30,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from cargohold.snapshots._format import Node, encode_index
+from cargohold.snapshots._format import Node, encode_packed_index, index_entries
+from cargohold.snapshots._lookup import BlobSet
 from cargohold.snapshots.repository import Repository, RepositoryError
 
 __all__ = [
@@ -48,9 +49,13 @@ SKEW = 60.0  # seconds of clock difference tolerated between machines writing on
 REPACK = 0.3  # a pack with this share of unreferenced bytes is rewritten without them
 
 
-def _waste(blobs: list[tuple[bytes, int, int]], referenced: set[bytes]) -> float:
-    total = sum(n for _, _, n in blobs)
-    return sum(n for b, _, n in blobs if b not in referenced) / total if total else 1.0
+def _waste(entries: memoryview, referenced: BlobSet) -> float:
+    total = dead = 0
+    for blob, _, length in index_entries(entries):
+        total += length
+        if blob not in referenced:
+            dead += length
+    return dead / total if total else 1.0
 
 
 def ensure_modern(repo: Repository) -> None:
@@ -69,38 +74,46 @@ def _walk_refs(
     repo: Repository,
     root: Node,
     snapshot_id: str,
-    seen_trees: set[str],
-    blobs: set[bytes],
+    seen_trees: BlobSet,
+    blobs: BlobSet,
     problems: list[str] | None,
 ) -> None:
-    stack: list[tuple[Node, str]] = [(root, "")]
+    # Only folders wait on the stack: a folder of a million files is never a million nodes.
+    stack: list[tuple[Node, str]] = []
+
+    def reach(node: Node, path: str) -> None:
+        if node.kind == "dir":
+            stack.append((node, path))
+            return
+        for ref in node.refs:
+            blobs.add(bytes.fromhex(ref))
+            if problems is not None and repo.locate(ref) is None:
+                problems.append(f"snapshot {snapshot_id}, {path}: blob {ref[:12]}… is missing")
+
+    reach(root, "")
     while stack:
         node, path = stack.pop()
         for ref in node.refs:
-            if node.kind == "dir":
-                blobs.add(bytes.fromhex(ref))
-                if ref in seen_trees:
-                    continue
-                seen_trees.add(ref)
-                try:
-                    children = repo.read_tree(ref, f"snapshot {snapshot_id}, {path or '/'}")
-                except RepositoryError as exc:
-                    if problems is None:
-                        raise
-                    problems.append(exc.message)
-                    continue
-                for child in children:
-                    stack.append((child, f"{path}/{child.name}" if path else child.name))
-            else:
-                blobs.add(bytes.fromhex(ref))
-                if problems is not None and repo.locate(ref) is None:
-                    problems.append(f"snapshot {snapshot_id}, {path}: blob {ref[:12]}… is missing")
+            raw = bytes.fromhex(ref)
+            blobs.add(raw)
+            if not seen_trees.add(raw):
+                continue
+            try:
+                children = repo.read_tree(ref, f"snapshot {snapshot_id}, {path or '/'}")
+            except RepositoryError as exc:
+                if problems is None:
+                    raise
+                problems.append(exc.message)
+                continue
+            for child in children:
+                reach(child, f"{path}/{child.name}" if path else child.name)
 
 
-def referenced_blobs(repo: Repository, problems: list[str] | None = None) -> tuple[set[bytes], int]:
-    """Every blob id any snapshot references, and the number of snapshots."""
-    blobs: set[bytes] = set()
-    seen: set[str] = set()
+def referenced_blobs(repo: Repository, problems: list[str] | None = None) -> tuple[BlobSet, int]:
+    """Every blob id any snapshot references, and the number of snapshots. (Compact sets:
+    ~33 bytes a blob, so a repository of millions of blobs is walked in bounded memory.)"""
+    blobs = BlobSet()
+    seen = BlobSet()
     ids = repo.snapshot_ids()
     for snapshot_id in ids:
         try:
@@ -165,11 +178,16 @@ def _collect(repo: Repository, own: str) -> GcResult:
     _blocking(repo, own, time.time())
     referenced, _ = referenced_blobs(repo)
     sizes = dict(repo.backend.list("packs"))
-    indexed: dict[str, tuple[str, list[tuple[bytes, int, int]]]] = {}
+    # Each pack's entries stay packed, 40 bytes a blob, as the index files hold them.
+    indexed: dict[str, tuple[str, memoryview]] = {}
     for name in index_files:
-        for pack, kind, blobs in repo._read_index(name):
-            indexed[pack] = (kind, blobs)
-    used = {p for p, (_, blobs) in indexed.items() if any(b in referenced for b, _, _ in blobs)}
+        for pack, kind, entries in repo.read_index_packed(name):
+            indexed[pack] = (kind, entries)
+    used = {
+        p
+        for p, (_, entries) in indexed.items()
+        if any(b in referenced for b, _, _ in index_entries(entries))
+    }
     # Packs mostly garbage are rewritten: their live blobs copied into new packs, then deleted.
     wasteful = {p for p in used if _waste(indexed[p][1], referenced) >= REPACK}
     candidates = (set(indexed) | set(sizes)) - used | wasteful
@@ -194,10 +212,16 @@ def _collect(repo: Repository, own: str) -> GcResult:
         # References again, after the sessions: a snapshot published meanwhile may use blobs of
         # these packs. Every blob still referenced and not kept elsewhere is copied first.
         referenced, _ = referenced_blobs(repo)
-        kept = {b for p, (_, blobs) in indexed.items() if p not in deletable for b, _, _ in blobs}
+        kept = BlobSet()
+        for p, (_, entries) in indexed.items():
+            if p not in deletable:
+                for b, _, _ in index_entries(entries):
+                    kept.add(b)
         for pack in sorted(deletable):
-            kind, blobs = indexed.get(pack, ("d", []))
-            needed = [(b, o, n) for b, o, n in blobs if b in referenced and b not in kept]
+            kind, entries = indexed.get(pack, ("d", memoryview(b"")))
+            needed = [
+                (b, o, n) for b, o, n in index_entries(entries) if b in referenced and b not in kept
+            ]
             if not needed:
                 continue
             data = repo.backend.read(pack)
@@ -206,15 +230,11 @@ def _collect(repo: Repository, own: str) -> GcResult:
                 kept.add(blob)
                 copied += 1
         repo.flush()  # the copies and their index are published before anything goes
-        survivors = [
-            (p, kind, [(b.hex(), o, n) for b, o, n in blobs])
-            for p, (kind, blobs) in indexed.items()
-            if p not in deletable
-        ]
+        survivors = [(p, kind, e) for p, (kind, e) in indexed.items() if p not in deletable]
         if survivors:
             repo.backend.put(
                 f"index/{secrets.token_hex(16)}",
-                repo.keys.seal(encode_index(survivors), metadata=True),
+                repo.keys.seal(encode_packed_index(survivors), metadata=True),
             )
         for name in index_files:
             repo.backend.delete(name)
@@ -265,16 +285,17 @@ def check_repository(repo: Repository, *, read_data: bool = False) -> CheckResul
     blobs = 0
     for name in repo.index_files():
         try:
-            entries = repo._read_index(name)
+            packed = repo.read_index_packed(name)
         except RepositoryError as exc:
             problems.append(exc.message)
             continue
-        for pack, _kind, pack_blobs in entries:
+        for pack, _kind, pack_blobs in packed:
+            count = sum(1 for _ in index_entries(pack_blobs))
             packs += 1
-            blobs += len(pack_blobs)
-            end = max((o + n for _, o, n in pack_blobs), default=0)
+            blobs += count
+            end = max((o + n for _, o, n in index_entries(pack_blobs)), default=0)
             if pack not in sizes:
-                problems.append(f"{pack} is missing ({len(pack_blobs)} blobs)")
+                problems.append(f"{pack} is missing ({count} blobs)")
                 continue
             if sizes[pack] < end:
                 problems.append(f"{pack} is shorter than its index says")
@@ -285,13 +306,13 @@ def check_repository(repo: Repository, *, read_data: bool = False) -> CheckResul
     return CheckResult(count, packs, blobs, problems)
 
 
-def _read_pack(repo: Repository, pack: str, blobs: list[tuple[bytes, int, int]]) -> list[str]:
+def _read_pack(repo: Repository, pack: str, blobs: memoryview) -> list[str]:
     try:
         data = repo.backend.read(pack)
     except RepositoryError as exc:
         return [exc.message]
     problems = []
-    for blob, offset, length in blobs:
+    for blob, offset, length in index_entries(blobs):
         what = f"{pack} blob {blob.hex()[:12]}…"
         try:
             plain = repo.keys.unseal(data[offset : offset + length], what)

@@ -399,6 +399,11 @@ class Repository:
         what = f"index {name}"
         return decode_index(self.keys.unseal(self.backend.read(name), what), what)
 
+    def read_index_packed(self, name: str) -> list[tuple[str, str, memoryview]]:
+        """One index file's packs, their entries left packed (``_format.index_packs``)."""
+        what = f"index {name}"
+        return index_packs(self.keys.unseal(self.backend.read(name), what), what)
+
     def index_files(self) -> list[str]:
         self._ensure_index()
         return list(self._index_files)
