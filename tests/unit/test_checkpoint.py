@@ -283,7 +283,7 @@ def test_sigterm_finishes_in_flight_save_then_final_save(tmp_path: Path) -> None
             def capture(self, staging=None):
                 return self
             def write(self, f):
-                time.sleep(2.0)  # the background thread is still writing at SIGTERM
+                time.sleep(5.0)  # still writing at SIGTERM, 0.3 s in (a loaded machine too)
                 f.write(b"two")
         ckpt.handle_sigterm(lambda: ckpt.save(999, {"a": b"final"}))
         ckpt.save(1, {"a": b"one"})
@@ -319,7 +319,7 @@ def test_sigterm_during_a_synchronous_save_still_makes_the_final_save(tmp_path: 
                 return self
             def write(self, f):
                 print("saving", flush=True)
-                time.sleep(1.0)  # SIGTERM lands here, in the main thread, inside save()
+                time.sleep(5.0)  # SIGTERM lands here, 0.3 s in, even on a loaded machine
                 f.write(b"slow")
         ckpt.handle_sigterm(lambda: ckpt.save(999, {"a": b"final-%d" % step}))
         while True:
