@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +15,7 @@ from cargohold.snapshots._format import (
     index_entries,
     index_packs,
 )
-from cargohold.snapshots._lookup import BlobSet, BlobTable
+from cargohold.snapshots._lookup import BlobSet, BlobTable, bucket_of
 
 
 def _entries(items: list[tuple[bytes, int, int]]) -> memoryview:
@@ -46,20 +47,43 @@ def test_it_answers_like_a_dict_where_the_last_copy_wins(
         assert table.get(blob) == model.get(blob)
 
 
+def _same_bucket(fixed: bytes, make: Callable[[bytes], bytes]) -> bytes:
+    """An id ``make(random bytes)`` that falls into the bucket of ``fixed``."""
+    while True:
+        candidate = make(os.urandom(16))
+        if bucket_of(candidate) == bucket_of(fixed):
+            return candidate
+
+
 def test_a_match_across_two_records_is_not_a_hit() -> None:
     """Records share a bucket: the bytes of one record's tail and its location can spell
     another id; only a match at a record's start counts."""
-    prefix = b"\xab\xcd"
-    first = prefix + os.urandom(10) + prefix + os.urandom(18)
     location = (0x01020304, 0x05060708, 0x090A0B0C)
-    straddling = first[12:] + struct.pack("<III", *location)
-    assert len(straddling) == 32 and straddling[:2] == prefix
+    tail = struct.pack("<III", *location)
+    # first's last 20 bytes and the location spell ``straddling``, of first's bucket
+    while True:
+        first = os.urandom(32)
+        straddling = first[12:] + tail
+        if bucket_of(first) == bucket_of(straddling):
+            break
     table = BlobTable()
     table.add(first, *location)
     assert straddling not in table and table.get(straddling) is None
     table.add(straddling, 9, 10, 11)
     assert table.get(straddling) == (9, 10, 11) and table.get(first) == location
     assert len(table) == 2
+
+
+def test_ids_crafted_to_share_their_first_bytes_spread_over_the_buckets() -> None:
+    """A crafted repository's ids all starting 0000 once filled one bucket: gc went quadratic."""
+    ids = [b"\0\0" + os.urandom(30) for _ in range(20_000)]
+    table, blobs = BlobTable(), BlobSet()
+    for blob in ids:
+        table.add(blob, 1, 2, 3)
+        blobs.add(blob)
+    assert all(blob in table and blob in blobs for blob in ids)
+    fullest = max(len(b or b"") for b in blobs._buckets)
+    assert fullest < 32 * 20, fullest  # about one id a bucket, never thousands
 
 
 def test_a_million_blobs_fit_in_sixty_megabytes() -> None:
@@ -96,10 +120,9 @@ def test_the_blob_set_answers_like_a_set(added: list[bytes], others: list[bytes]
 def test_the_blob_set_counts_only_whole_records() -> None:
     """Ids share a bucket back to back: the second half of one and the first of the next
     spell a third id, which is not in the set until added."""
-    prefix = b"\x12\x34"
-    first = prefix + os.urandom(14) + prefix + os.urandom(14)
-    second = prefix + os.urandom(30)
-    straddling = first[16:] + second[:16]
+    first = os.urandom(32)
+    straddling = _same_bucket(first, lambda r: first[16:] + r)
+    second = _same_bucket(first, lambda r: straddling[16:] + r)  # first + second spell it
     blobs = BlobSet()
     blobs.add(first)
     blobs.add(second)

@@ -3,8 +3,10 @@
 A ``dict`` of blob id → location cost about 110 bytes a blob (a 33-byte ``bytes`` key, an int
 and the table's slots, doubled while it grows): a million-file snapshot spent 107 MB on it.
 Here each blob is one 44-byte record — its 32-byte id, pack number, offset, length — appended
-to one of 65,536 byte buckets chosen by the id's first two bytes (ids are hashes, so buckets
-fill evenly). A lookup is one ``bytes.find`` over its bucket (15 records at a million blobs),
+to one of 65,536 byte buckets chosen by Python's own hash of the id (SipHash, keyed anew in
+each process): ids are hashes and would spread evenly by their first bytes too, but a crafted
+repository can hold ids that share them, and one bucket holding them all made gc quadratic. A
+lookup is one ``bytes.find`` over its bucket (15 records at a million blobs),
 done in C; a hit counts only at a record boundary, so a match straddling two records is
 skipped. Nothing is ever sorted or rebuilt, so adding is as cheap as looking up.
 """
@@ -17,6 +19,11 @@ _RECORD = struct.Struct("<32sIII")  # blob id, pack number, offset in the pack, 
 _SIZE = _RECORD.size
 _LOCATION = struct.Struct("<III")
 _ENTRY = struct.Struct("<32sII")  # as an index file has them
+
+
+def bucket_of(blob: bytes) -> int:
+    """The bucket of ``blob`` in this process (tests use it to build colliding ids)."""
+    return hash(blob) & 0xFFFF
 
 
 def _at_record(bucket: bytearray, blob: bytes, size: int) -> int:
@@ -43,14 +50,14 @@ class BlobTable:
         return _at_record(bucket, blob, _SIZE)
 
     def __contains__(self, blob: bytes) -> bool:
-        bucket = self._buckets[blob[0] << 8 | blob[1]]
+        bucket = self._buckets[hash(blob) & 0xFFFF]
         if bucket is None:
             return False
         pos = bucket.find(blob)
         return pos >= 0 and (pos % _SIZE == 0 or self._find(bucket, blob) >= 0)
 
     def get(self, blob: bytes) -> tuple[int, int, int] | None:
-        bucket = self._buckets[blob[0] << 8 | blob[1]]
+        bucket = self._buckets[hash(blob) & 0xFFFF]
         if bucket is None:
             return None
         pos = self._find(bucket, blob)
@@ -65,7 +72,7 @@ class BlobTable:
         repacking moves it)."""
         if len(blob) != 32:
             raise ValueError("a blob id is 32 bytes")
-        key = blob[0] << 8 | blob[1]
+        key = hash(blob) & 0xFFFF
         bucket = self._buckets[key]
         if bucket is None:
             bucket = self._buckets[key] = bytearray()
@@ -83,7 +90,7 @@ class BlobTable:
         find = self._find
         added = 0
         for blob, offset, length in _ENTRY.iter_unpack(entries):
-            key = blob[0] << 8 | blob[1]
+            key = hash(blob) & 0xFFFF
             bucket = buckets[key]
             if bucket is None:
                 bucket = buckets[key] = bytearray()
@@ -99,8 +106,8 @@ class BlobTable:
 
 class BlobSet:
     """A set of blob ids (32 raw bytes) in ~33 bytes each, where a ``set`` of ``bytes`` takes
-    ~120: gc and check hold every blob a repository's snapshots reference. Same buckets as
-    ``BlobTable``, records of the id alone. Not thread-safe."""
+    ~120: gc and check hold every blob a repository's snapshots reference. Buckets chosen as
+    ``BlobTable``'s, records of the id alone. Not thread-safe."""
 
     __slots__ = ("_buckets", "_count")
 
@@ -112,14 +119,14 @@ class BlobSet:
         return self._count
 
     def __contains__(self, blob: bytes) -> bool:
-        bucket = self._buckets[blob[0] << 8 | blob[1]]
+        bucket = self._buckets[hash(blob) & 0xFFFF]
         return bucket is not None and len(blob) == 32 and _at_record(bucket, blob, 32) >= 0
 
     def add(self, blob: bytes) -> bool:
         """Add ``blob``; False if it was there already."""
         if len(blob) != 32:
             raise ValueError("a blob id is 32 bytes")
-        key = blob[0] << 8 | blob[1]
+        key = hash(blob) & 0xFFFF
         bucket = self._buckets[key]
         if bucket is None:
             bucket = self._buckets[key] = bytearray()
