@@ -148,7 +148,7 @@ def _huggingface(entry: os.DirEntry[str], scan: _Scan) -> Found | None:
     step = int(match.group(1))
     try:
         state = json.loads((Path(entry.path) / "trainer_state.json").read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(state, dict) or state.get("global_step") != step:
         return None
@@ -230,7 +230,7 @@ class MirrorStatus:
         """A status record from its JSON, or None when it is not one (wrong format or version)."""
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(data, dict) or data.get("format") != STATUS_FORMAT:
             return None

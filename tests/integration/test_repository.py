@@ -266,6 +266,118 @@ def test_damaged_records_give_clear_errors(tmp_path: Path) -> None:
     _ok(run_cli("repo", "check", env=env))
 
 
+def _blob_tree(root: Path, seed: int) -> Path:
+    """60 files of 5-20 KB (each its own blob), three folders."""
+    rng = random.Random(seed)
+    for i in range(60):
+        sub = root / f"d{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i}").write_bytes(rng.randbytes(rng.randint(5000, 20000)))
+    return root
+
+
+@pytest.mark.parametrize("case", ["pack-in-two-indexes", "index-of-a-missing-pack"])
+def test_crafted_index_files_never_make_gc_delete_what_a_snapshot_needs(
+    tmp_path: Path, case: str
+) -> None:
+    """Found by an adversarial review: gc kept only the last index's entries of a pack named
+    by two index files (its live blobs looked unreferenced: the pack was deleted), and counted
+    a blob as kept elsewhere when only an index entry into a missing pack said so (the only
+    copy went with a repack). Either way a snapshot lost blobs."""
+    from cargohold.snapshots._format import encode_index
+
+    env = _env(tmp_path)
+    source = _blob_tree(tmp_path / "src", 1)
+    _ok(run_cli("snapshot", str(source), env=env))
+    rng = random.Random(2)
+    for path in sorted(source.rglob("f*"))[::3]:  # a third rewritten: packs partly unreferenced
+        path.write_bytes(rng.randbytes(path.stat().st_size))
+    _ok(run_cli("snapshot", str(source), env=env))
+    _ok(run_cli("forget", "--keep-last", "1", env=env))
+    repo_dir = tmp_path / "repo"
+    repo = open_repository(str(repo_dir))
+    real = [entry for name in repo.index_files() for entry in repo.read_index_packed(name)]
+    if case == "pack-in-two-indexes":  # a real pack, listed again with three unknown blobs
+        pack = real[0][0]
+        crafted = [(pack, "d", [(os.urandom(32).hex(), 0, 10) for _ in range(3)])]
+    else:  # every real data blob, said to be in a pack that does not exist, and as many
+        # unknown ones (so that gc condemns that pack as mostly garbage and repacks it)
+        live = [b.hex() for _, kind, entries in real if kind == "d"
+                for b, _, _ in _entries(entries)]
+        unknown = [os.urandom(32).hex() for _ in live]
+        crafted = [("packs/00/" + "0" * 64, "d", [(b, 0, 10) for b in live + unknown])]
+    (repo_dir / "index" / ("f" * 32)).write_bytes(b"\x00" + encode_index(crafted))  # read last
+    _ok(run_cli("repo", "gc", env=env))
+    _ok(run_cli("repo", "gc", env=env))
+    check = run_cli("repo", "check", "--read-data", env=env)
+    assert "is missing" not in check.stdout + check.stderr, check.stdout + check.stderr
+    target = tmp_path / "back"
+    _ok(run_cli("restore", f"{source}@latest", "--to", str(target), env=env))
+    assert listing(target) == listing(source)
+
+
+def test_gc_checks_what_it_repacks_and_stops_before_deleting_a_damaged_copy(
+    tmp_path: Path,
+) -> None:
+    env = _env(tmp_path)
+    source = _blob_tree(tmp_path / "src", 5)
+    _ok(run_cli("snapshot", str(source), env=env))
+    for path in sorted(source.rglob("f*"))[::2]:  # half rewritten: every pack repacked
+        path.write_bytes(os.urandom(path.stat().st_size))
+    _ok(run_cli("snapshot", str(source), env=env))
+    _ok(run_cli("forget", "--keep-last", "1", env=env))
+    packs = sorted((tmp_path / "repo" / "packs").rglob("*"))
+    repo = open_repository(str(tmp_path / "repo"))
+    data_packs = [pack for name in repo.index_files()
+                  for pack, kind, _ in repo.read_index_packed(name) if kind == "d"]
+    for pack in (tmp_path / "repo" / name for name in data_packs):  # (trees stay readable)
+        data = bytearray(pack.read_bytes())
+        for i in range(100, len(data), 1000):  # a flipped byte in every blob of every pack
+            data[i] ^= 0xFF
+        pack.write_bytes(bytes(data))
+    result = run_cli("repo", "gc", env=env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "stopped before deleting anything" in result.stderr, result.stderr
+    assert sorted((tmp_path / "repo" / "packs").rglob("*")) == packs
+
+
+def _entries(view: memoryview) -> list[tuple[bytes, int, int]]:
+    from cargohold.snapshots._format import index_entries
+
+    return list(index_entries(view))
+
+
+def test_records_nested_thousands_deep_and_odd_session_names_are_named_not_tracebacks(
+    tmp_path: Path,
+) -> None:
+    """JSON nested 200,000 deep raised RecursionError, which no reader caught; a session
+    file named ``1abc-x`` made gc parse "1abc" as a time."""
+    env = _env(tmp_path)
+    source = _blob_tree(tmp_path / "src", 3)
+    snap = json.loads(_ok(run_cli("snapshot", str(source), "--json", env=env)))
+    repo_dir = tmp_path / "repo"
+    (repo_dir / "sessions" / "1abc-x").write_bytes(b"")
+    _ok(run_cli("repo", "gc", env=env))
+    deep = b"\x00" + b"[" * 200_000 + b"]" * 200_000
+    record = repo_dir / "snapshots" / snap["id"]
+    saved = record.read_bytes()
+    for victim, commands in [
+        (repo_dir / "condemned" / "1-abc", [("repo", "gc")]),
+        (record, [("repo", "gc"), ("repo", "check"), ("repo", "stats"), ("snapshots",),
+                  ("restore", snap["id"], "--to", str(tmp_path / "t"))]),
+    ]:
+        victim.write_bytes(deep)
+        for args in commands:
+            result = run_cli(*args, env=env)
+            assert "Traceback" not in result.stderr, (victim.name, args, result.stderr[-800:])
+            said = result.stdout + result.stderr
+            if args not in (("snapshots",), ("repo", "stats")):  # (these name it and go on)
+                assert result.returncode != 0, (victim.name, args)
+                assert "nested too deeply" in said, (victim.name, args, said[-800:])
+        victim.unlink() if victim != record else victim.write_bytes(saved)
+    _ok(run_cli("repo", "check", "--read-data", env=env))
+
+
 def test_format_1_repositories_keep_restoring(tmp_path: Path) -> None:
     import hashlib
 

@@ -139,7 +139,7 @@ def read_marker(root: ConfinedDir) -> Marker | None:
             started=str(data["started"]),
             format=int(data["format"]),
         )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise bad from None
     if (
         marker.format != FORMAT

@@ -163,7 +163,7 @@ def read_json(path: Path) -> Any | None:
         return json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None  # torn by a dead writer: as good as absent
 
 

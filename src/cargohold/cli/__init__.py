@@ -136,6 +136,16 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             )
             code = 1
+    except RecursionError:
+        # Where a reader of hostile input did not name it (each names what it read): JSON or
+        # YAML nested thousands deep is a crafted file, never a traceback.
+        if os.environ.get("CARGOHOLD_DEBUG"):
+            raise
+        _print_error(
+            "Something read was nested too deeply to be read (a damaged or crafted file).",
+            "CARGOHOLD_DEBUG=1 shows where it was read.",
+        )
+        code = 1
     except _NoArgsIsHelp as exc:  # `cargohold`, `cargohold volume`: show what there is
         sys.stdout.write(exc.ctx.get_help() + "\n" if exc.ctx else "")
         code = 2

@@ -548,6 +548,8 @@ def decode_tree(data: bytes, what: str) -> list[Node]:
         if len({n.name for n in nodes}) != len(nodes):
             raise ValueError("a name appears twice in one folder")
         return nodes
+    except RecursionError:
+        raise damaged(what, "its JSON is nested too deeply") from None
     except (ValueError, TypeError) as exc:
         raise damaged(what, str(exc)) from None
 
@@ -600,5 +602,7 @@ def decode_snapshot(data: bytes, what: str) -> SnapshotRecord:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise damaged(what, f"{first['msg']} at {'.'.join(str(p) for p in first['loc'])}") from None
+    except RecursionError:
+        raise damaged(what, "its JSON is nested too deeply") from None
     except (ValueError, TypeError) as exc:
         raise damaged(what, str(exc)) from None

@@ -30,7 +30,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from cargohold.snapshots._format import Node, encode_packed_index, index_entries
+from cargohold.snapshots._format import Node, damaged, encode_packed_index, index_entries
 from cargohold.snapshots._lookup import BlobSet
 from cargohold.snapshots.repository import Repository, RepositoryError
 
@@ -170,6 +170,22 @@ def _blocking(repo: Repository, own: str, condemned_at: float) -> int:
     )
 
 
+def _check_copy(repo: Repository, pack: str, blob: bytes, sealed: bytes) -> None:
+    """A blob about to be copied out of a pack that goes is read and checked first: a damaged
+    copy stops gc before anything is deleted, rather than being carried over unnoticed."""
+    what = f"{pack}, blob {blob.hex()[:12]}…"
+    try:
+        plain = repo.keys.unseal(sealed, what)
+        if repo.keys.blob_id(plain) != blob.hex():
+            raise damaged(what, "its bytes do not match their checksum")
+    except RepositoryError as exc:
+        raise RepositoryError(
+            f"gc stopped before deleting anything: {exc.message}",
+            hint="A snapshot still needs that blob. `cargohold repo check --read-data` lists "
+            "what is damaged; forget the snapshots that use it, then run gc again.",
+        ) from None
+
+
 def _collect(repo: Repository, own: str) -> GcResult:
     repo.load_index()
     index_files = repo.index_files()
@@ -178,11 +194,18 @@ def _collect(repo: Repository, own: str) -> GcResult:
     _blocking(repo, own, time.time())
     referenced, _ = referenced_blobs(repo)
     sizes = dict(repo.backend.list("packs"))
-    # Each pack's entries stay packed, 40 bytes a blob, as the index files hold them.
+    # Each pack's entries stay packed, 40 bytes a blob, as the index files hold them. A pack
+    # named by two index files (a gc that died between writing its index and deleting the old
+    # ones, or a crafted file) has the entries of both: keeping only the last made a pack
+    # whose live blobs were listed in the other look unreferenced, and gc deleted it.
     indexed: dict[str, tuple[str, memoryview]] = {}
     for name in index_files:
         for pack, kind, entries in repo.read_index_packed(name):
-            indexed[pack] = (kind, entries)
+            known = indexed.get(pack)
+            if known is None:
+                indexed[pack] = (kind, entries)
+            elif known[1] != entries:
+                indexed[pack] = (known[0], memoryview(b"".join((known[1], entries))))
     used = {
         p
         for p, (_, entries) in indexed.items()
@@ -212,12 +235,17 @@ def _collect(repo: Repository, own: str) -> GcResult:
         # References again, after the sessions: a snapshot published meanwhile may use blobs of
         # these packs. Every blob still referenced and not kept elsewhere is copied first.
         referenced, _ = referenced_blobs(repo)
+        # Kept: a blob some other pack holds -- a pack that is there, long enough for the
+        # entry (an index entry alone, into a pack that is gone, would let the only copy go).
         kept = BlobSet()
         for p, (_, entries) in indexed.items():
-            if p not in deletable:
-                for b, _, _ in index_entries(entries):
-                    kept.add(b)
+            if p not in deletable and p in sizes:
+                for b, o, n in index_entries(entries):
+                    if o + n <= sizes[p]:
+                        kept.add(b)
         for pack in sorted(deletable):
+            if pack not in sizes:  # only an index names it: nothing to copy, nothing to lose
+                continue
             kind, entries = indexed.get(pack, ("d", memoryview(b"")))
             needed = [
                 (b, o, n) for b, o, n in index_entries(entries) if b in referenced and b not in kept
@@ -226,7 +254,11 @@ def _collect(repo: Repository, own: str) -> GcResult:
                 continue
             data = repo.backend.read(pack)
             for blob, offset, length in needed:
-                repo.add_sealed(kind, blob.hex(), data[offset : offset + length])
+                if blob in kept:  # listed twice
+                    continue
+                sealed = data[offset : offset + length]
+                _check_copy(repo, pack, blob, sealed)
+                repo.add_sealed(kind, blob.hex(), sealed)
                 kept.add(blob)
                 copied += 1
         repo.flush()  # the copies and their index are published before anything goes

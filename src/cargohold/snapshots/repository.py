@@ -585,7 +585,8 @@ class Repository:
         alive: dict[str, float] = {}
         for name, _ in self.backend.list("sessions"):
             session = name.rsplit("/", 1)[-1]
-            started = float(session.split("-", 1)[0]) if session[:1].isdigit() else 0.0
+            head = session.split("-", 1)[0]  # (a name a writer did not make: time 0)
+            started = float(head) if head.isascii() and head.isdigit() else 0.0
             if session == self._session:
                 alive[session] = started
             elif isinstance(self.backend, LocalBackend):
@@ -637,6 +638,8 @@ class Repository:
         try:
             body = json.loads(self.keys.unseal(self.backend.read(name), what))
             when, packs = float(body["time"]), [str(p) for p in body["packs"]]
+        except RecursionError:
+            raise damaged(what, "its JSON is nested too deeply") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise damaged(what, str(exc)) from None
         return when, packs

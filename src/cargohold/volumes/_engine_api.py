@@ -502,7 +502,7 @@ def _commit_entries(spool: os.PathLike[str]) -> Iterator[tuple[Entry, Opener | N
                 entry = Entry(
                     str(path), kind, int(mode), int(uid), int(gid), int(mtime_ns), 0, str(target)
                 )
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, RecursionError) as exc:
                 raise TransferError(
                     f"Line {number} of the list of staged files ({spool}) is damaged: {exc}.",
                     hint="Check the volume, then remove the record next to that file.",
