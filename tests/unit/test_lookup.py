@@ -153,3 +153,17 @@ def test_a_packed_index_encodes_like_a_listed_one() -> None:
     read = index_packs(listed, "index")
     assert encode_packed_index(read) == listed
     assert [(b.hex(), o, n) for b, o, n in index_entries(read[0][2])] == packs[0][2]
+
+
+def test_a_pack_named_by_several_index_files_keeps_each_entry_once() -> None:
+    """gc merges a pack's entries across index files; with E1 in one, E2 in another and
+    E1+E2 in a third (a gc killed after writing its index), each entry counts once."""
+    from cargohold.snapshots.maintenance import _merged
+
+    e1 = struct.pack("<32sII", os.urandom(32), 0, 10)
+    e2 = struct.pack("<32sII", os.urandom(32), 10, 5)
+    merged = memoryview(e1 + e2)
+    for other in (memoryview(e1), memoryview(e2)):
+        merged = _merged(merged, other)
+    assert bytes(merged) == e1 + e2
+    assert bytes(_merged(memoryview(e2), memoryview(e1 + e2))) == e2 + e1

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CARGOHOLD_DEBUG"):
             raise
         _print_error(
-            "Something read was nested too deeply to be read (a damaged or crafted file).",
+            "Something read was nested too deeply to be read (likely a damaged or crafted file).",
             "CARGOHOLD_DEBUG=1 shows where it was read.",
         )
         code = 1

@@ -441,20 +441,31 @@ def repo_gc(
     repo: RepoOption = None,
     password_file: PasswordFile = None,
     as_json: JsonOption = False,
-) -> None:
-    """Delete data no snapshot references; safe while snapshots are being written."""
+) -> int:
+    """Delete data no snapshot references; safe while snapshots are being written. Exit 1 when
+    a pack had to stay because a blob it holds for a snapshot is damaged."""
     from cargohold.snapshots.maintenance import collect_garbage
 
     result = collect_garbage(_repo(repo, password_file))
     if as_json:
         emit_json(asdict(result))
-        return
+        return 1 if result.damaged else 0
+    for problem in result.damaged:
+        err.print(f"kept (damaged): {problem}", markup=False)
     out.print(
         f"deleted {result.deleted_packs} packs ({_size(result.deleted_bytes)}); "
         f"{result.condemned_packs} more waiting for {result.waiting_sessions} running "
         f"snapshot(s); {result.kept_packs} packs in use",
         markup=False,
     )
+    if result.damaged:
+        err.print(
+            f"hint: {len(result.damaged)} pack(s) kept: a snapshot still needs a damaged blob "
+            "in them. `cargohold repo check --read-data` lists what is damaged; forget the "
+            "snapshots that use it, and the next gc removes the packs.",
+            markup=False,
+        )
+    return 1 if result.damaged else 0
 
 
 @repo_app.command("stats")

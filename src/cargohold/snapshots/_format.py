@@ -62,6 +62,7 @@ from cargohold.errors import CargoholdError
 from cargohold.snapshots._backend import RepositoryError
 
 __all__ = [
+    "ENTRY_SIZE",
     "FORMAT_VERSION",
     "INLINE_MAX",
     "INLINE_PER_FOLDER",
@@ -80,6 +81,7 @@ __all__ = [
     "encode_tree",
     "index_entries",
     "index_packs",
+    "pack_entry",
 ]
 
 FORMAT_VERSION = 2
@@ -88,6 +90,7 @@ INLINE_MAX = 4096  # new repositories keep files up to this size in their folder
 INLINE_PER_FOLDER = 4 << 20  # bytes of small files one folder's trees hold, at most
 _ID = re.compile(r"^[0-9a-f]{64}$")
 _INDEX_ENTRY = struct.Struct("<32sII")
+ENTRY_SIZE = _INDEX_ENTRY.size  # bytes of one packed index entry: blob id, offset, length
 _LEVEL = 3  # zstd level of metadata (trees, indexes): small, written once, read often
 
 
@@ -343,6 +346,11 @@ def decode_index(data: bytes, what: str) -> list[tuple[str, str, list[tuple[byte
         RepositoryError: it is malformed.
     """
     return [(n, k, list(index_entries(v))) for n, k, v in index_packs(data, what)]
+
+
+def pack_entry(blob: bytes, offset: int, length: int) -> bytes:
+    """One packed index entry, as ``index_entries`` reads them."""
+    return _INDEX_ENTRY.pack(blob, offset, length)
 
 
 def index_entries(view: memoryview) -> Iterator[tuple[bytes, int, int]]:

@@ -4,8 +4,9 @@ A ``dict`` of blob id → location cost about 110 bytes a blob (a 33-byte ``byte
 and the table's slots, doubled while it grows): a million-file snapshot spent 107 MB on it.
 Here each blob is one 44-byte record — its 32-byte id, pack number, offset, length — appended
 to one of 65,536 byte buckets chosen by Python's own hash of the id (SipHash, keyed anew in
-each process): ids are hashes and would spread evenly by their first bytes too, but a crafted
-repository can hold ids that share them, and one bucket holding them all made gc quadratic. A
+each process unless PYTHONHASHSEED fixes it): ids are hashes and would spread evenly by their
+first bytes too, but a crafted repository can hold ids that share them, and one bucket holding
+them all made gc quadratic. A
 lookup is one ``bytes.find`` over its bucket (15 records at a million blobs),
 done in C; a hit counts only at a record boundary, so a match straddling two records is
 skipped. Nothing is ever sorted or rebuilt, so adding is as cheap as looking up.

@@ -30,8 +30,15 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from cargohold.snapshots._format import Node, damaged, encode_packed_index, index_entries
-from cargohold.snapshots._lookup import BlobSet
+from cargohold.snapshots._format import (
+    ENTRY_SIZE,
+    Node,
+    damaged,
+    encode_packed_index,
+    index_entries,
+    pack_entry,
+)
+from cargohold.snapshots._lookup import BlobSet, BlobTable
 from cargohold.snapshots.repository import Repository, RepositoryError
 
 __all__ = [
@@ -139,6 +146,7 @@ class GcResult:
     waiting_sessions: int
     kept_packs: int
     repacked_blobs: int = 0
+    damaged: list[str] = field(default_factory=list)  # packs kept: a blob to copy is damaged
 
 
 def collect_garbage(repo: Repository) -> GcResult:
@@ -170,20 +178,49 @@ def _blocking(repo: Repository, own: str, condemned_at: float) -> int:
     )
 
 
-def _check_copy(repo: Repository, pack: str, blob: bytes, sealed: bytes) -> None:
-    """A blob about to be copied out of a pack that goes is read and checked first: a damaged
-    copy stops gc before anything is deleted, rather than being carried over unnoticed."""
+def _merged(first: memoryview, second: memoryview) -> memoryview:
+    """Two lists of a pack's packed entries as one, each entry once, in the order seen."""
+    seen: set[bytes] = set()
+    out = bytearray()
+    for view in (first, second):
+        for start in range(0, len(view), ENTRY_SIZE):
+            record = bytes(view[start : start + ENTRY_SIZE])
+            if record not in seen:
+                seen.add(record)
+                out += record
+    return memoryview(bytes(out))
+
+
+def _damage(repo: Repository, pack: str, blob: bytes, sealed: bytes) -> str | None:
+    """Why a sealed copy of ``blob`` from ``pack`` cannot be trusted; None if it can."""
     what = f"{pack}, blob {blob.hex()[:12]}…"
     try:
         plain = repo.keys.unseal(sealed, what)
-        if repo.keys.blob_id(plain) != blob.hex():
-            raise damaged(what, "its bytes do not match their checksum")
     except RepositoryError as exc:
-        raise RepositoryError(
-            f"gc stopped before deleting anything: {exc.message}",
-            hint="A snapshot still needs that blob. `cargohold repo check --read-data` lists "
-            "what is damaged; forget the snapshots that use it, then run gc again.",
-        ) from None
+        return exc.message
+    if repo.keys.blob_id(plain) != blob.hex():
+        return damaged(what, "its bytes do not match their checksum").message
+    return None
+
+
+def _good_copy(repo: Repository, pack: str, where: tuple[int, int], blob: bytes) -> bool:
+    """Whether ``pack``'s copy of ``blob`` at ``where`` (offset, length) reads back as it."""
+    offset, length = where
+    try:
+        sealed = repo.backend.read(pack, offset, length)
+    except RepositoryError:
+        return False
+    return _damage(repo, pack, blob, sealed) is None
+
+
+def _without(entries: memoryview, drop: set[bytes]) -> memoryview:
+    """A pack's packed entries without those in ``drop``."""
+    kept = (
+        entries[start : start + ENTRY_SIZE]
+        for start in range(0, len(entries), ENTRY_SIZE)
+        if bytes(entries[start : start + ENTRY_SIZE]) not in drop
+    )
+    return memoryview(b"".join(kept))
 
 
 def _collect(repo: Repository, own: str) -> GcResult:
@@ -196,8 +233,8 @@ def _collect(repo: Repository, own: str) -> GcResult:
     sizes = dict(repo.backend.list("packs"))
     # Each pack's entries stay packed, 40 bytes a blob, as the index files hold them. A pack
     # named by two index files (a gc that died between writing its index and deleting the old
-    # ones, or a crafted file) has the entries of both: keeping only the last made a pack
-    # whose live blobs were listed in the other look unreferenced, and gc deleted it.
+    # ones, or a crafted file) has the entries of both, each once: keeping only the last made
+    # a pack whose live blobs were listed in the other look unreferenced, and gc deleted it.
     indexed: dict[str, tuple[str, memoryview]] = {}
     for name in index_files:
         for pack, kind, entries in repo.read_index_packed(name):
@@ -205,13 +242,13 @@ def _collect(repo: Repository, own: str) -> GcResult:
             if known is None:
                 indexed[pack] = (kind, entries)
             elif known[1] != entries:
-                indexed[pack] = (known[0], memoryview(b"".join((known[1], entries))))
+                indexed[pack] = (known[0], _merged(known[1], entries))
     used = {
         p
         for p, (_, entries) in indexed.items()
         if any(b in referenced for b, _, _ in index_entries(entries))
     }
-    # Packs mostly garbage are rewritten: their live blobs copied into new packs, then deleted.
+    # Packs at least REPACK garbage are rewritten: live blobs copied to new packs, then deleted.
     wasteful = {p for p in used if _waste(indexed[p][1], referenced) >= REPACK}
     candidates = (set(indexed) | set(sizes)) - used | wasteful
     records = {name: repo.read_condemned(name) for name, _ in repo.backend.list("condemned")}
@@ -231,38 +268,61 @@ def _collect(repo: Repository, own: str) -> GcResult:
         if not blocking:
             deletable.update(p for p in packs if p in candidates)
     copied = 0
+    damaged_packs: list[str] = []
     if deletable:
         # References again, after the sessions: a snapshot published meanwhile may use blobs of
-        # these packs. Every blob still referenced and not kept elsewhere is copied first.
+        # these packs. Every blob still referenced is copied first, unless a pack that stays
+        # holds a copy that reads back right: an index entry alone is not trusted (one into a
+        # missing pack, or at a wrong offset, once let the only good copy go).
         referenced, _ = referenced_blobs(repo)
-        # Kept: a blob some other pack holds -- a pack that is there, long enough for the
-        # entry (an index entry alone, into a pack that is gone, would let the only copy go).
-        kept = BlobSet()
-        for p, (_, entries) in indexed.items():
-            if p not in deletable and p in sizes:
-                for b, o, n in index_entries(entries):
-                    if o + n <= sizes[p]:
-                        kept.add(b)
+        staying = [p for p in indexed if p not in deletable and p in sizes]
+        elsewhere = BlobTable()
+        for number, p in enumerate(staying):
+            for b, o, n in index_entries(indexed[p][1]):
+                if o + n <= sizes[p]:
+                    elsewhere.add(b, number, o, n)
+        kept = BlobSet()  # blobs with a checked copy that stays
+        wrong: dict[str, set[bytes]] = {}  # entries of staying packs that proved false
         for pack in sorted(deletable):
             if pack not in sizes:  # only an index names it: nothing to copy, nothing to lose
                 continue
-            kind, entries = indexed.get(pack, ("d", memoryview(b"")))
-            needed = [
-                (b, o, n) for b, o, n in index_entries(entries) if b in referenced and b not in kept
-            ]
+            kind, entries = indexed[pack] if pack in indexed else ("d", memoryview(b""))
+            needed = [(b, o, n) for b, o, n in index_entries(entries) if b in referenced]
             if not needed:
                 continue
             data = repo.backend.read(pack)
+            copies: dict[bytes, bytes] = {}
+            problem = None
             for blob, offset, length in needed:
-                if blob in kept:  # listed twice
+                if blob in kept or blob in copies:
                     continue
+                where = elsewhere.get(blob)
+                if where is not None:
+                    if _good_copy(repo, staying[where[0]], where[1:], blob):
+                        kept.add(blob)
+                        continue
+                    # an entry that does not read back as its blob leaves the index
+                    wrong.setdefault(staying[where[0]], set()).add(pack_entry(blob, *where[1:]))
                 sealed = data[offset : offset + length]
-                _check_copy(repo, pack, blob, sealed)
+                problem = _damage(repo, pack, blob, sealed)
+                if problem is not None:
+                    break
+                copies[blob] = sealed
+            if problem is not None:  # the pack stays (and stays condemned): nothing is lost
+                deletable.discard(pack)
+                damaged_packs.append(problem)
+                continue
+            for blob, sealed in copies.items():
                 repo.add_sealed(kind, blob.hex(), sealed)
                 kept.add(blob)
                 copied += 1
+    if deletable:
         repo.flush()  # the copies and their index are published before anything goes
-        survivors = [(p, kind, e) for p, (kind, e) in indexed.items() if p not in deletable]
+        survivors = [
+            (p, kind, _without(e, wrong[p]) if p in wrong else e)
+            for p, (kind, e) in indexed.items()
+            if p not in deletable and p in sizes  # (entries into missing packs point nowhere)
+        ]
         if survivors:
             repo.backend.put(
                 f"index/{secrets.token_hex(16)}",
@@ -288,6 +348,7 @@ def _collect(repo: Repository, own: str) -> GcResult:
         waiting_sessions=waiting,
         kept_packs=len(used - deletable),
         repacked_blobs=copied,
+        damaged=damaged_packs,
     )
 
 
