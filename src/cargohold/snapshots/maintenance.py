@@ -203,14 +203,15 @@ def _damage(repo: Repository, pack: str, blob: bytes, sealed: bytes) -> str | No
     return None
 
 
-def _good_copy(repo: Repository, pack: str, where: tuple[int, int], blob: bytes) -> bool:
-    """Whether ``pack``'s copy of ``blob`` at ``where`` (offset, length) reads back as it."""
+def _other_copy(repo: Repository, pack: str, where: tuple[int, int], blob: bytes) -> str:
+    """How ``pack``'s copy of ``blob`` at ``where`` (offset, length) reads back: "good",
+    "false" (read, and not that blob), or "unread" (the read failed: nothing is concluded)."""
     offset, length = where
     try:
         sealed = repo.backend.read(pack, offset, length)
     except RepositoryError:
-        return False
-    return _damage(repo, pack, blob, sealed) is None
+        return "unread"
+    return "good" if _damage(repo, pack, blob, sealed) is None else "false"
 
 
 def _without(entries: memoryview, drop: set[bytes]) -> memoryview:
@@ -292,17 +293,19 @@ def _collect(repo: Repository, own: str) -> GcResult:
                 continue
             data = repo.backend.read(pack)
             copies: dict[bytes, bytes] = {}
+            false: list[tuple[str, bytes]] = []  # staying entries that read back as another blob
             problem = None
             for blob, offset, length in needed:
                 if blob in kept or blob in copies:
                     continue
                 where = elsewhere.get(blob)
                 if where is not None:
-                    if _good_copy(repo, staying[where[0]], where[1:], blob):
+                    verdict = _other_copy(repo, staying[where[0]], where[1:], blob)
+                    if verdict == "good":
                         kept.add(blob)
                         continue
-                    # an entry that does not read back as its blob leaves the index
-                    wrong.setdefault(staying[where[0]], set()).add(pack_entry(blob, *where[1:]))
+                    if verdict == "false":
+                        false.append((staying[where[0]], pack_entry(blob, *where[1:])))
                 sealed = data[offset : offset + length]
                 problem = _damage(repo, pack, blob, sealed)
                 if problem is not None:
@@ -316,6 +319,8 @@ def _collect(repo: Repository, own: str) -> GcResult:
                 repo.add_sealed(kind, blob.hex(), sealed)
                 kept.add(blob)
                 copied += 1
+            for staying_pack, entry in false:  # its blob now has a good copy: the entry goes
+                wrong.setdefault(staying_pack, set()).add(entry)
     if deletable:
         repo.flush()  # the copies and their index are published before anything goes
         survivors = [
