@@ -60,20 +60,28 @@ def test_base_image_command_in_a_pipe_prints_only_the_name(base_image: str) -> N
 
 
 def test_a_failing_image_build_names_its_full_log(
-    tmp_path: Path, base_image: str, docker_resources: Resources
+    tmp_path: Path, base_image: str, docker_resources: Resources, docker_client: Any
 ) -> None:
     project = docker_resources.project
     image = f"{project}-img"
     docker_resources.images.append(image)
     (tmp_path / "Dockerfile").write_text(
-        f"FROM {base_image}\nRUN echo step-one-output\nRUN echo the-last-words && false\n"
+        f"FROM {base_image}\nRUN echo step-one-output {project}\n"
+        "RUN echo the-last-words && false\n"
     )
     (tmp_path / "cargohold.toml").write_text(
         f'[project]\nname = "{project}"\n\n[jobs.train]\nimage = "{image}"\nbuild = "."\n'
         'command = ["true"]\n'
     )
     cache = tmp_path / "cache"
-    result = run_cli("run", cwd=tmp_path, env={"XDG_CACHE_HOME": str(cache)})
+    try:
+        result = run_cli("run", cwd=tmp_path, env={"XDG_CACHE_HOME": str(cache)})
+    finally:
+        # The step that succeeded stays in the engine as an untagged cache image: this
+        # test's own (its step names the project) goes with the test.
+        for leftover in docker_client.images.list(filters={"dangling": True}):
+            if any(project in (step.get("CreatedBy") or "") for step in leftover.history()):
+                docker_client.images.remove(leftover.id, force=True)
     log = cache / "cargohold" / f"build-{image}.log"
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
