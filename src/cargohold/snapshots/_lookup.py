@@ -35,10 +35,11 @@ def _at_record(bucket: bytearray, blob: bytes, size: int) -> int:
     return pos
 
 
-class BlobTable:
-    """Blob id (32 raw bytes) → (pack number, offset, length). Not thread-safe."""
+class _Buckets:
+    """65,536 byte buckets of fixed-size records, each starting with a 32-byte blob id."""
 
     __slots__ = ("_buckets", "_count")
+    _record_size = 32
 
     def __init__(self) -> None:
         self._buckets: list[bytearray | None] = [None] * 65536
@@ -48,21 +49,41 @@ class BlobTable:
         return self._count
 
     def _find(self, bucket: bytearray, blob: bytes) -> int:
-        return _at_record(bucket, blob, _SIZE)
+        return _at_record(bucket, blob, self._record_size)
+
+    def _position(self, blob: bytes) -> tuple[bytearray | None, int]:
+        """The bucket of ``blob`` and where its record starts there, or -1. (On every lookup
+        of a snapshot: bucket_of and the usual first find inlined.)"""
+        bucket = self._buckets[hash(blob) & 0xFFFF]
+        if bucket is None or len(blob) != 32:
+            return bucket, -1
+        pos = bucket.find(blob)
+        if pos > 0 and pos % self._record_size:  # a match straddling two records
+            pos = self._find(bucket, blob)
+        return bucket, pos
 
     def __contains__(self, blob: bytes) -> bool:
-        bucket = self._buckets[hash(blob) & 0xFFFF]
+        return self._position(blob)[1] >= 0
+
+    def _slot(self, blob: bytes) -> tuple[bytearray, int]:
+        """The bucket ``blob`` belongs in (made if needed) and where its record starts, or -1."""
+        if len(blob) != 32:
+            raise ValueError("a blob id is 32 bytes")
+        bucket, pos = self._position(blob)
         if bucket is None:
-            return False
-        pos = bucket.find(blob)
-        return pos >= 0 and (pos % _SIZE == 0 or self._find(bucket, blob) >= 0)
+            bucket = self._buckets[bucket_of(blob)] = bytearray()
+        return bucket, pos
+
+
+class BlobTable(_Buckets):
+    """Blob id (32 raw bytes) → (pack number, offset, length). Not thread-safe."""
+
+    __slots__ = ()
+    _record_size = _SIZE
 
     def get(self, blob: bytes) -> tuple[int, int, int] | None:
-        bucket = self._buckets[hash(blob) & 0xFFFF]
-        if bucket is None:
-            return None
-        pos = self._find(bucket, blob)
-        if pos < 0:
+        bucket, pos = self._position(blob)
+        if bucket is None or pos < 0:
             return None
         # (from a copy: unpack_from would hold an export of the bucket while it allocates,
         # and a writer's append meanwhile would raise BufferError)
@@ -71,13 +92,8 @@ class BlobTable:
     def add(self, blob: bytes, pack: int, offset: int, length: int) -> None:
         """Record where a blob is; a blob known already moves to the new place (as gc's
         repacking moves it)."""
-        if len(blob) != 32:
-            raise ValueError("a blob id is 32 bytes")
-        key = hash(blob) & 0xFFFF
-        bucket = self._buckets[key]
-        if bucket is None:
-            bucket = self._buckets[key] = bytearray()
-        elif (pos := self._find(bucket, blob)) >= 0:
+        bucket, pos = self._slot(blob)
+        if pos >= 0:
             bucket[pos + 32 : pos + _SIZE] = _LOCATION.pack(pack, offset, length)
             return
         bucket += _RECORD.pack(blob, pack, offset, length)
@@ -85,13 +101,14 @@ class BlobTable:
 
     def add_packed(self, entries: memoryview, pack: int) -> None:
         """Add an index's packed entries of one pack (``<32sII`` each: id, offset, length);
-        like ``add``, a later copy of a blob wins, as it did in a dict."""
+        like ``add``, a later copy of a blob wins, as it did in a dict. (``add`` inlined: this
+        loop loads every index entry a command reads.)"""
         record, location = _RECORD.pack, _LOCATION.pack
         buckets = self._buckets
         find = self._find
         added = 0
         for blob, offset, length in _ENTRY.iter_unpack(entries):
-            key = hash(blob) & 0xFFFF
+            key = hash(blob) & 0xFFFF  # bucket_of, inlined
             bucket = buckets[key]
             if bucket is None:
                 bucket = buckets[key] = bytearray()
@@ -105,33 +122,17 @@ class BlobTable:
         self._count += added
 
 
-class BlobSet:
+class BlobSet(_Buckets):
     """A set of blob ids (32 raw bytes) in ~33 bytes each, where a ``set`` of ``bytes`` takes
-    ~120: gc and check hold every blob a repository's snapshots reference. Buckets chosen as
-    ``BlobTable``'s, records of the id alone. Not thread-safe."""
+    ~120: gc and check hold every blob a repository's snapshots reference. ``BlobTable``'s
+    buckets, records of the id alone. Not thread-safe."""
 
-    __slots__ = ("_buckets", "_count")
-
-    def __init__(self) -> None:
-        self._buckets: list[bytearray | None] = [None] * 65536
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __contains__(self, blob: bytes) -> bool:
-        bucket = self._buckets[hash(blob) & 0xFFFF]
-        return bucket is not None and len(blob) == 32 and _at_record(bucket, blob, 32) >= 0
+    __slots__ = ()
 
     def add(self, blob: bytes) -> bool:
         """Add ``blob``; False if it was there already."""
-        if len(blob) != 32:
-            raise ValueError("a blob id is 32 bytes")
-        key = hash(blob) & 0xFFFF
-        bucket = self._buckets[key]
-        if bucket is None:
-            bucket = self._buckets[key] = bytearray()
-        elif _at_record(bucket, blob, 32) >= 0:
+        bucket, pos = self._slot(blob)
+        if pos >= 0:
             return False
         bucket += blob
         self._count += 1
