@@ -74,7 +74,6 @@ __all__ = [
     "PasswordError",
     "RepoConfig",
     "SnapshotRecord",
-    "decode_index",
     "decode_tree",
     "encode_index",
     "encode_packed_index",
@@ -339,15 +338,6 @@ def encode_packed_index(packs: Sequence[tuple[str, str, bytes | memoryview]]) ->
 _PACK_NAME = re.compile(r"^packs/[0-9a-f]{2}/[0-9a-f]{64}$")
 
 
-def decode_index(data: bytes, what: str) -> list[tuple[str, str, list[tuple[bytes, int, int]]]]:
-    """The inverse of ``encode_index`` (blob ids as 32 raw bytes), validated.
-
-    Raises:
-        RepositoryError: it is malformed.
-    """
-    return [(n, k, list(index_entries(v))) for n, k, v in index_packs(data, what)]
-
-
 def pack_entry(blob: bytes, offset: int, length: int) -> bytes:
     """One packed index entry, as ``index_entries`` reads them."""
     return _INDEX_ENTRY.pack(blob, offset, length)
@@ -359,9 +349,9 @@ def index_entries(view: memoryview) -> Iterator[tuple[bytes, int, int]]:
 
 
 def index_packs(data: bytes, what: str) -> list[tuple[str, str, memoryview]]:
-    """An index's packs with their entries still packed (40 bytes each, read lazily with
-    ``index_entries``): loading a million-blob index no longer builds a million tuples
-    before the lookup table.
+    """The inverse of ``encode_index``: an index's packs with their entries still packed (40
+    bytes each, read lazily with ``index_entries``): loading a million-blob index no longer
+    builds a million tuples before the lookup table.
 
     Raises:
         RepositoryError: it is malformed.

@@ -28,12 +28,12 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from cargohold.snapshots._format import (
     ENTRY_SIZE,
     Node,
-    damaged,
     encode_packed_index,
     index_entries,
     pack_entry,
@@ -178,28 +178,28 @@ def _blocking(repo: Repository, own: str, condemned_at: float) -> int:
     )
 
 
+def _records(entries: memoryview) -> Iterator[bytes]:
+    """A pack's packed index entries, one 40-byte record each."""
+    for start in range(0, len(entries), ENTRY_SIZE):
+        yield bytes(entries[start : start + ENTRY_SIZE])
+
+
 def _merged(first: memoryview, second: memoryview) -> memoryview:
     """Two lists of a pack's packed entries as one, each entry once, in the order seen."""
-    seen: set[bytes] = set()
-    out = bytearray()
-    for view in (first, second):
-        for start in range(0, len(view), ENTRY_SIZE):
-            record = bytes(view[start : start + ENTRY_SIZE])
-            if record not in seen:
-                seen.add(record)
-                out += record
-    return memoryview(bytes(out))
+    return memoryview(b"".join(dict.fromkeys([*_records(first), *_records(second)])))
+
+
+def _without(entries: memoryview, drop: set[bytes]) -> memoryview:
+    """A pack's packed entries without those in ``drop``."""
+    return memoryview(b"".join(r for r in _records(entries) if r not in drop))
 
 
 def _damage(repo: Repository, pack: str, blob: bytes, sealed: bytes) -> str | None:
     """Why a sealed copy of ``blob`` from ``pack`` cannot be trusted; None if it can."""
-    what = f"{pack}, blob {blob.hex()[:12]}…"
     try:
-        plain = repo.keys.unseal(sealed, what)
+        repo.open_sealed(sealed, blob.hex(), f"{pack} blob {blob.hex()[:12]}…")
     except RepositoryError as exc:
         return exc.message
-    if repo.keys.blob_id(plain) != blob.hex():
-        return damaged(what, "its bytes do not match their checksum").message
     return None
 
 
@@ -212,16 +212,6 @@ def _other_copy(repo: Repository, pack: str, where: tuple[int, int], blob: bytes
     except RepositoryError:
         return "unread"
     return "good" if _damage(repo, pack, blob, sealed) is None else "false"
-
-
-def _without(entries: memoryview, drop: set[bytes]) -> memoryview:
-    """A pack's packed entries without those in ``drop``."""
-    kept = (
-        entries[start : start + ENTRY_SIZE]
-        for start in range(0, len(entries), ENTRY_SIZE)
-        if bytes(entries[start : start + ENTRY_SIZE]) not in drop
-    )
-    return memoryview(b"".join(kept))
 
 
 def _collect(repo: Repository, own: str) -> GcResult:
@@ -388,7 +378,7 @@ def check_repository(repo: Repository, *, read_data: bool = False) -> CheckResul
             problems.append(exc.message)
             continue
         for pack, _kind, pack_blobs in packed:
-            count = sum(1 for _ in index_entries(pack_blobs))
+            count = len(pack_blobs) // ENTRY_SIZE
             packs += 1
             blobs += count
             end = max((o + n for _, o, n in index_entries(pack_blobs)), default=0)
@@ -409,17 +399,11 @@ def _read_pack(repo: Repository, pack: str, blobs: memoryview) -> list[str]:
         data = repo.backend.read(pack)
     except RepositoryError as exc:
         return [exc.message]
-    problems = []
-    for blob, offset, length in index_entries(blobs):
-        what = f"{pack} blob {blob.hex()[:12]}…"
-        try:
-            plain = repo.keys.unseal(data[offset : offset + length], what)
-        except RepositoryError as exc:
-            problems.append(exc.message)
-            continue
-        if repo.keys.blob_id(plain) != blob.hex():
-            problems.append(f"{what} does not match its checksum")
-    return problems
+    found = (
+        _damage(repo, pack, blob, data[offset : offset + length])
+        for blob, offset, length in index_entries(blobs)
+    )
+    return [problem for problem in found if problem is not None]
 
 
 # -- stats -----------------------------------------------------------------------------------

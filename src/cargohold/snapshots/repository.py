@@ -79,12 +79,12 @@ from cargohold.snapshots._format import (
     SnapshotRecord,
     chunker_seed,
     damaged,
-    decode_index,
     decode_snapshot,
     decode_tree,
     encode_index,
     encode_snapshot,
     encode_tree,
+    index_entries,
     index_packs,
     new_encryption,
     parse_config,
@@ -380,9 +380,7 @@ class Repository:
         numbers: dict[str, int] = {}
         files = [name for name, _ in self.backend.list("index")]
         for name in files:
-            what = f"index {name}"
-            raw = self.keys.unseal(self.backend.read(name), what)
-            for pack, _kind, entries in index_packs(raw, what):
+            for pack, _kind, entries in self.read_index_packed(name):
                 if exclude and pack in exclude:
                     continue
                 number = numbers.get(pack)
@@ -394,10 +392,6 @@ class Repository:
             self._index, self._pack_names, self._pack_numbers = index, names, numbers
             self._index_files = files
             self._excluded_packs = set(exclude or ())
-
-    def _read_index(self, name: str) -> list[tuple[str, str, list[tuple[bytes, int, int]]]]:
-        what = f"index {name}"
-        return decode_index(self.keys.unseal(self.backend.read(name), what), what)
 
     def read_index_packed(self, name: str) -> list[tuple[str, str, memoryview]]:
         """One index file's packs, their entries left packed (``_format.index_packs``)."""
@@ -411,8 +405,8 @@ class Repository:
     def packs(self) -> Iterator[PackInfo]:
         """Every pack every index names (one index file at a time)."""
         for name, _ in self.backend.list("index"):
-            for pack, kind, blobs in self._read_index(name):
-                yield PackInfo(pack, kind, tuple(blobs))
+            for pack, kind, entries in self.read_index_packed(name):
+                yield PackInfo(pack, kind, tuple(index_entries(entries)))
 
     def _ensure_index(self) -> BlobTable:
         if self._index is None:
@@ -483,9 +477,17 @@ class Repository:
                 hint="The repository is damaged: `cargohold repo check` reports the extent.",
             )
         pack, offset, length = where
-        plain = self.keys.unseal(self._read_range(pack, offset, length), f"{what} (in {pack})")
+        return self.open_sealed(self._read_range(pack, offset, length), blob, f"{what} (in {pack})")
+
+    def open_sealed(self, sealed: bytes | memoryview, blob: str, what: str) -> bytes:
+        """The plaintext of a sealed copy of ``blob``, checked against its id.
+
+        Raises:
+            RepositoryError: it does not open, or its bytes do not match the id.
+        """
+        plain = self.keys.unseal(sealed, what)
         if self.keys.blob_id(plain) != blob:
-            raise damaged(f"{what} (in {pack})", "its bytes do not match their checksum")
+            raise damaged(what, "its bytes do not match their checksum")
         return plain
 
     def read_tree(self, blob: str, what: str) -> list[Node]:
