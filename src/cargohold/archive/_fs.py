@@ -19,11 +19,7 @@ def syncfs(fd: int) -> None:
     One ``syncfs`` is far cheaper than an fsync per file after writing thousands of them;
     where the call is missing, ``sync`` flushes everything.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) != 0:
-            os.sync()
-    except (OSError, AttributeError):
+    if not _syncfs_only(fd):
         os.sync()
 
 
