@@ -42,9 +42,10 @@ def test_round_trip_gives_back_an_identical_tree(
     env = _env(tmp_path, access)
     _ok(run_cli("ingest", str(source), first, "--verify", env=env))
     snap = json.loads(_ok(run_cli("snapshot", first, "--json", env=env)))
-    # A hardlink is no second file; new objects are blobs and trees (small files live in
-    # their folder's tree; the 300 kB model may be cut into two chunks).
-    assert snap["files"] == 5 and snap["new_objects"] in (5, 6)
+    # A hardlink is no second file; new objects are the five folders' trees (small files live
+    # in them) and the 300 kB model: one chunk, or two when its random bytes put a cut past the
+    # 256 kB minimum (about 1 run in 50: this test failed that often while it expected 5 or 6).
+    assert snap["files"] == 5 and snap["new_objects"] in (6, 7)
     _ok(run_cli("restore", snap["id"], restored, env=env))
     _ok(run_cli("export", restored, str(tmp_path / "exported"), env=env))
     # The Engine API's archives carry whole seconds; the direct path keeps nanoseconds.
@@ -169,7 +170,7 @@ def test_snapshots_on_s3(tmp_path: Path, docker_resources: Resources,
         _ok(run_cli("ingest", str(source), volume, env=env))
         first = json.loads(_ok(run_cli("snapshot", volume, "--repo", repo, "--json", env=env)))
         second = json.loads(_ok(run_cli("snapshot", volume, "--repo", repo, "--json", env=env)))
-        assert first["new_objects"] in (5, 6) and second["new_objects"] == 0
+        assert first["new_objects"] in (6, 7) and second["new_objects"] == 0  # (as above)
         # Few files, not one per object: data and tree packs (up to _PACK_SLOTS of each kind
         # are filled at once by the sealing threads), then one index.
         packs = len(fs.find(f"{bucket}/team/snapshots/packs"))
